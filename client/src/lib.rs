@@ -1,0 +1,1 @@
+//! The procmesh client (being built: see issue 4).

@@ -1,0 +1,510 @@
+//! Message types of PROTOCOL.md §4–§9: decoding a frame's fields in place and
+//! encoding the broker's frames.
+//!
+//! A decoded [`Frame`] borrows every field from the payload as [`Raw`] bytes; values
+//! are never decoded into a tree here. Field types are checked by the accessors
+//! (`need_str`, `opt_ms`, …), which return a [`DecodeError`] naming the field.
+
+use std::borrow::Cow;
+
+use crate::codec::{Codec, Writer};
+use crate::value::{for_each_field, Num, Raw};
+use crate::{frame, DecodeError, ErrorCode};
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: i64 = 4;
+
+macro_rules! kinds {
+    ($($variant:ident = $tag:literal,)*) => {
+        /// A frame's type tag `t`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Kind {
+            $(#[doc = concat!("`", $tag, "`")] $variant,)*
+            /// A tag this protocol does not know.
+            Unknown,
+        }
+
+        impl Kind {
+            /// Every known kind, in a fixed order (stats use it as an index).
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+
+            /// Parses a tag.
+            #[inline]
+            pub fn parse(tag: &[u8]) -> Kind {
+                match std::str::from_utf8(tag) {
+                    $(Ok($tag) => Kind::$variant,)*
+                    _ => Kind::Unknown,
+                }
+            }
+
+            /// The wire tag.
+            pub fn tag(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $tag,)*
+                    Kind::Unknown => "unknown",
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    Hello = "hello",
+    Welcome = "welcome",
+    Ping = "ping",
+    Pong = "pong",
+    Ok = "ok",
+    Err = "err",
+    Stats = "stats",
+    Shutdown = "shutdown",
+    Get = "get",
+    Set = "set",
+    Del = "del",
+    Has = "has",
+    Keys = "keys",
+    Clear = "clear",
+    Mget = "mget",
+    Mset = "mset",
+    Incr = "incr",
+    Decr = "decr",
+    Cas = "cas",
+    Lock = "lock",
+    Unlock = "unlock",
+    Fset = "fset",
+    Fcas = "fcas",
+    Fdel = "fdel",
+    Sub = "sub",
+    Unsub = "unsub",
+    Pub = "pub",
+    Msg = "msg",
+    Reg = "reg",
+    Unreg = "unreg",
+    Call = "call",
+    Invoke = "invoke",
+    Result = "result",
+}
+
+impl Kind {
+    /// Index of a known kind in [`Kind::ALL`].
+    #[inline]
+    pub fn index(self) -> Option<usize> {
+        Kind::ALL.iter().position(|k| *k == self)
+    }
+}
+
+/// One decoded frame: its kind and every field it may carry, borrowed.
+#[derive(Debug, Clone, Default)]
+#[allow(missing_docs)]
+pub struct Frame<'a> {
+    pub kind: Option<Kind>,
+    /// The raw `t` field (for error messages about unknown kinds).
+    pub t: Option<Raw<'a>>,
+    pub id: Option<Raw<'a>>,
+    pub key: Option<Raw<'a>>,
+    pub value: Option<Raw<'a>>,
+    pub ttl: Option<Raw<'a>>,
+    pub by: Option<Raw<'a>>,
+    pub prev: Option<Raw<'a>>,
+    pub next: Option<Raw<'a>>,
+    pub keys: Option<Raw<'a>>,
+    pub entries: Option<Raw<'a>>,
+    pub channel: Option<Raw<'a>>,
+    pub payload: Option<Raw<'a>>,
+    pub acks: Option<Raw<'a>>,
+    pub name: Option<Raw<'a>>,
+    pub token: Option<Raw<'a>>,
+    pub pid: Option<Raw<'a>>,
+    pub args: Option<Raw<'a>>,
+    pub timeout: Option<Raw<'a>>,
+    pub wait: Option<Raw<'a>>,
+    pub k: Option<Raw<'a>>,
+    pub result: Option<Raw<'a>>,
+    pub error: Option<Raw<'a>>,
+    pub message: Option<Raw<'a>>,
+    pub code: Option<Raw<'a>>,
+    pub offset: Option<Raw<'a>>,
+    pub version: Option<Raw<'a>>,
+    pub broker: Option<Raw<'a>>,
+    pub seq: Option<Raw<'a>>,
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes a payload in `codec`. Fields are borrowed from `payload`.
+    ///
+    /// On error the partially decoded frame is lost; [`Frame::decode_partial`] keeps
+    /// the id when it was read before the problem.
+    pub fn decode(codec: Codec, payload: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
+        let (f, r) = Frame::decode_partial(codec, payload);
+        r.map(|_| f)
+    }
+
+    /// Like [`Frame::decode`], but returns what was read even when decoding failed,
+    /// so that an error reply can carry the request's id.
+    pub fn decode_partial(codec: Codec, payload: &'a [u8]) -> (Frame<'a>, Result<(), DecodeError>) {
+        let mut f = Frame::default();
+        let r = for_each_field(codec, payload, |k, v| {
+            let slot = match k {
+                b"t" => {
+                    f.kind = Some(match v.as_str() {
+                        Some(s) => Kind::parse(s.as_bytes()),
+                        None => Kind::Unknown,
+                    });
+                    &mut f.t
+                }
+                b"id" => &mut f.id,
+                b"key" => &mut f.key,
+                b"value" => &mut f.value,
+                b"ttl" => &mut f.ttl,
+                b"by" => &mut f.by,
+                b"prev" => &mut f.prev,
+                b"next" => &mut f.next,
+                b"keys" => &mut f.keys,
+                b"entries" => &mut f.entries,
+                b"channel" => &mut f.channel,
+                b"payload" => &mut f.payload,
+                b"acks" => &mut f.acks,
+                b"name" => &mut f.name,
+                b"token" => &mut f.token,
+                b"pid" => &mut f.pid,
+                b"args" => &mut f.args,
+                b"timeout" => &mut f.timeout,
+                b"wait" => &mut f.wait,
+                b"k" => &mut f.k,
+                b"result" => &mut f.result,
+                b"error" => &mut f.error,
+                b"message" => &mut f.message,
+                b"code" => &mut f.code,
+                b"offset" => &mut f.offset,
+                b"version" => &mut f.version,
+                b"broker" => &mut f.broker,
+                b"seq" => &mut f.seq,
+                _ => return,
+            };
+            *slot = Some(v);
+        });
+        let r = r.and_then(|_| match f.kind {
+            Some(_) => Ok(()),
+            None => Err(DecodeError::new("frame has no type tag `t`")),
+        });
+        // A JSON `undefined` is expressed by omission; treat an explicit null id as none.
+        if f.id.is_some_and(|i| i.is_nil()) {
+            f.id = None;
+        }
+        (f, r)
+    }
+
+    /// The frame's kind (`Unknown` when `t` was missing or not a string).
+    #[inline]
+    pub fn kind(&self) -> Kind {
+        self.kind.unwrap_or(Kind::Unknown)
+    }
+}
+
+/// A required string field.
+#[inline]
+pub fn need_str<'a>(v: Option<Raw<'a>>, name: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+    match v {
+        Some(r) => r
+            .as_str()
+            .ok_or_else(|| DecodeError::new(format!("field `{name}` must be a string"))),
+        None => Err(DecodeError::new(format!("missing field `{name}`"))),
+    }
+}
+
+/// An optional string field (absent or null is `None`).
+#[inline]
+pub fn opt_str<'a>(v: Option<Raw<'a>>, name: &'static str) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    match v {
+        Some(r) if !r.is_nil() => need_str(Some(r), name).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// A required value field.
+#[inline]
+pub fn need_value<'a>(v: Option<Raw<'a>>, name: &'static str) -> Result<Raw<'a>, DecodeError> {
+    v.ok_or_else(|| DecodeError::new(format!("missing field `{name}`")))
+}
+
+/// An optional number field.
+#[inline]
+pub fn opt_num(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<Num>, DecodeError> {
+    match v {
+        Some(r) if !r.is_nil() => match r.as_num() {
+            Some(n) => Ok(Some(n)),
+            None => Err(DecodeError::new(format!("field `{name}` must be a number"))),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// An optional non-negative duration in milliseconds (absent/null → `None`;
+/// negative or non-finite values are rejected; fractions are truncated).
+#[inline]
+pub fn opt_ms(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<u64>, DecodeError> {
+    match opt_num(v, name)? {
+        None => Ok(None),
+        Some(Num::Int(i)) if i >= 0 => Ok(Some(i as u64)),
+        Some(Num::UInt(u)) => Ok(Some(u)),
+        Some(Num::Float(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+        Some(_) => Err(DecodeError::new(format!(
+            "field `{name}` must be a non-negative number of milliseconds"
+        ))),
+    }
+}
+
+/// An optional unsigned integer field (for tokens and invoke ids).
+#[inline]
+pub fn opt_u64(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<u64>, DecodeError> {
+    match opt_num(v, name)? {
+        None => Ok(None),
+        Some(Num::Int(i)) if i >= 0 => Ok(Some(i as u64)),
+        Some(Num::UInt(u)) => Ok(Some(u)),
+        Some(Num::Float(f)) if f.fract() == 0.0 && f >= 0.0 && f < 1.8e19 => Ok(Some(f as u64)),
+        Some(_) => Err(DecodeError::new(format!(
+            "field `{name}` must be a non-negative integer"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+/// A frame being written: prefix reserved, map begun. Write the remaining fields
+/// with [`FrameWriter::w`], then call [`FrameWriter::finish`].
+pub struct FrameWriter<'o> {
+    w: Writer<'o>,
+    at: usize,
+}
+
+impl<'o> FrameWriter<'o> {
+    /// Begins a frame whose map has `fields` entries (including `t`) and writes `t`.
+    #[inline]
+    pub fn begin(codec: Codec, out: &'o mut Vec<u8>, fields: usize, t: &str) -> Self {
+        let at = frame::begin(out);
+        let mut w = Writer::new(codec, out);
+        w.begin_map(fields);
+        w.key("t");
+        w.str(t);
+        FrameWriter { w, at }
+    }
+
+    /// The writer, positioned for the next key.
+    #[inline]
+    pub fn w(&mut self) -> &mut Writer<'o> {
+        &mut self.w
+    }
+
+    /// Ends the map and writes the length prefix.
+    #[inline]
+    pub fn finish(mut self) {
+        self.w.end_map();
+        let at = self.at;
+        let out = self.w.into_out();
+        frame::finish(out, at);
+    }
+}
+
+/// `{"t":"ok","id":ID,"value":…}`: begins an ok reply; when `has_value`, the
+/// caller writes exactly one value with `w()` before `finish()`.
+#[inline]
+pub fn begin_ok<'o>(codec: Codec, out: &'o mut Vec<u8>, id: Raw<'_>, has_value: bool) -> FrameWriter<'o> {
+    let mut f = FrameWriter::begin(codec, out, 2 + has_value as usize, "ok");
+    f.w.key("id");
+    write_id(&mut f.w, id);
+    if has_value {
+        f.w.key("value");
+    }
+    f
+}
+
+#[inline]
+fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
+    if id.codec == w.codec() {
+        w.raw_same(id.bytes);
+    } else {
+        // Ids are numbers or strings in practice; a failed transcode writes null.
+        if w.raw(id).is_err() {
+            w.nil();
+        }
+    }
+}
+
+/// `{"t":"ok","id":ID,"value":true|false}`.
+#[inline]
+pub fn ok_bool(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: bool) {
+    let mut f = begin_ok(codec, out, id, true);
+    f.w.bool(v);
+    f.finish();
+}
+
+/// `{"t":"ok","id":ID}` (value absent).
+#[inline]
+pub fn ok_empty(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>) {
+    begin_ok(codec, out, id, false).finish();
+}
+
+/// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None.
+pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode, message: &str) {
+    let mut f = FrameWriter::begin(codec, out, 3 + id.is_some() as usize, "err");
+    if let Some(id) = id {
+        f.w.key("id");
+        write_id(&mut f.w, id);
+    }
+    f.w.key("message");
+    f.w.str(message);
+    f.w.key("code");
+    f.w.str(code.as_str());
+    f.finish();
+}
+
+/// `{"t":"pong","id":ID}`.
+pub fn pong(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>) {
+    let mut f = FrameWriter::begin(codec, out, 1 + id.is_some() as usize, "pong");
+    if let Some(id) = id {
+        f.w.key("id");
+        write_id(&mut f.w, id);
+    }
+    f.finish();
+}
+
+/// `{"t":"ping"}` (a broker heartbeat).
+pub fn ping(codec: Codec, out: &mut Vec<u8>) {
+    FrameWriter::begin(codec, out, 1, "ping").finish();
+}
+
+/// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}`.
+pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
+    let mut f = FrameWriter::begin(codec, out, 4 + id.is_some() as usize, "welcome");
+    if let Some(id) = id {
+        f.w.key("id");
+        write_id(&mut f.w, id);
+    }
+    f.w.key("version");
+    f.w.int(PROTOCOL_VERSION);
+    f.w.key("broker");
+    f.w.str(broker);
+    f.w.key("pid");
+    f.w.str(pid);
+    f.finish();
+}
+
+/// `{"t":"msg","channel":CH,"payload":P}`.
+pub fn msg(codec: Codec, out: &mut Vec<u8>, channel: &str, payload: Raw<'_>) -> Result<(), DecodeError> {
+    let start = out.len();
+    let mut f = FrameWriter::begin(codec, out, 3, "msg");
+    f.w.key("channel");
+    f.w.str(channel);
+    f.w.key("payload");
+    if let Err(e) = f.w.raw(payload) {
+        let out = f.w.into_out();
+        out.truncate(start);
+        return Err(e);
+    }
+    f.finish();
+    Ok(())
+}
+
+/// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}`.
+pub fn invoke(codec: Codec, out: &mut Vec<u8>, id: u64, name: &str, args: Raw<'_>) -> Result<(), DecodeError> {
+    let start = out.len();
+    let mut f = FrameWriter::begin(codec, out, 4, "invoke");
+    f.w.key("id");
+    f.w.uint(id);
+    f.w.key("name");
+    f.w.str(name);
+    f.w.key("args");
+    if let Err(e) = f.w.raw(args) {
+        let out = f.w.into_out();
+        out.truncate(start);
+        return Err(e);
+    }
+    f.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::validate;
+
+    fn json_frame(out: &[u8]) -> &str {
+        assert_eq!(u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize, out.len() - 4);
+        std::str::from_utf8(&out[4..]).unwrap()
+    }
+
+    #[test]
+    fn decodes_request_fields_in_place() {
+        let p = br#"{"t":"set","id":9,"key":"k","value":{"a":[1,2]},"ttl":100,"extra":1}"#;
+        let f = Frame::decode(Codec::Json, p).unwrap();
+        assert_eq!(f.kind(), Kind::Set);
+        assert_eq!(f.id.unwrap().bytes, b"9");
+        assert_eq!(need_str(f.key, "key").unwrap(), "k");
+        assert_eq!(f.value.unwrap().bytes, br#"{"a":[1,2]}"#);
+        assert_eq!(opt_ms(f.ttl, "ttl").unwrap(), Some(100));
+    }
+
+    #[test]
+    fn wrong_field_types_name_the_field() {
+        let f = Frame::decode(Codec::Json, br#"{"t":"get","id":1,"key":5,"ttl":-1}"#).unwrap();
+        assert!(need_str(f.key, "key").unwrap_err().message().contains("`key`"));
+        assert!(opt_ms(f.ttl, "ttl").is_err());
+        assert!(Frame::decode(Codec::Json, br#"{"id":1}"#).is_err());
+        assert!(Frame::decode(Codec::Json, b"[1]").is_err());
+        let (partial, r) = Frame::decode_partial(Codec::Json, br#"{"id":4,"t":"get","key":}"#);
+        assert!(r.is_err());
+        assert_eq!(partial.id.unwrap().bytes, b"4");
+    }
+
+    #[test]
+    fn unknown_kind() {
+        let f = Frame::decode(Codec::Json, br#"{"t":"frobnicate","id":1}"#).unwrap();
+        assert_eq!(f.kind(), Kind::Unknown);
+        let f = Frame::decode(Codec::Json, br#"{"t":5,"id":1}"#).unwrap();
+        assert_eq!(f.kind(), Kind::Unknown);
+    }
+
+    #[test]
+    fn golden_replies() {
+        let id = validate(Codec::Json, b"12").unwrap();
+        let mut out = Vec::new();
+        ok_bool(Codec::Json, &mut out, id, true);
+        assert_eq!(json_frame(&out), r#"{"t":"ok","id":12,"value":true}"#);
+        out.clear();
+        ok_empty(Codec::Json, &mut out, id);
+        assert_eq!(json_frame(&out), r#"{"t":"ok","id":12}"#);
+        out.clear();
+        err(Codec::Json, &mut out, Some(id), ErrorCode::NotNumber, "key `a` is not a number");
+        assert_eq!(
+            json_frame(&out),
+            r#"{"t":"err","id":12,"message":"key `a` is not a number","code":"ENOTNUMBER"}"#
+        );
+        out.clear();
+        welcome(Codec::Json, &mut out, Some(id), "default", "p1");
+        assert_eq!(
+            json_frame(&out),
+            r#"{"t":"welcome","id":12,"version":4,"broker":"default","pid":"p1"}"#
+        );
+        out.clear();
+        let payload = validate(Codec::Json, br#"{"n":1}"#).unwrap();
+        msg(Codec::MsgPack, &mut out, "c", payload).unwrap();
+        let back: serde_json::Value = rmp_serde::from_slice(&out[4..]).unwrap();
+        assert_eq!(back, serde_json::json!({"t":"msg","channel":"c","payload":{"n":1}}));
+    }
+
+    #[test]
+    fn msgpack_request_decodes() {
+        #[derive(serde::Serialize)]
+        struct Req<'a> {
+            t: &'a str,
+            id: u32,
+            key: &'a str,
+            by: f64,
+        }
+        let bytes = rmp_serde::to_vec_named(&Req { t: "incr", id: 3, key: "n", by: 2.5 }).unwrap();
+        let f = Frame::decode(Codec::MsgPack, &bytes).unwrap();
+        assert_eq!(f.kind(), Kind::Incr);
+        assert_eq!(opt_num(f.by, "by").unwrap(), Some(Num::Float(2.5)));
+        assert_eq!(f.id.unwrap().as_i64(), Some(3));
+    }
+}
