@@ -86,10 +86,14 @@ kinds! {
 }
 
 impl Kind {
-    /// Index of a known kind in [`Kind::ALL`].
+    /// Index of a known kind in [`Kind::ALL`] (`None` for `Unknown`).
     #[inline]
     pub fn index(self) -> Option<usize> {
-        Kind::ALL.iter().position(|k| *k == self)
+        // Variants are declared in the order of ALL, so the discriminant is the index.
+        match self {
+            Kind::Unknown => None,
+            k => Some(k as usize),
+        }
     }
 }
 
@@ -346,6 +350,11 @@ pub fn ok_empty(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>) {
 
 /// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None.
 pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode, message: &str) {
+    err_with_code_str(codec, out, id, code.as_str(), message)
+}
+
+/// Like [`err`], with a code string chosen by a peer (an RPC worker's own code).
+pub fn err_with_code_str(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: &str, message: &str) {
     let mut f = FrameWriter::begin(codec, out, 3 + id.is_some() as usize, "err");
     if let Some(id) = id {
         f.w.key("id");
@@ -354,7 +363,7 @@ pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode
     f.w.key("message");
     f.w.str(message);
     f.w.key("code");
-    f.w.str(code.as_str());
+    f.w.str(code);
     f.finish();
 }
 
@@ -454,6 +463,14 @@ mod tests {
         let (partial, r) = Frame::decode_partial(Codec::Json, br#"{"id":4,"t":"get","key":}"#);
         assert!(r.is_err());
         assert_eq!(partial.id.unwrap().bytes, b"4");
+    }
+
+    #[test]
+    fn kind_index_matches_all() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), Some(i));
+        }
+        assert_eq!(Kind::Unknown.index(), None);
     }
 
     #[test]
