@@ -1,1 +1,235 @@
-//! stub
+//! `procmesh-broker`: the broker that holds a mesh's shared state.
+//!
+//! One single-threaded `mio` reactor per broker: every operation serialises through
+//! its loop, so atomics and locks are correct by construction. Clients connect over
+//! a Unix domain socket and speak the protocol of `procmesh-proto` in JSON or
+//! MessagePack (detected per connection).
+//!
+//! ```text
+//!  client ──frames──▶ Connection.rbuf ──Frame (borrowed)──▶ dispatch ──▶ store / locks /
+//!                                                              │          pubsub / rpc
+//!  client ◀──one write per turn── Connection.wbuf ◀──replies───┘
+//! ```
+//!
+//! # Layout
+//! - [`reactor`]: the poll loop, accept, read/flush, timers, heartbeat, idle exit.
+//! - [`connection`]: per-connection buffers and output accounting.
+//! - `dispatch`: what each message kind does.
+//! - [`store`]: the cache (TTL, LRU, atomics).
+//! - [`locks`]: locks, FIFO waiters and fencing tokens.
+//! - [`pubsub`]: subscriptions and the wildcard index.
+//! - [`rpc`]: worker pools and pending calls.
+//! - [`timers`]: the one timer heap.
+//! - [`stats`]: counters and the `stats` reply.
+//! - [`config`](crate::config): configuration.
+//! - `cli`: the `procmesh status|stop|stats` client side.
+//!
+//! # Example
+//! ```no_run
+//! let dir = tempfile::tempdir().unwrap();
+//! let broker = procmesh_broker::Broker::builder()
+//!     .socket(dir.path().join("mesh.sock"))
+//!     .max_keys(100_000)
+//!     .start()
+//!     .unwrap();
+//! println!("serving on {}", broker.path().display());
+//! broker.shutdown();
+//! ```
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+mod dispatch;
+pub mod locks;
+pub mod pubsub;
+pub mod reactor;
+pub mod rpc;
+pub mod stats;
+pub mod store;
+pub mod sys;
+pub mod timers;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use config::BrokerConfig;
+pub use reactor::{BindError, Reactor};
+pub use store::StoreConfig;
+
+/// Entry point for embedding a broker: `Broker::builder()…start()`.
+pub struct Broker;
+
+impl Broker {
+    /// A builder with default options (mesh `default`, its derived socket path).
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            cfg: BrokerConfig::default(),
+        }
+    }
+}
+
+/// Options for a broker started in-process.
+#[derive(Debug, Clone)]
+pub struct BrokerBuilder {
+    cfg: BrokerConfig,
+}
+
+impl BrokerBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, cfg: BrokerConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Mesh name (also derives the socket path unless `socket` is set after it).
+    pub fn name(mut self, name: &str) -> Self {
+        self.cfg.name = name.to_string();
+        self.cfg.socket = procmesh_proto::addr::socket_path(name);
+        self
+    }
+
+    /// Socket path.
+    pub fn socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.socket = path.into();
+        self
+    }
+
+    /// Require this token in `hello`.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.cfg.token = token;
+        self
+    }
+
+    /// Maximum cache entries (0 = unbounded).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.cfg.cache.max_entries = n;
+        self
+    }
+
+    /// Maximum cache value bytes (0 = unbounded; replaces `max_keys` when set).
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.cfg.cache.max_bytes = n;
+        self
+    }
+
+    /// Default TTL for writes without one.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.cfg.cache.default_ttl_ms = ttl.map_or(0, |d| d.as_millis() as u64);
+        self
+    }
+
+    /// Heartbeat interval (`None` = off).
+    pub fn heartbeat(mut self, every: Option<Duration>) -> Self {
+        self.cfg.heartbeat = every;
+        self
+    }
+
+    /// Exit after this long without connections (`None` = never).
+    pub fn idle_timeout(mut self, after: Option<Duration>) -> Self {
+        self.cfg.idle_timeout = after;
+        self
+    }
+
+    /// Default RPC call timeout.
+    pub fn call_timeout(mut self, t: Duration) -> Self {
+        self.cfg.call_timeout = t;
+        self
+    }
+
+    /// Queued bytes past which best-effort messages to a connection are dropped.
+    pub fn send_hwm(mut self, bytes: usize) -> Self {
+        self.cfg.send_hwm = bytes;
+        self
+    }
+
+    /// Queued bytes past which a connection is closed.
+    pub fn send_hard_limit(mut self, bytes: usize) -> Self {
+        self.cfg.send_hard_limit = bytes;
+        self
+    }
+
+    /// Largest frame payload accepted.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.cfg.max_frame = bytes;
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn build_config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    /// Binds the socket and runs the broker on its own thread.
+    pub fn start(self) -> Result<BrokerHandle, BindError> {
+        let reactor = Reactor::bind(self.cfg)?;
+        let path = reactor.socket().to_path_buf();
+        let (stop, waker) = reactor.stopper();
+        let thread = std::thread::Builder::new()
+            .name("procmesh-broker".into())
+            .spawn(move || reactor.run())
+            .map_err(BindError::Io)?;
+        Ok(BrokerHandle {
+            path,
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A broker running on its own thread. Dropping it shuts the broker down.
+pub struct BrokerHandle {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    waker: Arc<mio::Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl BrokerHandle {
+    /// The socket path clients connect to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the loop has exited (after `shutdown` from a client or idle timeout).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the broker and waits for its thread; returns the loop's result.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    /// Waits for the loop to exit by itself (client `shutdown` or idle timeout).
+    pub fn join(mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

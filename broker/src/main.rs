@@ -1,1 +1,280 @@
-fn main(){}
+//! `procmesh`: run a broker (`serve`) or talk to one (`status`, `stop`, `stats`).
+//!
+//! Exit codes: 0 success (also `serve` when another broker already owns the
+//! address), 1 an error, 3 no broker is running at the address.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use procmesh_broker::cli::{stats_table, CliConn, CliError};
+use procmesh_broker::{BindError, BrokerConfig, Reactor};
+use procmesh_proto::addr;
+
+#[derive(Parser)]
+#[command(
+    name = "procmesh",
+    version,
+    about = "procmesh broker and control commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Mesh name (socket `<tmpdir>/procmesh-<name>.sock`).
+    #[arg(long, default_value = addr::DEFAULT_NAME)]
+    name: String,
+    /// Socket path (overrides the name's path; `PROCMESH_SOCKET` also does).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Token for a broker that requires one.
+    #[arg(long, env = "PROCMESH_TOKEN")]
+    token: Option<String>,
+}
+
+impl Target {
+    fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| addr::socket_path(&self.name))
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a broker in the foreground.
+    Serve {
+        #[command(flatten)]
+        target: Target,
+        /// Maximum cache entries (LRU eviction past it; 0 = unbounded).
+        #[arg(long)]
+        max_keys: Option<usize>,
+        /// Maximum bytes of cached values (replaces --max-keys; 0 = unbounded).
+        #[arg(long)]
+        max_bytes: Option<usize>,
+        /// Default TTL in ms for writes without one (0 = none).
+        #[arg(long)]
+        default_ttl: Option<u64>,
+        /// Heartbeat interval in ms (0 = off).
+        #[arg(long)]
+        heartbeat: Option<u64>,
+        /// Exit after this many ms without connections (0 = never).
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        /// Default RPC call timeout in ms.
+        #[arg(long)]
+        call_timeout: Option<u64>,
+        /// Queued bytes per connection past which pub/sub messages are dropped.
+        #[arg(long)]
+        send_hwm: Option<usize>,
+        /// Queued bytes per connection past which it is disconnected.
+        #[arg(long)]
+        send_hard_limit: Option<usize>,
+        /// Largest accepted frame in bytes.
+        #[arg(long)]
+        max_frame: Option<usize>,
+    },
+    /// Say whether a broker is running.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask a broker to shut down and wait until it has.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a broker's stats.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print the raw stats map as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            target,
+            max_keys,
+            max_bytes,
+            default_ttl,
+            heartbeat,
+            idle_timeout,
+            call_timeout,
+            send_hwm,
+            send_hard_limit,
+            max_frame,
+        } => {
+            let mut cfg = BrokerConfig {
+                name: target.name.clone(),
+                socket: target.path(),
+                ..Default::default()
+            };
+            if let Ok(opts) = std::env::var("PROCMESH_BROKER_OPTS") {
+                if let Err(e) = cfg.apply_json(&opts) {
+                    eprintln!("procmesh: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            // Flags win over the environment.
+            if target.token.is_some() {
+                cfg.token = target.token.clone();
+            }
+            if target.socket.is_some() {
+                cfg.socket = target.path();
+            }
+            if let Some(n) = max_keys {
+                cfg.cache.max_entries = n;
+            }
+            if let Some(n) = max_bytes {
+                cfg.cache.max_bytes = n;
+            }
+            if let Some(n) = default_ttl {
+                cfg.cache.default_ttl_ms = n;
+            }
+            if let Some(n) = heartbeat {
+                cfg.heartbeat = (n > 0).then(|| Duration::from_millis(n));
+            }
+            if let Some(n) = idle_timeout {
+                cfg.idle_timeout = (n > 0).then(|| Duration::from_millis(n));
+            }
+            if let Some(n) = call_timeout {
+                cfg.call_timeout = Duration::from_millis(n);
+            }
+            if let Some(n) = send_hwm {
+                cfg.send_hwm = n;
+            }
+            if let Some(n) = send_hard_limit {
+                cfg.send_hard_limit = n;
+            }
+            if let Some(n) = max_frame {
+                cfg.max_frame = n;
+            }
+            serve(cfg)
+        }
+        Cmd::Status { target } => {
+            let path = target.path();
+            match CliConn::connect(&path, target.token.as_deref())
+                .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
+            {
+                Ok(reply) => {
+                    let v = &reply["value"];
+                    println!(
+                        "procmesh broker `{}` is running at {} (pid {}, up {}, {} connections)",
+                        v["name"].as_str().unwrap_or("?"),
+                        path.display(),
+                        v["pid"],
+                        procmesh_broker::cli::human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
+                        v["connections"]
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Stop { target } => {
+            let path = target.path();
+            let r = CliConn::connect(&path, target.token.as_deref()).and_then(|mut c| {
+                c.request(serde_json::json!({"t": "shutdown"}))?;
+                c.wait_closed();
+                Ok(())
+            });
+            match r {
+                Ok(()) => {
+                    // The broker removes its socket as its last step: wait for that.
+                    for _ in 0..200 {
+                        if !path.exists() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    println!("procmesh broker at {} stopped", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Stats { target, json } => {
+            let path = target.path();
+            match CliConn::connect(&path, target.token.as_deref())
+                .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
+            {
+                Ok(reply) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&reply["value"]).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", stats_table(&reply["value"]));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn fail(e: CliError) -> ExitCode {
+    eprintln!("procmesh: {e}");
+    match e {
+        CliError::NotRunning(_) => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn serve(cfg: BrokerConfig) -> ExitCode {
+    let path = cfg.socket.clone();
+    let mut reactor = match Reactor::bind(cfg) {
+        Ok(r) => r,
+        Err(BindError::AlreadyRunning(p)) => {
+            println!("procmesh: a broker already serves {}; exiting", p.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("procmesh: cannot serve at {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    // SIGINT/SIGTERM write to a pipe the loop watches: a clean stop removes the socket.
+    let pipe = std::os::unix::net::UnixStream::pair().and_then(|(rx, tx)| {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
+        }
+        rx.set_nonblocking(true)?;
+        Ok(rx)
+    });
+    match pipe {
+        Ok(rx) => {
+            if let Err(e) = reactor.watch_signals(mio::net::UnixStream::from_std(rx)) {
+                eprintln!("procmesh: cannot watch signals: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("procmesh: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    eprintln!(
+        "procmesh: serving at {} (pid {})",
+        path.display(),
+        std::process::id()
+    );
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("procmesh: broker loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -49,7 +49,9 @@ pub fn shard_paths(name: &str, n: usize) -> Result<Vec<PathBuf>, String> {
                 .into(),
         );
     }
-    Ok((0..n).map(|i| default_socket_path(&shard_name(name, i))).collect())
+    Ok((0..n)
+        .map(|i| default_socket_path(&shard_name(name, i)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -179,7 +179,9 @@ impl<'a> Writer<'a> {
     pub fn int(&mut self, v: i64) {
         self.sep();
         match self.codec {
-            Codec::Json => self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+            Codec::Json => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
             Codec::MsgPack => mp_int(self.out, v),
         }
     }
@@ -192,7 +194,9 @@ impl<'a> Writer<'a> {
         }
         self.sep();
         match self.codec {
-            Codec::Json => self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+            Codec::Json => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
             Codec::MsgPack => {
                 self.out.push(0xcf);
                 self.out.extend_from_slice(&v.to_be_bytes());
@@ -218,7 +222,9 @@ impl<'a> Writer<'a> {
     pub fn bool(&mut self, v: bool) {
         self.sep();
         match self.codec {
-            Codec::Json => self.out.extend_from_slice(if v { b"true" } else { b"false" }),
+            Codec::Json => self
+                .out
+                .extend_from_slice(if v { b"true" } else { b"false" }),
             Codec::MsgPack => self.out.push(if v { 0xc3 } else { 0xc2 }),
         }
     }
@@ -425,12 +431,34 @@ mod tests {
             w.uint(u64::MAX);
             w.end_array();
         });
-        assert_eq!(j, "[\"a\\\"b\\\\c\\n\\u0001é\",2,null,-42,18446744073709551615]");
+        assert_eq!(
+            j,
+            "[\"a\\\"b\\\\c\\n\\u0001é\",2,null,-42,18446744073709551615]"
+        );
     }
 
     #[test]
     fn msgpack_int_forms_roundtrip_through_rmp() {
-        for v in [0i64, 1, 127, 128, 255, 256, 65535, 65536, -1, -32, -33, -128, -129, -32768, -32769, i64::MIN, i64::MAX, 1 << 40] {
+        for v in [
+            0i64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            i64::MIN,
+            i64::MAX,
+            1 << 40,
+        ] {
             let mut m = Vec::new();
             Writer::new(Codec::MsgPack, &mut m).int(v);
             let back: i64 = rmp_serde::from_slice(&m).unwrap();

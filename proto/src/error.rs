@@ -97,7 +97,9 @@ pub struct DecodeError {
 impl DecodeError {
     /// A decode error with a message saying what was wrong.
     pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
-        DecodeError { message: message.into() }
+        DecodeError {
+            message: message.into(),
+        }
     }
 
     /// What was wrong.

@@ -47,7 +47,9 @@ mod tests {
         // Non-ASCII: computed over UTF-16 code units, as JavaScript's charCodeAt does.
         // "é" is the one unit 0x00e9; "😀" is the surrogate pair d83d de00.
         let by_hand = |units: &[u32]| {
-            units.iter().fold(OFFSET, |h, &u| (h ^ u).wrapping_mul(PRIME))
+            units
+                .iter()
+                .fold(OFFSET, |h, &u| (h ^ u).wrapping_mul(PRIME))
         };
         assert_eq!(fnv1a("é"), by_hand(&[0xe9]));
         // Reference values computed with the Node.js package's algorithm
@@ -60,7 +62,8 @@ mod tests {
         assert_eq!(fnv1a("a😀"), by_hand(&[0x61, 0xd83d, 0xde00]));
         assert_ne!(fnv1a("é"), {
             // The UTF-8 byte hash differs, which is why we do not use it.
-            "é".bytes().fold(OFFSET, |h, b| (h ^ b as u32).wrapping_mul(PRIME))
+            "é".bytes()
+                .fold(OFFSET, |h, b| (h ^ b as u32).wrapping_mul(PRIME))
         });
     }
 

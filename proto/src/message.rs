@@ -218,7 +218,10 @@ pub fn need_str<'a>(v: Option<Raw<'a>>, name: &'static str) -> Result<Cow<'a, st
 
 /// An optional string field (absent or null is `None`).
 #[inline]
-pub fn opt_str<'a>(v: Option<Raw<'a>>, name: &'static str) -> Result<Option<Cow<'a, str>>, DecodeError> {
+pub fn opt_str<'a>(
+    v: Option<Raw<'a>>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
     match v {
         Some(r) if !r.is_nil() => need_str(Some(r), name).map(Some),
         _ => Ok(None),
@@ -265,7 +268,7 @@ pub fn opt_u64(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<u64>, De
         None => Ok(None),
         Some(Num::Int(i)) if i >= 0 => Ok(Some(i as u64)),
         Some(Num::UInt(u)) => Ok(Some(u)),
-        Some(Num::Float(f)) if f.fract() == 0.0 && f >= 0.0 && f < 1.8e19 => Ok(Some(f as u64)),
+        Some(Num::Float(f)) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => Ok(Some(f as u64)),
         Some(_) => Err(DecodeError::new(format!(
             "field `{name}` must be a non-negative integer"
         ))),
@@ -312,7 +315,12 @@ impl<'o> FrameWriter<'o> {
 /// `{"t":"ok","id":ID,"value":…}`: begins an ok reply; when `has_value`, the
 /// caller writes exactly one value with `w()` before `finish()`.
 #[inline]
-pub fn begin_ok<'o>(codec: Codec, out: &'o mut Vec<u8>, id: Raw<'_>, has_value: bool) -> FrameWriter<'o> {
+pub fn begin_ok<'o>(
+    codec: Codec,
+    out: &'o mut Vec<u8>,
+    id: Raw<'_>,
+    has_value: bool,
+) -> FrameWriter<'o> {
     let mut f = FrameWriter::begin(codec, out, 2 + has_value as usize, "ok");
     f.w.key("id");
     write_id(&mut f.w, id);
@@ -354,7 +362,13 @@ pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode
 }
 
 /// Like [`err`], with a code string chosen by a peer (an RPC worker's own code).
-pub fn err_with_code_str(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: &str, message: &str) {
+pub fn err_with_code_str(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    id: Option<Raw<'_>>,
+    code: &str,
+    message: &str,
+) {
     let mut f = FrameWriter::begin(codec, out, 3 + id.is_some() as usize, "err");
     if let Some(id) = id {
         f.w.key("id");
@@ -399,7 +413,12 @@ pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &st
 }
 
 /// `{"t":"msg","channel":CH,"payload":P}`.
-pub fn msg(codec: Codec, out: &mut Vec<u8>, channel: &str, payload: Raw<'_>) -> Result<(), DecodeError> {
+pub fn msg(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    channel: &str,
+    payload: Raw<'_>,
+) -> Result<(), DecodeError> {
     let start = out.len();
     let mut f = FrameWriter::begin(codec, out, 3, "msg");
     f.w.key("channel");
@@ -415,7 +434,13 @@ pub fn msg(codec: Codec, out: &mut Vec<u8>, channel: &str, payload: Raw<'_>) -> 
 }
 
 /// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}`.
-pub fn invoke(codec: Codec, out: &mut Vec<u8>, id: u64, name: &str, args: Raw<'_>) -> Result<(), DecodeError> {
+pub fn invoke(
+    codec: Codec,
+    out: &mut Vec<u8>,
+    id: u64,
+    name: &str,
+    args: Raw<'_>,
+) -> Result<(), DecodeError> {
     let start = out.len();
     let mut f = FrameWriter::begin(codec, out, 4, "invoke");
     f.w.key("id");
@@ -438,7 +463,10 @@ mod tests {
     use crate::value::validate;
 
     fn json_frame(out: &[u8]) -> &str {
-        assert_eq!(u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize, out.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize,
+            out.len() - 4
+        );
         std::str::from_utf8(&out[4..]).unwrap()
     }
 
@@ -456,7 +484,10 @@ mod tests {
     #[test]
     fn wrong_field_types_name_the_field() {
         let f = Frame::decode(Codec::Json, br#"{"t":"get","id":1,"key":5,"ttl":-1}"#).unwrap();
-        assert!(need_str(f.key, "key").unwrap_err().message().contains("`key`"));
+        assert!(need_str(f.key, "key")
+            .unwrap_err()
+            .message()
+            .contains("`key`"));
         assert!(opt_ms(f.ttl, "ttl").is_err());
         assert!(Frame::decode(Codec::Json, br#"{"id":1}"#).is_err());
         assert!(Frame::decode(Codec::Json, b"[1]").is_err());
@@ -491,7 +522,13 @@ mod tests {
         ok_empty(Codec::Json, &mut out, id);
         assert_eq!(json_frame(&out), r#"{"t":"ok","id":12}"#);
         out.clear();
-        err(Codec::Json, &mut out, Some(id), ErrorCode::NotNumber, "key `a` is not a number");
+        err(
+            Codec::Json,
+            &mut out,
+            Some(id),
+            ErrorCode::NotNumber,
+            "key `a` is not a number",
+        );
         assert_eq!(
             json_frame(&out),
             r#"{"t":"err","id":12,"message":"key `a` is not a number","code":"ENOTNUMBER"}"#
@@ -506,7 +543,10 @@ mod tests {
         let payload = validate(Codec::Json, br#"{"n":1}"#).unwrap();
         msg(Codec::MsgPack, &mut out, "c", payload).unwrap();
         let back: serde_json::Value = rmp_serde::from_slice(&out[4..]).unwrap();
-        assert_eq!(back, serde_json::json!({"t":"msg","channel":"c","payload":{"n":1}}));
+        assert_eq!(
+            back,
+            serde_json::json!({"t":"msg","channel":"c","payload":{"n":1}})
+        );
     }
 
     #[test]
@@ -518,7 +558,13 @@ mod tests {
             key: &'a str,
             by: f64,
         }
-        let bytes = rmp_serde::to_vec_named(&Req { t: "incr", id: 3, key: "n", by: 2.5 }).unwrap();
+        let bytes = rmp_serde::to_vec_named(&Req {
+            t: "incr",
+            id: 3,
+            key: "n",
+            by: 2.5,
+        })
+        .unwrap();
         let f = Frame::decode(Codec::MsgPack, &bytes).unwrap();
         assert_eq!(f.kind(), Kind::Incr);
         assert_eq!(opt_num(f.by, "by").unwrap(), Some(Num::Float(2.5)));

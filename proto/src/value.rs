@@ -72,7 +72,10 @@ pub fn validate(codec: Codec, buf: &[u8]) -> Result<Raw<'_>, DecodeError> {
     if end != buf.len() {
         return Err(DecodeError::new("trailing bytes after the value"));
     }
-    Ok(Raw { codec, bytes: trim_json(codec, buf) })
+    Ok(Raw {
+        codec,
+        bytes: trim_json(codec, buf),
+    })
 }
 
 fn trim_json(codec: Codec, b: &[u8]) -> &[u8] {
@@ -120,17 +123,29 @@ enum MpHead {
     UInt(u64),
     Float(f64),
     /// String of `len` bytes starting at `at`.
-    Str { at: usize, len: usize },
-    Bin { at: usize, len: usize },
+    Str {
+        at: usize,
+        len: usize,
+    },
+    Bin {
+        at: usize,
+        len: usize,
+    },
     Ext,
-    Array { n: usize },
-    Map { n: usize },
+    Array {
+        n: usize,
+    },
+    Map {
+        n: usize,
+    },
 }
 
 /// Reads the header at `pos`; returns it and the position of its body.
 #[inline]
 fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeError> {
-    let c = *b.get(pos).ok_or_else(|| DecodeError::new("truncated MessagePack value"))?;
+    let c = *b
+        .get(pos)
+        .ok_or_else(|| DecodeError::new("truncated MessagePack value"))?;
     let p = pos + 1;
     let sized = |n: usize, lenbytes: usize| -> Result<(usize, usize), DecodeError> {
         let len = be(b, p, lenbytes)? as usize;
@@ -142,8 +157,18 @@ fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeError> {
     Ok(match c {
         0x00..=0x7f => (MpHead::Int(c as i64), p),
         0xe0..=0xff => (MpHead::Int(c as i8 as i64), p),
-        0x80..=0x8f => (MpHead::Map { n: (c & 0x0f) as usize }, p),
-        0x90..=0x9f => (MpHead::Array { n: (c & 0x0f) as usize }, p),
+        0x80..=0x8f => (
+            MpHead::Map {
+                n: (c & 0x0f) as usize,
+            },
+            p,
+        ),
+        0x90..=0x9f => (
+            MpHead::Array {
+                n: (c & 0x0f) as usize,
+            },
+            p,
+        ),
         0xa0..=0xbf => {
             let len = (c & 0x1f) as usize;
             need(b, p, len)?;
@@ -164,7 +189,10 @@ fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeError> {
             need(b, at, len)?;
             (MpHead::Ext, at + len)
         }
-        0xca => (MpHead::Float(f32::from_bits(be(b, p, 4)? as u32) as f64), p + 4),
+        0xca => (
+            MpHead::Float(f32::from_bits(be(b, p, 4)? as u32) as f64),
+            p + 4,
+        ),
         0xcb => (MpHead::Float(f64::from_bits(be(b, p, 8)?)), p + 8),
         0xcc..=0xcf => {
             let n = 1 << (c - 0xcc);
@@ -193,11 +221,21 @@ fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeError> {
         }
         0xdc | 0xdd => {
             let lb = if c == 0xdc { 2 } else { 4 };
-            (MpHead::Array { n: be(b, p, lb)? as usize }, p + lb)
+            (
+                MpHead::Array {
+                    n: be(b, p, lb)? as usize,
+                },
+                p + lb,
+            )
         }
         0xde | 0xdf => {
             let lb = if c == 0xde { 2 } else { 4 };
-            (MpHead::Map { n: be(b, p, lb)? as usize }, p + lb)
+            (
+                MpHead::Map {
+                    n: be(b, p, lb)? as usize,
+                },
+                p + lb,
+            )
         }
     })
 }
@@ -254,7 +292,10 @@ impl<'a> JsonParser<'a> {
     }
 
     fn err<T>(&self, what: &str) -> Result<T, DecodeError> {
-        Err(DecodeError::new(format!("invalid JSON at byte {}: {what}", self.i)))
+        Err(DecodeError::new(format!(
+            "invalid JSON at byte {}: {what}",
+            self.i
+        )))
     }
 
     fn expect(&mut self, c: u8) -> Result<(), DecodeError> {
@@ -386,7 +427,10 @@ impl<'a> JsonParser<'a> {
         let mut escaped = false;
         loop {
             let rest = &self.b[self.i..];
-            let Some(off) = rest.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20) else {
+            let Some(off) = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            else {
                 return self.err("unterminated string");
             };
             self.i += off;
@@ -419,7 +463,8 @@ impl<'a> JsonParser<'a> {
 }
 
 fn hex4(b: &[u8]) -> u32 {
-    b.iter().fold(0, |a, &c| (a << 4) | (c as char).to_digit(16).unwrap_or(0))
+    b.iter()
+        .fold(0, |a, &c| (a << 4) | (c as char).to_digit(16).unwrap_or(0))
 }
 
 /// Unescapes the JSON string literal `lit` (with its quotes), already validated.
@@ -434,7 +479,10 @@ fn json_unescape(lit: &[u8]) -> Cow<'_, str> {
     while i < inner.len() {
         let c = inner[i];
         if c != b'\\' {
-            let end = inner[i..].iter().position(|&c| c == b'\\').map_or(inner.len(), |o| i + o);
+            let end = inner[i..]
+                .iter()
+                .position(|&c| c == b'\\')
+                .map_or(inner.len(), |o| i + o);
             out.push_str(&String::from_utf8_lossy(&inner[i..end]));
             i = end;
             continue;
@@ -529,9 +577,9 @@ impl<'a> Raw<'a> {
                 }
             }
             Codec::MsgPack => match mp_head(self.bytes, 0).ok()? {
-                (MpHead::Str { at, len }, _) => {
-                    std::str::from_utf8(&self.bytes[at..at + len]).ok().map(Cow::Borrowed)
-                }
+                (MpHead::Str { at, len }, _) => std::str::from_utf8(&self.bytes[at..at + len])
+                    .ok()
+                    .map(Cow::Borrowed),
                 _ => None,
             },
         }
@@ -572,10 +620,20 @@ impl<'a> Raw<'a> {
                 if self.bytes.first() != Some(&b'[') {
                     return None;
                 }
-                Some(Items { raw: *self, pos: 1, left: usize::MAX, map: false })
+                Some(Items {
+                    raw: *self,
+                    pos: 1,
+                    left: usize::MAX,
+                    map: false,
+                })
             }
             Codec::MsgPack => match mp_head(self.bytes, 0).ok()? {
-                (MpHead::Array { n }, p) => Some(Items { raw: *self, pos: p, left: n, map: false }),
+                (MpHead::Array { n }, p) => Some(Items {
+                    raw: *self,
+                    pos: p,
+                    left: n,
+                    map: false,
+                }),
                 _ => None,
             },
         }
@@ -599,12 +657,20 @@ impl<'a> Raw<'a> {
                 if self.bytes.first() != Some(&b'{') {
                     return None;
                 }
-                Some(Entries(Items { raw: *self, pos: 1, left: usize::MAX, map: true }))
+                Some(Entries(Items {
+                    raw: *self,
+                    pos: 1,
+                    left: usize::MAX,
+                    map: true,
+                }))
             }
             Codec::MsgPack => match mp_head(self.bytes, 0).ok()? {
-                (MpHead::Map { n }, p) => {
-                    Some(Entries(Items { raw: *self, pos: p, left: n.saturating_mul(2), map: true }))
-                }
+                (MpHead::Map { n }, p) => Some(Entries(Items {
+                    raw: *self,
+                    pos: p,
+                    left: n.saturating_mul(2),
+                    map: true,
+                })),
                 _ => None,
             },
         }
@@ -624,7 +690,10 @@ impl<'a> Raw<'a> {
                         Value::Str(String::from_utf8_lossy(&self.bytes[at..at + len]).into_owned())
                     }
                     MpHead::Bin { at, len } => Value::Array(
-                        self.bytes[at..at + len].iter().map(|&b| Value::Num(Num::Int(b as i64))).collect(),
+                        self.bytes[at..at + len]
+                            .iter()
+                            .map(|&b| Value::Num(Num::Int(b as i64)))
+                            .collect(),
                     ),
                     MpHead::Array { .. } => self.array_values(),
                     MpHead::Map { .. } => self.map_values(),
@@ -644,7 +713,11 @@ impl<'a> Raw<'a> {
     }
 
     fn array_values(&self) -> Value {
-        Value::Array(self.array().map(|it| it.map(|r| r.to_value()).collect()).unwrap_or_default())
+        Value::Array(
+            self.array()
+                .map(|it| it.map(|r| r.to_value()).collect())
+                .unwrap_or_default(),
+        )
     }
 
     fn map_values(&self) -> Value {
@@ -707,7 +780,10 @@ impl<'a> Iterator for Items<'a> {
         self.pos = end;
         self.left -= 1;
         let _ = self.map;
-        Some(Raw { codec: self.raw.codec, bytes: &b[start..end] })
+        Some(Raw {
+            codec: self.raw.codec,
+            bytes: &b[start..end],
+        })
     }
 }
 
@@ -770,7 +846,9 @@ impl PartialEq for Value {
                 let mut b: Vec<_> = b.iter().collect();
                 a.sort_by(|x, y| x.0.cmp(&y.0));
                 b.sort_by(|x, y| x.0.cmp(&y.0));
-                a.iter().zip(b.iter()).all(|(x, y)| x.0 == y.0 && x.1 == y.1)
+                a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| x.0 == y.0 && x.1 == y.1)
             }
             _ => false,
         }
@@ -877,7 +955,10 @@ fn json_to_mp(p: &mut JsonParser<'_>, out: &mut Vec<u8>, depth: usize) -> Result
             let n = {
                 let mut q = JsonParser { b: p.b, i: start };
                 q.skip_value(depth)?;
-                let raw = Raw { codec: Codec::Json, bytes: &p.b[start..q.i] };
+                let raw = Raw {
+                    codec: Codec::Json,
+                    bytes: &p.b[start..q.i],
+                };
                 if map {
                     raw.map().map_or(0, |e| e.count())
                 } else {
@@ -978,7 +1059,13 @@ pub fn for_each_field<'a>(
                     return Err(DecodeError::new("frame map key is not a string"));
                 };
                 let vend = mp_skip(buf, vstart, 1)?;
-                f(&buf[at..at + len], Raw { codec, bytes: &buf[vstart..vend] });
+                f(
+                    &buf[at..at + len],
+                    Raw {
+                        codec,
+                        bytes: &buf[vstart..vend],
+                    },
+                );
                 p = vend;
             }
             if p != buf.len() {
@@ -1008,7 +1095,10 @@ pub fn for_each_field<'a>(
                     p.ws();
                     let vs = p.i;
                     p.skip_value(1)?;
-                    let v = Raw { codec, bytes: &buf[vs..p.i] };
+                    let v = Raw {
+                        codec,
+                        bytes: &buf[vs..p.i],
+                    };
                     if escaped {
                         let k = json_unescape(&buf[ks..ke]);
                         f(k.as_bytes(), v);
@@ -1075,7 +1165,10 @@ mod tests {
 
     #[test]
     fn escapes_decode() {
-        assert_eq!(j(r#""a\nb\u0041\ud83d\ude00""#).as_str().unwrap(), "a\nbA😀");
+        assert_eq!(
+            j(r#""a\nb\u0041\ud83d\ude00""#).as_str().unwrap(),
+            "a\nbA😀"
+        );
     }
 
     #[test]
@@ -1090,7 +1183,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_json() {
-        for s in ["{", "[1,]", "{\"a\"}", "01x", "\"\u{1}\"", "tru", "[1] x", "\"\\q\"", "-", "1."] {
+        for s in [
+            "{",
+            "[1,]",
+            "{\"a\"}",
+            "01x",
+            "\"\u{1}\"",
+            "tru",
+            "[1] x",
+            "\"\\q\"",
+            "-",
+            "1.",
+        ] {
             assert!(validate(Codec::Json, s.as_bytes()).is_err(), "{s}");
         }
     }
@@ -1116,9 +1220,11 @@ mod tests {
     #[test]
     fn fields_of_both_codecs() {
         let mut seen = Vec::new();
-        for_each_field(Codec::Json, br#" {"t":"get","id":3,"k\u0065y":"a"} "#, |k, v| {
-            seen.push((String::from_utf8(k.to_vec()).unwrap(), v.bytes.to_vec()))
-        })
+        for_each_field(
+            Codec::Json,
+            br#" {"t":"get","id":3,"k\u0065y":"a"} "#,
+            |k, v| seen.push((String::from_utf8(k.to_vec()).unwrap(), v.bytes.to_vec())),
+        )
         .unwrap();
         assert_eq!(seen[2].0, "key");
         assert_eq!(seen[1].1, b"3");
@@ -1139,7 +1245,9 @@ mod tests {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::Bool),
             any::<i64>().prop_map(|i| serde_json::json!(i)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
             ".*".prop_map(serde_json::Value::String),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {

@@ -1,0 +1,459 @@
+//! Locks and fencing tokens (PROTOCOL.md §7).
+//!
+//! `locks` owns lock ownership, FIFO waiters and fencing tokens; it writes no frames:
+//! it returns [`LockEvent`]s that the dispatcher turns into replies. Tokens come from
+//! one broker-wide counter and are strictly increasing; per lock key the highest
+//! token ever issued or accepted is kept (never lowered, kept after the lock is
+//! freed) and fenced writes below it are refused.
+//!
+//! Invariants: a lock has at most one holder; `grants` maps each live grant's token to
+//! its key; `waiting` maps each queued waiter's id to its key; a lock entry with no
+//! holder and no waiters is removed.
+
+use std::collections::VecDeque;
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+
+use crate::pubsub::ConnKey;
+use crate::timers::{TimerKind, Timers};
+
+/// A fencing token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FencingToken(pub u64);
+
+/// The request id of a pending `lock` (raw encoded bytes in the requester's codec),
+/// or `None` when the request carried no id.
+pub type ReplyTo = Option<Box<[u8]>>;
+
+struct Waiter {
+    id: u64,
+    conn: ConnKey,
+    reply_to: ReplyTo,
+    ttl_ms: u64,
+}
+
+struct Holder {
+    conn: ConnKey,
+    token: FencingToken,
+}
+
+#[derive(Default)]
+struct Lock {
+    holder: Option<Holder>,
+    waiters: VecDeque<Waiter>,
+}
+
+/// Something the dispatcher must tell a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LockEvent {
+    /// A waiter got the lock: reply `{acquired:true, token}`.
+    Granted {
+        /// The waiting connection.
+        conn: ConnKey,
+        /// Its request id.
+        reply_to: ReplyTo,
+        /// The grant's token.
+        token: FencingToken,
+    },
+    /// A waiter's `wait` ran out: reply `{acquired:false, token:null}`.
+    TimedOut {
+        /// The waiting connection.
+        conn: ConnKey,
+        /// Its request id.
+        reply_to: ReplyTo,
+    },
+}
+
+/// Result of a `lock` request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// Granted at once.
+    Granted(FencingToken),
+    /// Queued; the answer comes later as a [`LockEvent`].
+    Queued,
+    /// Held by someone else and `wait` was 0.
+    Busy,
+}
+
+/// All locks of a broker.
+pub struct LockTable {
+    locks: HashMap<Box<str>, Lock, RandomState>,
+    high: HashMap<Box<str>, FencingToken, RandomState>,
+    grants: HashMap<u64, Box<str>, RandomState>,
+    waiting: HashMap<u64, Box<str>, RandomState>,
+    by_conn: HashMap<ConnKey, Vec<Box<str>>, RandomState>,
+    last_token: u64,
+    next_waiter: u64,
+    waiter_count: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        LockTable::new(0)
+    }
+}
+
+impl LockTable {
+    /// An empty table whose next token is `last_token + 1`.
+    pub fn new(last_token: u64) -> LockTable {
+        LockTable {
+            locks: HashMap::default(),
+            high: HashMap::default(),
+            grants: HashMap::default(),
+            waiting: HashMap::default(),
+            by_conn: HashMap::default(),
+            last_token,
+            next_waiter: 0,
+            waiter_count: 0,
+        }
+    }
+
+    /// Number of locks held.
+    pub fn held(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Number of queued waiters.
+    pub fn waiters(&self) -> usize {
+        self.waiter_count
+    }
+
+    /// The last token issued.
+    pub fn last_token(&self) -> u64 {
+        self.last_token
+    }
+
+    /// Timers this table still needs (for timer-heap compaction).
+    pub fn timer_alive(&self, t: TimerKind) -> bool {
+        match t {
+            TimerKind::LockExpiry(tok) => self.grants.contains_key(&tok),
+            TimerKind::LockWait(id) => self.waiting.contains_key(&id),
+            TimerKind::CallDeadline(_) => false,
+        }
+    }
+
+    fn issue(
+        &mut self,
+        key: &str,
+        conn: ConnKey,
+        ttl_ms: u64,
+        now: u64,
+        timers: &mut Timers,
+    ) -> FencingToken {
+        self.last_token += 1;
+        let token = FencingToken(self.last_token);
+        let lock = self.locks.entry_ref(key).or_default();
+        lock.holder = Some(Holder { conn, token });
+        self.high.insert(key.into(), token);
+        self.grants.insert(token.0, key.into());
+        timers.add(now.saturating_add(ttl_ms), TimerKind::LockExpiry(token.0));
+        token
+    }
+
+    fn note_conn(&mut self, conn: ConnKey, key: &str) {
+        let v = self.by_conn.entry(conn).or_default();
+        if !v.iter().any(|k| &**k == key) {
+            v.push(key.into());
+        }
+    }
+
+    /// A `lock` request from `conn`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lock(
+        &mut self,
+        key: &str,
+        conn: ConnKey,
+        ttl_ms: u64,
+        wait_ms: u64,
+        reply_to: ReplyTo,
+        now: u64,
+        timers: &mut Timers,
+    ) -> LockOutcome {
+        let free = self.locks.get(key).is_none_or(|l| l.holder.is_none());
+        if free {
+            let token = self.issue(key, conn, ttl_ms, now, timers);
+            self.note_conn(conn, key);
+            return LockOutcome::Granted(token);
+        }
+        if wait_ms == 0 {
+            return LockOutcome::Busy;
+        }
+        self.next_waiter += 1;
+        let id = self.next_waiter;
+        let lock = self.locks.entry_ref(key).or_default();
+        lock.waiters.push_back(Waiter {
+            id,
+            conn,
+            reply_to,
+            ttl_ms,
+        });
+        self.waiter_count += 1;
+        self.waiting.insert(id, key.into());
+        timers.add(now.saturating_add(wait_ms), TimerKind::LockWait(id));
+        self.note_conn(conn, key);
+        LockOutcome::Queued
+    }
+
+    /// An `unlock` from `conn`: true if it held the lock. A next waiter may be granted.
+    pub fn unlock(
+        &mut self,
+        key: &str,
+        conn: ConnKey,
+        now: u64,
+        timers: &mut Timers,
+        events: &mut Vec<LockEvent>,
+    ) -> bool {
+        let held = self
+            .locks
+            .get(key)
+            .and_then(|l| l.holder.as_ref())
+            .is_some_and(|h| h.conn == conn);
+        if held {
+            self.release(key, now, timers, events);
+            self.forget_conn_key(conn, key);
+        }
+        held
+    }
+
+    fn forget_conn_key(&mut self, conn: ConnKey, key: &str) {
+        // Keep the key listed while the connection still waits on it.
+        let still_waiting = self.locks.get(key).is_some_and(|l| {
+            l.waiters.iter().any(|w| w.conn == conn)
+                || l.holder.as_ref().is_some_and(|h| h.conn == conn)
+        });
+        if still_waiting {
+            return;
+        }
+        if let Some(v) = self.by_conn.get_mut(&conn) {
+            v.retain(|k| &**k != key);
+            if v.is_empty() {
+                self.by_conn.remove(&conn);
+            }
+        }
+    }
+
+    /// Frees `key`'s holder and grants the next waiter, if any.
+    fn release(&mut self, key: &str, now: u64, timers: &mut Timers, events: &mut Vec<LockEvent>) {
+        let Some(lock) = self.locks.get_mut(key) else {
+            return;
+        };
+        if let Some(h) = lock.holder.take() {
+            self.grants.remove(&h.token.0);
+        }
+        let next = lock.waiters.pop_front();
+        match next {
+            Some(w) => {
+                self.waiter_count -= 1;
+                self.waiting.remove(&w.id);
+                let token = self.issue(key, w.conn, w.ttl_ms, now, timers);
+                events.push(LockEvent::Granted {
+                    conn: w.conn,
+                    reply_to: w.reply_to,
+                    token,
+                });
+            }
+            None => {
+                self.locks.remove(key);
+            }
+        }
+    }
+
+    /// A timer of this table fired.
+    pub fn on_timer(
+        &mut self,
+        t: TimerKind,
+        now: u64,
+        timers: &mut Timers,
+        events: &mut Vec<LockEvent>,
+    ) {
+        match t {
+            TimerKind::LockExpiry(tok) => {
+                let Some(key) = self.grants.get(&tok).cloned() else {
+                    return;
+                };
+                let holder = self
+                    .locks
+                    .get(&*key)
+                    .and_then(|l| l.holder.as_ref())
+                    .map(|h| h.conn);
+                self.release(&key, now, timers, events);
+                if let Some(c) = holder {
+                    self.forget_conn_key(c, &key);
+                }
+            }
+            TimerKind::LockWait(id) => {
+                let Some(key) = self.waiting.remove(&id) else {
+                    return;
+                };
+                let Some(lock) = self.locks.get_mut(&*key) else {
+                    return;
+                };
+                if let Some(pos) = lock.waiters.iter().position(|w| w.id == id) {
+                    let w = lock
+                        .waiters
+                        .remove(pos)
+                        .expect("invariant: position is in range");
+                    self.waiter_count -= 1;
+                    events.push(LockEvent::TimedOut {
+                        conn: w.conn,
+                        reply_to: w.reply_to,
+                    });
+                    self.forget_conn_key(w.conn, &key);
+                }
+            }
+            TimerKind::CallDeadline(_) => {}
+        }
+    }
+
+    /// Releases every lock held or awaited by a closing connection.
+    pub fn remove_conn(
+        &mut self,
+        conn: ConnKey,
+        now: u64,
+        timers: &mut Timers,
+        events: &mut Vec<LockEvent>,
+    ) {
+        let Some(keys) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        for key in keys.iter() {
+            if let Some(lock) = self.locks.get_mut(&**key) {
+                let mut gone = Vec::new();
+                lock.waiters.retain(|w| {
+                    let mine = w.conn == conn;
+                    if mine {
+                        gone.push(w.id);
+                    }
+                    !mine
+                });
+                self.waiter_count -= gone.len();
+                for id in gone {
+                    // Its timer then finds nothing in `waiting` and does nothing.
+                    self.waiting.remove(&id);
+                }
+                let holds = lock.holder.as_ref().is_some_and(|h| h.conn == conn);
+                if holds {
+                    self.release(key, now, timers, events);
+                } else if lock.holder.is_none() && lock.waiters.is_empty() {
+                    self.locks.remove(&**key);
+                }
+            }
+        }
+    }
+
+    /// Checks a fenced write's token against `key`'s high mark and, when it passes,
+    /// raises the mark. Absent or lower tokens fail.
+    pub fn fence(&mut self, key: &str, token: Option<FencingToken>) -> bool {
+        let Some(token) = token else { return false };
+        match self.high.get_mut(key) {
+            Some(mark) if token < *mark => false,
+            Some(mark) => {
+                *mark = token;
+                true
+            }
+            None => {
+                self.high.insert(key.into(), token);
+                true
+            }
+        }
+    }
+
+    /// The holder's token of `key`, if held.
+    pub fn holder_token(&self, key: &str) -> Option<FencingToken> {
+        self.locks
+            .get(key)
+            .and_then(|l| l.holder.as_ref())
+            .map(|h| h.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn granted(o: LockOutcome) -> FencingToken {
+        match o {
+            LockOutcome::Granted(t) => t,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fifo_handoff_on_unlock_and_disconnect() {
+        let mut t = Timers::default();
+        let mut l = LockTable::default();
+        let mut ev = Vec::new();
+        let t1 = granted(l.lock("k", 1, 1000, 0, None, 0, &mut t));
+        assert_eq!(l.lock("k", 2, 1000, 0, None, 0, &mut t), LockOutcome::Busy);
+        assert_eq!(
+            l.lock("k", 2, 1000, 500, Some(b"7".to_vec().into()), 0, &mut t),
+            LockOutcome::Queued
+        );
+        assert_eq!(
+            l.lock("k", 3, 1000, 500, None, 0, &mut t),
+            LockOutcome::Queued
+        );
+        assert_eq!(l.waiters(), 2);
+        assert!(!l.unlock("k", 2, 10, &mut t, &mut ev));
+        assert!(l.unlock("k", 1, 10, &mut t, &mut ev));
+        let t2 = match ev.pop().unwrap() {
+            LockEvent::Granted {
+                conn: 2,
+                reply_to,
+                token,
+            } => {
+                assert_eq!(reply_to.as_deref(), Some(&b"7"[..]));
+                token
+            }
+            e => panic!("{e:?}"),
+        };
+        assert!(t2 > t1);
+        l.remove_conn(2, 20, &mut t, &mut ev);
+        assert!(matches!(ev.pop(), Some(LockEvent::Granted { conn: 3, .. })));
+        assert_eq!(l.waiters(), 0);
+        assert_eq!(l.held(), 1);
+    }
+
+    #[test]
+    fn expiry_grants_next_and_fences_the_old_holder() {
+        let mut t = Timers::default();
+        let mut l = LockTable::default();
+        let mut ev = Vec::new();
+        let t1 = granted(l.lock("k", 1, 100, 0, None, 0, &mut t));
+        l.lock("k", 2, 100, 1000, None, 0, &mut t);
+        while let Some(k) = t.pop_due(100) {
+            l.on_timer(k, 100, &mut t, &mut ev);
+        }
+        let LockEvent::Granted {
+            conn: 2, token: t2, ..
+        } = ev.pop().unwrap()
+        else {
+            panic!()
+        };
+        assert!(!l.fence("k", Some(t1)));
+        assert!(l.fence("k", Some(t2)));
+        assert!(!l.fence("k", None));
+        assert!(!l.unlock("k", 1, 100, &mut t, &mut ev));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let mut t = Timers::default();
+        let mut l = LockTable::default();
+        let mut ev = Vec::new();
+        granted(l.lock("k", 1, 10_000, 0, None, 0, &mut t));
+        l.lock("k", 2, 100, 50, None, 0, &mut t);
+        while let Some(k) = t.pop_due(60) {
+            l.on_timer(k, 60, &mut t, &mut ev);
+        }
+        assert_eq!(
+            ev,
+            vec![LockEvent::TimedOut {
+                conn: 2,
+                reply_to: None
+            }]
+        );
+        assert_eq!(l.waiters(), 0);
+    }
+}

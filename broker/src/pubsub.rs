@@ -1,0 +1,219 @@
+//! Subscriptions and the match index (PROTOCOL.md §8).
+//!
+//! `pubsub` owns who is subscribed to what; it does not write frames (the dispatcher
+//! fans out, encoding each message once per codec). Exact channels are one hash
+//! lookup. Wildcard patterns (`prefix*`) are indexed by prefix, and a publish looks up
+//! only the channel's prefixes whose length some pattern has: the cost grows with
+//! the channel's length and the matches, never with the number of patterns.
+//!
+//! Invariants: `by_conn[c]` lists exactly the subscriptions naming `c` in `exact` and
+//! `prefixes`; no empty subscriber list is kept; `lens[n]` counts the prefixes of
+//! byte length `n` present in `prefixes`.
+
+use std::collections::BTreeMap;
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+
+/// A connection's slab key.
+pub type ConnKey = usize;
+
+/// The subscription tables.
+#[derive(Default)]
+pub struct PubSub {
+    exact: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
+    prefixes: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
+    lens: BTreeMap<usize, usize>,
+    by_conn: HashMap<ConnKey, Vec<Box<str>>, RandomState>,
+    count: usize,
+    // Per-publish dedup: the epoch at which a connection was last matched.
+    marks: Vec<u64>,
+    epoch: u64,
+}
+
+impl PubSub {
+    /// Empty tables.
+    pub fn new() -> PubSub {
+        PubSub::default()
+    }
+
+    /// Total subscriptions held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when nobody is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Subscribes `conn` to `sub` (an exact channel or a `prefix*` pattern). Returns
+    /// false when it already was.
+    pub fn subscribe(&mut self, conn: ConnKey, sub: &str) -> bool {
+        let mine = self.by_conn.entry(conn).or_default();
+        if mine.iter().any(|s| &**s == sub) {
+            return false;
+        }
+        mine.push(sub.into());
+        let (table, prefix) = match sub.strip_suffix('*') {
+            Some(p) => (&mut self.prefixes, p),
+            None => (&mut self.exact, sub),
+        };
+        let list = table.entry_ref(prefix).or_default();
+        if list.is_empty() && sub.ends_with('*') {
+            *self.lens.entry(prefix.len()).or_default() += 1;
+        }
+        list.push(conn);
+        self.count += 1;
+        true
+    }
+
+    /// Unsubscribes `conn` from `sub`. Returns false when it was not subscribed.
+    pub fn unsubscribe(&mut self, conn: ConnKey, sub: &str) -> bool {
+        let Some(mine) = self.by_conn.get_mut(&conn) else {
+            return false;
+        };
+        let Some(pos) = mine.iter().position(|s| &**s == sub) else {
+            return false;
+        };
+        mine.swap_remove(pos);
+        if mine.is_empty() {
+            self.by_conn.remove(&conn);
+        }
+        self.remove_from_index(conn, sub);
+        true
+    }
+
+    fn remove_from_index(&mut self, conn: ConnKey, sub: &str) {
+        let (table, prefix, is_pattern) = match sub.strip_suffix('*') {
+            Some(p) => (&mut self.prefixes, p, true),
+            None => (&mut self.exact, sub, false),
+        };
+        if let Some(list) = table.get_mut(prefix) {
+            if let Some(i) = list.iter().position(|&c| c == conn) {
+                list.swap_remove(i);
+                self.count -= 1;
+            }
+            if list.is_empty() {
+                table.remove(prefix);
+                if is_pattern {
+                    if let Some(n) = self.lens.get_mut(&prefix.len()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.lens.remove(&prefix.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every subscription of a closing connection.
+    pub fn remove_conn(&mut self, conn: ConnKey) {
+        if let Some(subs) = self.by_conn.remove(&conn) {
+            for s in subs.iter() {
+                self.remove_from_index(conn, s);
+            }
+        }
+    }
+
+    /// The subscriptions of `conn`.
+    pub fn subscriptions_of(&self, conn: ConnKey) -> &[Box<str>] {
+        self.by_conn.get(&conn).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Calls `f` once per connection matching `channel`, however many of its
+    /// subscriptions match.
+    pub fn for_each_match(&mut self, channel: &str, mut f: impl FnMut(ConnKey)) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let marks = &mut self.marks;
+        let mut visit = |list: &Vec<ConnKey>| {
+            for &c in list {
+                if c >= marks.len() {
+                    marks.resize(c + 1, 0);
+                }
+                if marks[c] != epoch {
+                    marks[c] = epoch;
+                    f(c);
+                }
+            }
+        };
+        if let Some(list) = self.exact.get(channel) {
+            visit(list);
+        }
+        for (&n, _) in self.lens.range(..=channel.len()) {
+            // A prefix that splits a UTF-8 character matches no (valid UTF-8) pattern.
+            if let Some(prefix) = channel.get(..n) {
+                if let Some(list) = self.prefixes.get(prefix) {
+                    visit(list);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procmesh_proto::topic;
+    use proptest::prelude::*;
+
+    fn matches(ps: &mut PubSub, ch: &str) -> Vec<ConnKey> {
+        let mut v = Vec::new();
+        ps.for_each_match(ch, |c| v.push(c));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn exact_prefix_and_dedup() {
+        let mut ps = PubSub::new();
+        assert!(ps.subscribe(1, "orders.created"));
+        assert!(ps.subscribe(1, "orders.*"));
+        assert!(!ps.subscribe(1, "orders.*"));
+        assert!(ps.subscribe(2, "*"));
+        assert!(ps.subscribe(3, "users.*"));
+        assert_eq!(matches(&mut ps, "orders.created"), vec![1, 2]);
+        assert_eq!(matches(&mut ps, "users.x"), vec![2, 3]);
+        assert_eq!(ps.len(), 4);
+        ps.remove_conn(1);
+        assert_eq!(matches(&mut ps, "orders.created"), vec![2]);
+        assert!(ps.unsubscribe(2, "*"));
+        assert!(!ps.unsubscribe(2, "*"));
+        assert_eq!(matches(&mut ps, "orders.created"), Vec::<ConnKey>::new());
+        assert_eq!(ps.len(), 1);
+        assert!(ps.lens.len() == 1);
+    }
+
+    proptest! {
+        // Model test: the index answers like matching every subscription by hand.
+        #[test]
+        fn index_matches_linear_scan(
+            subs in prop::collection::vec((0usize..6, "[ab]{0,3}\\*?"), 0..40),
+            unsubs in prop::collection::vec(0usize..40, 0..10),
+            channels in prop::collection::vec("[ab]{0,4}", 1..10),
+        ) {
+            let mut ps = PubSub::new();
+            let mut model: Vec<(usize, String)> = Vec::new();
+            for (c, s) in &subs {
+                if ps.subscribe(*c, s) {
+                    model.push((*c, s.clone()));
+                }
+            }
+            for i in unsubs {
+                if i < model.len() {
+                    let (c, s) = model.remove(i);
+                    prop_assert!(ps.unsubscribe(c, &s));
+                }
+            }
+            prop_assert_eq!(ps.len(), model.len());
+            for ch in channels {
+                let mut want: Vec<usize> = model.iter().filter(|(_, s)| topic::matches(s, &ch)).map(|(c, _)| *c).collect();
+                want.sort();
+                want.dedup();
+                prop_assert_eq!(matches(&mut ps, &ch), want);
+            }
+        }
+    }
+}
