@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     pub idle_timeout: Option<Duration>,
     /// Default RPC call timeout when a call has none.
     pub call_timeout: Duration,
+    /// Grace added to a call's timeout before the broker reaps it (default 5 s).
+    pub call_grace: Duration,
     /// Queued bytes past which best-effort frames to a connection are dropped.
     pub send_hwm: usize,
     /// Queued bytes past which a connection is closed.
@@ -34,7 +36,7 @@ pub struct BrokerConfig {
     pub max_frame: usize,
 }
 
-/// Grace added to an RPC call's timeout before the broker reaps it.
+/// Default grace added to an RPC call's timeout before the broker reaps it.
 pub const CALL_GRACE: Duration = Duration::from_millis(5000);
 
 impl Default for BrokerConfig {
@@ -47,6 +49,7 @@ impl Default for BrokerConfig {
             heartbeat: Some(Duration::from_secs(30)),
             idle_timeout: None,
             call_timeout: Duration::from_secs(30),
+            call_grace: CALL_GRACE,
             send_hwm: 16 << 20,
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,

@@ -12,7 +12,6 @@ use procmesh_proto::message::{
 };
 use procmesh_proto::{Codec, DecodeError, ErrorCode, Kind, Num, Raw, Writer};
 
-use crate::config::CALL_GRACE;
 use crate::connection::Closing;
 use crate::locks::{FencingToken, LockEvent, LockOutcome};
 use crate::pubsub::ConnKey;
@@ -569,7 +568,7 @@ impl Core {
         let deadline = self
             .now
             .saturating_add(timeout)
-            .saturating_add(CALL_GRACE.as_millis() as u64);
+            .saturating_add(self.cfg.call_grace.as_millis() as u64);
         let serial = self.conns[k].serial;
         let reply_to = f.id.map(|id| Box::<[u8]>::from(id.bytes));
         let started = self.rpc.start(

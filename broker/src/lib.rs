@@ -141,6 +141,12 @@ impl BrokerBuilder {
         self
     }
 
+    /// Grace added to a call's timeout before the broker reaps it.
+    pub fn call_grace(mut self, t: Duration) -> Self {
+        self.cfg.call_grace = t;
+        self
+    }
+
     /// Queued bytes past which best-effort messages to a connection are dropped.
     pub fn send_hwm(mut self, bytes: usize) -> Self {
         self.cfg.send_hwm = bytes;

@@ -68,6 +68,9 @@ enum Cmd {
         /// Default RPC call timeout in ms.
         #[arg(long)]
         call_timeout: Option<u64>,
+        /// Grace in ms added to a call's timeout before it is reaped (default 5000).
+        #[arg(long)]
+        call_grace: Option<u64>,
         /// Queued bytes per connection past which pub/sub messages are dropped.
         #[arg(long)]
         send_hwm: Option<usize>,
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             heartbeat,
             idle_timeout,
             call_timeout,
+            call_grace,
             send_hwm,
             send_hard_limit,
             max_frame,
@@ -148,6 +152,9 @@ fn main() -> ExitCode {
             }
             if let Some(n) = call_timeout {
                 cfg.call_timeout = Duration::from_millis(n);
+            }
+            if let Some(n) = call_grace {
+                cfg.call_grace = Duration::from_millis(n);
             }
             if let Some(n) = send_hwm {
                 cfg.send_hwm = n;
