@@ -1,0 +1,367 @@
+//! Request encoding and reply parsing: [`Procmesh`] frames (either codec, through
+//! `procmesh-proto`) and [`Resp`] for Redis.
+//!
+//! Owns nothing but the byte formats. Procmesh replies carry the request id (they may
+//! come back in any order); RESP replies come back in request order.
+
+use procmesh_proto::message::{Frame, FrameWriter, Kind};
+use procmesh_proto::{frame, Codec};
+
+/// One request of a workload; strings borrow the generator's scratch buffers.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// `get key`.
+    Get(&'a str),
+    /// `set key value`.
+    Set(&'a str, &'a str),
+    /// `incr key`.
+    Incr(&'a str),
+    /// `lock key` (procmesh: default ttl, no wait; Redis: `SET key 1 NX PX 30000`).
+    Lock(&'a str),
+    /// `unlock key` (Redis: `DEL key`).
+    Unlock(&'a str),
+    /// `pub channel payload` (Redis: `PUBLISH`).
+    Pub(&'a str, &'a str),
+    /// `call name [arg]` (procmesh only).
+    Call(&'a str, &'a str),
+    /// `sub channel` (Redis: `SUBSCRIBE`).
+    Sub(&'a str),
+    /// `reg name` (procmesh only).
+    Reg(&'a str),
+}
+
+/// What a parsed frame was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A successful reply to a request.
+    Ok,
+    /// An error reply, with its message.
+    Err(String),
+    /// A pub/sub delivery.
+    Msg,
+    /// A server heartbeat that wants a pong (procmesh `ping` without id).
+    Ping,
+    /// Anything else that is not a reply (ignored).
+    Other,
+}
+
+/// One parsed frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The request id (procmesh), `None` for RESP and for unsolicited frames.
+    pub id: Option<u64>,
+    /// What it was.
+    pub kind: ReplyKind,
+    /// An integer result, when the reply was one (e.g. a publish's delivered count).
+    pub int: Option<i64>,
+}
+
+/// A protocol the generator speaks.
+pub trait Wire: Send {
+    /// Whether replies come back in request order (ids are then ignored).
+    const ORDERED: bool;
+    /// Whether the protocol can express `op`.
+    fn supports(op: &Op<'_>) -> bool;
+    /// Appends one request.
+    fn encode(&self, op: &Op<'_>, id: u64, out: &mut Vec<u8>);
+    /// Parses one frame at the start of `buf`: `Ok(None)` when incomplete, else its
+    /// length and what it was.
+    fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String>;
+    /// Appends the answer to a server heartbeat.
+    fn pong(&self, out: &mut Vec<u8>);
+}
+
+/// The procmesh protocol in one codec.
+#[derive(Debug, Clone, Copy)]
+pub struct Procmesh {
+    /// Codec of the connection.
+    pub codec: Codec,
+}
+
+impl Wire for Procmesh {
+    const ORDERED: bool = false;
+
+    fn supports(_: &Op<'_>) -> bool {
+        true
+    }
+
+    #[inline]
+    fn encode(&self, op: &Op<'_>, id: u64, out: &mut Vec<u8>) {
+        let (t, fields) = match op {
+            Op::Get(_) => ("get", 3),
+            Op::Set(..) => ("set", 4),
+            Op::Incr(_) => ("incr", 3),
+            Op::Lock(_) => ("lock", 3),
+            Op::Unlock(_) => ("unlock", 3),
+            Op::Pub(..) => ("pub", 4),
+            Op::Call(..) => ("call", 4),
+            Op::Sub(_) => ("sub", 3),
+            Op::Reg(_) => ("reg", 3),
+        };
+        let mut f = FrameWriter::begin(self.codec, out, fields, t);
+        let w = f.w();
+        w.key("id");
+        w.uint(id);
+        match *op {
+            Op::Get(k) | Op::Incr(k) | Op::Lock(k) | Op::Unlock(k) => {
+                w.key("key");
+                w.str(k);
+            }
+            Op::Set(k, v) => {
+                w.key("key");
+                w.str(k);
+                w.key("value");
+                w.str(v);
+            }
+            Op::Pub(ch, p) => {
+                w.key("channel");
+                w.str(ch);
+                w.key("payload");
+                w.str(p);
+            }
+            Op::Call(name, arg) => {
+                w.key("name");
+                w.str(name);
+                w.key("args");
+                w.begin_array(1);
+                w.str(arg);
+                w.end_array();
+            }
+            Op::Sub(ch) => {
+                w.key("channel");
+                w.str(ch);
+            }
+            Op::Reg(name) => {
+                w.key("name");
+                w.str(name);
+            }
+        }
+        f.finish();
+    }
+
+    #[inline]
+    fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String> {
+        let Some((start, end)) =
+            frame::try_decode(buf, frame::MAX_FRAME_LEN).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let f = Frame::decode(self.codec, &buf[start..end]).map_err(|e| e.to_string())?;
+        let id = f.id.and_then(|r| r.as_i64()).map(|i| i as u64);
+        let kind = match f.kind() {
+            Kind::Ok | Kind::Welcome | Kind::Pong => ReplyKind::Ok,
+            Kind::Err => ReplyKind::Err(
+                f.message
+                    .and_then(|m| m.as_str())
+                    .map_or_else(|| "error without message".to_string(), |m| m.into_owned()),
+            ),
+            Kind::Msg => ReplyKind::Msg,
+            Kind::Ping => ReplyKind::Ping,
+            _ => ReplyKind::Other,
+        };
+        let int = f.value.and_then(|v| v.as_i64());
+        Ok(Some((end, Reply { id, kind, int })))
+    }
+
+    fn pong(&self, out: &mut Vec<u8>) {
+        FrameWriter::begin(self.codec, out, 1, "pong").finish();
+    }
+}
+
+/// RESP2, as `redis-benchmark` speaks it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resp;
+
+impl Resp {
+    #[inline]
+    fn command(out: &mut Vec<u8>, parts: &[&[u8]]) {
+        out.push(b'*');
+        out.extend_from_slice(itoa::Buffer::new().format(parts.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for p in parts {
+            out.push(b'$');
+            out.extend_from_slice(itoa::Buffer::new().format(p.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(p);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// End of the line starting at `pos` (index of its `\r`), if complete.
+#[inline]
+fn line_end(buf: &[u8], pos: usize) -> Option<usize> {
+    let nl = pos + memchr::memchr(b'\n', &buf[pos..])?;
+    if nl == pos || buf[nl - 1] != b'\r' {
+        return None;
+    }
+    Some(nl - 1)
+}
+
+fn parse_int(s: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("bad RESP integer {:?}", String::from_utf8_lossy(s)))
+}
+
+/// Skips one RESP value at `pos`; returns the position after it, or `None` if incomplete.
+fn skip_value(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, String> {
+    if pos >= buf.len() {
+        return Ok(None);
+    }
+    if depth > 16 {
+        return Err("RESP nesting too deep".into());
+    }
+    let Some(eol) = line_end(buf, pos) else {
+        return Ok(None);
+    };
+    let after = eol + 2;
+    match buf[pos] {
+        b'+' | b'-' | b':' => Ok(Some(after)),
+        b'$' => {
+            let n = parse_int(&buf[pos + 1..eol])?;
+            if n < 0 {
+                return Ok(Some(after));
+            }
+            let end = after + n as usize + 2;
+            Ok((buf.len() >= end).then_some(end))
+        }
+        b'*' => {
+            let n = parse_int(&buf[pos + 1..eol])?;
+            let mut p = after;
+            for _ in 0..n.max(0) {
+                match skip_value(buf, p, depth + 1)? {
+                    Some(q) => p = q,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(p))
+        }
+        c => Err(format!("unexpected RESP type byte {c:#04x}")),
+    }
+}
+
+impl Wire for Resp {
+    const ORDERED: bool = true;
+
+    fn supports(op: &Op<'_>) -> bool {
+        !matches!(op, Op::Call(..) | Op::Reg(_))
+    }
+
+    #[inline]
+    fn encode(&self, op: &Op<'_>, _id: u64, out: &mut Vec<u8>) {
+        match *op {
+            Op::Get(k) => Resp::command(out, &[b"GET", k.as_bytes()]),
+            Op::Set(k, v) => Resp::command(out, &[b"SET", k.as_bytes(), v.as_bytes()]),
+            Op::Incr(k) => Resp::command(out, &[b"INCR", k.as_bytes()]),
+            Op::Lock(k) => {
+                Resp::command(out, &[b"SET", k.as_bytes(), b"1", b"NX", b"PX", b"30000"])
+            }
+            Op::Unlock(k) => Resp::command(out, &[b"DEL", k.as_bytes()]),
+            Op::Pub(ch, p) => Resp::command(out, &[b"PUBLISH", ch.as_bytes(), p.as_bytes()]),
+            Op::Sub(ch) => Resp::command(out, &[b"SUBSCRIBE", ch.as_bytes()]),
+            // `supports` keeps these out; an unknown command makes Redis answer an error.
+            Op::Call(name, _) | Op::Reg(name) => {
+                Resp::command(out, &[b"PROCMESH-ONLY", name.as_bytes()])
+            }
+        }
+    }
+
+    #[inline]
+    fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String> {
+        let Some(end) = skip_value(buf, 0, 0)? else {
+            return Ok(None);
+        };
+        let mut int = None;
+        let kind = match buf[0] {
+            b'-' => ReplyKind::Err(String::from_utf8_lossy(&buf[1..end - 2]).into_owned()),
+            b':' => {
+                int = Some(parse_int(&buf[1..end - 2])?);
+                ReplyKind::Ok
+            }
+            b'*' if buf.starts_with(b"*3\r\n$7\r\nmessage\r\n") => ReplyKind::Msg,
+            _ => ReplyKind::Ok,
+        };
+        Ok(Some((
+            end,
+            Reply {
+                id: None,
+                kind,
+                int,
+            },
+        )))
+    }
+
+    fn pong(&self, _out: &mut Vec<u8>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procmesh_round_trip_both_codecs() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = Procmesh { codec };
+            let mut out = Vec::new();
+            p.encode(&Op::Set("key:000000000001", "xxx"), 77, &mut out);
+            let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
+            let f = Frame::decode(codec, &out[s..e]).unwrap();
+            assert_eq!(f.kind(), Kind::Set);
+            assert_eq!(f.id.unwrap().as_i64(), Some(77));
+            assert_eq!(f.value.unwrap().as_str().unwrap(), "xxx");
+
+            let mut reply = Vec::new();
+            let id = f.id.unwrap();
+            let mut w = procmesh_proto::message::begin_ok(codec, &mut reply, id, true);
+            w.w().int(3);
+            w.finish();
+            reply.extend_from_slice(&[0, 0]); // the start of the next frame
+            let (len, r) = p.decode(&reply).unwrap().unwrap();
+            assert_eq!(len, reply.len() - 2);
+            assert_eq!(
+                r,
+                Reply {
+                    id: Some(77),
+                    kind: ReplyKind::Ok,
+                    int: Some(3)
+                }
+            );
+            assert_eq!(p.decode(&reply[..len - 1]).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn resp_replies() {
+        let r = Resp;
+        let mut out = Vec::new();
+        r.encode(&Op::Set("k", "vv"), 0, &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n");
+        let ok = |b: &[u8]| r.decode(b).unwrap().unwrap();
+        assert_eq!(ok(b"+OK\r\n").0, 5);
+        assert_eq!(ok(b"$-1\r\n").0, 5);
+        assert_eq!(ok(b"$3\r\nxxx\r\n+OK").0, 9);
+        assert_eq!(ok(b":42\r\n").1.int, Some(42));
+        assert!(matches!(ok(b"-ERR nope\r\n").1.kind, ReplyKind::Err(m) if m == "ERR nope"));
+        let msg = b"*3\r\n$7\r\nmessage\r\n$5\r\nbench\r\n$3\r\nabc\r\n";
+        assert_eq!(
+            ok(msg),
+            (
+                msg.len(),
+                Reply {
+                    id: None,
+                    kind: ReplyKind::Msg,
+                    int: None
+                }
+            )
+        );
+        let sub = b"*3\r\n$9\r\nsubscribe\r\n$5\r\nbench\r\n:1\r\n";
+        assert_eq!(ok(sub).1.kind, ReplyKind::Ok);
+        for cut in 0..msg.len() {
+            assert_eq!(r.decode(&msg[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+}
