@@ -1,0 +1,7 @@
+//! Integration tests: the real `procmesh` binary over real Unix sockets.
+
+mod support;
+
+mod bad_input;
+mod cache;
+mod control;
