@@ -1,1 +1,105 @@
-//! The procmesh client (being built: see issue 4).
+//! `procmesh`: a shared in-memory cache, atomics, pub/sub, RPC and locks for
+//! the processes of one machine, served by a `procmesh` broker over a Unix
+//! domain socket.
+//!
+//! [`Client::connect`] reaches the mesh `"default"`; when no broker listens it
+//! starts one (the `procmesh` binary of the `procmesh-broker` package, found
+//! through `PROCMESH_BROKER_BIN`, next to the current executable, or on
+//! `PATH`), which exits by itself after a minute without clients. A
+//! [`Client`] is `Clone + Send + Sync`: threads share one connection and keep
+//! many requests in flight on it. Values are any `serde` type, sent as
+//! MessagePack (or JSON, see [`ClientBuilder::codec`]); Node.js processes
+//! using the `procmesh-js` package share the same mesh.
+//!
+//! The client reconnects with backoff when the broker goes away, replaying its
+//! subscriptions and registrations; [`Client::sharded`] spreads keys over
+//! several brokers behind the same API.
+//!
+//! # Layout
+//! - `client`: [`Client`], routing to shards, request building and replies.
+//! - `builder`: [`ClientBuilder`], every option and its default.
+//! - `conn`: one connection: pipelined requests, the reader thread, pings,
+//!   reconnect (documents the lock order).
+//! - `pending`: hand-off of replies between the reader and callers.
+//! - `pubsub`: [`Message`], [`Subscription`] and the dispatch thread.
+//! - `rpc`: [`Registration`], [`HandlerError`] and the handler pool.
+//! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`].
+//! - `spawn`: finding and starting the broker binary; backoff with jitter.
+//! - `stats`: [`Stats`] and its sum over shards.
+//! - `event`: [`Event`] and [`ShardId`].
+//! - `error`: [`ClientError`] and its stable codes.
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use procmesh::{Client, LockOptions};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct User {
+//!     name: String,
+//!     visits: u32,
+//! }
+//!
+//! fn main() -> Result<(), procmesh::ClientError> {
+//!     let client = Client::connect()?;
+//!
+//!     // Cache and atomics.
+//!     client.set("user:1", &User { name: "ann".into(), visits: 1 })?;
+//!     let u: Option<User> = client.get("user:1")?;
+//!     client.set_with_ttl("session:9", &"token", Duration::from_secs(60))?;
+//!     let hits = client.incr("hits", 1)?;
+//!
+//!     // Pub/sub: the handler runs on the client's dispatch thread.
+//!     let sub = client.subscribe("news.*", |msg| {
+//!         println!("{}: {:?}", msg.channel(), msg.payload::<String>());
+//!     })?;
+//!     client.publish("news.rust", &"procmesh 0.1")?;
+//!
+//!     // RPC: any process may serve `add`, any may call it.
+//!     let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
+//!     let sum: i64 = client.call("add", &(2, 3), None)?;
+//!
+//!     // Locks with fencing tokens: writes through the guard are refused once a
+//!     // newer holder exists.
+//!     if let Some(guard) = client.lock("report", LockOptions::new().wait(Duration::from_secs(1)))? {
+//!         guard.set("report:owner", &std::process::id())?;
+//!     }
+//!
+//!     println!("{u:?} {hits} {sum}");
+//!     drop((sub, reg));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Errors
+//! Every call returns [`ClientError`]; [`ClientError::code`] gives the stable
+//! wire code (`EFENCED`, `ETIMEOUT`, `EDISCONNECTED`, …) as an [`ErrorCode`].
+#![deny(missing_docs)]
+
+mod builder;
+mod client;
+mod conn;
+mod error;
+mod event;
+mod lock;
+mod pending;
+mod pubsub;
+mod rpc;
+mod spawn;
+mod stats;
+mod value;
+
+pub use builder::ClientBuilder;
+pub use client::Client;
+pub use error::{ClientError, HandlerError, Result};
+pub use event::{Event, ShardId};
+pub use lock::{FencingToken, LockGuard, LockOptions};
+pub use procmesh_proto::{Codec, ErrorCode};
+pub use pubsub::{Message, Subscription};
+pub use rpc::Registration;
+pub use stats::{ProcStats, Stats};
+
+/// The FNV-1a hash that places keys on shards (over UTF-16 code units, as the
+/// Node.js package computes it): a key lives on shard `fnv1a(key) % n`.
+pub use procmesh_proto::hash::fnv1a;

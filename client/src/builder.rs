@@ -1,0 +1,345 @@
+//! [`ClientBuilder`]: every option of a client, with the Node.js package's
+//! defaults, and how they resolve to socket addresses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use procmesh_proto::{addr, Codec};
+
+use crate::conn::{Settings, SpawnSettings};
+use crate::error::{ClientError, Result};
+use crate::event::Event;
+use crate::pubsub::EventCallback;
+use crate::Client;
+
+/// Options for a [`Client`]. Start with [`Client::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use procmesh::{Client, Codec};
+///
+/// let client = Client::builder()
+///     .name("jobs")
+///     .codec(Codec::Json)
+///     .call_timeout(Duration::from_secs(5))
+///     .on_event(|e| eprintln!("procmesh: {e:?}"))
+///     .connect()?;
+/// # Ok::<(), procmesh::ClientError>(())
+/// ```
+#[must_use = "a builder does nothing until `connect()`"]
+pub struct ClientBuilder {
+    name: String,
+    address: Option<PathBuf>,
+    addresses: Option<Vec<PathBuf>>,
+    shards: Option<usize>,
+    codec: Codec,
+    auto_spawn: bool,
+    reconnect: bool,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+    ping_interval: Option<Duration>,
+    token: Option<String>,
+    idle_timeout: Duration,
+    max_keys: Option<u64>,
+    default_ttl: Option<Duration>,
+    max_bytes: Option<u64>,
+    broker_options: serde_json::Map<String, serde_json::Value>,
+    broker_bin: Option<PathBuf>,
+    handler_threads: usize,
+    callbacks: Vec<EventCallback>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            name: addr::DEFAULT_NAME.to_owned(),
+            address: None,
+            addresses: None,
+            shards: None,
+            codec: Codec::MsgPack,
+            auto_spawn: true,
+            reconnect: true,
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(5)),
+            token: None,
+            idle_timeout: Duration::from_secs(60),
+            max_keys: None,
+            default_ttl: None,
+            max_bytes: None,
+            broker_options: serde_json::Map::new(),
+            broker_bin: None,
+            handler_threads: std::thread::available_parallelism()
+                .map_or(4, |n| n.get().clamp(2, 16)),
+            callbacks: Vec::new(),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The mesh name (default `"default"`): the address is
+    /// `<tmpdir>/procmesh-<name>.sock`, or `PROCMESH_SOCKET` when set.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// An explicit socket address for a plain (one-shard) client.
+    pub fn address(mut self, path: impl Into<PathBuf>) -> Self {
+        self.address = Some(path.into());
+        self
+    }
+
+    /// Explicit socket addresses, one per shard, in shard order. Every process
+    /// of the mesh must list the same addresses in the same order.
+    pub fn addresses<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        self.addresses = Some(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Shard the mesh over `n` brokers named `<name>#0` … `<name>#n-1`.
+    /// Cannot be combined with `PROCMESH_SOCKET`.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// The wire codec (default MessagePack). JSON and MessagePack clients share
+    /// one mesh.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Start a broker when none listens (default on).
+    pub fn auto_spawn(mut self, on: bool) -> Self {
+        self.auto_spawn = on;
+        self
+    }
+
+    /// Reconnect after a lost connection (default on).
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+
+    /// How long a request waits for its reply before `ETIMEOUT` (default 30 s).
+    /// Also the default timeout of [`Client::call`].
+    pub fn call_timeout(mut self, t: Duration) -> Self {
+        self.call_timeout = t;
+        self
+    }
+
+    /// How long to wait for a (spawned) broker to accept and answer `hello`
+    /// (default 5 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Ping the broker after this much silence and drop the connection when
+    /// nothing arrives for twice as long (default 5 s; `None` turns it off).
+    pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
+        self.ping_interval = every;
+        self
+    }
+
+    /// The broker's token, sent in `hello` (and given to a spawned broker).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A spawned broker exits after this long without connections (default
+    /// 60 s; zero keeps it running).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// A spawned broker's entry limit (`--max-keys`; LRU eviction beyond it).
+    pub fn max_keys(mut self, n: u64) -> Self {
+        self.max_keys = Some(n);
+        self
+    }
+
+    /// A spawned broker's default expiry for entries set without a ttl.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// A spawned broker's cache size limit in bytes (replaces the entry limit).
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = Some(n);
+        self
+    }
+
+    /// Any other broker option for a spawned broker, by its
+    /// `PROCMESH_BROKER_OPTS` name (e.g. `"heartbeatInterval"`).
+    pub fn broker_option(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.broker_options.insert(key.into(), value.into());
+        self
+    }
+
+    /// The broker binary to spawn, instead of searching for it.
+    pub fn broker_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.broker_bin = Some(path.into());
+        self
+    }
+
+    /// Threads running RPC handlers (default: the number of cores, 2 to 16).
+    pub fn handler_threads(mut self, n: usize) -> Self {
+        self.handler_threads = n.max(1);
+        self
+    }
+
+    /// Calls `f` for every connection event, on the client's dispatch thread
+    /// (including the first `Connected` of each shard).
+    pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.callbacks.push(Arc::new(f));
+        self
+    }
+
+    /// The `(socket path, mesh name)` of each shard.
+    pub(crate) fn targets(&self) -> Result<Vec<(PathBuf, String)>> {
+        if let Some(list) = &self.addresses {
+            if list.is_empty() {
+                return Err(ClientError::Config("an empty address list".into()));
+            }
+            if list.len() == 1 {
+                return Ok(vec![(list[0].clone(), self.name.clone())]);
+            }
+            return Ok(list
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.clone(), addr::shard_name(&self.name, i)))
+                .collect());
+        }
+        if let Some(n) = self.shards {
+            if n == 0 {
+                return Err(ClientError::Config("a shard count of 0".into()));
+            }
+            if self.address.is_some() {
+                return Err(ClientError::Config(
+                    "a shard count together with one address; use `addresses` for explicit shards"
+                        .into(),
+                ));
+            }
+            let paths = addr::shard_paths(&self.name, n).map_err(ClientError::Config)?;
+            return Ok(paths
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (p, addr::shard_name(&self.name, i)))
+                .collect());
+        }
+        let path = self
+            .address
+            .clone()
+            .unwrap_or_else(|| addr::socket_path(&self.name));
+        Ok(vec![(path, self.name.clone())])
+    }
+
+    /// The options forwarded to a spawned broker in `PROCMESH_BROKER_OPTS`.
+    fn spawn_opts(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut opts = self.broker_options.clone();
+        let mut cache = match opts.remove("cache") {
+            Some(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        if let Some(t) = self.default_ttl {
+            cache.insert("ttl".into(), crate::client::ms(t).into());
+        }
+        if let Some(b) = self.max_bytes {
+            cache.insert("maxSize".into(), b.into());
+        }
+        if !cache.is_empty() {
+            opts.insert("cache".into(), cache.into());
+        }
+        opts
+    }
+
+    /// Connects to every shard (spawning brokers when allowed), fails if any
+    /// shard cannot be reached.
+    pub fn connect(self) -> Result<Client> {
+        let targets = self.targets()?;
+        let spawn = self.auto_spawn.then(|| SpawnSettings {
+            program: self.broker_bin.clone(),
+            idle_timeout: self.idle_timeout,
+            max_keys: self.max_keys,
+            opts: self.spawn_opts(),
+        });
+        let settings = Settings {
+            codec: self.codec,
+            token: self.token,
+            call_timeout: self.call_timeout,
+            connect_timeout: self.connect_timeout,
+            ping_interval: self.ping_interval,
+            reconnect: self.reconnect,
+            spawn,
+            handler_threads: self.handler_threads,
+        };
+        Client::open(settings, self.callbacks, targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_resolve_names_and_shards() {
+        let t = ClientBuilder::default()
+            .address("/x/a.sock")
+            .targets()
+            .unwrap();
+        assert_eq!(t, vec![(PathBuf::from("/x/a.sock"), "default".to_owned())]);
+        let t = ClientBuilder::default()
+            .name("m")
+            .addresses(["/a", "/b"])
+            .targets()
+            .unwrap();
+        assert_eq!(t[1], (PathBuf::from("/b"), "m#1".to_owned()));
+        assert!(ClientBuilder::default().shards(0).targets().is_err());
+        assert!(ClientBuilder::default()
+            .shards(2)
+            .address("/a")
+            .targets()
+            .is_err());
+        if std::env::var_os("PROCMESH_SOCKET").is_none() {
+            let t = ClientBuilder::default()
+                .name("m")
+                .shards(3)
+                .targets()
+                .unwrap();
+            assert_eq!(t.len(), 3);
+            assert!(
+                t[2].0.to_string_lossy().ends_with("/procmesh-m#2.sock"),
+                "{t:?}"
+            );
+            assert_eq!(t[2].1, "m#2");
+        }
+    }
+
+    #[test]
+    fn cache_bounds_go_to_broker_opts() {
+        let b = ClientBuilder::default()
+            .default_ttl(Duration::from_secs(2))
+            .max_bytes(1000)
+            .broker_option("heartbeatInterval", 100);
+        let o = serde_json::Value::Object(b.spawn_opts());
+        assert_eq!(
+            o,
+            serde_json::json!({"heartbeatInterval": 100, "cache": {"ttl": 2000, "maxSize": 1000}})
+        );
+    }
+}

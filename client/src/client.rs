@@ -1,0 +1,882 @@
+//! [`Client`]: the public API, routing every operation to its shard.
+//!
+//! Owns the shard list and the routing rules of a sharded mesh: cache
+//! operations and atomics by key, locks and fenced writes by lock key, RPC by
+//! procedure name, publish and exact subscriptions by channel (FNV-1a over
+//! UTF-16 code units, as the Node.js package); wildcard subscriptions go to
+//! every shard, and `keys`/`clear`/`stats`/`shutdown_broker` fan out. It builds
+//! request frames and decodes replies; sockets and threads belong to `conn`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use procmesh_proto::{hash, topic, Codec, Raw, Writer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::builder::ClientBuilder;
+use crate::conn::{Conn, Settings, Shared, Ticket};
+use crate::error::{ClientError, HandlerError, Result};
+use crate::event::{Event, ShardId};
+use crate::lock::{FencingToken, LockGuard, LockOptions};
+use crate::pending::lock;
+use crate::pubsub::{Dispatcher, EventCallback, Message, MsgHandler, Subscription};
+use crate::rpc::Registration;
+use crate::stats::Stats;
+use crate::value::{encode, encode_args};
+
+/// Extra time a caller waits for a `call` beyond its timeout, so that the
+/// broker's own `ECALLTIMEOUT` (sent at the timeout) arrives first.
+const CALL_GRACE: Duration = Duration::from_secs(5);
+
+/// A duration on the wire: whole milliseconds, rounded up so that a short
+/// non-zero ttl never becomes 0 ("no expiry").
+pub(crate) fn ms(d: Duration) -> u64 {
+    let m = d.as_millis().min(u64::MAX as u128) as u64;
+    if m == 0 && !d.is_zero() {
+        1
+    } else if Duration::from_millis(m) < d {
+        m + 1
+    } else {
+        m
+    }
+}
+
+/// A connection to a procmesh mesh: one broker, or several shards behind one API.
+///
+/// Cheap to clone; clones share the connections, and any number of threads may
+/// use one client at once, each with requests in flight (replies are matched by
+/// id). Everything is closed when the last clone, [`Subscription`],
+/// [`Registration`] and [`LockGuard`] is dropped, or at [`Client::close`].
+///
+/// ```no_run
+/// use procmesh::Client;
+///
+/// let client = Client::connect()?;
+/// client.set("greeting", &"hello")?;
+/// let g: Option<String> = client.get("greeting")?;
+/// assert_eq!(g.as_deref(), Some("hello"));
+/// # Ok::<(), procmesh::ClientError>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conns: Vec<Arc<Conn>>,
+    shared: Arc<Shared>,
+    next_sub: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for c in &self.conns {
+            c.close("the client was closed");
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "shards",
+                &self
+                    .inner
+                    .conns
+                    .iter()
+                    .map(|c| c.path.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .field("codec", &self.codec())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct LockReply {
+    acquired: bool,
+    token: Option<u64>,
+}
+
+impl Client {
+    /// Connects to the mesh `"default"` with default options, starting a
+    /// broker if none is running.
+    pub fn connect() -> Result<Client> {
+        Client::builder().connect()
+    }
+
+    /// Connects to the default mesh sharded over `n` brokers.
+    pub fn sharded(n: usize) -> Result<Client> {
+        Client::builder().shards(n).connect()
+    }
+
+    /// A builder for every option.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn open(
+        settings: Settings,
+        callbacks: Vec<EventCallback>,
+        targets: Vec<(std::path::PathBuf, String)>,
+    ) -> Result<Client> {
+        let dispatch = Dispatcher::start(callbacks)
+            .map_err(|e| ClientError::Config(format!("cannot start a thread: {e}")))?;
+        let shared = Arc::new(Shared::new(settings, dispatch));
+        let mut conns: Vec<Arc<Conn>> = Vec::with_capacity(targets.len());
+        for (i, (path, name)) in targets.into_iter().enumerate() {
+            match Conn::open(ShardId(i), path, name, shared.clone()) {
+                Ok(c) => conns.push(c),
+                Err(e) => {
+                    for c in &conns {
+                        c.close("another shard failed to connect");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                conns,
+                shared,
+                next_sub: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    // ------------------------------------------------------------ routing
+
+    /// The number of shards (1 for a plain client).
+    pub fn shard_count(&self) -> usize {
+        self.inner.conns.len()
+    }
+
+    /// The shard that owns `key` (also a lock key, a procedure name, or an exact
+    /// channel): `fnv1a(key) % shard_count`.
+    pub fn shard_of(&self, key: &str) -> ShardId {
+        ShardId(hash::shard_index(key, self.inner.conns.len()))
+    }
+
+    /// The socket address of each shard, in shard order.
+    pub fn addresses(&self) -> Vec<std::path::PathBuf> {
+        self.inner.conns.iter().map(|c| c.path.clone()).collect()
+    }
+
+    /// The wire codec.
+    pub fn codec(&self) -> Codec {
+        self.inner.shared.settings.codec
+    }
+
+    fn route(&self, key: &str) -> &Conn {
+        &self.inner.conns[hash::shard_index(key, self.inner.conns.len())]
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.shared.settings.call_timeout
+    }
+
+    fn enc<V: Serialize + ?Sized>(&self, v: &V) -> Result<Vec<u8>> {
+        encode(self.codec(), v)
+    }
+
+    /// Sends `t` to every shard at once, then collects the replies in shard order.
+    fn fan_out<T>(
+        &self,
+        t: &'static str,
+        read: impl Fn(crate::conn::Reply) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let tickets: Vec<Ticket<'_>> = self
+            .inner
+            .conns
+            .iter()
+            .map(|c| c.start(t, self.timeout(), 0, |_| {}))
+            .collect::<Result<_>>()?;
+        tickets
+            .into_iter()
+            .map(|tk| tk.wait().and_then(&read))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ events
+
+    /// A receiver of every later connection event of every shard.
+    pub fn events(&self) -> Receiver<Event> {
+        self.inner.shared.dispatch.listen()
+    }
+
+    // ------------------------------------------------------------ cache
+
+    /// The value of `key`, or `None` when it is missing or expired.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.route(key)
+            .request("get", self.timeout(), 1, |w| {
+                w.key("key");
+                w.str(key);
+            })?
+            .opt()
+    }
+
+    /// Stores `value` under `key` with no expiry of its own (the broker's
+    /// default ttl, if configured, applies).
+    pub fn set<V: Serialize + ?Sized>(&self, key: &str, value: &V) -> Result<()> {
+        self.set_inner(key, value, None)
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl`.
+    pub fn set_with_ttl<V: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.set_inner(key, value, Some(ttl))
+    }
+
+    fn set_inner<V: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let v = self.enc(value)?;
+        self.route(key)
+            .request("set", self.timeout(), 2 + ttl.is_some() as usize, |w| {
+                w.key("key");
+                w.str(key);
+                w.key("value");
+                w.raw_same(&v);
+                if let Some(t) = ttl {
+                    w.key("ttl");
+                    w.uint(ms(t));
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub fn del(&self, key: &str) -> Result<bool> {
+        self.key_op("del", key)?.value()
+    }
+
+    /// Whether `key` holds a live value.
+    pub fn has(&self, key: &str) -> Result<bool> {
+        self.key_op("has", key)?.value()
+    }
+
+    fn key_op(&self, t: &'static str, key: &str) -> Result<crate::conn::Reply> {
+        self.route(key).request(t, self.timeout(), 1, |w| {
+            w.key("key");
+            w.str(key);
+        })
+    }
+
+    /// Every live key (of every shard).
+    pub fn keys(&self) -> Result<Vec<String>> {
+        let per_shard = self.fan_out("keys", |r| r.value::<Vec<String>>())?;
+        Ok(per_shard.into_iter().flatten().collect())
+    }
+
+    /// Deletes every key (on every shard).
+    pub fn clear(&self) -> Result<()> {
+        self.fan_out("clear", |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The values of `keys`, in order (`None` for a missing key).
+    pub fn mget<T: DeserializeOwned, K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<T>>> {
+        let n = self.shard_count();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, k) in keys.iter().enumerate() {
+            groups[hash::shard_index(k.as_ref(), n)].push(i);
+        }
+        let mut tickets = Vec::new();
+        for (s, idx) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            let tk = self.inner.conns[s].start("mget", self.timeout(), 1, |w| {
+                w.key("keys");
+                w.begin_array(idx.len());
+                for &i in idx {
+                    w.str(keys[i].as_ref());
+                }
+                w.end_array();
+            })?;
+            tickets.push((idx, tk));
+        }
+        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+        for (idx, tk) in tickets {
+            let reply = tk.wait()?;
+            let raw = reply
+                .raw_value()?
+                .ok_or_else(|| ClientError::Decode("mget reply has no value".into()))?;
+            let (values, found) = mget_parts(raw)?;
+            if values.len() != idx.len() || found.len() != idx.len() {
+                return Err(ClientError::Decode(
+                    "mget reply does not match the keys asked".into(),
+                ));
+            }
+            for ((&i, v), f) in idx.iter().zip(values).zip(found) {
+                if f {
+                    out[i] = Some(crate::value::decode(v)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores every `(key, value)` pair (one request per shard involved).
+    pub fn mset<K: AsRef<str>, V: Serialize>(&self, entries: &[(K, V)]) -> Result<()> {
+        let n = self.shard_count();
+        let mut groups: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); n];
+        for (i, (k, v)) in entries.iter().enumerate() {
+            groups[hash::shard_index(k.as_ref(), n)].push((i, self.enc(v)?));
+        }
+        let mut tickets = Vec::new();
+        for (s, g) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            tickets.push(self.inner.conns[s].start("mset", self.timeout(), 1, |w| {
+                w.key("entries");
+                w.begin_array(g.len());
+                for (i, v) in g {
+                    w.begin_array(2);
+                    w.str(entries[*i].0.as_ref());
+                    w.raw_same(v);
+                    w.end_array();
+                }
+                w.end_array();
+            })?);
+        }
+        for tk in tickets {
+            tk.wait()?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ atomics
+
+    /// Adds `by` to the number at `key` (a missing key counts from 0) and
+    /// returns the new value. Fails with `ENOTNUMBER` when the value is not a
+    /// number, and with a decode error when the result is not an integer (use
+    /// [`Client::incr_float`] for fractional counters).
+    pub fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        self.add("incr", key, |w| w.int(by))
+    }
+
+    /// Subtracts `by` from the number at `key`; see [`Client::incr`].
+    pub fn decr(&self, key: &str, by: i64) -> Result<i64> {
+        self.add("decr", key, |w| w.int(by))
+    }
+
+    /// Adds a fractional `by` to the number at `key`.
+    pub fn incr_float(&self, key: &str, by: f64) -> Result<f64> {
+        self.add("incr", key, |w| w.float(by))
+    }
+
+    fn add<N: DeserializeOwned>(
+        &self,
+        t: &'static str,
+        key: &str,
+        by: impl FnOnce(&mut Writer<'_>),
+    ) -> Result<N> {
+        self.route(key)
+            .request(t, self.timeout(), 2, |w| {
+                w.key("key");
+                w.str(key);
+                w.key("by");
+                by(w);
+            })?
+            .value()
+    }
+
+    /// Compare-and-swap: if the value at `key` equals `prev` (`None`: the key is
+    /// missing), stores `next` (`None`: deletes the key) and returns true.
+    /// Equality is structural (map order and `1` vs `1.0` do not matter).
+    pub fn cas<V: Serialize>(&self, key: &str, prev: Option<&V>, next: Option<&V>) -> Result<bool> {
+        let p = prev.map(|v| self.enc(v)).transpose()?;
+        let n = next.map(|v| self.enc(v)).transpose()?;
+        self.route(key)
+            .request(
+                "cas",
+                self.timeout(),
+                1 + p.is_some() as usize + n.is_some() as usize,
+                |w| {
+                    w.key("key");
+                    w.str(key);
+                    write_opt(w, "prev", p.as_deref());
+                    write_opt(w, "next", n.as_deref());
+                },
+            )?
+            .value()
+    }
+
+    // ------------------------------------------------------------ locks
+
+    /// Tries to take the lock `key`, waiting up to `opts.wait` in FIFO order.
+    /// `Ok(None)` when it was not acquired in time.
+    pub fn lock(&self, key: &str, opts: LockOptions) -> Result<Option<LockGuard>> {
+        let reply = self
+            .route(key)
+            .request("lock", opts.wait + self.timeout(), 3, |w| {
+                w.key("key");
+                w.str(key);
+                w.key("ttl");
+                w.uint(ms(opts.ttl));
+                w.key("wait");
+                w.uint(ms(opts.wait));
+            })?;
+        let r: LockReply = reply.value()?;
+        if !r.acquired {
+            return Ok(None);
+        }
+        let token = r
+            .token
+            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
+        Ok(Some(LockGuard {
+            client: self.clone(),
+            key: key.to_owned(),
+            token: FencingToken(token),
+            held: true,
+        }))
+    }
+
+    /// Runs `f` while holding the lock `key`, then releases it (also when `f`
+    /// fails or panics). Fails with `ELOCKTIMEOUT` when the lock is not
+    /// acquired within `opts.wait`. The guard's `set`/`cas`/`del` are fenced.
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// use std::time::Duration;
+    /// use procmesh::LockOptions;
+    ///
+    /// let opts = LockOptions::new().wait(Duration::from_secs(1));
+    /// client.with_lock("report", opts, |ctx| {
+    ///     ctx.set("report:status", &"running")?;
+    ///     Ok::<_, procmesh::ClientError>(())
+    /// })?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    pub fn with_lock<T, E, F>(&self, key: &str, opts: LockOptions, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&LockGuard) -> Result<T, E>,
+        E: From<ClientError>,
+    {
+        let guard = self
+            .lock(key, opts)?
+            .ok_or_else(|| ClientError::LockTimeout {
+                key: key.to_owned(),
+                waited: opts.wait,
+            })?;
+        let r = f(&guard);
+        // A failed unlock leaves nothing to undo: the lock then expires or dies
+        // with the connection.
+        let _ = guard.unlock();
+        r
+    }
+
+    pub(crate) fn unlock_key(&self, key: &str, wait: bool) -> Result<bool> {
+        let c = self.route(key);
+        let body = |w: &mut Writer<'_>| {
+            w.key("key");
+            w.str(key);
+        };
+        if wait {
+            c.request("unlock", self.timeout(), 1, body)?.value()
+        } else {
+            c.request_nowait("unlock", 1, body);
+            Ok(true)
+        }
+    }
+
+    /// Sets `key` to `value` if `token` is not older than the newest token seen
+    /// for the lock `lock_key`; fails with `EFENCED` otherwise.
+    pub fn fenced_set<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+    ) -> Result<()> {
+        self.fset(lock_key, token, key, value, None)
+    }
+
+    /// [`Client::fenced_set`] with an expiry.
+    pub fn fenced_set_with_ttl<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.fset(lock_key, token, key, value, Some(ttl))
+    }
+
+    fn fset<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let v = self.enc(value)?;
+        self.route(lock_key)
+            .request("fset", self.timeout(), 4 + ttl.is_some() as usize, |w| {
+                write_fence(w, lock_key, token, key);
+                w.key("value");
+                w.raw_same(&v);
+                if let Some(t) = ttl {
+                    w.key("ttl");
+                    w.uint(ms(t));
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Fenced [`Client::cas`]: fails with `EFENCED` when `token` is stale.
+    pub fn fenced_cas<V: Serialize>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        prev: Option<&V>,
+        next: Option<&V>,
+    ) -> Result<bool> {
+        let p = prev.map(|v| self.enc(v)).transpose()?;
+        let n = next.map(|v| self.enc(v)).transpose()?;
+        self.route(lock_key)
+            .request(
+                "fcas",
+                self.timeout(),
+                3 + p.is_some() as usize + n.is_some() as usize,
+                |w| {
+                    write_fence(w, lock_key, token, key);
+                    write_opt(w, "prev", p.as_deref());
+                    write_opt(w, "next", n.as_deref());
+                },
+            )?
+            .value()
+    }
+
+    /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
+    /// key existed.
+    pub fn fenced_del(&self, lock_key: &str, token: FencingToken, key: &str) -> Result<bool> {
+        self.route(lock_key)
+            .request("fdel", self.timeout(), 3, |w| {
+                write_fence(w, lock_key, token, key)
+            })?
+            .value()
+    }
+
+    // ------------------------------------------------------------ pub/sub
+
+    /// Subscribes `handler` to a channel, or to every channel starting with
+    /// `prefix` when `pattern` is `"prefix*"`. Handlers run on the client's
+    /// dispatch thread, in arrival order. Returns once the broker(s) confirmed.
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// let sub = client.subscribe("orders.*", |msg| {
+    ///     let order: serde_json::Value = msg.payload().unwrap();
+    ///     println!("{}: {order}", msg.channel());
+    /// })?;
+    /// client.publish("orders.created", &serde_json::json!({"id": 1}))?;
+    /// sub.unsubscribe()?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    pub fn subscribe<F>(&self, pattern: &str, handler: F) -> Result<Subscription>
+    where
+        F: Fn(Message) + Send + Sync + 'static,
+    {
+        let shards: Vec<usize> = if topic::is_pattern(pattern) {
+            (0..self.shard_count()).collect()
+        } else {
+            vec![self.shard_of(pattern).0]
+        };
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let h: MsgHandler = Arc::new(handler);
+        // Local handlers go in first, so that no message arriving right after the
+        // broker's confirmation is missed.
+        let mut tickets = Vec::new();
+        let mut first_err = None;
+        for &s in &shards {
+            let c = &self.inner.conns[s];
+            if lock(&c.subs).add(pattern, id, h.clone()) {
+                match c.start("sub", self.timeout(), 1, |w| {
+                    w.key("channel");
+                    w.str(pattern);
+                }) {
+                    Ok(t) => tickets.push(t),
+                    Err(e) => {
+                        first_err = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for t in tickets {
+            if let Err(e) = t.wait() {
+                first_err.get_or_insert(e);
+            }
+        }
+        let sub = Subscription {
+            client: self.clone(),
+            pattern: pattern.to_owned(),
+            id,
+            shards,
+            active: true,
+        };
+        match first_err {
+            // Dropping the half-made subscription undoes it where it succeeded.
+            Some(e) => Err(e),
+            None => Ok(sub),
+        }
+    }
+
+    pub(crate) fn unsubscribe_shards(
+        &self,
+        pattern: &str,
+        id: u64,
+        shards: &[usize],
+        wait: bool,
+    ) -> Result<()> {
+        let mut tickets = Vec::new();
+        for &s in shards {
+            let c = &self.inner.conns[s];
+            let last = lock(&c.subs).remove(pattern, id);
+            if !last {
+                continue;
+            }
+            let body = |w: &mut Writer<'_>| {
+                w.key("channel");
+                w.str(pattern);
+            };
+            if wait {
+                tickets.push(c.start("unsub", self.timeout(), 1, body)?);
+            } else {
+                c.request_nowait("unsub", 1, body);
+            }
+        }
+        for t in tickets {
+            t.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `payload` on `channel`; returns how many connections it was
+    /// delivered to (0 for a deduplicated retry).
+    pub fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
+        let p = self.enc(payload)?;
+        let n: Option<u64> = self
+            .route(channel)
+            .request("pub", self.timeout(), 2, |w| {
+                w.key("channel");
+                w.str(channel);
+                w.key("payload");
+                w.raw_same(&p);
+            })?
+            .value()?;
+        Ok(n.unwrap_or(0))
+    }
+
+    // ------------------------------------------------------------ RPC
+
+    /// Serves the procedure `name` with `handler` until the returned
+    /// [`Registration`] is dropped. Handlers run on a bounded pool of threads
+    /// (see [`ClientBuilder::handler_threads`]), never on the I/O thread; several
+    /// processes may register one name and calls are spread over them.
+    ///
+    /// The handler takes the call's argument list: a tuple for several
+    /// arguments, or any type for one. A panic or error is returned to the
+    /// caller (code `ECALL` unless the [`HandlerError`] carries one).
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
+    /// let sum: i64 = client.call("add", &(2, 3), None)?;
+    /// assert_eq!(sum, 5);
+    /// # drop(reg);
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    pub fn register<A, R, F>(&self, name: &str, handler: F) -> Result<Registration>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Result<R, HandlerError> + Send + Sync + 'static,
+    {
+        self.inner.shared.pool()?;
+        let c = self.route(name);
+        {
+            let mut regs = lock(&c.regs);
+            if regs.contains_key(name) {
+                return Err(ClientError::Config(format!(
+                    "procedure `{name}` is already registered by this client"
+                )));
+            }
+            regs.insert(name.to_owned(), crate::rpc::wrap(self.codec(), handler));
+        }
+        let r = c.request("reg", self.timeout(), 1, |w| {
+            w.key("name");
+            w.str(name);
+        });
+        if let Err(e) = r {
+            lock(&c.regs).remove(name);
+            return Err(e);
+        }
+        Ok(Registration {
+            client: self.clone(),
+            name: name.to_owned(),
+            active: true,
+        })
+    }
+
+    pub(crate) fn unregister_name(&self, name: &str, wait: bool) -> Result<()> {
+        let c = self.route(name);
+        lock(&c.regs).remove(name);
+        let body = |w: &mut Writer<'_>| {
+            w.key("name");
+            w.str(name);
+        };
+        if wait {
+            c.request("unreg", self.timeout(), 1, body)?;
+        } else {
+            c.request_nowait("unreg", 1, body);
+        }
+        Ok(())
+    }
+
+    /// Calls the procedure `name` with `args` (a tuple for several arguments,
+    /// `()` for none, any other value for one) and decodes its result.
+    /// `timeout` defaults to the client's call timeout; the broker fails the call
+    /// with `ECALLTIMEOUT` when it passes, `ENOHANDLER` when nobody serves
+    /// `name`, and `EHANDLERGONE` when the worker disconnects mid-call.
+    pub fn call<A, R>(&self, name: &str, args: &A, timeout: Option<Duration>) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let a = encode_args(self.codec(), args)?;
+        let t = timeout.unwrap_or_else(|| self.timeout());
+        self.route(name)
+            .request("call", t + CALL_GRACE, 3, |w| {
+                w.key("name");
+                w.str(name);
+                w.key("args");
+                w.raw_same(&a);
+                w.key("timeout");
+                w.uint(ms(t));
+            })?
+            .value()
+    }
+
+    // ------------------------------------------------------------ control
+
+    /// Broker statistics; for a sharded client the sum, with each shard's in
+    /// [`Stats::shards`].
+    pub fn stats(&self) -> Result<Stats> {
+        let mut per = self.fan_out("stats", |r| {
+            let mut s: Stats = r.value()?;
+            s.raw = r.value()?;
+            Ok(s)
+        })?;
+        if per.len() == 1 {
+            return Ok(per.remove(0));
+        }
+        Ok(Stats::sum(per))
+    }
+
+    /// Round-trip time to the slowest shard.
+    pub fn ping(&self) -> Result<Duration> {
+        let t0 = Instant::now();
+        self.fan_out("ping", |_| Ok(()))?;
+        Ok(t0.elapsed())
+    }
+
+    /// Asks every shard's broker to exit, then closes this client (it would
+    /// otherwise reconnect, and with auto-spawn start a new broker).
+    pub fn shutdown_broker(&self) -> Result<()> {
+        let r = self.fan_out("shutdown", |_| Ok(()));
+        self.close();
+        match r {
+            // The broker may close before its reply gets out; it is going down.
+            Err(ClientError::Disconnected { .. }) | Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes every connection now, in every clone: requests in flight fail
+    /// with `EDISCONNECTED` and later ones fail at once. The broker releases this
+    /// client's locks, subscriptions and registrations.
+    pub fn close(&self) {
+        for c in &self.inner.conns {
+            c.close("the client was closed");
+        }
+    }
+}
+
+fn write_opt(w: &mut Writer<'_>, key: &str, v: Option<&[u8]>) {
+    if let Some(b) = v {
+        w.key(key);
+        w.raw_same(b);
+    }
+}
+
+fn write_fence(w: &mut Writer<'_>, lock_key: &str, token: FencingToken, key: &str) {
+    w.key("key");
+    w.str(lock_key);
+    w.key("token");
+    w.uint(token.0);
+    w.key("k");
+    w.str(key);
+}
+
+/// Splits an `mget` reply `{"values":[...],"found":[...]}`.
+fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
+    let bad = || ClientError::Decode("mget reply is not {values, found}".into());
+    let mut values = None;
+    let mut found = None;
+    for (k, v) in raw.map().ok_or_else(bad)? {
+        match &*k {
+            "values" => values = Some(v.array().ok_or_else(bad)?.collect::<Vec<_>>()),
+            "found" => {
+                found = Some(
+                    v.array()
+                        .ok_or_else(bad)?
+                        .map(|b| b.as_bool().unwrap_or(false))
+                        .collect(),
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok((values.ok_or_else(bad)?, found.ok_or_else(bad)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_up_to_whole_ms() {
+        assert_eq!(ms(Duration::ZERO), 0);
+        assert_eq!(ms(Duration::from_micros(1)), 1);
+        assert_eq!(ms(Duration::from_millis(30)), 30);
+        assert_eq!(ms(Duration::from_micros(30_500)), 31);
+    }
+
+    #[test]
+    fn mget_reply_splits() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let v = encode(
+                codec,
+                &serde_json::json!({"values": [1, null], "found": [true, false]}),
+            )
+            .unwrap();
+            let (vals, found) = mget_parts(Raw::new(codec, &v)).unwrap();
+            assert_eq!(found, vec![true, false]);
+            assert_eq!(crate::value::decode::<i32>(vals[0]).unwrap(), 1);
+            assert!(vals[1].is_nil());
+        }
+    }
+}
