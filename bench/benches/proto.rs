@@ -1,5 +1,6 @@
 //! Criterion benches of the wire format: frame encode/decode in both codecs,
-//! cross-codec transcoding, FNV-1a shard routing and linear topic matching.
+//! cross-codec transcoding and FNV-1a shard routing. Topic matching (the broker's
+//! index against a linear scan) is in the `broker` bench.
 //!
 //! Run with `cargo bench -p procmesh-bench --bench proto`. Throughput is per frame,
 //! value, key or channel (`Throughput::Elements(1)`).
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use procmesh_proto::message::{begin_ok, need_str, Frame, FrameWriter};
 use procmesh_proto::value::{transcode, validate};
-use procmesh_proto::{frame, hash, topic, Codec};
+use procmesh_proto::{frame, hash, Codec};
 
 const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
 
@@ -130,36 +131,5 @@ fn fnv(c: &mut Criterion) {
     g.finish();
 }
 
-/// 10k subscriptions: half prefix patterns `svcN.events.*`, half exact `svcN.metrics`.
-pub fn patterns() -> Vec<String> {
-    (0..10_000)
-        .map(|i| {
-            if i % 2 == 0 {
-                format!("svc{i}.events.*")
-            } else {
-                format!("svc{i}.metrics")
-            }
-        })
-        .collect()
-}
-
-fn topics(c: &mut Criterion) {
-    let mut g = c.benchmark_group("topic_match_10k_patterns");
-    g.throughput(Throughput::Elements(1));
-    let pats = patterns();
-    for (name, channel) in [
-        ("hit_one_pattern", "svc5000.events.created"),
-        ("hit_none", "nobody.listens"),
-    ] {
-        g.bench_function(BenchmarkId::new("linear_scan", name), |b| {
-            b.iter(|| {
-                let ch = black_box(channel);
-                pats.iter().filter(|p| topic::matches(p, ch)).count()
-            })
-        });
-    }
-    g.finish();
-}
-
-criterion_group!(benches, encode, decode, transcoding, fnv, topics);
+criterion_group!(benches, encode, decode, transcoding, fnv);
 criterion_main!(benches);

@@ -5,10 +5,10 @@
 //! `{"row":…,"system":"procmesh"|"redis","tool":…,"round":N,"cmd":…,"target":…?,"result":{…}}`
 //! where `result` is a [`RunResult`] or anything with the same field names
 //! (`ops_per_sec`, `latency_us.p50`, `latency_us.p99`, `delivered_per_sec`, `rss_bytes`).
-//! A row's `target` is `METRIC>=F` or `METRIC<=F`: procmesh's median over Redis's
-//! median must be at least (at most) `F`, checked against the strongest Redis median
-//! (the highest throughput, or the lowest latency/memory) among the tools that measured
-//! Redis.
+//! A row's `target` ([`TargetSpec`]) is e.g. `ops_per_sec>=1.5`: procmesh's median over
+//! Redis's median must be at least `F`, checked against the strongest Redis median (the
+//! highest throughput, or the lowest latency/memory) among the tools that measured
+//! Redis, unless the target names one tool (`p50<=1@procmesh-bench`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -227,50 +227,80 @@ fn fmt_metric(name: &str, v: f64) -> String {
     }
 }
 
-/// A parsed `METRIC>=F` / `METRIC<=F`.
+/// A row's comparison: `METRIC`, optionally `>=F` / `<=F`, optionally `@TOOL`.
+///
+/// `ops_per_sec>=1.5` asks procmesh's median to be at least 1.5 times Redis's;
+/// `p50<=1@procmesh-bench` compares only what that tool measured on both sides (for
+/// a latency where the client's own cost is part of the number); a bare `p50`
+/// compares without a target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     /// Metric name.
     pub metric: String,
-    /// Whether procmesh/Redis must be at least `factor` (else at most).
-    pub at_least: bool,
-    /// The bound on procmesh/Redis.
-    pub factor: f64,
+    /// `(at_least, factor)`: procmesh/Redis must be at least (else at most) `factor`.
+    pub bound: Option<(bool, f64)>,
+    /// Only measurements by this tool count.
+    pub tool: Option<String>,
 }
 
 impl TargetSpec {
-    /// Parses `ops_per_sec>=1.5`.
+    /// Parses `ops_per_sec>=1.5`, `p50<=1@procmesh-bench` or `rss_bytes`.
     pub fn parse(s: &str) -> Option<TargetSpec> {
-        let (m, f, at_least) = if let Some((m, f)) = s.split_once(">=") {
-            (m, f, true)
-        } else {
-            let (m, f) = s.split_once("<=")?;
-            (m, f, false)
+        let (spec, tool) = match s.split_once('@') {
+            Some((a, t)) => (a, Some(t.trim().to_string())),
+            None => (s, None),
         };
-        Some(TargetSpec {
-            metric: m.trim().to_string(),
-            at_least,
-            factor: f.trim().parse().ok()?,
-        })
+        let (metric, bound) = if let Some((m, f)) = spec.split_once(">=") {
+            (m, Some((true, f.trim().parse().ok()?)))
+        } else if let Some((m, f)) = spec.split_once("<=") {
+            (m, Some((false, f.trim().parse().ok()?)))
+        } else {
+            (spec, None)
+        };
+        let metric = metric.trim().to_string();
+        METRICS
+            .iter()
+            .any(|(m, _)| *m == metric)
+            .then_some(TargetSpec {
+                metric,
+                bound,
+                tool,
+            })
     }
 
-    /// Whether `ratio` (procmesh/Redis) meets the target, and by how much it misses.
+    /// `met`, or by how much `ratio` (procmesh/Redis) misses the bound; `–` without one.
     pub fn verdict(&self, ratio: f64) -> String {
-        let ok = if self.at_least {
-            ratio >= self.factor
+        let Some((at_least, factor)) = self.bound else {
+            return "–".to_string();
+        };
+        let ok = if at_least {
+            ratio >= factor
         } else {
-            ratio <= self.factor
+            ratio <= factor
         };
         if ok {
             "met".to_string()
         } else {
-            let by = if self.at_least {
-                (self.factor - ratio) / self.factor
+            let by = if at_least {
+                (factor - ratio) / factor
             } else {
-                (ratio - self.factor) / self.factor
+                (ratio - factor) / factor
             };
             format!("**missed by {:.0}%**", by * 100.0)
         }
+    }
+
+    /// The target column: `ops_per_sec ≥ 1.5× Redis`.
+    pub fn describe(&self) -> String {
+        let mut d = match self.bound {
+            Some((true, f)) => format!("{} ≥ {f}× Redis", self.metric),
+            Some((false, f)) => format!("{} ≤ {f}× Redis", self.metric),
+            None => format!("{} (no target)", self.metric),
+        };
+        if let Some(t) = &self.tool {
+            let _ = write!(d, ", both by {t}");
+        }
+        d
     }
 }
 
@@ -372,7 +402,7 @@ pub fn render_markdown(input: &str) -> Result<String, String> {
         let pick = |sys: &str| -> Option<(f64, String)> {
             groups
                 .iter()
-                .filter(|(s, _)| s == sys)
+                .filter(|(s, tool)| s == sys && t.tool.as_ref().is_none_or(|only| only == tool))
                 .filter_map(|(s, tool)| {
                     med.get(&(s.clone(), tool.clone(), t.metric.as_str()))
                         .map(|v| (*v, tool.clone()))
@@ -396,12 +426,10 @@ pub fn render_markdown(input: &str) -> Result<String, String> {
         } else {
             ours / theirs
         };
-        let cmp = if t.at_least { "≥" } else { "≤" };
         let _ = writeln!(
             out,
-            "| {row} | {} {cmp} {}× Redis | {} ({our_tool}) | {} ({their_tool}) | {ratio:.2}× | {} |",
-            t.metric,
-            t.factor,
+            "| {row} | {} | {} ({our_tool}) | {} ({their_tool}) | {ratio:.2}× | {} |",
+            t.describe(),
             fmt_metric(&t.metric, ours),
             fmt_metric(&t.metric, theirs),
             t.verdict(ratio)
@@ -431,11 +459,14 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
         assert_eq!(median(&mut []), None);
         let t = TargetSpec::parse("ops_per_sec>=1.5").unwrap();
-        assert!(t.at_least && t.factor == 1.5);
+        assert_eq!(t.bound, Some((true, 1.5)));
         assert_eq!(t.verdict(1.6), "met");
         assert_eq!(t.verdict(1.2), "**missed by 20%**");
-        let t = TargetSpec::parse("p50<=1").unwrap();
+        let t = TargetSpec::parse("p50<=1@procmesh-bench").unwrap();
         assert_eq!(t.verdict(1.1), "**missed by 10%**");
+        assert_eq!(t.tool.as_deref(), Some("procmesh-bench"));
+        assert_eq!(TargetSpec::parse("rss_bytes").unwrap().verdict(3.0), "–");
+        assert_eq!(TargetSpec::parse("bogus>=1"), None);
         assert_eq!(group(1234567.4), "1,234,567");
     }
 
