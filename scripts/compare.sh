@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# procmesh vs Redis, side by side, in one run (issue 7).
+#
+# Builds in release, installs redis-server/redis-tools with apt-get if missing, starts
+# Redis (Unix socket, no persistence) and a procmesh broker, both pinned to CPU 0, and
+# runs the same workloads against both, alternating which system goes first, for
+# ROUNDS rounds. Writes bench/results/<date>-compare.md (medians, ratios, p50/p99,
+# machine, placement, exact commands) and the raw measurements next to it as .jsonl.
+# Stops every process it started (trap). Takes about 3-4 minutes on 2 vCPUs.
+#
+# Placement: servers on CPU 0; pipelined clients on CPU 1; the one-in-flight latency
+# row runs the client on CPU 0 too (same core), and a second latency row on CPU 1
+# (cross core) is shown for reference.
+#
+# Environment knobs: ROUNDS (3), N (requests per pipelined run, 2000000),
+# PUB_DURATION (3s), MEM_KEYS (1000000), PROFILE (1: strace -c syscalls per request),
+# OUT (results file; default bench/results/<date>-compare.md), SKIP_BUILD (0).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${ROUNDS:-3}
+N=${N:-2000000}
+N_LAT=${N_LAT:-50000}
+N_LAT_CROSS=${N_LAT_CROSS:-10000}
+PUB_DURATION=${PUB_DURATION:-3s}
+CALL_DURATION=${CALL_DURATION:-3s}
+MEM_KEYS=${MEM_KEYS:-1000000}
+KEYSPACE=${KEYSPACE:-100000}
+PROFILE=${PROFILE:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+DATE=$(date +%F)
+OUT=${OUT:-bench/results/$DATE-compare.md}
+RUNS=${OUT%.md}.jsonl
+SERVER_CPU=0
+CLIENT_CPU=1
+
+BENCH=target/release/procmesh-bench
+BROKER=target/release/procmesh
+
+log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ------------------------------------------------------------------ setup
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building release binaries"
+    cargo build --release -p procmesh-broker -p procmesh-bench >&2
+fi
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    log "installing redis-server and redis-tools"
+    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >&2
+fi
+if [[ $(nproc) -lt 2 ]]; then
+    SERVER_CPU=0
+    CLIENT_CPU=0
+    log "one CPU only: every process shares CPU 0"
+fi
+
+WORK=$(mktemp -d /tmp/procmesh-compare.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for() { # DESCRIPTION COMMAND...: retries for up to 10 s
+    local what=$1
+    shift
+    for _ in $(seq 100); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    log "$what did not come up"
+    return 1
+}
+
+START_PID=
+start_redis() { # SOCKET
+    taskset -c "$SERVER_CPU" redis-server --port 0 --unixsocket "$1" --unixsocketperm 700 \
+        --save '' --appendonly no --daemonize no --dir "$WORK" --logfile "$WORK/redis.log" &
+    START_PID=$!
+    PIDS+=("$START_PID")
+    wait_for "redis-server" redis-cli -s "$1" ping
+}
+start_broker() { # SOCKET
+    taskset -c "$SERVER_CPU" "$BROKER" serve --socket "$1" --max-keys 0 >>"$WORK/broker.log" 2>&1 &
+    START_PID=$!
+    PIDS+=("$START_PID")
+    wait_for "procmesh broker" "$BROKER" status --socket "$1"
+}
+stop_pid() { # PID
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+RSOCK=$WORK/redis.sock
+PSOCK=$WORK/procmesh.sock
+start_redis "$RSOCK"
+REDIS_PID=$START_PID
+start_broker "$PSOCK"
+BROKER_PID=$START_PID
+log "redis pid $REDIS_PID, broker pid $BROKER_PID, both on CPU $SERVER_CPU"
+
+mkdir -p "$(dirname "$OUT")"
+: >"$RUNS"
+FAILS=$WORK/failures
+: >"$FAILS"
+
+# ------------------------------------------------------------------ recording
+json_str() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
+
+record() { # ROW SYSTEM TOOL ROUND TARGET CMD RESULT_JSON
+    local target=null
+    [[ -n $5 ]] && target=$(json_str "$5")
+    printf '{"row":%s,"system":"%s","tool":"%s","round":%d,"target":%s,"cmd":%s,"result":%s}\n' \
+        "$(json_str "$1")" "$2" "$3" "$4" "$target" "$(json_str "$6")" "$7" >>"$RUNS"
+}
+
+# pm ROW SYSTEM ROUND TARGET CPU ARGS...: one procmesh-bench run (against procmesh or,
+# with SYSTEM=redis, against Redis in RESP).
+pm() {
+    local row=$1 sys=$2 round=$3 target=$4 cpu=$5
+    shift 5
+    local sock=$PSOCK extra=()
+    if [[ $sys == redis ]]; then
+        sock=$RSOCK
+        extra=(--target redis)
+    fi
+    local cmd=(taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json)
+    local out
+    if out=$("${cmd[@]}" 2>"$WORK/err"); then
+        record "$row" "$sys" procmesh-bench "$round" "$target" "${cmd[*]}" "$out"
+    else
+        echo "- round $round, $row, $sys: \`${cmd[*]}\` failed: $(head -c 300 "$WORK/err")" >>"$FAILS"
+        log "FAILED: ${cmd[*]}"
+    fi
+}
+
+# rb ROW ROUND TARGET CPU TEST ARGS...: one redis-benchmark run; its CSV line
+# ("GET","rps","avg_ms","min_ms","p50_ms","p95_ms","p99_ms","max_ms") becomes JSON.
+rb() {
+    local row=$1 round=$2 target=$3 cpu=$4 test=$5
+    shift 5
+    local cmd=(taskset -c "$cpu" redis-benchmark -s "$RSOCK" -t "$test" "$@" --csv)
+    local out line
+    if out=$("${cmd[@]}" 2>"$WORK/err") && line=$(grep -i "^\"$test\"" <<<"$out"); then
+        local json
+        json=$(awk -F'"' '{printf "{\"ops_per_sec\":%s,\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f}}", $4, $10*1000, $14*1000}' <<<"$line")
+        record "$row" redis redis-benchmark "$round" "$target" "${cmd[*]}" "$json"
+    else
+        echo "- round $round, $row, redis-benchmark: \`${cmd[*]}\` failed: $(head -c 300 "$WORK/err")" >>"$FAILS"
+        log "FAILED: ${cmd[*]}"
+    fi
+}
+
+# ------------------------------------------------------------------ workloads
+# Every key the GET rows read exists on both systems (3-byte values, as redis-benchmark's).
+log "prefilling $KEYSPACE keys on both systems"
+"$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+"$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+
+PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" --threads 1)
+RB_PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" -d 3)
+
+one_system() { # SYSTEM ROUND
+    local sys=$1 r=$2
+    local w
+    for w in get set incr; do
+        local row="${w^^} 4 conn x 64 in flight"
+        pm "$row" "$sys" "$r" "ops_per_sec>=1.5" "$CLIENT_CPU" -t "$w" "${PIPE[@]}"
+        if [[ $sys == redis ]]; then
+            rb "$row" "$r" "ops_per_sec>=1.5" "$CLIENT_CPU" "$w" "${RB_PIPE[@]}"
+        fi
+    done
+    pm "MIXED 80/20 get/set 4x64" "$sys" "$r" "ops_per_sec" "$CLIENT_CPU" -t mixed "${PIPE[@]}"
+    pm "GET 1 conn x 1, client on the server's core" "$sys" "$r" "p50<=1@procmesh-bench" "$SERVER_CPU" \
+        -t get -c 1 -P 1 -n "$N_LAT" -r "$KEYSPACE"
+    if [[ $sys == redis ]]; then
+        rb "GET 1 conn x 1, client on the server's core" "$r" "" "$SERVER_CPU" get -c 1 -P 1 -n "$N_LAT" -r "$KEYSPACE" -d 3
+    fi
+    pm "GET 1 conn x 1, client on the other core" "$sys" "$r" "p50@procmesh-bench" "$CLIENT_CPU" \
+        -t get -c 1 -P 1 -n "$N_LAT_CROSS" -r "$KEYSPACE"
+    pm "PUBLISH 1 conn x 64 to 4 subscribers (16 B)" "$sys" "$r" "delivered_per_sec>=1" "$CLIENT_CPU" \
+        -t publish -c 1 -P 64 -s 4 --size 16 -d "$PUB_DURATION"
+    pm "LOCK/UNLOCK 4x64 (Redis: SET NX PX / DEL)" "$sys" "$r" "ops_per_sec" "$CLIENT_CPU" -t lock "${PIPE[@]}"
+    if [[ $sys == procmesh ]]; then
+        pm "CALL 4x16, 2 workers (procmesh only)" procmesh "$r" "" "$CLIENT_CPU" -t call -c 4 -P 16 -w 2 -d "$CALL_DURATION"
+    fi
+}
+
+for r in $(seq "$ROUNDS"); do
+    if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
+    log "round $r/$ROUNDS: ${order[*]}"
+    for sys in "${order[@]}"; do
+        one_system "$sys" "$r"
+    done
+done
+
+# ------------------------------------------------------------------ memory
+rss_bytes() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
+
+log "memory: $MEM_KEYS keys of 16 B with 32 B values, fresh servers"
+MEM_ROW="RSS with $MEM_KEYS keys (16 B keys, 32 B values)"
+for r in $(seq "$ROUNDS"); do
+    if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
+    for sys in "${order[@]}"; do
+        sock=$WORK/mem-$sys-$r.sock
+        if [[ $sys == redis ]]; then
+            start_redis "$sock"
+            extra=(--target redis)
+        else
+            start_broker "$sock"
+            extra=()
+        fi
+        pid=$START_PID
+        empty=$(rss_bytes "$pid")
+        cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -r "$MEM_KEYS" --size 32 --json)
+        if "${cmd[@]}" >"$WORK/fill.json" 2>"$WORK/err"; then
+            sleep 0.5
+            full=$(rss_bytes "$pid")
+            cmdline="${cmd[*]}; then VmRSS of the server from /proc/PID/status"
+            record "$MEM_ROW" "$sys" "/proc VmRSS" "$r" "rss_bytes<=1" "$cmdline" \
+                "{\"rss_bytes\":$full,\"rss_empty_bytes\":$empty}"
+        else
+            echo "- round $r, memory, $sys: \`${cmd[*]}\` failed: $(head -c 300 "$WORK/err")" >>"$FAILS"
+        fi
+        stop_pid "$pid"
+    done
+done
+
+# ------------------------------------------------------------------ syscall profile
+PROFILE_MD=$WORK/profile.md
+: >"$PROFILE_MD"
+if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
+    log "profile: strace -c on each server (slows it down; counts only)"
+    profile_one() { # SYSTEM PID LABEL CPU ARGS...
+        local sys=$1 pid=$2 label=$3 cpu=$4
+        shift 4
+        local extra=() sock=$PSOCK
+        [[ $sys == redis ]] && extra=(--target redis) && sock=$RSOCK
+        local st=$WORK/strace-$sys.txt
+        strace -c -f -p "$pid" -o "$st" 2>/dev/null &
+        local spid=$!
+        sleep 0.5
+        local out
+        out=$(taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json 2>/dev/null || echo '{}')
+        kill -INT "$spid" 2>/dev/null || true
+        wait "$spid" 2>/dev/null || true
+        local reqs
+        reqs=$(grep -o '"requests":[0-9]*' <<<"$out" | cut -d: -f2)
+        if [[ -z $reqs || ! -s $st ]]; then
+            echo "| $label | $sys | strace failed | |" >>"$PROFILE_MD"
+            return
+        fi
+        # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+        awk -v reqs="$reqs" -v sys="$sys" -v label="$label" '
+            NR > 2 && $1 ~ /^[0-9.]+$/ {
+                errs = (NF == 6) ? $5 : 0
+                if ($NF == "total") { total = $4 / reqs; next }
+                per[$NF] = $4 / reqs; err[$NF] = errs / reqs; order[++n] = $NF
+            }
+            END {
+                s = ""
+                for (i = 1; i <= n; i++) {
+                    nm = order[i]
+                    if (per[nm] < 0.01) continue
+                    s = s sprintf("%s%s %.2f", (s == "" ? "" : ", "), nm, per[nm])
+                    if (err[nm] > 0) s = s sprintf(" (%.2f failed)", err[nm])
+                }
+                printf "| %s | %s | %.2f | %s |\n", label, sys, total, s
+            }' "$st" >>"$PROFILE_MD"
+    }
+    {
+        echo "| run | server | syscalls per request | per request, by call (EAGAIN etc. in parentheses) |"
+        echo "|---|---|---|---|"
+    } >>"$PROFILE_MD"
+    for sys in procmesh redis; do
+        pid=$BROKER_PID
+        [[ $sys == redis ]] && pid=$REDIS_PID
+        profile_one "$sys" "$pid" "GET 1x1, same core, 20k requests" "$SERVER_CPU" -t get -c 1 -P 1 -n 20000 -r "$KEYSPACE"
+        profile_one "$sys" "$pid" "GET 4x64, 400k requests" "$CLIENT_CPU" -t get -c 4 -P 64 -n 400000 -r "$KEYSPACE" --threads 1
+    done
+fi
+
+# ------------------------------------------------------------------ report
+COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain -- broker proto bench 2>/dev/null | wc -l)
+CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+{
+    echo "# procmesh vs Redis — $DATE"
+    echo
+    echo "Written by \`scripts/compare.sh\` (ROUNDS=$ROUNDS, N=$N). Medians of $ROUNDS rounds; in each round"
+    echo "every workload ran against both systems back to back, procmesh first in odd rounds and"
+    echo "Redis first in even ones. Ratios are procmesh / Redis from this same run."
+    echo
+    echo "## Machine and build"
+    echo
+    echo "- commit \`$COMMIT\`$( ((DIRTY > 0)) && echo " (+ $DIRTY uncommitted files under broker/ proto/ bench/)")"
+    echo "- CPU: $CPU_MODEL, $(nproc) vCPUs; $(uname -sr); $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
+    echo "- $(redis-server --version | head -1)"
+    echo "- $(rustc --version); release profile (lto = fat, codegen-units = 1)"
+    echo
+    echo "## Placement"
+    echo
+    echo "- redis-server and \`procmesh serve\`: \`taskset -c $SERVER_CPU\` (pid $REDIS_PID: $(taskset -pc "$REDIS_PID" 2>/dev/null | sed 's/.*: //'); pid $BROKER_PID: $(taskset -pc "$BROKER_PID" 2>/dev/null | sed 's/.*: //'))."
+    echo "- Pipelined, publish, lock and call clients: \`taskset -c $CLIENT_CPU\` (the other core)."
+    echo "- \"client on the server's core\": the client also on CPU $SERVER_CPU; \"other core\": CPU $CLIENT_CPU."
+    echo "- Memory rows: a fresh server per round, filled by procmesh-bench (\`fill\`: each key set once; RESP SET for Redis), VmRSS read 0.5 s later."
+    echo
+    echo "## Which tool measured what"
+    echo
+    echo "- \`procmesh-bench\` (bench/): every procmesh number, and the same workloads against Redis in RESP"
+    echo "  (\`--target redis\`), so both systems also face the identical client."
+    echo "- \`redis-benchmark\`: GET/SET/INCR 4x64 and the same-core 1x1 row for Redis, with the same -c/-P/-n/-r."
+    echo "  Throughput targets are judged against the better of the two Redis medians; the 1x1 latency"
+    echo "  target compares procmesh-bench with procmesh-bench (on one core the client's own cost is part"
+    echo "  of the round trip, and redis-benchmark reports p50 in whole microseconds)."
+    echo "- Publish: procmesh-bench for both (redis-benchmark has no subscribers): 4 subscriber connections"
+    echo "  count delivered messages; msg/s = deliveries / (first publish .. last delivery)."
+    echo "- Lock: procmesh \`lock\`/\`unlock\` vs Redis \`SET key 1 NX PX 30000\` / \`DEL key\` (Redis has no"
+    echo "  owner check in DEL; a script would be slower), one uncontended key per connection."
+    echo
+    echo "## Results"
+    echo
+    "$BENCH" report "$RUNS"
+    if [[ -s $FAILS ]]; then
+        echo
+        echo "### Failed runs"
+        echo
+        cat "$FAILS"
+    fi
+    if [[ -s $PROFILE_MD ]]; then
+        echo
+        echo "## Syscalls per request (strace -c on the server, one extra run each)"
+        echo
+        cat "$PROFILE_MD"
+    fi
+} >"$OUT"
+log "wrote $OUT and $RUNS"
