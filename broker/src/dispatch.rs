@@ -344,6 +344,7 @@ impl Core {
                     rss: sys::rss_bytes(),
                     cpu_core_fraction: cpu / uptime as f64,
                     os_pid: std::process::id(),
+                    core: sys::pinned_core(),
                 };
                 let conn = &mut self.conns[k];
                 let codec = conn.codec.unwrap_or(Codec::Json);

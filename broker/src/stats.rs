@@ -73,6 +73,8 @@ pub struct Gauges<'a> {
     pub cpu_core_fraction: f64,
     /// Operating-system process id.
     pub os_pid: u32,
+    /// The CPU the broker is pinned to (`None` when its mask allows more than one).
+    pub core: Option<usize>,
 }
 
 impl Stats {
@@ -109,11 +111,16 @@ impl Stats {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(22);
+        w.begin_map(23);
         w.key("name");
         w.str(g.name);
         w.key("pid");
         w.uint(g.os_pid as u64);
+        w.key("core");
+        match g.core {
+            Some(c) => w.uint(c as u64),
+            None => w.nil(),
+        }
         w.key("uptimeMs");
         w.uint(g.uptime_ms);
         w.key("connections");
@@ -201,7 +208,9 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 22);
+            assert_eq!(m.len(), 23);
+            let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
+            assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
             assert_eq!(ops.map().unwrap().next().unwrap().0, "get");
         }

@@ -1,4 +1,4 @@
-//! What the OS says about this process: resident memory and CPU time.
+//! What the OS says about this process: resident memory, CPU time and pinning.
 
 use std::time::Duration;
 
@@ -34,11 +34,57 @@ pub fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The CPU this process is pinned to: `Some(cpu)` when its affinity mask holds exactly
+/// one CPU (as `procmesh-launch` sets it), else `None`.
+pub fn pinned_core() -> Option<usize> {
+    let mut set = std::mem::MaybeUninit::<libc::cpu_set_t>::zeroed();
+    // SAFETY: sched_getaffinity writes at most `size_of::<cpu_set_t>()` bytes into the
+    // zero-initialised set we pass; pid 0 means the calling thread.
+    let rc = unsafe {
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set.as_mut_ptr())
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the set was zero-initialised and sched_getaffinity succeeded.
+    let set = unsafe { set.assume_init() };
+    // SAFETY: CPU_COUNT only reads the set.
+    if unsafe { libc::CPU_COUNT(&set) } != 1 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET only reads the set; every index is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_rss() {
         assert!(super::rss_bytes() > 0);
         let _ = super::cpu_time();
+    }
+
+    #[test]
+    fn pinned_core_reads_a_one_cpu_mask() {
+        // Pin this test's own thread (affinity is per thread) to the last CPU it may use.
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls below only read and
+        // write sets we own, for the calling thread (pid 0).
+        unsafe {
+            let mut all: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut all), 0);
+            let cpu = (0..libc::CPU_SETSIZE as usize)
+                .rev()
+                .find(|&c| libc::CPU_ISSET(c, &all))
+                .expect("at least one CPU");
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            assert_eq!(super::pinned_core(), Some(cpu));
+            assert_eq!(libc::sched_setaffinity(0, size, &all), 0);
+            if libc::CPU_COUNT(&all) > 1 {
+                assert_eq!(super::pinned_core(), None);
+            }
+        }
     }
 }
