@@ -7,6 +7,7 @@ use std::time::Duration;
 use procmesh_proto::{addr, frame};
 use serde_json::Value;
 
+use crate::persistence::PersistConfig;
 use crate::store::StoreConfig;
 
 /// Everything a broker needs to start.
@@ -34,6 +35,8 @@ pub struct BrokerConfig {
     pub send_hard_limit: usize,
     /// Largest accepted frame payload.
     pub max_frame: usize,
+    /// Durability; `None` keeps everything in memory only.
+    pub persist: Option<PersistConfig>,
 }
 
 /// Default grace added to an RPC call's timeout before the broker reaps it.
@@ -53,6 +56,7 @@ impl Default for BrokerConfig {
             send_hwm: 16 << 20,
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,
+            persist: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use procmesh_proto::{Codec, DecodeError, ErrorCode, Kind, Num, Raw, Writer};
 
 use crate::connection::Closing;
 use crate::locks::{FencingToken, LockEvent, LockOutcome};
+use crate::persistence::FsyncMode;
 use crate::pubsub::ConnKey;
 use crate::reactor::Core;
 use crate::rpc::PendingCall;
@@ -117,6 +118,25 @@ impl Core {
             return;
         }
         self.stats.op(kind);
+        if let Some(p) = &self.persist {
+            if is_write(kind) {
+                if let Some(e) = &p.error {
+                    let msg = format!(
+                        "persistence is failing ({e}); writes are refused until it recovers"
+                    );
+                    self.stats.error(ErrorCode::Broker);
+                    if id.is_some() {
+                        self.send_err(k, id, ErrorCode::Broker, &msg);
+                    }
+                    return;
+                }
+                if p.mode() == FsyncMode::Always {
+                    let at = self.conns[k].out().len();
+                    self.turn_writes
+                        .push((k, at, id.map(|i| Box::<[u8]>::from(i.bytes))));
+                }
+            }
+        }
         if let Err(f) = self.dispatch(k, kind, &frame) {
             self.stats.error(f.code);
             if id.is_some() && kind != Kind::Result {
@@ -345,6 +365,14 @@ impl Core {
                     cpu_core_fraction: cpu / uptime as f64,
                     os_pid: std::process::id(),
                     core: sys::pinned_core(),
+                    persistence: self.persist.as_ref().map(|p| crate::stats::PersistGauges {
+                        fsync: p.mode().name(),
+                        log_bytes: p.log_bytes(),
+                        error: p.error.as_deref(),
+                        errors: p.error_count,
+                        snapshots: p.snapshots,
+                        snapshot_running: p.snapshot_running(),
+                    }),
                 };
                 let conn = &mut self.conns[k];
                 let codec = conn.codec.unwrap_or(Codec::Json);
@@ -728,6 +756,24 @@ impl Core {
         message::err(codec, conn.out(), id, code, msg);
         self.wrote(k);
     }
+}
+
+/// Kinds whose effects are logged (or, for `lock`, may reserve fencing tokens).
+fn is_write(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Set
+            | Kind::Del
+            | Kind::Clear
+            | Kind::Mset
+            | Kind::Incr
+            | Kind::Decr
+            | Kind::Cas
+            | Kind::Fset
+            | Kind::Fcas
+            | Kind::Fdel
+            | Kind::Lock
+    )
 }
 
 /// `ok` with a stored value (or no value when absent), never leaving a partial frame.

@@ -20,6 +20,7 @@
 //! - [`pubsub`]: subscriptions and the wildcard index.
 //! - [`rpc`]: worker pools and pending calls.
 //! - [`timers`]: the one timer heap.
+//! - [`persistence`]: snapshot + append-only log, fsync policy, recovery.
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`config`](crate::config): configuration.
 //! - `cli`: the `procmesh status|stop|stats` client side.
@@ -42,6 +43,7 @@ pub mod config;
 pub mod connection;
 mod dispatch;
 pub mod locks;
+pub mod persistence;
 pub mod pubsub;
 pub mod reactor;
 pub mod rpc;
@@ -156,6 +158,12 @@ impl BrokerBuilder {
     /// Queued bytes past which a connection is closed.
     pub fn send_hard_limit(mut self, bytes: usize) -> Self {
         self.cfg.send_hard_limit = bytes;
+        self
+    }
+
+    /// Persist to a directory (snapshot + append-only log); `None` = in memory only.
+    pub fn persistence(mut self, p: Option<persistence::PersistConfig>) -> Self {
+        self.cfg.persist = p;
         self
     }
 

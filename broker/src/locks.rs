@@ -86,7 +86,15 @@ pub struct LockTable {
     last_token: u64,
     next_waiter: u64,
     waiter_count: usize,
+    /// Tokens below this were issued before a restart: always fenced.
+    floor: u64,
+    /// With persistence: tokens up to this are durably reserved.
+    reserved_to: Option<u64>,
+    reserve_pending: bool,
 }
+
+/// Tokens reserved per durable FENCE record.
+pub const RESERVE_BLOCK: u64 = 1000;
 
 impl Default for LockTable {
     fn default() -> Self {
@@ -106,6 +114,27 @@ impl LockTable {
             last_token,
             next_waiter: 0,
             waiter_count: 0,
+            floor: 0,
+            reserved_to: None,
+            reserve_pending: false,
+        }
+    }
+
+    /// Continues after a restart whose log reserved tokens up to `reserved`: every
+    /// earlier token is fenced, new ones are reserved in durable blocks.
+    pub fn with_reservations(reserved: u64) -> LockTable {
+        let mut t = LockTable::new(reserved);
+        t.floor = reserved + 1;
+        t.reserved_to = Some(reserved);
+        t
+    }
+
+    /// A reservation the log must make durable before the tokens it covers are sent.
+    pub fn take_reservation(&mut self) -> Option<u64> {
+        if std::mem::take(&mut self.reserve_pending) {
+            self.reserved_to
+        } else {
+            None
         }
     }
 
@@ -142,6 +171,12 @@ impl LockTable {
         timers: &mut Timers,
     ) -> FencingToken {
         self.last_token += 1;
+        if let Some(r) = self.reserved_to {
+            if self.last_token > r {
+                self.reserved_to = Some(self.last_token + RESERVE_BLOCK);
+                self.reserve_pending = true;
+            }
+        }
         let token = FencingToken(self.last_token);
         let lock = self.locks.entry_ref(key).or_default();
         lock.holder = Some(Holder { conn, token });
@@ -346,6 +381,9 @@ impl LockTable {
     /// raises the mark. Absent or lower tokens fail.
     pub fn fence(&mut self, key: &str, token: Option<FencingToken>) -> bool {
         let Some(token) = token else { return false };
+        if token.0 < self.floor {
+            return false;
+        }
         match self.high.get_mut(key) {
             Some(mark) if token < *mark => false,
             Some(mark) => {
@@ -435,6 +473,21 @@ mod tests {
         assert!(l.fence("k", Some(t2)));
         assert!(!l.fence("k", None));
         assert!(!l.unlock("k", 1, 100, &mut t, &mut ev));
+    }
+
+    #[test]
+    fn reservations_after_restart() {
+        let mut t = Timers::default();
+        let mut l = LockTable::with_reservations(1500);
+        assert!(
+            !l.fence("k", Some(FencingToken(1500))),
+            "a pre-restart token is fenced"
+        );
+        let tok = granted(l.lock("k", 1, 100, 0, None, 0, &mut t));
+        assert_eq!(tok, FencingToken(1501));
+        assert_eq!(l.take_reservation(), Some(1501 + RESERVE_BLOCK));
+        assert_eq!(l.take_reservation(), None);
+        assert!(l.fence("other", Some(tok)));
     }
 
     #[test]

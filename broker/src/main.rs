@@ -44,6 +44,8 @@ impl Target {
     }
 }
 
+// Parsed once at startup; the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a broker in the foreground.
@@ -80,6 +82,21 @@ enum Cmd {
         /// Largest accepted frame in bytes.
         #[arg(long)]
         max_frame: Option<usize>,
+        /// Persist to this directory (snapshot + append-only log).
+        #[arg(long, env = "PROCMESH_PERSIST_DIR")]
+        persist_dir: Option<PathBuf>,
+        /// When the log is made durable: no, everysec or always.
+        #[arg(long, default_value = "everysec", value_parser = ["no", "everysec", "always"])]
+        fsync: String,
+        /// Keep everything in memory only, even if PROCMESH_PERSIST_DIR is set.
+        #[arg(long)]
+        no_persist: bool,
+        /// Start even when the log is corrupt mid-file, dropping everything from there.
+        #[arg(long)]
+        repair: bool,
+        /// Snapshot (and compact the log) after it grows by this many bytes.
+        #[arg(long)]
+        compact_bytes: Option<u64>,
     },
     /// Say whether a broker is running.
     Status {
@@ -116,6 +133,11 @@ fn main() -> ExitCode {
             send_hwm,
             send_hard_limit,
             max_frame,
+            persist_dir,
+            fsync,
+            no_persist,
+            repair,
+            compact_bytes,
         } => {
             let mut cfg = BrokerConfig {
                 name: target.name.clone(),
@@ -164,6 +186,16 @@ fn main() -> ExitCode {
             }
             if let Some(n) = max_frame {
                 cfg.max_frame = n;
+            }
+            if let (Some(dir), false) = (persist_dir, no_persist) {
+                let mut pc = procmesh_broker::persistence::PersistConfig::new(dir);
+                pc.fsync =
+                    procmesh_broker::persistence::FsyncMode::parse(&fsync).unwrap_or(pc.fsync);
+                pc.repair = repair;
+                if let Some(n) = compact_bytes {
+                    pc.compact_bytes = n;
+                }
+                cfg.persist = Some(pc);
             }
             serve(cfg)
         }

@@ -33,6 +33,7 @@ use slab::Slab;
 use crate::config::BrokerConfig;
 use crate::connection::{Closing, Connection, ReadOutcome};
 use crate::locks::{LockEvent, LockTable};
+use crate::persistence::{self, FsyncMode, Persistence};
 use crate::pubsub::{ConnKey, PubSub};
 use crate::rpc::Rpc;
 use crate::stats::Stats;
@@ -65,6 +66,9 @@ pub enum BindError {
     /// A live broker already serves the address (it answered a connect, or holds the
     /// address lock). Auto-spawn races rely on the loser exiting quietly.
     AlreadyRunning(PathBuf),
+    /// The persistence directory could not be recovered (the message names the file
+    /// and offset) or is in use.
+    Recovery(String),
     /// Anything else.
     Io(io::Error),
 }
@@ -75,6 +79,7 @@ impl std::fmt::Display for BindError {
             BindError::AlreadyRunning(p) => {
                 write!(f, "a broker is already serving {}", p.display())
             }
+            BindError::Recovery(m) => write!(f, "{m}"),
             BindError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -130,15 +135,19 @@ fn acquire_lock(socket: &Path) -> Result<AddressLock, BindError> {
     }
 }
 
-/// Binds the socket: takes the address lock, replaces a stale socket file, refuses
-/// when a live broker answers, and restricts the socket to its owner (mode 0600).
-fn bind(socket: &Path) -> Result<(UnixListener, AddressLock), BindError> {
+/// Takes the address lock (creating the socket's directory if needed).
+fn lock_address(socket: &Path) -> Result<AddressLock, BindError> {
     if let Some(dir) = socket.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)?;
         }
     }
-    let lock = acquire_lock(socket)?;
+    acquire_lock(socket)
+}
+
+/// Binds the socket (with the address lock held): replaces a stale socket file,
+/// refuses when a live broker answers, and restricts the socket to its owner (0600).
+fn bind(socket: &Path) -> Result<UnixListener, BindError> {
     if socket.exists() {
         // A broker that does not use our lock (the Node.js one) may be alive.
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -148,8 +157,11 @@ fn bind(socket: &Path) -> Result<(UnixListener, AddressLock), BindError> {
     }
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok((listener, lock))
+    Ok(listener)
 }
+
+/// A write request of this turn: connection, offset of its reply, request id.
+pub(crate) type TurnWrite = (ConnKey, usize, Option<Box<[u8]>>);
 
 /// All broker state owned by the loop thread.
 pub(crate) struct Core {
@@ -169,6 +181,10 @@ pub(crate) struct Core {
     pub(crate) lock_events: Vec<LockEvent>,
     pub(crate) fanout: [Vec<u8>; 2],
     pub(crate) targets: Vec<ConnKey>,
+    pub(crate) persist: Option<Persistence>,
+    /// With `fsync always`: this turn's write requests (connection, reply offset,
+    /// request id), failed instead of acknowledged when the log cannot be synced.
+    pub(crate) turn_writes: Vec<TurnWrite>,
 }
 
 impl Core {
@@ -208,18 +224,38 @@ pub struct Reactor {
     idle_since: Option<u64>,
     expiry_busy: bool,
     accept_more: bool,
+    warnings: Vec<String>,
 }
 
 impl Reactor {
     /// Binds the socket of `cfg` and prepares the loop.
+    ///
+    /// With persistence configured, the directory is recovered (snapshot, then log)
+    /// before the socket is bound, so no client ever sees a partial state.
     pub fn bind(cfg: BrokerConfig) -> Result<Reactor, BindError> {
-        let (mut listener, lock) = bind(&cfg.socket)?;
+        let lock = lock_address(&cfg.socket)?;
+        let start = Instant::now();
+        let unix_base = persistence::unix_ms();
+        let mut store = Store::new(cfg.cache.clone());
+        let mut locks = LockTable::default();
+        let mut warnings = Vec::new();
+        let persist = match &cfg.persist {
+            Some(pc) => {
+                let (p, rec) = Persistence::open(pc.clone(), &mut store, unix_base)
+                    .map_err(BindError::Recovery)?;
+                store.enable_journal(unix_base);
+                locks = LockTable::with_reservations(rec.fence_reserved);
+                warnings = rec.warnings;
+                Some(p)
+            }
+            None => None,
+        };
+        let mut listener = bind(&cfg.socket)?;
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let socket = cfg.socket.clone();
-        let store = Store::new(cfg.cache.clone());
         let heartbeat = cfg.heartbeat;
         Ok(Reactor {
             poll,
@@ -232,7 +268,7 @@ impl Reactor {
                 store,
                 pubsub: PubSub::new(),
                 rpc: Rpc::new(),
-                locks: LockTable::default(),
+                locks,
                 timers: Timers::default(),
                 stats: Stats::default(),
                 conns: Slab::new(),
@@ -244,8 +280,10 @@ impl Reactor {
                 lock_events: Vec::new(),
                 fanout: [Vec::new(), Vec::new()],
                 targets: Vec::new(),
+                persist,
+                turn_writes: Vec::new(),
             },
-            start: Instant::now(),
+            start,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             signals: None,
@@ -256,7 +294,13 @@ impl Reactor {
             idle_since: Some(0),
             expiry_busy: false,
             accept_more: false,
+            warnings,
         })
+    }
+
+    /// Notes from recovery (torn log tails cut, repairs) for the operator.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The socket path.
@@ -308,7 +352,13 @@ impl Reactor {
     /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
     pub fn run(mut self) -> io::Result<()> {
         let result = self.run_loop();
+        self.core.commit_log();
         self.close_all();
+        if let Some(p) = self.core.persist.as_mut() {
+            if let Err(e) = p.close() {
+                eprintln!("procmesh: {e}");
+            }
+        }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(lock) = self.lock.take() {
             let _ = std::fs::remove_file(&lock.path);
@@ -361,6 +411,11 @@ impl Reactor {
             self.heartbeat();
             self.expiry_busy = self.core.store.reclaim(self.core.now, EXPIRE_BUDGET);
             self.compact_timers();
+            // The log write (and, with `always`, its fsync) precedes every reply of the turn.
+            self.core.commit_log();
+            if let Some(p) = self.core.persist.as_mut() {
+                p.tick(&self.core.store, self.core.now);
+            }
             self.flush_and_close();
             if self.stop.load(Ordering::Relaxed) || self.core.shutdown {
                 self.flush_and_close();
@@ -624,6 +679,72 @@ impl Reactor {
 }
 
 impl Core {
+    /// Writes this turn's log records per the fsync policy. With `always`, a failure
+    /// turns this turn's write acknowledgements into errors (and closes those
+    /// connections, whose later replies of the turn are lost with them).
+    pub(crate) fn commit_log(&mut self) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        let reservation = self.locks.take_reservation();
+        let Some(buf) = self.store.journal_buf() else {
+            return;
+        };
+        if let Some(r) = reservation {
+            p.reserve(buf, r);
+        }
+        let was_failing = p.error.is_some();
+        let result = p.commit(buf, reservation.is_some());
+        let mode = p.mode();
+        match result {
+            Ok(()) => {
+                if was_failing && p.error.is_none() {
+                    eprintln!("procmesh: persistence recovered; writes are accepted again");
+                }
+                self.turn_writes.clear();
+            }
+            Err(e) => {
+                if !was_failing {
+                    eprintln!(
+                        "procmesh: persistence error: {e}; refusing writes until it recovers"
+                    );
+                }
+                if mode == FsyncMode::Always {
+                    self.fail_turn_writes(&e);
+                }
+                self.turn_writes.clear();
+            }
+        }
+    }
+
+    fn fail_turn_writes(&mut self, why: &str) {
+        let writes = std::mem::take(&mut self.turn_writes);
+        let mut cut: Vec<(ConnKey, usize)> = Vec::new();
+        for (k, pos, _) in &writes {
+            match cut.iter_mut().find(|(c, _)| c == k) {
+                Some((_, p)) => *p = (*p).min(*pos),
+                None => cut.push((*k, *pos)),
+            }
+        }
+        for (k, pos) in cut {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.out().truncate(pos);
+                c.closing = Closing::AfterFlush;
+            }
+        }
+        let msg = format!("write not persisted: {why}");
+        for (k, _, id) in writes {
+            let Some(c) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let codec = c.codec.unwrap_or(Codec::Json);
+            let id = id.as_deref().map(|b| procmesh_proto::Raw::new(codec, b));
+            message::err(codec, c.out(), id, ErrorCode::Broker, &msg);
+            self.stats.error(ErrorCode::Broker);
+            self.wrote(k);
+        }
+    }
+
     /// Puts `k` on the dirty list so the flush pass closes it.
     pub(crate) fn dirty_close(&mut self, k: ConnKey) {
         let c = &mut self.conns[k];

@@ -40,6 +40,23 @@ impl Default for Stats {
     }
 }
 
+/// The persistence part of stats.
+#[derive(Debug, Clone, Default)]
+pub struct PersistGauges<'a> {
+    /// `no`, `everysec` or `always`.
+    pub fsync: &'a str,
+    /// Bytes in the current log segment.
+    pub log_bytes: u64,
+    /// The current log error, if failing.
+    pub error: Option<&'a str>,
+    /// Failures since start.
+    pub errors: u64,
+    /// Snapshots completed since start.
+    pub snapshots: u64,
+    /// A snapshot is being written.
+    pub snapshot_running: bool,
+}
+
 /// Numbers owned by other modules, gathered for one `stats` reply.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges<'a> {
@@ -75,6 +92,8 @@ pub struct Gauges<'a> {
     pub os_pid: u32,
     /// The CPU the broker is pinned to (`None` when its mask allows more than one).
     pub core: Option<usize>,
+    /// Persistence state, when enabled.
+    pub persistence: Option<PersistGauges<'a>>,
 }
 
 impl Stats {
@@ -111,7 +130,30 @@ impl Stats {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(23);
+        w.begin_map(24);
+        w.key("persistence");
+        match &g.persistence {
+            Some(p) => {
+                w.begin_map(6);
+                w.key("fsync");
+                w.str(p.fsync);
+                w.key("logBytes");
+                w.uint(p.log_bytes);
+                w.key("error");
+                match p.error {
+                    Some(e) => w.str(e),
+                    None => w.nil(),
+                }
+                w.key("errors");
+                w.uint(p.errors);
+                w.key("snapshots");
+                w.uint(p.snapshots);
+                w.key("snapshotRunning");
+                w.bool(p.snapshot_running);
+                w.end_map();
+            }
+            None => w.nil(),
+        }
         w.key("name");
         w.str(g.name);
         w.key("pid");
@@ -208,7 +250,7 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 23);
+            assert_eq!(m.len(), 24);
             let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
             assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;

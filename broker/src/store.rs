@@ -17,6 +17,8 @@
 use hashbrown::HashTable;
 use procmesh_proto::{Codec, Num, Raw, Writer};
 
+use crate::persistence::aof;
+
 const NIL: u32 = u32::MAX;
 
 /// Cache bounds (the Node.js package's `cache` options).
@@ -102,6 +104,13 @@ pub struct Store {
     rng: u64,
     counters: StoreCounters,
     scratch: Vec<u8>,
+    journal: Option<Journal>,
+}
+
+/// Records of this turn's effects, for the append-only log.
+struct Journal {
+    buf: Vec<u8>,
+    unix_base_ms: u64,
 }
 
 /// Entries sampled per active-expiry round.
@@ -125,7 +134,45 @@ impl Store {
             rng: 0x9e37_79b9_7f4a_7c15,
             counters: StoreCounters::default(),
             scratch: Vec::new(),
+            journal: None,
         }
+    }
+
+    /// Starts recording effects (sets, deletes, evictions, clears) as log records;
+    /// `unix_base_ms` is the wall-clock time of the store's time 0.
+    pub fn enable_journal(&mut self, unix_base_ms: u64) {
+        self.journal = Some(Journal {
+            buf: Vec::new(),
+            unix_base_ms,
+        });
+    }
+
+    /// The records written since the buffer was last drained.
+    pub fn journal_buf(&mut self) -> Option<&mut Vec<u8>> {
+        self.journal.as_mut().map(|j| &mut j.buf)
+    }
+
+    /// Visits up to `max` live entries from slot `from` on, with their absolute
+    /// deadline (0 = none). Returns the slot to continue from, `None` when done.
+    pub fn visit_slots(
+        &self,
+        from: usize,
+        max: usize,
+        now: u64,
+        mut f: impl FnMut(&str, Raw<'_>, u64),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.entries.len());
+        for e in &self.entries[from.min(end)..end] {
+            if e.data.is_empty() || e.is_expired(now) {
+                continue;
+            }
+            f(
+                std::str::from_utf8(e.key()).unwrap_or_default(),
+                Raw::new(e.codec, e.value()),
+                e.expire_at,
+            );
+        }
+        (end < self.entries.len()).then_some(end)
     }
 
     /// The bounds in force.
@@ -285,6 +332,14 @@ impl Store {
                 slot
             }
         };
+        if let Some(j) = &mut self.journal {
+            let unix = if expire_at == 0 {
+                0
+            } else {
+                j.unix_base_ms + expire_at
+            };
+            aof::encode_set(&mut j.buf, key, codec, value, unix);
+        }
         self.enforce_bounds(slot);
         slot
     }
@@ -305,7 +360,7 @@ impl Store {
                 // than max_bytes is kept rather than refused (as the Node.js store does).
                 return;
             }
-            self.remove_slot(victim);
+            self.remove_logged(victim);
             self.counters.evicted += 1;
         }
     }
@@ -343,11 +398,20 @@ impl Store {
         match self.find(key.as_bytes()) {
             Some(slot) => {
                 let live = !self.entries[slot as usize].is_expired(now);
-                self.remove_slot(slot);
+                self.remove_logged(slot);
                 live
             }
             None => false,
         }
+    }
+
+    /// Removes a slot as an effect worth logging (delete, eviction); expiry is not
+    /// logged because records carry absolute deadlines.
+    fn remove_logged(&mut self, slot: u32) {
+        if let Some(j) = &mut self.journal {
+            aof::encode_del(&mut j.buf, self.entries[slot as usize].key());
+        }
+        self.remove_slot(slot);
     }
 
     fn remove_slot(&mut self, slot: u32) {
@@ -386,6 +450,9 @@ impl Store {
 
     /// Removes everything.
     pub fn clear(&mut self) {
+        if let Some(j) = &mut self.journal {
+            aof::encode_clear(&mut j.buf);
+        }
         self.table.clear();
         self.entries.clear();
         self.entries.shrink_to(1024);
@@ -445,7 +512,7 @@ impl Store {
             return false;
         }
         match (slot, next) {
-            (Some(s), None) => self.remove_slot(s),
+            (Some(s), None) => self.remove_logged(s),
             (Some(s), Some(n)) => {
                 let deadline = self.entries[s as usize].expire_at;
                 self.put(key.as_bytes(), n.codec, n.bytes, deadline);

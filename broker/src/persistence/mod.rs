@@ -1,0 +1,515 @@
+//! Opt-in durability: a snapshot plus an append-only log of effects.
+//!
+//! `persistence` owns the files in the persistence directory and the fsync policy;
+//! the store and lock table only hand it records. Invariants:
+//! - the log holds effects (absolute sets with absolute expiry, deletes, clears, fence
+//!   reservations), so replaying any suffix twice changes nothing;
+//! - with `always`, the writes dispatched in one loop turn share one fsync, and their
+//!   replies leave only after it (the reactor calls [`Persistence::commit`] before it
+//!   flushes);
+//! - a fencing token is never visible to a client before a FENCE record covering it is
+//!   durable, so tokens issued before a crash are below the floor after it;
+//! - recovery (snapshot, then segments in order) finishes before the socket is bound.
+//!
+//! Layout of the directory: `LOCK` (flock held while a broker uses it), `snapshot.bin`,
+//! `aof-<seq>.log` segments.
+
+pub mod aof;
+pub mod snapshot;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use procmesh_proto::Raw;
+
+use self::aof::{AppendLog, Damage, Record};
+use self::snapshot::Snapshot;
+use crate::store::Store;
+
+/// When written data is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// The OS decides.
+    No,
+    /// A background thread syncs once a second: at most ~1 s of acknowledged writes
+    /// can be lost on power failure, none on a clean stop.
+    EverySec,
+    /// Every loop turn's writes are synced before their replies are sent.
+    Always,
+}
+
+impl FsyncMode {
+    /// Parses `no`, `everysec` or `always`.
+    pub fn parse(s: &str) -> Option<FsyncMode> {
+        match s {
+            "no" => Some(FsyncMode::No),
+            "everysec" => Some(FsyncMode::EverySec),
+            "always" => Some(FsyncMode::Always),
+            _ => None,
+        }
+    }
+
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncMode::No => "no",
+            FsyncMode::EverySec => "everysec",
+            FsyncMode::Always => "always",
+        }
+    }
+}
+
+/// Persistence settings.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// The directory (created if missing).
+    pub dir: PathBuf,
+    /// Fsync policy.
+    pub fsync: FsyncMode,
+    /// Start a snapshot once the log has grown by this many bytes since the last one.
+    pub compact_bytes: u64,
+    /// Cut the log at mid-file corruption instead of refusing to start.
+    pub repair: bool,
+}
+
+impl PersistConfig {
+    /// Defaults for `dir`: everysec, compaction at 64 MiB, no repair.
+    pub fn new(dir: impl Into<PathBuf>) -> PersistConfig {
+        PersistConfig {
+            dir: dir.into(),
+            fsync: FsyncMode::EverySec,
+            compact_bytes: 64 << 20,
+            repair: false,
+        }
+    }
+}
+
+/// How many fencing tokens one FENCE record reserves.
+pub const FENCE_BLOCK: u64 = 1000;
+/// Unwritten records kept for a retry after a log write failure, at most.
+const RETRY_MAX: usize = 64 << 20;
+/// Entries a snapshot writes per loop turn.
+const SNAPSHOT_BUDGET: usize = 20_000;
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("aof-{seq:010}.log")
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_prefix("aof-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse().ok())
+        {
+            v.push((seq, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Live keys loaded.
+    pub keys: usize,
+    /// The highest fencing reservation seen (every earlier token is below it).
+    pub fence_reserved: u64,
+    /// Torn tails cut and similar notes, for the operator.
+    pub warnings: Vec<String>,
+}
+
+struct SyncThread {
+    dirty: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+fn spawn_sync(file: File) -> SyncThread {
+    let dirty = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let error = Arc::new(Mutex::new(None));
+    let (d, s, e) = (dirty.clone(), stop.clone(), error.clone());
+    let handle = std::thread::Builder::new()
+        .name("procmesh-fsync".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::park_timeout(Duration::from_secs(1));
+                if d.swap(false, Ordering::AcqRel) {
+                    let r = file.sync_data();
+                    if let Ok(mut slot) = e.lock() {
+                        *slot = r.err().map(|err| format!("fsync failed: {err}"));
+                    }
+                }
+            }
+        })
+        .ok();
+    SyncThread {
+        dirty,
+        stop,
+        error,
+        handle,
+    }
+}
+
+/// An open persistence directory.
+pub struct Persistence {
+    cfg: PersistConfig,
+    _lock: File,
+    log: AppendLog,
+    seq: u64,
+    sync: Option<SyncThread>,
+    snapshot: Option<Snapshot>,
+    finishing: Option<mpsc::Receiver<io::Result<u64>>>,
+    bytes_at_snapshot: u64,
+    reserved_to: u64,
+    unix_base_ms: u64,
+    /// The last error writing the log, if the log is failing now.
+    pub error: Option<String>,
+    /// Log write or sync failures since start.
+    pub error_count: u64,
+    /// Snapshots completed since start.
+    pub snapshots: u64,
+}
+
+/// Why recovery refused to start.
+pub type RecoveryError = String;
+
+impl Persistence {
+    /// Locks the directory, loads the snapshot and replays the log into `store`.
+    /// `unix_base_ms` is the wall-clock time of the store's time 0.
+    pub fn open(
+        cfg: PersistConfig,
+        store: &mut Store,
+        unix_base_ms: u64,
+    ) -> Result<(Persistence, Recovered), RecoveryError> {
+        let dir = &cfg.dir;
+        let ctx = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ctx("cannot create the persistence directory", e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(|e| ctx("cannot open LOCK", e))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "{} is in use by another broker (its LOCK is held)",
+                dir.display()
+            ));
+        }
+        let mut rec = Recovered::default();
+        let now_unix = unix_ms();
+        let apply = |store: &mut Store, r: Record<'_>, rec: &mut Recovered| match r {
+            Record::Set {
+                key,
+                codec,
+                expire_unix_ms,
+                value,
+            } => {
+                if expire_unix_ms != 0 && expire_unix_ms <= now_unix {
+                    store.del(key, 0);
+                } else {
+                    let deadline = if expire_unix_ms == 0 {
+                        0
+                    } else {
+                        expire_unix_ms.saturating_sub(unix_base_ms).max(1)
+                    };
+                    store.set_with_deadline(key, Raw::new(codec, value), deadline);
+                }
+            }
+            Record::Del { key } => {
+                store.del(key, 0);
+            }
+            Record::Clear => store.clear(),
+            Record::Fence { reserved_to } => {
+                rec.fence_reserved = rec.fence_reserved.max(reserved_to)
+            }
+        };
+        // Snapshot.
+        let snap_path = dir.join(snapshot::SNAPSHOT);
+        let mut base_seq = 0;
+        if let Ok(data) = std::fs::read(&snap_path) {
+            if data.len() < 16 || &data[..8] != snapshot::MAGIC {
+                return Err(format!(
+                    "{} is not a procmesh snapshot",
+                    snap_path.display()
+                ));
+            }
+            base_seq = u64::from_be_bytes(data[8..16].try_into().unwrap_or([0; 8]));
+            let (end, dmg) = aof::read_records(&data[16..], |r| apply(store, r, &mut rec));
+            if let Some(d) = dmg {
+                // Snapshots are renamed into place only when complete: any damage is real.
+                return Err(format!(
+                    "{} is damaged at offset {}: {:?}",
+                    snap_path.display(),
+                    end + 16,
+                    d
+                ));
+            }
+        }
+        // Log segments at or after the snapshot's base; older ones are superseded.
+        let segments = list_segments(dir).map_err(|e| ctx("cannot list the log", e))?;
+        let mut last_seq = base_seq;
+        for (seq, path) in &segments {
+            if *seq < base_seq {
+                let _ = std::fs::remove_file(path);
+                continue;
+            }
+            last_seq = *seq;
+            let data = std::fs::read(path).map_err(|e| ctx("cannot read the log", e))?;
+            let (end, dmg) = aof::read_records(&data, |r| apply(store, r, &mut rec));
+            match dmg {
+                None => {}
+                Some(Damage::TornTail) => {
+                    rec.warnings.push(format!(
+                        "{}: torn record at offset {end} (a crash mid-write); truncated {} bytes",
+                        path.display(),
+                        data.len() - end
+                    ));
+                    truncate(path, end as u64)
+                        .map_err(|e| ctx("cannot truncate the torn log tail", e))?;
+                }
+                Some(Damage::Corrupt(why)) if cfg.repair => {
+                    rec.warnings.push(format!(
+                        "{}: corrupt record at offset {end} ({why}); --repair dropped the {} bytes from there",
+                        path.display(),
+                        data.len() - end
+                    ));
+                    truncate(path, end as u64).map_err(|e| ctx("cannot truncate the log", e))?;
+                }
+                Some(Damage::Corrupt(why)) => {
+                    return Err(format!(
+                        "{}: corrupt record at offset {end} ({why}); refusing to start. \
+                         Restart with --repair to drop everything from that offset on",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        rec.keys = store.len();
+        let log = AppendLog::open(&dir.join(segment_name(last_seq)))
+            .map_err(|e| ctx("cannot open the log", e))?;
+        let sync = match cfg.fsync {
+            FsyncMode::EverySec => Some(spawn_sync(
+                log.try_clone().map_err(|e| ctx("cannot open the log", e))?,
+            )),
+            _ => None,
+        };
+        let reserved_to = rec.fence_reserved;
+        Ok((
+            Persistence {
+                cfg,
+                _lock: lock,
+                log,
+                seq: last_seq,
+                sync,
+                snapshot: None,
+                finishing: None,
+                bytes_at_snapshot: 0,
+                reserved_to,
+                unix_base_ms,
+                error: None,
+                error_count: 0,
+                snapshots: 0,
+            },
+            rec,
+        ))
+    }
+
+    /// The fsync policy.
+    pub fn mode(&self) -> FsyncMode {
+        self.cfg.fsync
+    }
+
+    /// Bytes in the current log segment.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.len
+    }
+
+    /// True while a snapshot is being written.
+    pub fn snapshot_running(&self) -> bool {
+        self.snapshot.is_some() || self.finishing.is_some()
+    }
+
+    /// Writes this turn's records (`buf`, then cleared) and applies the fsync policy.
+    /// `force_sync` makes even `no`/`everysec` sync now (fence reservations).
+    pub fn commit(&mut self, buf: &mut Vec<u8>, force_sync: bool) -> Result<(), String> {
+        if buf.is_empty() && !force_sync {
+            return Ok(());
+        }
+        // On failure the records stay in `buf` to be retried next turn (the log was
+        // cut back to its last whole record); writes are refused meanwhile.
+        let r = self
+            .log
+            .write(buf)
+            .map_err(|e| format!("writing {} failed: {e}", self.log.path().display()));
+        if r.is_ok() || buf.len() > RETRY_MAX {
+            buf.clear();
+        }
+        let r = r.and_then(|_| {
+            if self.cfg.fsync == FsyncMode::Always || force_sync {
+                self.log
+                    .sync()
+                    .map_err(|e| format!("fsync of {} failed: {e}", self.log.path().display()))
+            } else {
+                if let Some(s) = &self.sync {
+                    s.dirty.store(true, Ordering::Release);
+                }
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => {
+                if let Some(s) = &self.sync {
+                    if let Ok(e) = s.error.lock() {
+                        self.error = e.clone();
+                    }
+                } else {
+                    self.error = None;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.error_count += 1;
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Notes a FENCE reservation to write with this turn's records.
+    pub fn reserve(&mut self, buf: &mut Vec<u8>, reserved_to: u64) {
+        self.reserved_to = reserved_to;
+        aof::encode_fence(buf, reserved_to);
+    }
+
+    /// Starts, advances or completes a snapshot (called once per loop turn).
+    pub fn tick(&mut self, store: &Store, now: u64) {
+        if let Some(rx) = &self.finishing {
+            match rx.try_recv() {
+                Ok(Ok(_)) => {
+                    self.finishing = None;
+                    self.snapshots += 1;
+                }
+                Ok(Err(e)) => {
+                    self.finishing = None;
+                    self.error_count += 1;
+                    self.error = Some(format!("snapshot failed: {e}"));
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.finishing = None,
+            }
+        }
+        if self.snapshot.is_none() {
+            let grown = self.log.len.saturating_sub(self.bytes_at_snapshot);
+            if grown < self.cfg.compact_bytes {
+                return;
+            }
+            if let Err(e) = self.start_snapshot() {
+                self.error_count += 1;
+                self.error = Some(format!("cannot start a snapshot: {e}"));
+                // Do not retry every turn: wait for as much growth again.
+                self.bytes_at_snapshot = self.log.len;
+                return;
+            }
+        }
+        let Some(snap) = self.snapshot.as_mut() else {
+            return;
+        };
+        match snap.step(store, now, self.unix_base_ms, SNAPSHOT_BUDGET) {
+            Ok(false) => {}
+            Ok(true) => {
+                let snap = self
+                    .snapshot
+                    .take()
+                    .expect("invariant: snapshot is running");
+                let base = snap.base_seq();
+                let old: Vec<PathBuf> = list_segments(&self.cfg.dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(s, _)| *s < base)
+                    .map(|(_, p)| p)
+                    .collect();
+                self.finishing = Some(snap.finish(self.reserved_to, old));
+            }
+            Err(e) => {
+                self.snapshot = None;
+                self.error_count += 1;
+                self.error = Some(format!("snapshot failed: {e}"));
+            }
+        }
+    }
+
+    /// Rotates the log to a new segment and begins a snapshot continuing in it.
+    fn start_snapshot(&mut self) -> io::Result<()> {
+        // The old segment must be durable before a snapshot can supersede it.
+        self.log.sync()?;
+        let seq = self.seq + 1;
+        let log = AppendLog::open(&self.cfg.dir.join(segment_name(seq)))?;
+        let snap = Snapshot::begin(&self.cfg.dir, seq)?;
+        if let Some(s) = self.sync.take() {
+            drop(s);
+        }
+        if self.cfg.fsync == FsyncMode::EverySec {
+            self.sync = Some(spawn_sync(log.try_clone()?));
+        }
+        self.log = log;
+        self.seq = seq;
+        // A new segment starts with the current reservation so it stands alone.
+        let mut fence = Vec::new();
+        aof::encode_fence(&mut fence, self.reserved_to);
+        self.log.write(&fence)?;
+        self.bytes_at_snapshot = 0;
+        self.snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// Makes everything written durable (clean shutdown).
+    pub fn close(&mut self) -> Result<(), String> {
+        self.log
+            .sync()
+            .map_err(|e| format!("final fsync failed: {e}"))?;
+        if let Some(rx) = self.finishing.take() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+        Ok(())
+    }
+}
+
+fn truncate(path: &Path, len: u64) -> io::Result<()> {
+    let f = File::options().write(true).open(path)?;
+    f.set_len(len)?;
+    f.sync_all()
+}
