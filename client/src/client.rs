@@ -392,6 +392,7 @@ impl Client {
     /// Compare-and-swap: if the value at `key` equals `prev` (`None`: the key is
     /// missing), stores `next` (`None`: deletes the key) and returns true.
     /// Equality is structural (map order and `1` vs `1.0` do not matter).
+    /// To swap between values of different types, pass `serde_json::Value`s.
     pub fn cas<V: Serialize>(&self, key: &str, prev: Option<&V>, next: Option<&V>) -> Result<bool> {
         let p = prev.map(|v| self.enc(v)).transpose()?;
         let n = next.map(|v| self.enc(v)).transpose()?;

@@ -107,6 +107,36 @@ fn serve_args(cfg: &SpawnConfig) -> Vec<String> {
     args
 }
 
+/// `PROCMESH_BROKER_OPTS` for a spawned broker: the inherited object (if it is
+/// one) with the client's options laid over it; `None` leaves the inherited
+/// variable alone.
+fn broker_opts_env(
+    inherited: Option<&str>,
+    ours: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    if ours.is_empty() {
+        return None;
+    }
+    let mut base = inherited
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| match v {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .unwrap_or_default();
+    for (k, v) in ours {
+        match (base.get_mut(k), v) {
+            (Some(serde_json::Value::Object(b)), serde_json::Value::Object(o)) => {
+                b.extend(o.clone());
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Some(serde_json::Value::Object(base).to_string())
+}
+
 /// Starts `program serve …` detached: its own session, stdio on /dev/null, and
 /// a thread that reaps it so it never lingers as a zombie of this process.
 pub(crate) fn spawn_broker(program: &Path, cfg: &SpawnConfig) -> Result<(), ClientError> {
@@ -117,20 +147,13 @@ pub(crate) fn spawn_broker(program: &Path, cfg: &SpawnConfig) -> Result<(), Clie
         .stderr(Stdio::null());
     if let Some(t) = &cfg.token {
         // Through the environment rather than argv, which other users can read.
-        let mut opts = cfg.opts.clone();
-        opts.insert("token".into(), serde_json::Value::String(t.clone()));
-        cmd.env(
-            "PROCMESH_BROKER_OPTS",
-            serde_json::Value::Object(opts).to_string(),
-        );
-    } else if !cfg.opts.is_empty() {
-        cmd.env(
-            "PROCMESH_BROKER_OPTS",
-            serde_json::Value::Object(cfg.opts.clone()).to_string(),
-        );
-    } else {
-        // Options meant for another broker must not leak into ours.
-        cmd.env_remove("PROCMESH_BROKER_OPTS");
+        cmd.env("PROCMESH_TOKEN", t);
+    }
+    if let Some(opts) = broker_opts_env(
+        std::env::var("PROCMESH_BROKER_OPTS").ok().as_deref(),
+        &cfg.opts,
+    ) {
+        cmd.env("PROCMESH_BROKER_OPTS", opts);
     }
     // SAFETY: between fork and exec only async-signal-safe functions may run;
     // setsid(2) is one, and the closure touches no memory of the parent.
@@ -298,6 +321,28 @@ mod tests {
         assert!(
             !a.iter().any(|s| s.contains("secret")),
             "token stays out of argv"
+        );
+    }
+
+    #[test]
+    fn broker_opts_merge_over_inherited() {
+        let ours: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"cache":{"ttl":5},"callTimeout":9}"#).unwrap();
+        assert_eq!(broker_opts_env(Some("{}"), &Default::default()), None);
+        let merged = broker_opts_env(
+            Some(r#"{"cache":{"max":3},"callTimeout":1,"x":true}"#),
+            &ours,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cache":{"max":3,"ttl":5},"callTimeout":9,"x":true})
+        );
+        let fresh = broker_opts_env(Some("not json"), &ours).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&fresh).unwrap(),
+            serde_json::Value::Object(ours)
         );
     }
 

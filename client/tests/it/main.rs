@@ -1,0 +1,23 @@
+//! Integration tests of the client against the real broker over real Unix
+//! sockets: in-process brokers for API semantics, `procmesh serve` processes
+//! and re-executions of this binary for everything about processes (sharing,
+//! auto-spawn races, kill and restart, sharding).
+
+mod support;
+
+mod cache;
+mod connection;
+mod locks;
+mod processes;
+mod pubsub;
+mod rpc;
+mod sharding;
+
+/// Entry point of child processes: the multi-process tests run this binary
+/// again with `PROCMESH_IT_ROLE` set (see `support::child`).
+#[test]
+#[ignore = "child-process entry, run by the multi-process tests"]
+fn child_entry() {
+    let role = std::env::var("PROCMESH_IT_ROLE").expect("PROCMESH_IT_ROLE");
+    processes::run_role(&role);
+}
