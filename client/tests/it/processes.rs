@@ -10,7 +10,8 @@ use procmesh::{Client, Codec};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{
-    brokers_serving, child, client_at, eventually, reported, run_child, BrokerProc,
+    broker_bin, brokers_serving, child, client_at, eventually, example_bin, reported, run_child,
+    BrokerProc,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,4 +149,33 @@ fn auto_spawn_race_of_eight_processes_ends_with_one_broker() {
     assert_eq!(c.get::<i64>("racers").unwrap(), Some(8));
     c.shutdown_broker().unwrap();
     eventually("the broker exits", || brokers_serving(&socket).is_empty());
+}
+
+#[test]
+fn quickstart_example_runs_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(example_bin("quickstart"));
+    cmd.env("TMPDIR", dir.path())
+        .env("PROCMESH_BROKER_BIN", broker_bin())
+        .env_remove("PROCMESH_SOCKET")
+        .env_remove("PROCMESH_BROKER_OPTS");
+    let out = run_child(cmd);
+    for want in [
+        "config from the parent: Some(Config",
+        "visits is now 1",
+        "greet returned: hello child, from process",
+        "wrote `report` holding the lock",
+        "message on chat.general: hi from process",
+        "visits counted by the child: Some(1)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // It auto-spawned a broker for the mesh `quickstart` in our TMPDIR; stop it.
+    let socket = dir.path().join("procmesh-quickstart.sock");
+    client_at(&socket, Codec::MsgPack)
+        .shutdown_broker()
+        .unwrap();
+    eventually("the quickstart broker exits", || {
+        brokers_serving(&socket).is_empty()
+    });
 }

@@ -93,6 +93,30 @@ pub fn broker_bin() -> &'static Path {
     })
 }
 
+/// An example of this package (`target/<profile>/examples/<name>`), built
+/// with cargo when missing.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples").join(name);
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "procmesh", "--example", name]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building example {name} failed"
+        );
+    }
+    bin
+}
+
 /// A `procmesh serve` process, killed on drop.
 pub struct BrokerProc {
     pub child: Option<Child>,
