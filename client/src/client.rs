@@ -681,6 +681,21 @@ impl Client {
         Ok(n.unwrap_or(0))
     }
 
+    /// Publishes without asking for an acknowledgement (`acks: 0`): returns as
+    /// soon as the frame is written, and errors on the broker's side are not
+    /// reported. Fails only when there is no connection.
+    pub fn publish_nowait<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<()> {
+        let p = self.enc(payload)?;
+        self.route(channel).send_oneway("pub", 3, |w| {
+            w.key("channel");
+            w.str(channel);
+            w.key("payload");
+            w.raw_same(&p);
+            w.key("acks");
+            w.int(0);
+        })
+    }
+
     // ------------------------------------------------------------ RPC
 
     /// Serves the procedure `name` with `handler` until the returned

@@ -330,7 +330,7 @@ impl Conn {
         let bytes = build(self.codec(), t, Some(id), fields, body);
         let deadline = Instant::now() + timeout;
         let slot = Arc::new(Slot::default());
-        self.send(id, &bytes, Pending::Waiter(slot.clone()), Some(deadline))?;
+        self.send(id, &bytes, Pending::Waiter(slot.clone()), deadline)?;
         Ok(Ticket {
             conn: self,
             id,
@@ -358,18 +358,34 @@ impl Conn {
         }
     }
 
-    /// Enters `pending` and writes, waiting (until `deadline`) for a reconnect
-    /// when the link is being re-established.
-    fn send(&self, id: u64, bytes: &[u8], p: Pending, deadline: Option<Instant>) -> Result<()> {
+    /// Sends a frame without an id, which the broker never answers. Waits for a
+    /// reconnect like a request would.
+    pub fn send_oneway(
+        &self,
+        t: &'static str,
+        fields: usize,
+        body: impl FnOnce(&mut Writer<'_>),
+    ) -> Result<()> {
+        let bytes = build(self.codec(), t, None, fields, body);
+        let deadline = Instant::now() + self.shared.settings.call_timeout;
+        let mut io = self.wait_up(deadline)?;
+        if let Some(s) = io.stream.as_mut() {
+            if s.write_all(&bytes).is_err() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        Ok(())
+    }
+
+    /// Locks `io` once the link is up, waiting for a reconnect until `deadline`.
+    fn wait_up(&self, deadline: Instant) -> Result<std::sync::MutexGuard<'_, Io>> {
         let mut io = lock(&self.io);
         loop {
             match io.link {
-                Link::Up => break,
+                Link::Up => return Ok(io),
                 Link::Closed => return Err(ClientError::disconnected(io.closed_reason.clone())),
                 Link::Reconnecting => {
-                    let now = Instant::now();
-                    let left =
-                        deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+                    let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(ClientError::disconnected(format!(
                             "not connected to the broker at {} (reconnecting)",
@@ -384,6 +400,12 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Enters `pending` and writes, waiting (until `deadline`) for a reconnect
+    /// when the link is being re-established.
+    fn send(&self, id: u64, bytes: &[u8], p: Pending, deadline: Instant) -> Result<()> {
+        let mut io = self.wait_up(deadline)?;
         self.write_locked(&mut io, id, bytes, p);
         Ok(())
     }

@@ -30,7 +30,7 @@
 //! - `error`: [`ClientError`] and its stable codes.
 //!
 //! # Example
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use procmesh::{Client, LockOptions};
 //! use serde::{Deserialize, Serialize};
@@ -41,35 +41,44 @@
 //!     visits: u32,
 //! }
 //!
-//! fn main() -> Result<(), procmesh::ClientError> {
-//!     let client = Client::connect()?;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // This doc test runs against a broker in a temp dir, not the user's mesh.
+//! # let dir = tempfile::tempdir()?;
+//! # let broker = procmesh_broker::Broker::builder().socket(dir.path().join("doc.sock")).start()?;
+//! # std::env::set_var("PROCMESH_SOCKET", broker.path());
+//! let client = Client::connect()?;
 //!
-//!     // Cache and atomics.
-//!     client.set("user:1", &User { name: "ann".into(), visits: 1 })?;
-//!     let u: Option<User> = client.get("user:1")?;
-//!     client.set_with_ttl("session:9", &"token", Duration::from_secs(60))?;
-//!     let hits = client.incr("hits", 1)?;
+//! // Cache and atomics: values are any serde type.
+//! client.set("user:1", &User { name: "ann".into(), visits: 1 })?;
+//! let u: Option<User> = client.get("user:1")?;
+//! assert_eq!(u.unwrap().name, "ann");
+//! client.set_with_ttl("session:9", &"token", Duration::from_secs(60))?;
+//! assert_eq!(client.incr("hits", 1)?, 1);
 //!
-//!     // Pub/sub: the handler runs on the client's dispatch thread.
-//!     let sub = client.subscribe("news.*", |msg| {
-//!         println!("{}: {:?}", msg.channel(), msg.payload::<String>());
-//!     })?;
-//!     client.publish("news.rust", &"procmesh 0.1")?;
+//! // Pub/sub: the handler runs on the client's dispatch thread.
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let tx = std::sync::Mutex::new(tx);
+//! let sub = client.subscribe("news.*", move |msg| {
+//!     let text: String = msg.payload().unwrap();
+//!     tx.lock().unwrap().send((msg.channel().to_owned(), text)).unwrap();
+//! })?;
+//! client.publish("news.rust", &"procmesh 0.1")?;
+//! assert_eq!(rx.recv()?, ("news.rust".to_owned(), "procmesh 0.1".to_owned()));
 //!
-//!     // RPC: any process may serve `add`, any may call it.
-//!     let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
-//!     let sum: i64 = client.call("add", &(2, 3), None)?;
+//! // RPC: any process may serve `add`, any may call it.
+//! let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
+//! let sum: i64 = client.call("add", &(2, 3), None)?;
+//! assert_eq!(sum, 5);
 //!
-//!     // Locks with fencing tokens: writes through the guard are refused once a
-//!     // newer holder exists.
-//!     if let Some(guard) = client.lock("report", LockOptions::new().wait(Duration::from_secs(1)))? {
-//!         guard.set("report:owner", &std::process::id())?;
-//!     }
-//!
-//!     println!("{u:?} {hits} {sum}");
-//!     drop((sub, reg));
-//!     Ok(())
+//! // Locks with fencing tokens: writes through the guard are refused once a
+//! // newer holder exists.
+//! if let Some(guard) = client.lock("report", LockOptions::new().wait(Duration::from_secs(1)))? {
+//!     guard.set("report:owner", &std::process::id())?;
 //! }
+//!
+//! drop((sub, reg));
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Errors

@@ -204,3 +204,35 @@ fn close_fails_later_requests_at_once() {
     let e = other.set("x", &1).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Disconnected), "{e}");
 }
+
+#[test]
+fn large_values_cross_many_reads() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let c = b.client(codec);
+        let big: Vec<u32> = (0..300_000).collect();
+        let text = "x".repeat(3 << 20);
+        c.set("big", &big).unwrap();
+        c.set("text", &text).unwrap();
+        assert_eq!(
+            c.get::<Vec<u32>>("big").unwrap().as_deref(),
+            Some(&big[..]),
+            "{codec:?}"
+        );
+        assert_eq!(
+            c.get::<String>("text").unwrap().map(|t| t.len()),
+            Some(text.len())
+        );
+    }
+}
+
+#[test]
+fn client_and_errors_are_thread_safe_types() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<procmesh::Client>();
+    assert_send_sync::<procmesh::ClientError>();
+    assert_send_sync::<procmesh::Subscription>();
+    assert_send_sync::<procmesh::Registration>();
+    assert_send_sync::<procmesh::LockGuard>();
+    assert_send_sync::<procmesh::Message>();
+}

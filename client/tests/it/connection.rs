@@ -215,3 +215,22 @@ fn connect_without_broker_or_binary_is_a_clear_error() {
     assert!(matches!(e, ClientError::Spawn { .. }), "{e:?}");
     assert!(e.to_string().contains("no-such-procmesh"), "{e}");
 }
+
+#[test]
+fn broker_heartbeats_are_answered() {
+    let b = InProc::start_with(|b| b.heartbeat(Some(Duration::from_millis(30))));
+    let c = Client::builder()
+        .address(&b.path)
+        .auto_spawn(false)
+        .ping_interval(None)
+        .connect()
+        .unwrap();
+    let events = c.events();
+    // Idle for many heartbeat intervals: only our pongs keep the connection.
+    // (Time has to pass here; nothing signals "not reaped".)
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(events.try_recv().is_err(), "no disconnect while idle");
+    let s = c.stats().unwrap();
+    assert_eq!(s.reaped, 0);
+    assert_eq!(s.connections, 1);
+}

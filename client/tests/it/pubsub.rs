@@ -120,3 +120,25 @@ fn messages_arrive_in_order_and_handlers_do_not_block_replies() {
     let got: Vec<u32> = (0..100).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn publish_nowait_is_delivered() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let c = b.client(codec);
+        let (tx, rx) = channel::<u32>();
+        let tx = Mutex::new(tx);
+        let _sub = c
+            .subscribe("fire", move |m| {
+                tx.lock().unwrap().send(m.payload().unwrap()).unwrap()
+            })
+            .unwrap();
+        for n in 0..50u32 {
+            c.publish_nowait("fire", &n).unwrap();
+        }
+        let got: Vec<u32> = (0..50).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+        assert_eq!(got, (0..50).collect::<Vec<_>>(), "{codec:?}");
+        // No reply was asked for, so nothing is left waiting: a request still works.
+        c.set("after", &1).unwrap();
+    }
+}

@@ -129,9 +129,18 @@ fn sharded_client_places_each_key_on_its_shard_only() {
 fn sharded_pubsub_and_rpc_route_by_name() {
     let brokers: Vec<InProc> = (0..3).map(|_| InProc::start()).collect();
     let paths: Vec<PathBuf> = brokers.iter().map(|b| b.path.clone()).collect();
+    let connected = std::sync::Arc::new(Mutex::new(Vec::new()));
     let a = Client::builder()
         .addresses(&paths)
         .auto_spawn(false)
+        .on_event({
+            let connected = connected.clone();
+            move |e| {
+                if let procmesh::Event::Connected { shard, path } = e {
+                    connected.lock().unwrap().push((*shard, path.clone()));
+                }
+            }
+        })
         .connect()
         .unwrap();
     let b = Client::builder()
@@ -180,6 +189,16 @@ fn sharded_pubsub_and_rpc_route_by_name() {
         .register("sum", |v: Vec<i64>| Ok(v.iter().sum::<i64>()))
         .unwrap();
     assert_eq!(b.call::<_, i64>("sum", &(1, 2, 3), None).unwrap(), 6);
+    // One connect event per shard, each naming its shard and address (events
+    // are delivered in order, so the ping's reply comes after them).
+    a.ping().unwrap();
+    let mut seen = connected.lock().unwrap().clone();
+    seen.sort();
+    let want: Vec<(ShardId, PathBuf)> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (ShardId(i), p.clone()))
+        .collect();
     let stats = b.stats().unwrap();
     assert_eq!(
         stats
@@ -190,6 +209,7 @@ fn sharded_pubsub_and_rpc_route_by_name() {
         Some(1)
     );
     assert_eq!(stats.shards[(fnv1a("sum") % 3) as usize].procs.len(), 1);
+    assert_eq!(seen, want);
 }
 
 #[test]
