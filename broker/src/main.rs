@@ -1,14 +1,19 @@
 //! `procmesh`: run a broker (`serve`) or talk to one (`status`, `stop`, `stats`).
 //!
+//! `status|stop|stats --shards N` cover a sharded mesh (`NAME#0` … `NAME#N-1`, as
+//! `procmesh-launch` starts it): a line or row per shard, and totals.
+//!
 //! Exit codes: 0 success (also `serve` when another broker already owns the
-//! address), 1 an error, 3 no broker is running at the address.
+//! address), 1 an error (or only some shards of a mesh are running), 3 no broker is
+//! running at the address (no shard of the mesh is).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use procmesh_broker::cli::{stats_table, CliConn, CliError};
+use procmesh_broker::cli::{human_ms, sharded_stats_table, stats_table, sum_stats};
+use procmesh_broker::cli::{CliConn, CliError};
 use procmesh_broker::{BindError, BrokerConfig, Reactor};
 use procmesh_proto::addr;
 
@@ -98,21 +103,30 @@ enum Cmd {
         #[arg(long)]
         compact_bytes: Option<u64>,
     },
-    /// Say whether a broker is running.
+    /// Say whether a broker (every shard, with --shards) is running.
     Status {
         #[command(flatten)]
         target: Target,
+        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
+        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
+        shards: Option<u16>,
     },
-    /// Ask a broker to shut down and wait until it has.
+    /// Ask a broker (every shard, with --shards) to shut down and wait until it has.
     Stop {
         #[command(flatten)]
         target: Target,
+        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
+        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
+        shards: Option<u16>,
     },
-    /// Print a broker's stats.
+    /// Print a broker's stats (per shard and totals, with --shards).
     Stats {
         #[command(flatten)]
         target: Target,
-        /// Print the raw stats map as JSON.
+        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
+        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
+        shards: Option<u16>,
+        /// Print the raw stats map as JSON (with --shards: the sum plus `shards`).
         #[arg(long)]
         json: bool,
     },
@@ -199,7 +213,23 @@ fn main() -> ExitCode {
             }
             serve(cfg)
         }
-        Cmd::Status { target } => {
+        Cmd::Status {
+            target,
+            shards: Some(n),
+        } => mesh_status(&target, n.into()),
+        Cmd::Stop {
+            target,
+            shards: Some(n),
+        } => mesh_stop(&target, n.into()),
+        Cmd::Stats {
+            target,
+            shards: Some(n),
+            json,
+        } => mesh_stats(&target, n.into(), json),
+        Cmd::Status {
+            target,
+            shards: None,
+        } => {
             let path = target.path();
             match CliConn::connect(&path, target.token.as_deref())
                 .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
@@ -211,7 +241,7 @@ fn main() -> ExitCode {
                         v["name"].as_str().unwrap_or("?"),
                         path.display(),
                         v["pid"],
-                        procmesh_broker::cli::human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
+                        human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
                         v["connections"]
                     );
                     ExitCode::SUCCESS
@@ -219,29 +249,24 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Cmd::Stop { target } => {
+        Cmd::Stop {
+            target,
+            shards: None,
+        } => {
             let path = target.path();
-            let r = CliConn::connect(&path, target.token.as_deref()).and_then(|mut c| {
-                c.request(serde_json::json!({"t": "shutdown"}))?;
-                c.wait_closed();
-                Ok(())
-            });
-            match r {
+            match stop(&path, target.token.as_deref()) {
                 Ok(()) => {
-                    // The broker removes its socket as its last step: wait for that.
-                    for _ in 0..200 {
-                        if !path.exists() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
                     println!("procmesh broker at {} stopped", path.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             }
         }
-        Cmd::Stats { target, json } => {
+        Cmd::Stats {
+            target,
+            shards: None,
+            json,
+        } => {
             let path = target.path();
             match CliConn::connect(&path, target.token.as_deref())
                 .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
@@ -261,6 +286,134 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Asks the broker at `path` to shut down and waits until it has removed its socket.
+fn stop(path: &Path, token: Option<&str>) -> Result<(), CliError> {
+    let mut c = CliConn::connect(path, token)?;
+    c.request(serde_json::json!({"t": "shutdown"}))?;
+    c.wait_closed();
+    // The broker removes its socket as its last step: wait for that.
+    for _ in 0..200 {
+        if !path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The shards of the mesh `target.name`: `(NAME#i, socket)`.
+fn mesh(target: &Target, n: usize) -> Result<Vec<(String, PathBuf)>, ExitCode> {
+    match addr::shard_paths(&target.name, n) {
+        Ok(paths) => Ok(paths
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (addr::shard_name(&target.name, i), p))
+            .collect()),
+        Err(e) => {
+            eprintln!("procmesh: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// 0 when all `n` shards answered, 3 when none did, else 1.
+fn mesh_exit(running: usize, n: usize) -> ExitCode {
+    match running {
+        0 => ExitCode::from(3),
+        r if r == n => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+fn shard_stats(path: &Path, token: Option<&str>) -> Result<serde_json::Value, CliError> {
+    let mut c = CliConn::connect(path, token)?;
+    Ok(c.request(serde_json::json!({"t": "stats"}))?["value"].take())
+}
+
+fn mesh_status(target: &Target, n: usize) -> ExitCode {
+    let shards = match mesh(target, n) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut running = 0;
+    for (name, path) in &shards {
+        match shard_stats(path, target.token.as_deref()) {
+            Ok(v) => {
+                running += 1;
+                let core = v["core"]
+                    .as_u64()
+                    .map_or("not pinned".into(), |c| format!("core {c}"));
+                println!(
+                    "{name}: running at {} (pid {}, {core}, up {}, {} connections)",
+                    path.display(),
+                    v["pid"],
+                    human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
+                    v["connections"]
+                );
+            }
+            Err(e) => println!("{name}: {e}"),
+        }
+    }
+    println!(
+        "procmesh mesh `{}`: {running} of {n} shards running",
+        target.name
+    );
+    mesh_exit(running, n)
+}
+
+fn mesh_stop(target: &Target, n: usize) -> ExitCode {
+    let shards = match mesh(target, n) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (mut stopped, mut failed) = (0, false);
+    for (name, path) in &shards {
+        match stop(path, target.token.as_deref()) {
+            Ok(()) => {
+                stopped += 1;
+                println!("{name}: stopped ({})", path.display());
+            }
+            Err(e @ CliError::NotRunning(_)) => println!("{name}: {e}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("procmesh: {name}: {e}");
+            }
+        }
+    }
+    match (stopped, failed) {
+        (_, true) => ExitCode::from(1),
+        (0, false) => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn mesh_stats(target: &Target, n: usize, json: bool) -> ExitCode {
+    let shards = match mesh(target, n) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut per_shard = Vec::with_capacity(n);
+    for (name, path) in &shards {
+        match shard_stats(path, target.token.as_deref()) {
+            Ok(v) => per_shard.push(Some(v)),
+            Err(e) => {
+                eprintln!("procmesh: {name}: {e}");
+                per_shard.push(None);
+            }
+        }
+    }
+    let running = per_shard.iter().flatten().count();
+    if running > 0 {
+        let sum = sum_stats(&target.name, &per_shard);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&sum).unwrap_or_default());
+        } else {
+            print!("{}", sharded_stats_table(&sum));
+        }
+    }
+    mesh_exit(running, n)
 }
 
 fn fail(e: CliError) -> ExitCode {
