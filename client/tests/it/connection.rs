@@ -41,17 +41,29 @@ fn killed_broker_restarted_client_reconnects_and_replays() {
             .register("echo", |s: String| Ok(format!("echo {s}")))
             .unwrap();
 
+        client.set("k", &0).unwrap();
         broker.kill();
         wait_event(&events, "disconnect", |e| {
             matches!(e, Event::Disconnected { .. })
         });
-        // While the broker is down a request fails after its timeout or waits for
-        // the reconnect; the restarted broker is empty but our subscription and
-        // registration come back with the connection.
+        // A request made while the broker is down waits for the reconnect (up to
+        // its timeout) and then goes to the new, empty broker.
+        let (asking_tx, asking_rx) = channel::<()>();
+        let waiting = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                asking_tx.send(()).unwrap();
+                client.get::<i32>("k")
+            })
+        };
+        asking_rx.recv_timeout(WAIT).unwrap();
+        // The restarted broker is empty, but our subscription and registration
+        // come back with the connection.
         let _broker = BrokerProc::start(&path, &[]);
         wait_event(&events, "reconnect", |e| {
             matches!(e, Event::Reconnected { .. })
         });
+        assert_eq!(waiting.join().unwrap().unwrap(), None, "{codec:?}");
 
         let other = client_at(&path, Codec::Json);
         assert_eq!(
@@ -218,7 +230,7 @@ fn connect_without_broker_or_binary_is_a_clear_error() {
 
 #[test]
 fn broker_heartbeats_are_answered() {
-    let b = InProc::start_with(|b| b.heartbeat(Some(Duration::from_millis(30))));
+    let b = InProc::start_with(|b| b.heartbeat(Some(Duration::from_millis(100))));
     let c = Client::builder()
         .address(&b.path)
         .auto_spawn(false)
@@ -228,7 +240,7 @@ fn broker_heartbeats_are_answered() {
     let events = c.events();
     // Idle for many heartbeat intervals: only our pongs keep the connection.
     // (Time has to pass here; nothing signals "not reaped".)
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(800));
     assert!(events.try_recv().is_err(), "no disconnect while idle");
     let s = c.stats().unwrap();
     assert_eq!(s.reaped, 0);

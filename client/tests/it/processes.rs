@@ -179,3 +179,51 @@ fn quickstart_example_runs_two_processes() {
         brokers_serving(&socket).is_empty()
     });
 }
+
+#[test]
+fn auto_spawned_broker_forwards_options_and_is_respawned_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("spawned.sock");
+    let c = Client::builder()
+        .address(&socket)
+        .broker_bin(broker_bin())
+        .idle_timeout(Duration::from_secs(20))
+        .max_keys(2)
+        .default_ttl(Duration::from_millis(300))
+        .connect()
+        .unwrap();
+    let events = c.events();
+    // --max-keys: the least recently used entry goes.
+    c.set("a", &1).unwrap();
+    c.set("b", &2).unwrap();
+    c.set("c", &3).unwrap();
+    let mut keys = c.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, ["b", "c"]);
+    // cache.ttl in PROCMESH_BROKER_OPTS: entries without a ttl expire.
+    eventually("default ttl expires entries", || {
+        c.keys().unwrap().is_empty()
+    });
+
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    let tx = std::sync::Mutex::new(tx);
+    let _sub = c
+        .subscribe("after-crash", move |m| {
+            tx.lock().unwrap().send(m.payload().unwrap()).unwrap()
+        })
+        .unwrap();
+    let first_pid = c.stats().unwrap().raw["pid"]
+        .as_i64()
+        .expect("broker pid in stats");
+    // SAFETY: kill(2) on a pid we just read; no memory effects.
+    assert_eq!(unsafe { libc::kill(first_pid as i32, libc::SIGKILL) }, 0);
+    crate::support::wait_event(&events, "reconnect", |e| {
+        matches!(e, procmesh::Event::Reconnected { .. })
+    });
+    let second_pid = c.stats().unwrap().raw["pid"].as_i64().unwrap();
+    assert_ne!(first_pid, second_pid, "a new broker was spawned");
+    assert_eq!(c.publish("after-crash", &5).unwrap(), 1);
+    assert_eq!(rx.recv_timeout(crate::support::WAIT).unwrap(), 5);
+    c.shutdown_broker().unwrap();
+    eventually("the broker exits", || brokers_serving(&socket).is_empty());
+}
