@@ -14,7 +14,9 @@
 #
 # Environment knobs: ROUNDS (3), N (requests per pipelined run, 2000000),
 # PUB_DURATION (3s), MEM_KEYS (1000000), PROFILE (1: strace -c syscalls per request),
-# OUT (results file; default bench/results/<date>-compare.md), SKIP_BUILD (0).
+# OUT (results file; default bench/results/<date>-compare.md), SKIP_BUILD (0),
+# SNAPSHOT (0; 1 = build the committed HEAD from `git archive` instead of the working
+# tree, so the results name exactly one commit), QUIET_WAIT (180 s).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,15 +38,31 @@ RUNS=${OUT%.md}.jsonl
 SERVER_CPU=0
 CLIENT_CPU=1
 
-BENCH=target/release/procmesh-bench
-BROKER=target/release/procmesh
+SNAPSHOT=${SNAPSHOT:-0}
+TARGET_DIR=target
+if [[ $SNAPSHOT == 1 ]]; then
+    TARGET_DIR=target/compare-snapshot
+fi
+BENCH=$TARGET_DIR/release/procmesh-bench
+BROKER=$TARGET_DIR/release/procmesh
 
 log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ------------------------------------------------------------------ setup
+# Taken before building: other people may commit while this runs.
+COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [[ $SKIP_BUILD != 1 ]]; then
-    log "building release binaries"
-    cargo build --release -p procmesh-broker -p procmesh-bench >&2
+    if [[ $SNAPSHOT == 1 ]]; then
+        log "building release binaries of HEAD $COMMIT (git archive)"
+        SRC=$(mktemp -d /tmp/procmesh-compare-src.XXXXXX)
+        git archive "$COMMIT" | tar -x -C "$SRC"
+        CARGO_TARGET_DIR="$ROOT/$TARGET_DIR" cargo build --release --manifest-path "$SRC/Cargo.toml" \
+            -p procmesh-broker -p procmesh-bench >&2
+        rm -rf "$SRC"
+    else
+        log "building release binaries of the working tree"
+        cargo build --release -p procmesh-broker -p procmesh-bench >&2
+    fi
 fi
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     log "installing redis-server and redis-tools"
@@ -55,6 +73,30 @@ if [[ $(nproc) -lt 2 ]]; then
     CLIENT_CPU=0
     log "one CPU only: every process shares CPU 0"
 fi
+
+# Other work on these 2 vCPUs (someone's cargo build) moves results by 2x: wait up to
+# QUIET_WAIT seconds for a 2-second window with at least 90% idle CPU, and say in the
+# results how idle it was.
+busy_pct() { # percent of all CPU time busy over 2 seconds
+    local a b
+    a=($(head -1 /proc/stat))
+    sleep 2
+    b=($(head -1 /proc/stat))
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    local idle=$((b[4] - a[4] + b[5] - a[5]))
+    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
+}
+QUIET_WAIT=${QUIET_WAIT:-180}
+waited=0
+BUSY_BEFORE=$(busy_pct)
+while ((BUSY_BEFORE > 10 && waited < QUIET_WAIT)); do
+    log "machine ${BUSY_BEFORE}% busy with other work; waiting for it to settle"
+    sleep 8
+    waited=$((waited + 10))
+    BUSY_BEFORE=$(busy_pct)
+done
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 WORK=$(mktemp -d /tmp/procmesh-compare.XXXXXX)
 PIDS=()
@@ -108,6 +150,27 @@ REDIS_PID=$START_PID
 start_broker "$PSOCK"
 BROKER_PID=$START_PID
 log "redis pid $REDIS_PID, broker pid $BROKER_PID, both on CPU $SERVER_CPU"
+
+# CPU accounting, to say how much other processes ran during the measurements:
+# machine-wide busy time (/proc/stat) minus our servers' and our reaped children's.
+machine_busy_s() {
+    awk 'NR == 1 { busy = 0; for (i = 2; i <= 8; i++) if (i != 5 && i != 6) busy += $i; printf "%.2f", busy / 100 }' /proc/stat
+}
+snap_children_cpu() { # sets CHILD_CPU: user + sys of every child this shell has reaped
+    times >"$WORK/times" # in this shell: a subshell would only see its own children
+    CHILD_CPU=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }' "$WORK/times")
+}
+pid_cpu_s() { # PID...: user + sys of running processes
+    local pid sum=0
+    for pid in "$@"; do
+        sum=$(awk -v s="$sum" '{ printf "%.2f", s + ($14 + $15) / 100 }' "/proc/$pid/stat" 2>/dev/null || echo "$sum")
+    done
+    echo "$sum"
+}
+T0=$(date +%s.%N)
+BUSY0=$(machine_busy_s)
+snap_children_cpu
+OURS0=$(awk -v a="$CHILD_CPU" -v b="$(pid_cpu_s "$REDIS_PID" "$BROKER_PID")" 'BEGIN { printf "%.2f", a + b }')
 
 mkdir -p "$(dirname "$OUT")"
 : >"$RUNS"
@@ -290,9 +353,43 @@ if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
     done
 fi
 
+# Where the broker's time goes on the pipelined GET and INCR rows (perf, if it works here).
+PERF_MD=$WORK/perf.md
+: >"$PERF_MD"
+if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
+    for w in get incr; do
+        log "profile: perf record of the broker during ${w^^} 4x64"
+        pd=$WORK/perf-$w.data
+        perf record -F 1999 -g -p "$BROKER_PID" -o "$pd" -- sleep 2 >/dev/null 2>&1 &
+        ppid=$!
+        sleep 0.3
+        taskset -c "$CLIENT_CPU" "$BENCH" --socket "$PSOCK" -t "$w" -c 4 -P 64 -d 1500ms -r "$KEYSPACE" --threads 1 >/dev/null 2>&1 || true
+        wait "$ppid" 2>/dev/null || true
+        if [[ -s $pd ]]; then
+            {
+                echo "#### ${w^^} 4x64, top symbols of the broker (self time, perf record -F 1999)"
+                echo
+                echo '```'
+                perf report -i "$pd" --no-children --stdio -g none --percent-limit 1.5 2>/dev/null |
+                    grep -E '^ +[0-9.]+%' | sed -E 's/ +\[\.\] / /; s/ +\[k\] / [kernel] /' | head -20
+                echo '```'
+                echo
+            } >>"$PERF_MD"
+        fi
+    done
+fi
+
 # ------------------------------------------------------------------ report
-COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-DIRTY=$(git status --porcelain -- broker proto bench 2>/dev/null | wc -l)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+snap_children_cpu
+OTHER_CPU=$(awk -v t0="$T0" -v t1="$(date +%s.%N)" -v b0="$BUSY0" -v b1="$(machine_busy_s)" \
+    -v o0="$OURS0" -v c="$CHILD_CPU" -v p="$(pid_cpu_s "$REDIS_PID" "$BROKER_PID")" \
+    'BEGIN { other = (b1 - b0) - (c + p - o0); if (other < 0) other = 0
+             printf "%.1f CPU-seconds (%.0f%% of one core) over the %.0f s of measurements", other, 100 * other / (t1 - t0), t1 - t0 }')
+DIRTY=0
+if [[ $SNAPSHOT != 1 ]]; then
+    DIRTY=$(git status --porcelain -- broker proto bench 2>/dev/null | wc -l)
+fi
 CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 {
     echo "# procmesh vs Redis — $DATE"
@@ -307,6 +404,8 @@ CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1
     echo "- CPU: $CPU_MODEL, $(nproc) vCPUs; $(uname -sr); $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)"
     echo "- $(redis-server --version | head -1)"
     echo "- $(rustc --version); release profile (lto = fat, codegen-units = 1)"
+    echo "- other load: CPU ${BUSY_BEFORE}% busy just before the run (waited ${waited} s for quiet); load average $LOAD_BEFORE before, $LOAD_AFTER after;"
+    echo "  processes other than ours used $OTHER_CPU (our servers and clients excluded)"
     echo
     echo "## Placement"
     echo
@@ -342,6 +441,12 @@ CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1
         echo "## Syscalls per request (strace -c on the server, one extra run each)"
         echo
         cat "$PROFILE_MD"
+    fi
+    if [[ -s $PERF_MD ]]; then
+        echo
+        echo "## Where the broker spends its time"
+        echo
+        cat "$PERF_MD"
     fi
 } >"$OUT"
 log "wrote $OUT and $RUNS"
