@@ -707,6 +707,10 @@ impl Client {
     /// arguments, or any type for one. A panic or error is returned to the
     /// caller (code `ECALL` unless the [`HandlerError`] carries one).
     ///
+    /// A handler may use the client, including `call`; but handlers that wait on
+    /// calls served by this same client can exhaust the pool and wait forever,
+    /// like any bounded pool (raise [`ClientBuilder::handler_threads`] then).
+    ///
     /// ```no_run
     /// # let client = procmesh::Client::connect()?;
     /// let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;

@@ -564,6 +564,16 @@ impl Conn {
                         if let Ok(Some(p)) = opt_str(f.pid, "pid") {
                             lock(&self.io).pid = Some(p.into_owned());
                         }
+                        // A broker that accepts no bytes for a whole call timeout is
+                        // treated as dead (the write fails and the socket is shut down),
+                        // so a writer never blocks forever holding `io`.
+                        s.set_write_timeout(Some(
+                            self.shared
+                                .settings
+                                .call_timeout
+                                .max(Duration::from_secs(1)),
+                        ))
+                        .map_err(io_err)?;
                         let rest = buf[b..].to_vec();
                         return Ok((s, rest));
                     }
