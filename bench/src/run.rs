@@ -33,6 +33,10 @@ const SIDE_POLL: Duration = Duration::from_millis(50);
 /// How long to wait for deliveries to stop arriving after the last publish.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
+/// A request stream with replies outstanding and nothing to read for this long fails
+/// the run (a lost reply would otherwise hang the generator).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Highest latency the histogram records (longer ones are clamped to it).
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
@@ -133,6 +137,9 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         };
         for s in shards {
             let mut stream = Stream::connect(&paths[s], wire, args.pipeline).map_err(io_err)?;
+            stream
+                .set_read_timeout(Some(REPLY_TIMEOUT))
+                .map_err(io_err)?;
             let gen = OpGen::new(
                 workload,
                 args.seed,
@@ -359,7 +366,18 @@ fn drive<W: Wire>(
                 continue;
             }
             active = true;
-            s.fill()?;
+            if let Err(e) = s.fill() {
+                return Err(match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                        e.kind(),
+                        format!(
+                            "no reply for {REPLY_TIMEOUT:?} with {} requests in flight",
+                            s.inflight()
+                        ),
+                    ),
+                    _ => e,
+                });
+            }
             now = Instant::now();
             while let Some(reply) = s.next_reply()? {
                 if reply.kind == ReplyKind::Ping {
