@@ -316,3 +316,65 @@ fn a_shard_that_cannot_start_fails_the_launch() {
         .to_string_lossy()
         .ends_with(".sock")));
 }
+
+/// Set in the environment of the child test run by
+/// `client_sharded_by_name_uses_the_launched_mesh`.
+const CHILD_ENV: &str = "PROCMESH_LAUNCH_TEST_CHILD";
+
+#[test]
+fn client_sharded_by_name_uses_the_launched_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::launch_in(dir.path(), 2, &[]);
+    // A client resolves shard sockets from TMPDIR, which is process-wide: run the
+    // client half in a child process of this test binary with TMPDIR set.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "mesh::sharded_client_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TMPDIR", dir.path())
+        .env(CHILD_ENV, "1")
+        .env_remove("PROCMESH_SOCKET")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "child test failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the client wrote is where FNV-1a says, on the launched shards.
+    let mut conns = [mesh.conn(0), mesh.conn(1)];
+    for i in 0..20 {
+        let k = format!("via-name:{i}");
+        let home = (procmesh::fnv1a(&k) % 2) as usize;
+        assert!(has(&mut conns[home], &k), "{k} not on shard {home}");
+        assert!(!has(&mut conns[1 - home], &k));
+    }
+}
+
+/// The client half of `client_sharded_by_name_uses_the_launched_mesh`.
+#[test]
+#[ignore = "run as a child process by client_sharded_by_name_uses_the_launched_mesh"]
+fn sharded_client_child() {
+    assert!(std::env::var_os(CHILD_ENV).is_some(), "only run as a child");
+    let client = procmesh::Client::builder()
+        .name(NAME)
+        .shards(2)
+        .auto_spawn(false)
+        .connect()
+        .expect("the sharded client connects to the launched mesh");
+    let tmp = std::env::var_os("TMPDIR").unwrap();
+    let want: Vec<_> = (0..2)
+        .map(|i| std::path::Path::new(&tmp).join(format!("procmesh-{NAME}#{i}.sock")))
+        .collect();
+    assert_eq!(client.addresses(), want);
+    for i in 0..20 {
+        client.set(&format!("via-name:{i}"), &i).unwrap();
+    }
+    let st = client.stats().unwrap();
+    assert_eq!(st.shards.len(), 2);
+    assert_eq!(st.cache_size, 20);
+}
