@@ -378,3 +378,19 @@ fn sharded_client_child() {
     assert_eq!(st.shards.len(), 2);
     assert_eq!(st.cache_size, 20);
 }
+
+#[test]
+fn shards_do_not_outlive_a_killed_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::launch_in(dir.path(), 2, &[]);
+    // SIGKILL cannot be caught: the shards learn of it from their parent-death signal
+    // (SIGTERM) and stop cleanly, removing their sockets.
+    mesh.signal(libc::SIGKILL);
+    mesh.wait_exit(Duration::from_secs(5)).expect("killed");
+    for i in 0..2 {
+        assert!(
+            wait_gone(&mesh.socket(i), Duration::from_secs(5)),
+            "shard {i} still serves after its launcher died"
+        );
+    }
+}
