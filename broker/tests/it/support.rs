@@ -191,15 +191,25 @@ impl TestClient {
         id
     }
 
-    /// Reads until the reply to `id` arrives, keeping other frames in the inbox.
+    /// Reads until the reply to `id` arrives, keeping other frames in the inbox. A
+    /// reply already in the inbox (pipelined replies may come in any order) is taken
+    /// from there.
     pub fn reply_to(&mut self, id: u64) -> Value {
-        loop {
-            let f = self
-                .read_frame()
-                .unwrap_or_else(|| panic!("connection closed while waiting for reply {id}"));
-            if f.get("id").and_then(Value::as_u64) == Some(id)
+        let is_reply = |f: &Value| {
+            f.get("id").and_then(Value::as_u64) == Some(id)
                 && matches!(f["t"].as_str(), Some("ok" | "err" | "welcome" | "pong"))
-            {
+        };
+        if let Some(i) = self.inbox.iter().position(is_reply) {
+            return self
+                .inbox
+                .remove(i)
+                .expect("invariant: position is in range");
+        }
+        loop {
+            let f = self.read_frame().unwrap_or_else(|| {
+                panic!("connection closed (or read timed out) while waiting for reply {id}")
+            });
+            if is_reply(&f) {
                 return f;
             }
             self.inbox.push_back(f);
@@ -249,5 +259,15 @@ impl TestClient {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// Polls `cond` until it holds, failing after `limit`. Only for state that no frame
+/// signals (e.g. the broker having noticed another connection's close).
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
