@@ -5,3 +5,4 @@ mod support;
 mod bad_input;
 mod cache;
 mod control;
+mod pubsub;
