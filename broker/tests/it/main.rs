@@ -6,3 +6,4 @@ mod bad_input;
 mod cache;
 mod control;
 mod pubsub;
+mod rpc;
