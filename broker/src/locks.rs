@@ -180,7 +180,9 @@ impl LockTable {
         let token = FencingToken(self.last_token);
         let lock = self.locks.entry_ref(key).or_default();
         lock.holder = Some(Holder { conn, token });
-        self.high.insert(key.into(), token);
+        // Raise, never lower: a fenced write may have presented a higher token.
+        let mark = self.high.entry_ref(key).or_insert(token);
+        *mark = (*mark).max(token);
         self.grants.insert(token.0, key.into());
         timers.add(now.saturating_add(ttl_ms), TimerKind::LockExpiry(token.0));
         token

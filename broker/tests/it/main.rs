@@ -5,5 +5,6 @@ mod support;
 mod bad_input;
 mod cache;
 mod control;
+mod locks;
 mod pubsub;
 mod rpc;
