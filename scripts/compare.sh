@@ -100,8 +100,10 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 WORK=$(mktemp -d /tmp/procmesh-compare.XXXXXX)
 PIDS=()
+CLIENT_PID=
 cleanup() {
     local pid
+    [[ -n $CLIENT_PID ]] && kill "$CLIENT_PID" 2>/dev/null
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -112,6 +114,20 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# client OUTFILE COMMAND...: runs a benchmark client in the background and waits for it,
+# so that a signal to this script is handled at once (bash runs traps only between
+# foreground commands, but interrupts `wait`).
+client() {
+    local out=$1
+    shift
+    "$@" >"$out" 2>"$WORK/err" &
+    CLIENT_PID=$!
+    local rc=0
+    wait "$CLIENT_PID" || rc=$?
+    CLIENT_PID=
+    return "$rc"
+}
 
 wait_for() { # DESCRIPTION COMMAND...: retries for up to 10 s
     local what=$1
@@ -199,7 +215,7 @@ pm() {
     fi
     local cmd=(taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json)
     local out
-    if out=$("${cmd[@]}" 2>"$WORK/err"); then
+    if client "$WORK/out" "${cmd[@]}" && out=$(<"$WORK/out"); then
         record "$row" "$sys" procmesh-bench "$round" "$target" "${cmd[*]}" "$out"
     else
         echo "- round $round, $row, $sys: \`${cmd[*]}\` failed: $(head -c 300 "$WORK/err")" >>"$FAILS"
@@ -214,7 +230,7 @@ rb() {
     shift 5
     local cmd=(taskset -c "$cpu" redis-benchmark -s "$RSOCK" -t "$test" "$@" --csv)
     local out line
-    if out=$("${cmd[@]}" 2>"$WORK/err") && line=$(grep -i "^\"$test\"" <<<"$out"); then
+    if client "$WORK/out" "${cmd[@]}" && line=$(grep -i "^\"$test\"" "$WORK/out"); then
         local json
         json=$(awk -F'"' '{printf "{\"ops_per_sec\":%s,\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f}}", $4, $10*1000, $14*1000}' <<<"$line")
         record "$row" redis redis-benchmark "$round" "$target" "${cmd[*]}" "$json"
@@ -286,7 +302,7 @@ for r in $(seq "$ROUNDS"); do
         pid=$START_PID
         empty=$(rss_bytes "$pid")
         cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -r "$MEM_KEYS" --size 32 --json)
-        if "${cmd[@]}" >"$WORK/fill.json" 2>"$WORK/err"; then
+        if client "$WORK/fill.json" "${cmd[@]}"; then
             sleep 0.5
             full=$(rss_bytes "$pid")
             cmdline="${cmd[*]}; then VmRSS of the server from /proc/PID/status"
@@ -312,9 +328,12 @@ if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
         local st=$WORK/strace-$sys.txt
         strace -c -f -p "$pid" -o "$st" 2>/dev/null &
         local spid=$!
+        PIDS+=("$spid")
         sleep 0.5
-        local out
-        out=$(taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json 2>/dev/null || echo '{}')
+        local out='{}'
+        if client "$WORK/out" taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json; then
+            out=$(<"$WORK/out")
+        fi
         kill -INT "$spid" 2>/dev/null || true
         wait "$spid" 2>/dev/null || true
         local reqs
@@ -362,8 +381,9 @@ if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
         pd=$WORK/perf-$w.data
         perf record -F 1999 -g -p "$BROKER_PID" -o "$pd" -- sleep 2 >/dev/null 2>&1 &
         ppid=$!
+        PIDS+=("$ppid")
         sleep 0.3
-        taskset -c "$CLIENT_CPU" "$BENCH" --socket "$PSOCK" -t "$w" -c 4 -P 64 -d 1500ms -r "$KEYSPACE" --threads 1 >/dev/null 2>&1 || true
+        client /dev/null taskset -c "$CLIENT_CPU" "$BENCH" --socket "$PSOCK" -t "$w" -c 4 -P 64 -d 1500ms -r "$KEYSPACE" --threads 1 || true
         wait "$ppid" 2>/dev/null || true
         if [[ -s $pd ]]; then
             {
