@@ -432,6 +432,9 @@ CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1
     echo "- redis-server and \`procmesh serve\`: \`taskset -c $SERVER_CPU\` (pid $REDIS_PID: $(taskset -pc "$REDIS_PID" 2>/dev/null | sed 's/.*: //'); pid $BROKER_PID: $(taskset -pc "$BROKER_PID" 2>/dev/null | sed 's/.*: //'))."
     echo "- Pipelined, publish, lock and call clients: \`taskset -c $CLIENT_CPU\` (the other core)."
     echo "- \"client on the server's core\": the client also on CPU $SERVER_CPU; \"other core\": CPU $CLIENT_CPU."
+    echo "- Servers: \`taskset -c $SERVER_CPU redis-server --port 0 --unixsocket SOCK --unixsocketperm 700 --save '' --appendonly no --daemonize no\`"
+    echo "  and \`taskset -c $SERVER_CPU $BROKER serve --socket SOCK --max-keys 0\`; before the rounds both got every key of"
+    echo "  the keyspace once (\`$BENCH [--target redis] --socket SOCK -t fill -c 4 -P 64 -r $KEYSPACE --size 3\`)."
     echo "- Memory rows: a fresh server per round, filled by procmesh-bench (\`fill\`: each key set once; RESP SET for Redis), VmRSS read 0.5 s later."
     echo
     echo "## Which tool measured what"
