@@ -6,14 +6,15 @@
 //! only the channel's prefixes whose length some pattern has: the cost grows with
 //! the channel's length and the matches, never with the number of patterns.
 //!
-//! Invariants: `by_conn[c]` lists exactly the subscriptions naming `c` in `exact` and
-//! `prefixes`; no empty subscriber list is kept; `lens[n]` counts the prefixes of
-//! byte length `n` present in `prefixes`.
+//! Invariants: `by_conn[c]` holds exactly the subscriptions naming `c` in `exact` and
+//! `prefixes` (a set, so a connection with many subscriptions does not make each
+//! subscribe linear); no empty subscriber list is kept; `lens[n]` counts the
+//! prefixes of byte length `n` present in `prefixes`.
 
 use std::collections::BTreeMap;
 
 use ahash::RandomState;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 /// A connection's slab key.
 pub type ConnKey = usize;
@@ -24,7 +25,7 @@ pub struct PubSub {
     exact: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
     prefixes: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
     lens: BTreeMap<usize, usize>,
-    by_conn: HashMap<ConnKey, Vec<Box<str>>, RandomState>,
+    by_conn: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
     count: usize,
     // Per-publish dedup: the epoch at which a connection was last matched.
     marks: Vec<u64>,
@@ -51,10 +52,10 @@ impl PubSub {
     /// false when it already was.
     pub fn subscribe(&mut self, conn: ConnKey, sub: &str) -> bool {
         let mine = self.by_conn.entry(conn).or_default();
-        if mine.iter().any(|s| &**s == sub) {
+        if mine.contains(sub) {
             return false;
         }
-        mine.push(sub.into());
+        mine.insert(sub.into());
         let (table, prefix) = match sub.strip_suffix('*') {
             Some(p) => (&mut self.prefixes, p),
             None => (&mut self.exact, sub),
@@ -73,10 +74,9 @@ impl PubSub {
         let Some(mine) = self.by_conn.get_mut(&conn) else {
             return false;
         };
-        let Some(pos) = mine.iter().position(|s| &**s == sub) else {
+        if !mine.remove(sub) {
             return false;
-        };
-        mine.swap_remove(pos);
+        }
         if mine.is_empty() {
             self.by_conn.remove(&conn);
         }
@@ -117,9 +117,12 @@ impl PubSub {
         }
     }
 
-    /// The subscriptions of `conn`.
-    pub fn subscriptions_of(&self, conn: ConnKey) -> &[Box<str>] {
-        self.by_conn.get(&conn).map_or(&[], |v| v.as_slice())
+    /// The subscriptions of `conn`, in no particular order.
+    pub fn subscriptions_of(&self, conn: ConnKey) -> impl Iterator<Item = &str> + '_ {
+        self.by_conn
+            .get(&conn)
+            .into_iter()
+            .flat_map(|subs| subs.iter().map(|s| &**s))
     }
 
     /// Calls `f` once per connection matching `channel`, however many of its
