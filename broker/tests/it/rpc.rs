@@ -343,6 +343,31 @@ fn in_flight_calls_of_a_closed_worker_fail_with_handler_gone() {
 }
 
 #[test]
+fn only_the_invoked_worker_can_answer_even_after_unreg() {
+    let b = TestBroker::start(&[]);
+    let mut w = b.client();
+    w.ok(json!({"t":"reg","name":"f"}));
+    let mut other = b.client();
+    other.ok(json!({"t":"reg","name":"g"}));
+    let mut c = b.client();
+    let id = c.send_request(json!({"t":"call","name":"f","args":[]}));
+    let inv = w.next_event().expect("invoke");
+    // A result for someone else's call is ignored.
+    other.send(&json!({"t":"result","id":inv["id"],"result":"forged"}));
+    assert_eq!(other.request(json!({"t":"ping"}))["t"], "pong");
+    assert_eq!(c.stats()["pendingCalls"], 1);
+    // Unregistering stops new calls, not the one in flight.
+    w.ok(json!({"t":"unreg","name":"f"}));
+    assert_eq!(
+        c.err_code(json!({"t":"call","name":"f","args":[]})),
+        "ENOHANDLER"
+    );
+    w.send(&json!({"t":"result","id":inv["id"],"result":"genuine"}));
+    assert_eq!(c.reply_to(id)["value"], "genuine");
+    assert_eq!(c.stats()["pendingCalls"], 0);
+}
+
+#[test]
 fn a_caller_that_disconnects_abandons_its_calls() {
     let b = TestBroker::start(&[]);
     let mut w = b.client();
