@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use ahash::RandomState;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use crate::pubsub::ConnKey;
 use crate::timers::{TimerKind, Timers};
@@ -82,7 +82,9 @@ pub struct LockTable {
     high: HashMap<Box<str>, FencingToken, RandomState>,
     grants: HashMap<u64, Box<str>, RandomState>,
     waiting: HashMap<u64, Box<str>, RandomState>,
-    by_conn: HashMap<ConnKey, Vec<Box<str>>, RandomState>,
+    /// Keys each connection holds or awaits (a set: a connection with many locks
+    /// does not make each lock or unlock linear).
+    by_conn: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
     last_token: u64,
     next_waiter: u64,
     waiter_count: usize,
@@ -190,8 +192,8 @@ impl LockTable {
 
     fn note_conn(&mut self, conn: ConnKey, key: &str) {
         let v = self.by_conn.entry(conn).or_default();
-        if !v.iter().any(|k| &**k == key) {
-            v.push(key.into());
+        if !v.contains(key) {
+            v.insert(key.into());
         }
     }
 
@@ -263,7 +265,7 @@ impl LockTable {
             return;
         }
         if let Some(v) = self.by_conn.get_mut(&conn) {
-            v.retain(|k| &**k != key);
+            v.remove(key);
             if v.is_empty() {
                 self.by_conn.remove(&conn);
             }
