@@ -8,7 +8,7 @@
 //! pool with no workers is removed.
 
 use ahash::RandomState;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use crate::pubsub::ConnKey;
 use crate::timers::{TimerKind, Timers};
@@ -38,7 +38,9 @@ struct Pool {
 #[derive(Default)]
 pub struct Rpc {
     pools: HashMap<Box<str>, Pool, RandomState>,
-    regs: HashMap<ConnKey, Vec<Box<str>>, RandomState>,
+    /// Names each connection registered (a set: registering many names is not
+    /// quadratic).
+    regs: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
     busy: HashMap<ConnKey, u32, RandomState>,
     calls: HashMap<u64, PendingCall, RandomState>,
     next_id: u64,
@@ -53,10 +55,10 @@ impl Rpc {
     /// Registers `conn` as a worker for `name`.
     pub fn register(&mut self, conn: ConnKey, name: &str) {
         let regs = self.regs.entry(conn).or_default();
-        if regs.iter().any(|n| &**n == name) {
+        if regs.contains(name) {
             return;
         }
-        regs.push(name.into());
+        regs.insert(name.into());
         self.pools.entry_ref(name).or_default().workers.push(conn);
     }
 
@@ -65,10 +67,9 @@ impl Rpc {
         let Some(regs) = self.regs.get_mut(&conn) else {
             return false;
         };
-        let Some(i) = regs.iter().position(|n| &**n == name) else {
+        if !regs.remove(name) {
             return false;
-        };
-        regs.swap_remove(i);
+        }
         if regs.is_empty() {
             self.regs.remove(&conn);
         }
@@ -82,8 +83,11 @@ impl Rpc {
     }
 
     /// Names registered by `conn` (replayed by clients on reconnect; also for stats).
-    pub fn registrations_of(&self, conn: ConnKey) -> &[Box<str>] {
-        self.regs.get(&conn).map_or(&[], |v| v.as_slice())
+    pub fn registrations_of(&self, conn: ConnKey) -> impl Iterator<Item = &str> + '_ {
+        self.regs
+            .get(&conn)
+            .into_iter()
+            .flat_map(|names| names.iter().map(|n| &**n))
     }
 
     /// `(name, worker count)` for every registered procedure.

@@ -385,6 +385,40 @@ fn a_caller_that_disconnects_abandons_its_calls() {
     assert!(c2.inbox.is_empty(), "{:?}", c2.inbox);
 }
 
+#[test]
+fn one_connection_registering_many_names_stays_cheap() {
+    const NAMES: usize = 50_000;
+    let b = TestBroker::start(&[]);
+    let mut w = b.client();
+    let mut c = b.client();
+    let batch = |t: &str| -> Vec<u8> {
+        (0..NAMES)
+            .flat_map(|i| {
+                crate::support::encode(Codec::Json, &json!({"t":t,"name":format!("f{i}")}))
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    // Without ids (no replies to read); a ping is answered after them.
+    w.send_raw(&batch("reg")).expect("write regs");
+    assert_eq!(w.request(json!({"t":"ping"}))["t"], "pong");
+    assert_eq!(procs(&mut c).as_array().map(Vec::len), Some(NAMES));
+    let id = c.send_request(json!({"t":"call","name":"f777","args":[]}));
+    let inv = w.next_event().expect("invoke");
+    assert_eq!(inv["name"], "f777");
+    w.send(&json!({"t":"result","id":inv["id"],"result":7}));
+    assert_eq!(c.reply_to(id)["value"], 7);
+    w.send_raw(&batch("unreg")).expect("write unregs");
+    assert_eq!(w.request(json!({"t":"ping"}))["t"], "pong");
+    assert_eq!(procs(&mut c), json!([]));
+    // Quadratic bookkeeping per connection took ~16 s here in a debug build.
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "{NAMES} registrations took {took:?}"
+    );
+}
+
 // ------------------------------------------------------------ a worker process
 
 /// Set in the environment of the re-executed test binary: the broker's socket.
