@@ -2,7 +2,7 @@
 //! dispatch, ENOHANDLER, EHANDLERGONE (a worker process killed mid-call),
 //! ECALLTIMEOUT reaping, late results, and error codes relayed from workers.
 
-use std::io::{BufRead, BufReader, Lines};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -16,27 +16,72 @@ use crate::support::{Codec, TestBroker, TestClient};
 
 /// A worker on its own thread answering every invoke of the procedures it registered
 /// with `{"by": tag, "args": args}`; stopped (returning how many it answered) by
-/// shutting its socket down.
+/// shutting its socket down. A held worker keeps its answers until released.
 struct EchoWorker {
     stream: UnixStream,
+    codec: Codec,
     thread: JoinHandle<usize>,
 }
 
 impl EchoWorker {
     fn start(b: &TestBroker, codec: Codec, name: &str, tag: &'static str) -> EchoWorker {
+        EchoWorker::spawn(b, codec, name, tag, false)
+    }
+
+    fn held(b: &TestBroker, codec: Codec, name: &str, tag: &'static str) -> EchoWorker {
+        EchoWorker::spawn(b, codec, name, tag, true)
+    }
+
+    fn spawn(
+        b: &TestBroker,
+        codec: Codec,
+        name: &str,
+        tag: &'static str,
+        hold: bool,
+    ) -> EchoWorker {
         let mut w = b.client_with(codec);
         assert_eq!(w.ok(json!({"t":"reg","name":name})), json!(true));
         let stream = w.stream.try_clone().expect("clone");
         let thread = thread::spawn(move || {
+            let mut hold = hold;
+            let mut held = Vec::new();
             let mut answered = 0;
-            while let Some(f) = w.next_event() {
-                assert_eq!(f["t"], "invoke", "{f}");
+            let mut answer = |w: &mut TestClient, f: &Value| {
                 w.send(&json!({"t":"result","id":f["id"],"result":{"by":tag,"args":f["args"]}}));
                 answered += 1;
+            };
+            while let Some(f) = w.next_event() {
+                match f["t"].as_str() {
+                    Some("invoke") if hold => held.push(f),
+                    Some("invoke") => answer(&mut w, &f),
+                    // The release signal (see `release`).
+                    Some("pong") => {
+                        hold = false;
+                        for f in held.drain(..) {
+                            answer(&mut w, &f);
+                        }
+                    }
+                    _ => panic!("unexpected frame {f}"),
+                }
             }
             answered
         });
-        EchoWorker { stream, thread }
+        EchoWorker {
+            stream,
+            codec,
+            thread,
+        }
+    }
+
+    /// Lets a held worker answer: a ping written on its connection makes the broker
+    /// send it a pong, which wakes its thread (blocked reading, so not writing).
+    fn release(&self) {
+        (&self.stream)
+            .write_all(&crate::support::encode(
+                self.codec,
+                &json!({"t":"ping","id":0}),
+            ))
+            .expect("write ping");
     }
 
     fn stop(self) -> usize {
@@ -171,6 +216,21 @@ fn no_handler_reg_unreg_and_procs_in_stats() {
     );
 }
 
+/// Replies to `ids` counted per worker tag ("a", "m").
+fn count_by(c: &mut TestClient, ids: Vec<u64>) -> [usize; 2] {
+    let mut n = [0; 2];
+    for id in ids {
+        let r = c.reply_to(id);
+        assert_eq!(r["t"], "ok", "{r}");
+        match r["value"]["by"].as_str() {
+            Some("a") => n[0] += 1,
+            Some("m") => n[1] += 1,
+            _ => panic!("unexpected reply {r}"),
+        }
+    }
+    n
+}
+
 #[test]
 fn two_workers_share_1000_calls_roughly_evenly() {
     const CALLS: usize = 1000;
@@ -178,42 +238,40 @@ fn two_workers_share_1000_calls_roughly_evenly() {
     let a = EchoWorker::start(&b, Codec::Json, "work", "a");
     let m = EchoWorker::start(&b, Codec::MsgPack, "work", "m");
     let mut c = b.client();
-    // Replies per worker tag.
-    let by = |c: &mut TestClient, ids: Vec<u64>| -> [usize; 2] {
-        let mut n = [0; 2];
-        for id in ids {
-            let r = c.reply_to(id);
-            assert_eq!(r["t"], "ok", "{r}");
-            match r["value"]["by"].as_str() {
-                Some("a") => n[0] += 1,
-                Some("m") => n[1] += 1,
-                _ => panic!("unexpected reply {r}"),
-            }
-        }
-        n
-    };
-    // One at a time: both workers are idle at every call, so ties decide.
-    let mut seq = [0; 2];
+    // One at a time: both workers are idle at every call, so the tie-break decides.
+    let mut n = [0; 2];
     for i in 0..CALLS {
         let id = c.send_request(json!({"t":"call","name":"work","args":[i]}));
-        let n = by(&mut c, vec![id]);
-        seq[0] += n[0];
-        seq[1] += n[1];
+        let one = count_by(&mut c, vec![id]);
+        n[0] += one[0];
+        n[1] += one[1];
     }
-    // Pipelined: the least busy worker gets each call.
+    assert_eq!(n[0] + n[1], CALLS);
+    assert!(
+        n.iter().all(|&k| (450..=550).contains(&k)),
+        "sequential calls split {n:?} between two idle workers"
+    );
+    assert_eq!(a.stop() + m.stop(), CALLS);
+
+    // All at once to workers that answer only when every call is out: the split is
+    // the broker's least-busy choice alone, not the workers' speed.
+    let a = EchoWorker::held(&b, Codec::Json, "burst", "a");
+    let m = EchoWorker::held(&b, Codec::MsgPack, "burst", "m");
     let ids = (0..CALLS)
-        .map(|i| c.send_request(json!({"t":"call","name":"work","args":[i]})))
+        .map(|i| c.send_request(json!({"t":"call","name":"burst","args":[i]})))
         .collect();
-    let piped = by(&mut c, ids);
-    for (what, n) in [("sequential", seq), ("pipelined", piped)] {
-        assert_eq!(n[0] + n[1], CALLS);
-        assert!(
-            n.iter().all(|&k| (400..=600).contains(&k)),
-            "{what} calls split {n:?} between two workers"
-        );
-    }
+    assert_eq!(c.request(json!({"t":"ping"}))["t"], "pong"); // all dispatched
+    assert_eq!(c.stats()["pendingCalls"], CALLS);
+    a.release();
+    m.release();
+    let n = count_by(&mut c, ids);
+    assert_eq!(n[0] + n[1], CALLS);
+    assert!(
+        n.iter().all(|&k| (490..=510).contains(&k)),
+        "pipelined calls split {n:?} between two workers"
+    );
     assert_eq!(c.stats()["pendingCalls"], 0);
-    assert_eq!(a.stop() + m.stop(), 2 * CALLS);
+    assert_eq!(a.stop() + m.stop(), CALLS);
 }
 
 #[test]
