@@ -457,6 +457,9 @@ fn serve(cfg: BrokerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    for w in reactor.warnings() {
+        eprintln!("procmesh: warning: {w}");
+    }
     eprintln!(
         "procmesh: serving at {} (pid {})",
         path.display(),
