@@ -41,6 +41,15 @@ use crate::store::Store;
 use crate::sys;
 use crate::timers::{TimerKind, Timers};
 
+/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
+/// (its parent went away) must keep serving, where `eprintln!` would panic.
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Wakes the loop for shutdown requests from other threads.
 pub const WAKER: Token = Token(usize::MAX);
 /// The listening socket.
@@ -356,7 +365,7 @@ impl Reactor {
         self.close_all();
         if let Some(p) = self.core.persist.as_mut() {
             if let Err(e) = p.close() {
-                eprintln!("procmesh: {e}");
+                log_line!("procmesh: {e}");
             }
         }
         let _ = std::fs::remove_file(&self.socket);
@@ -699,13 +708,13 @@ impl Core {
         match result {
             Ok(()) => {
                 if was_failing && p.error.is_none() {
-                    eprintln!("procmesh: persistence recovered; writes are accepted again");
+                    log_line!("procmesh: persistence recovered; writes are accepted again");
                 }
                 self.turn_writes.clear();
             }
             Err(e) => {
                 if !was_failing {
-                    eprintln!(
+                    log_line!(
                         "procmesh: persistence error: {e}; refusing writes until it recovers"
                     );
                 }

@@ -6,5 +6,6 @@ mod bad_input;
 mod cache;
 mod control;
 mod locks;
+mod persistence;
 mod pubsub;
 mod rpc;

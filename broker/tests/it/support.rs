@@ -86,14 +86,19 @@ pub fn spawn_serve(path: &Path, args: &[&str]) -> Child {
         .env_remove("PROCMESH_BROKER_OPTS");
     let mut child = cmd.spawn().expect("spawn procmesh serve");
     let stderr = child.stderr.take().expect("stderr");
-    let mut line = String::new();
-    BufReader::new(stderr)
-        .read_line(&mut line)
-        .expect("read serving line");
-    assert!(
-        line.contains("serving at"),
-        "unexpected broker output: {line:?}"
-    );
+    // Warnings (e.g. a torn log tail cut at recovery) may come before "serving at".
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("serving at") => break,
+            Some(Ok(line)) if line.contains("warning") => continue,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("unexpected broker output: {other:?}");
+            }
+        }
+    }
     child
 }
 
