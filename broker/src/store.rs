@@ -279,7 +279,21 @@ impl Store {
     }
 
     fn put(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64) -> u32 {
-        let slot = match self.find(key) {
+        let found = self.find(key);
+        self.put_at(found, key, codec, value, expire_at)
+    }
+
+    /// `put` when the caller already looked the key up (`found` is its slot, if any):
+    /// atomics update in place with one hash lookup, not two.
+    fn put_at(
+        &mut self,
+        found: Option<u32>,
+        key: &[u8],
+        codec: Codec,
+        value: &[u8],
+        expire_at: u64,
+    ) -> u32 {
+        let slot = match found {
             Some(slot) => {
                 let e = &mut self.entries[slot as usize];
                 let old_len = e.data.len() - e.key_len as usize;
@@ -469,7 +483,8 @@ impl Store {
     /// Adds `by` to the number at `key` (a missing key counts from 0) and returns the
     /// new number. The key keeps its remaining TTL; a new key gets the default TTL.
     pub fn incr(&mut self, key: &str, by: Num, now: u64) -> Result<Num, AtomicError> {
-        let (current, codec, deadline) = match self.live(key.as_bytes(), now) {
+        let found = self.live(key.as_bytes(), now);
+        let (current, codec, deadline) = match found {
             Some(slot) => {
                 let e = &self.entries[slot as usize];
                 match Raw::new(e.codec, e.value()).as_num() {
@@ -483,7 +498,7 @@ impl Store {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         write_num(&mut Writer::new(codec, &mut buf), result);
-        self.put(key.as_bytes(), codec, &buf, deadline);
+        self.put_at(found, key.as_bytes(), codec, &buf, deadline);
         self.scratch = buf;
         Ok(result)
     }
@@ -515,11 +530,11 @@ impl Store {
             (Some(s), None) => self.remove_logged(s),
             (Some(s), Some(n)) => {
                 let deadline = self.entries[s as usize].expire_at;
-                self.put(key.as_bytes(), n.codec, n.bytes, deadline);
+                self.put_at(Some(s), key.as_bytes(), n.codec, n.bytes, deadline);
             }
             (None, Some(n)) => {
                 let deadline = self.deadline(None, now);
-                self.put(key.as_bytes(), n.codec, n.bytes, deadline);
+                self.put_at(None, key.as_bytes(), n.codec, n.bytes, deadline);
             }
             (None, None) => {}
         }
