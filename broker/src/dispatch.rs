@@ -565,6 +565,19 @@ impl Core {
                 }
             }
             if droppable && conn.queued() > self.cfg.send_hwm {
+                // Bytes queued this turn are not yet offered to the socket: offer them
+                // now, so only what the peer's socket does not take counts against the
+                // mark (as with Node's writableLength). Replies to writes awaiting an
+                // `fsync always` commit must not leave early, so such connections wait.
+                let early_ok = !matches!(&self.persist, Some(p) if p.mode() == FsyncMode::Always)
+                    || !self.turn_writes.iter().any(|(w, _, _)| *w == c);
+                if early_ok && !conn.flush() {
+                    conn.closing = Closing::Now;
+                    self.dirty_close(c);
+                    continue;
+                }
+            }
+            if droppable && conn.queued() > self.cfg.send_hwm {
                 self.stats.dropped += 1;
                 continue;
             }
