@@ -154,7 +154,7 @@ impl Core {
                 let conn = &mut self.conns[k];
                 let codec = conn.codec.unwrap_or(Codec::Json);
                 let v = self.store.get(&key, now);
-                write_ok_value(codec, conn.out(), id, v);
+                write_ok_value(codec, conn.out(), id, v, "the stored value");
                 self.wrote(k);
             }
             Kind::Set => {
@@ -683,28 +683,8 @@ impl Core {
                 message::err_with_code_str(codec, conn.out(), Some(id), &code, &message);
             }
             None => {
-                let conn = &mut self.conns[call.caller];
-                let out = conn.out();
-                let start = out.len();
-                match f.result {
-                    Some(r) => {
-                        let mut fw = message::begin_ok(codec, out, id, true);
-                        let res = fw.w().raw(r);
-                        fw.finish();
-                        if res.is_err() {
-                            let out = self.conns[call.caller].out();
-                            out.truncate(start);
-                            message::err(
-                                codec,
-                                out,
-                                Some(id),
-                                ErrorCode::Broker,
-                                "the worker's result could not be converted",
-                            );
-                        }
-                    }
-                    None => message::ok_empty(codec, out, id),
-                }
+                let out = self.conns[call.caller].out();
+                write_ok_value(codec, out, id, f.result, "the worker's result");
             }
         }
         self.wrote(call.caller);
@@ -790,7 +770,8 @@ fn is_write(kind: Kind) -> bool {
 }
 
 /// `ok` with a stored value (or no value when absent), never leaving a partial frame.
-fn write_ok_value(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: Option<Raw<'_>>) {
+/// `what` names the value in the error sent when it cannot be converted.
+fn write_ok_value(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: Option<Raw<'_>>, what: &str) {
     match v {
         Some(v) => {
             let start = out.len();
@@ -804,7 +785,7 @@ fn write_ok_value(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: Option<Raw<'_
                     out,
                     Some(id),
                     ErrorCode::Broker,
-                    "the stored value could not be converted to this connection's codec",
+                    &format!("{what} could not be converted to this connection's codec"),
                 );
             }
         }

@@ -256,8 +256,9 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Appends a MessagePack container header: fix form up to `fixmax`, then 16/32-bit.
 #[inline]
-fn mp_len(out: &mut Vec<u8>, n: usize, fix: u8, fixmax: usize, m16: u8, m32: u8) {
+pub(crate) fn mp_len(out: &mut Vec<u8>, n: usize, fix: u8, fixmax: usize, m16: u8, m32: u8) {
     if n <= fixmax {
         out.push(fix | n as u8);
     } else if n <= u16::MAX as usize {

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use crate::codec::{json_float, json_str, mp_int, mp_str, Codec};
+use crate::codec::{json_float, json_str, mp_int, mp_len, mp_str, Codec};
 use crate::DecodeError;
 
 /// Deepest container nesting accepted inside one value.
@@ -966,9 +966,9 @@ fn json_to_mp(p: &mut JsonParser<'_>, out: &mut Vec<u8>, depth: usize) -> Result
                 }
             };
             if map {
-                mp_len_hdr(out, n, 0x80, 0xde, 0xdf);
+                mp_len(out, n, 0x80, 0x0f, 0xde, 0xdf);
             } else {
-                mp_len_hdr(out, n, 0x90, 0xdc, 0xdd);
+                mp_len(out, n, 0x90, 0x0f, 0xdc, 0xdd);
             }
             p.i += 1;
             for i in 0..n {
@@ -1017,18 +1017,6 @@ fn json_to_mp(p: &mut JsonParser<'_>, out: &mut Vec<u8>, depth: usize) -> Result
             Ok(())
         }
         _ => p.err("unexpected character"),
-    }
-}
-
-fn mp_len_hdr(out: &mut Vec<u8>, n: usize, fix: u8, m16: u8, m32: u8) {
-    if n < 16 {
-        out.push(fix | n as u8);
-    } else if n <= u16::MAX as usize {
-        out.push(m16);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(m32);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
     }
 }
 
