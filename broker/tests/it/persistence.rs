@@ -462,3 +462,108 @@ fn no_persist_flag_and_env_dir() {
     assert_eq!(c.stats()["persistence"], Value::Null);
     assert!(!data.exists());
 }
+
+/// A log that cannot be written (here: the file-size limit, as a full disk would)
+/// fails the affected `always` writes with a clear error, refuses further writes,
+/// reports the error in stats, and keeps serving reads.
+#[test]
+fn log_write_failures_fail_writes_instead_of_acknowledging_them() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mesh.sock");
+    let data = dir.path().join("data");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--heartbeat", "0", "--fsync", "always", "--socket"])
+        .arg(&sock)
+        .arg("--persist-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec: setrlimit and
+    // signal. Ignoring SIGXFSZ makes an oversize write fail with EFBIG instead of
+    // killing the process; the limit then behaves like a full disk for the log.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let mut err = std::io::BufRead::lines(std::io::BufReader::new(child.0.stderr.take().unwrap()));
+    assert!(err.next().unwrap().unwrap().contains("serving at"));
+    let mut c = TestClient::hello(&sock, Codec::Json, None);
+    let pad = "x".repeat(100);
+    let mut acked = 0;
+    let failure = loop {
+        let r = c.request(json!({"t":"set","key":format!("k{acked}"),"value":pad}));
+        if r["t"] == "err" {
+            break r;
+        }
+        acked += 1;
+        assert!(acked < 1000, "the file-size limit never bit");
+    };
+    assert_eq!(failure["code"], "EBROKER");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("not persisted"),
+        "{failure}"
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "the failed writer's connection is closed"
+    );
+    let line = err.next().unwrap().unwrap();
+    assert!(
+        line.contains("persistence error"),
+        "a log line says so: {line}"
+    );
+    let mut other = TestClient::hello(&sock, Codec::MsgPack, None);
+    let refused = other.request(json!({"t":"incr","key":"n"}));
+    assert_eq!(refused["code"], "EBROKER");
+    assert!(refused["message"]
+        .as_str()
+        .unwrap()
+        .contains("persistence is failing"));
+    assert_eq!(
+        other.ok(json!({"t":"get","key":"k0"})),
+        json!(pad),
+        "reads still work"
+    );
+    let p = other.stats()["persistence"].clone();
+    assert!(
+        p["error"].is_string() && p["errors"].as_u64().unwrap() >= 1,
+        "{p}"
+    );
+    drop(other);
+    drop(child);
+    // Every acknowledged write is on disk.
+    let mut again = KillOnDrop({
+        let mut c = Command::new(BIN);
+        c.args(["serve", "--heartbeat", "0", "--socket"])
+            .arg(&sock)
+            .arg("--persist-dir")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    });
+    let mut err = std::io::BufRead::lines(std::io::BufReader::new(again.0.stderr.take().unwrap()));
+    assert!(err.any(|l| l.unwrap().contains("serving at")));
+    let mut c = TestClient::hello(&sock, Codec::Json, None);
+    for k in 0..acked {
+        assert_eq!(
+            c.ok(json!({"t":"get","key":format!("k{k}")})),
+            json!(pad),
+            "acked k{k} lost"
+        );
+    }
+}
