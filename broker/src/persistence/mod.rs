@@ -143,6 +143,17 @@ struct SyncThread {
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
+impl SyncThread {
+    /// Lets the thread make a final sync of its segment and exit, without waiting
+    /// for it (the loop must not block on an fsync).
+    fn retire(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+        }
+    }
+}
+
 impl Drop for SyncThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -161,13 +172,20 @@ fn spawn_sync(file: File) -> SyncThread {
     let handle = std::thread::Builder::new()
         .name("procmesh-fsync".into())
         .spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                std::thread::park_timeout(Duration::from_secs(1));
+            loop {
+                let stopping = s.load(Ordering::Relaxed);
+                if !stopping {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                }
+                // A stopping thread still syncs what was written to its segment.
                 if d.swap(false, Ordering::AcqRel) {
                     let r = file.sync_data();
                     if let Ok(mut slot) = e.lock() {
                         *slot = r.err().map(|err| format!("fsync failed: {err}"));
                     }
+                }
+                if stopping {
+                    break;
                 }
             }
         })
@@ -474,13 +492,15 @@ impl Persistence {
 
     /// Rotates the log to a new segment and begins a snapshot continuing in it.
     fn start_snapshot(&mut self) -> io::Result<()> {
-        // The old segment must be durable before a snapshot can supersede it.
-        self.log.sync()?;
         let seq = self.seq + 1;
         let log = AppendLog::open(&self.cfg.dir.join(segment_name(seq)))?;
         let snap = Snapshot::begin(&self.cfg.dir, seq)?;
+        // The old segment keeps the durability of its policy without stalling the
+        // loop: `always` synced every turn already, `everysec`'s thread makes a final
+        // sync on its way out, `no` leaves it to the OS. Until the snapshot is
+        // complete, recovery still reads the old segment.
         if let Some(s) = self.sync.take() {
-            drop(s);
+            s.retire();
         }
         if self.cfg.fsync == FsyncMode::EverySec {
             self.sync = Some(spawn_sync(log.try_clone()?));
