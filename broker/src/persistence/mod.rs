@@ -146,11 +146,11 @@ struct SyncThread {
 impl SyncThread {
     /// Lets the thread make a final sync of its segment and exit, without waiting
     /// for it (the loop must not block on an fsync).
-    fn retire(mut self) {
+    fn retire(mut self) -> Option<std::thread::JoinHandle<()>> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.thread().unpark();
-        }
+        let h = self.handle.take()?;
+        h.thread().unpark();
+        Some(h)
     }
 }
 
@@ -164,7 +164,10 @@ impl Drop for SyncThread {
     }
 }
 
-fn spawn_sync(file: File) -> SyncThread {
+/// A thread that fsyncs `file` once a second when it was written to. With `after`,
+/// it first waits for that (retired) thread's final sync, so a newer segment is never
+/// made durable before the older one: a power loss loses a suffix, never a middle.
+fn spawn_sync(file: File, after: Option<std::thread::JoinHandle<()>>) -> SyncThread {
     let dirty = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let error = Arc::new(Mutex::new(None));
@@ -172,6 +175,9 @@ fn spawn_sync(file: File) -> SyncThread {
     let handle = std::thread::Builder::new()
         .name("procmesh-fsync".into())
         .spawn(move || {
+            if let Some(prev) = after {
+                let _ = prev.join();
+            }
             loop {
                 let stopping = s.load(Ordering::Relaxed);
                 if !stopping {
@@ -342,6 +348,7 @@ impl Persistence {
         let sync = match cfg.fsync {
             FsyncMode::EverySec => Some(spawn_sync(
                 log.try_clone().map_err(|e| ctx("cannot open the log", e))?,
+                None,
             )),
             _ => None,
         };
@@ -499,11 +506,9 @@ impl Persistence {
         // loop: `always` synced every turn already, `everysec`'s thread makes a final
         // sync on its way out, `no` leaves it to the OS. Until the snapshot is
         // complete, recovery still reads the old segment.
-        if let Some(s) = self.sync.take() {
-            s.retire();
-        }
+        let retired = self.sync.take().and_then(SyncThread::retire);
         if self.cfg.fsync == FsyncMode::EverySec {
-            self.sync = Some(spawn_sync(log.try_clone()?));
+            self.sync = Some(spawn_sync(log.try_clone()?, retired));
         }
         self.log = log;
         self.seq = seq;
