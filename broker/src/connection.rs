@@ -62,6 +62,8 @@ pub struct Connection {
     pub dirty: bool,
     /// Close state.
     pub closing: Closing,
+    /// A readiness event reported the peer's end of stream (or an error).
+    pub peer_closed: bool,
 }
 
 impl Connection {
@@ -81,11 +83,19 @@ impl Connection {
             last_ping: now,
             dirty: false,
             closing: Closing::No,
+            peer_closed: false,
         }
     }
 
     /// Reads until the socket would block or `budget` bytes were read.
+    ///
+    /// A read that returns less than asked drained the socket at that moment; with
+    /// edge-triggered readiness any later arrival raises a new event, so the loop
+    /// stops there instead of spending a syscall on the `WouldBlock` — unless the
+    /// event said the peer closed ([`Connection::peer_closed`]), whose end-of-stream
+    /// must be read.
     pub fn fill(&mut self, budget: usize) -> ReadOutcome {
+        let peer_closed = self.peer_closed;
         let mut total = 0;
         loop {
             if self.rend == self.rbuf.len() {
@@ -93,6 +103,7 @@ impl Connection {
                 let grow = self.rbuf.len().max(READ_CHUNK);
                 self.rbuf.resize(self.rbuf.len() + grow, 0);
             }
+            let space = self.rbuf.len() - self.rend;
             match self.stream.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => return ReadOutcome::Closed,
                 Ok(n) => {
@@ -100,6 +111,9 @@ impl Connection {
                     total += n;
                     if total >= budget {
                         return ReadOutcome::Budget;
+                    }
+                    if n < space && !peer_closed {
+                        return ReadOutcome::Drained;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,

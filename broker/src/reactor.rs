@@ -394,6 +394,11 @@ impl Reactor {
                     WAKER => {}
                     SIGNALS => self.core.shutdown = true,
                     Token(k) => {
+                        if ev.is_read_closed() || ev.is_error() {
+                            if let Some(c) = self.core.conns.get_mut(k) {
+                                c.peer_closed = true;
+                            }
+                        }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             readable.push(k);
                         }
