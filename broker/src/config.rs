@@ -69,7 +69,7 @@ fn ms(v: &Value) -> Option<u64> {
 
 impl BrokerConfig {
     /// Applies a JSON object of Node.js-style options (`PROCMESH_BROKER_OPTS`):
-    /// `name`, `socketPath`, `token`, `cache: {max, ttl, maxSize}`,
+    /// `name` (also derives the socket path), `address` (or `socketPath`), `token`, `cache: {max, ttl, maxSize}`,
     /// `heartbeatInterval`, `idleTimeout`, `callTimeout`, `sendHighWaterMark`,
     /// `sendHardLimit`, `maxFrameSize`. Unknown options are ignored, as in Node.
     pub fn apply_json(&mut self, text: &str) -> Result<(), String> {
@@ -81,10 +81,11 @@ impl BrokerConfig {
         let bad = |k: &str| format!("PROCMESH_BROKER_OPTS: `{k}` has the wrong type");
         for (k, v) in &o {
             match k.as_str() {
-                "name" => self.name = v.as_str().ok_or_else(|| bad(k))?.to_string(),
-                "socketPath" | "socket" | "path" => {
-                    self.socket = PathBuf::from(v.as_str().ok_or_else(|| bad(k))?)
+                "name" => {
+                    self.name = v.as_str().ok_or_else(|| bad(k))?.to_string();
+                    self.socket = addr::socket_path(&self.name);
                 }
+                "address" | "socketPath" | "socket" | "path" => {}
                 "token" => self.token = v.as_str().map(str::to_string),
                 "heartbeatInterval" => {
                     let m = ms(v).ok_or_else(|| bad(k))?;
@@ -117,6 +118,12 @@ impl BrokerConfig {
                 _ => {}
             }
         }
+        // An explicit address wins over the one derived from `name`, whatever the order.
+        for k in ["address", "socketPath", "socket", "path"] {
+            if let Some(v) = o.get(k) {
+                self.socket = PathBuf::from(v.as_str().ok_or_else(|| bad(k))?);
+            }
+        }
         Ok(())
     }
 }
@@ -143,6 +150,19 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some("s"));
         assert_eq!(c.send_hwm, 10);
         assert!(c.apply_json("[1]").is_err());
+        // What the Node.js client passes to a broker it spawns.
+        let mut n = BrokerConfig::default();
+        n.apply_json(
+            r#"{"address":"/run/x.sock","name":"mesh","codec":"json","idleTimeout":60000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (n.name.as_str(), n.socket.to_str()),
+            ("mesh", Some("/run/x.sock"))
+        );
+        let mut m = BrokerConfig::default();
+        m.apply_json(r#"{"name":"mesh"}"#).unwrap();
+        assert_eq!(m.socket, addr::socket_path("mesh"));
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
     }
 }

@@ -164,7 +164,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             }
-            // Flags win over the environment.
+            // Flags win over the environment (`--name` only when given: it has a default).
+            let name_given = std::env::args().any(|a| a == "--name" || a.starts_with("--name="));
+            if name_given {
+                cfg.name = target.name.clone();
+                cfg.socket = target.path();
+            }
             if target.token.is_some() {
                 cfg.token = target.token.clone();
             }
