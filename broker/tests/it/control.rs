@@ -246,3 +246,34 @@ fn sigterm_stops_cleanly() {
     assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(!b.path.exists());
 }
+
+/// What the Node.js client passes to a broker it auto-spawns: the address and name
+/// come from `PROCMESH_BROKER_OPTS` alone (no flags).
+#[test]
+fn node_style_spawn_options_choose_the_address_and_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sock");
+    let opts = serde_json::json!({
+        "address": path, "name": "nodemesh", "codec": "json", "token": null, "idleTimeout": 60000
+    });
+    let mut child = Command::new(BIN)
+        .args(["serve", "--heartbeat", "0"])
+        .env("PROCMESH_BROKER_OPTS", opts.to_string())
+        .env_remove("PROCMESH_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let welcome = TestClient::connect(&path, Codec::Json)
+        .request(json!({"t":"hello","name":"n","token":null}));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains(&*path.to_string_lossy()), "{line}");
+    assert_eq!(welcome["broker"], "nodemesh");
+}
