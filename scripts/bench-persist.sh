@@ -55,114 +55,21 @@ RUNS=${OUT%.md}.jsonl
 SERVER_CPU=0
 CLIENT_CPU=1
 
-TARGET_DIR=target
-if [[ $SNAPSHOT == 1 ]]; then
-    TARGET_DIR=target/persist-snapshot
-fi
-BENCH=$TARGET_DIR/release/procmesh-bench
-BROKER=$TARGET_DIR/release/procmesh
-
-log() { printf '[bench-persist %s] %s\n' "$(date +%T)" "$*" >&2; }
+BENCH_NAME=bench-persist
+source "$(dirname "$0")/lib-bench.sh"
 
 # ------------------------------------------------------------------ setup
-# Taken before building: other people may commit while this runs.
-COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [[ $SKIP_BUILD != 1 ]]; then
-    if [[ $SNAPSHOT == 1 ]]; then
-        log "building release binaries of HEAD $COMMIT (git archive)"
-        SRC=$(mktemp -d /tmp/procmesh-persist-src.XXXXXX)
-        git archive "$COMMIT" | tar -x -C "$SRC"
-        CARGO_TARGET_DIR="$ROOT/$TARGET_DIR" cargo build --release --manifest-path "$SRC/Cargo.toml" \
-            -p procmesh-broker -p procmesh-bench >&2
-        rm -rf "$SRC"
-    else
-        log "building release binaries of the working tree"
-        cargo build --release -p procmesh-broker -p procmesh-bench >&2
-    fi
-fi
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-    log "installing redis-server and redis-tools"
-    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >&2
-fi
-if [[ $(nproc) -lt 2 ]]; then
-    SERVER_CPU=0
-    CLIENT_CPU=0
-    log "one CPU only: every process shares CPU 0"
-fi
-
-# Other work on these 2 vCPUs (someone's cargo build) moves results by 2x: before the
-# run and before each round, wait up to QUIET_WAIT seconds for a 2-second window with at
-# least 90% idle CPU, and say in the results how idle it was.
-busy_pct() { # percent of all CPU time busy over 2 seconds
-    local a b
-    a=($(head -1 /proc/stat))
-    sleep 2
-    b=($(head -1 /proc/stat))
-    local total=0 i
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    local idle=$((b[4] - a[4] + b[5] - a[5]))
-    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
-}
-waited=0
-wait_quiet() { # sets BUSY_NOW; adds to `waited`. Called before the run and before each round.
-    local w=0
-    BUSY_NOW=$(busy_pct)
-    while ((BUSY_NOW > 10 && w < QUIET_WAIT)); do
-        log "machine ${BUSY_NOW}% busy with other work; waiting for it to settle"
-        sleep 8
-        w=$((w + 10))
-        BUSY_NOW=$(busy_pct)
-    done
-    waited=$((waited + w))
-}
-wait_quiet
-BUSY_BEFORE=$BUSY_NOW
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# Build, Redis, placement; before the run and before each round (wait_quiet), wait for
+# a quiet machine and say in the results how idle it was.
+bench_setup persist redis-cli
 
 mkdir -p "$DATA_BASE"
 WORK=$(mktemp -d "$DATA_BASE/procmesh-persist.XXXXXX")
 DATA=$WORK/data
 mkdir -p "$DATA"
 SERVER_PID=
-STRACE_PID=
-CLIENT_PID=
-cleanup() {
-    local pid
-    for pid in "$CLIENT_PID" "$STRACE_PID" "$SERVER_PID"; do
-        [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "$CLIENT_PID" "$STRACE_PID" "$SERVER_PID"; do
-        [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# client OUTFILE COMMAND...: runs a benchmark client in the background and waits for it,
-# so that a signal to this script is handled at once (bash runs traps only between
-# foreground commands, but interrupts `wait`).
-client() {
-    local out=$1
-    shift
-    "$@" >"$out" 2>"$WORK/err" &
-    CLIENT_PID=$!
-    local rc=0
-    wait "$CLIENT_PID" || rc=$?
-    CLIENT_PID=
-    return "$rc"
-}
-
-wait_for() { # DESCRIPTION COMMAND...: retries for up to 10 s
-    local what=$1
-    shift
-    for _ in $(seq 100); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    log "$what did not come up"
-    return 1
-}
+started_pids() { echo "$CLIENT_PID" "$STRACE_PID" "$SERVER_PID"; }
+trap_cleanup
 
 PSOCK=$WORK/procmesh.sock
 RSOCK=$WORK/redis.sock
@@ -227,14 +134,7 @@ if [[ -n $DEV && -e /sys/class/block/$DEV ]]; then
     fi
 fi
 
-# CPU accounting, to say how much other processes ran during the measurements.
-machine_busy_s() {
-    awk 'NR == 1 { busy = 0; for (i = 2; i <= 8; i++) if (i != 5 && i != 6) busy += $i; printf "%.2f", busy / 100 }' /proc/stat
-}
-snap_children_cpu() { # sets CHILD_CPU: user + sys of every child this shell has reaped
-    times >"$WORK/times"
-    CHILD_CPU=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }' "$WORK/times")
-}
+# CPU accounting (lib-bench.sh), to say how much other processes ran during the measurements.
 T0=$(date +%s.%N)
 BUSY0=$(machine_busy_s)
 snap_children_cpu
@@ -248,8 +148,6 @@ FAILS=$WORK/failures
 : >"$FAILS"
 
 # ------------------------------------------------------------------ recording
-json_str() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
-
 # Loads: id, label, client arguments, modes.
 LOADS=(p64 c50 c1)
 declare -A LOAD_LABEL=(
@@ -351,20 +249,13 @@ for r in $(seq "$ROUNDS"); do
         done
     done
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-snap_children_cpu
-OTHER_CPU=$(awk -v t0="$T0" -v t1="$(date +%s.%N)" -v b0="$BUSY0" -v b1="$(machine_busy_s)" \
-    -v o0="$OURS0" -v c="$CHILD_CPU" \
-    'BEGIN { other = (b1 - b0) - (c - o0); if (other < 0) other = 0
-             printf "%.1f CPU-seconds (%.0f%% of one core) over the %.0f s of measurements", other, 100 * other / (t1 - t0), t1 - t0 }')
+other_cpu
 
 # ------------------------------------------------------------------ syscall profile
 # strace -f on the server (every thread, so the fsync/bio threads too) during one extra
 # run per (load, mode, system); strace slows the servers down, so only the counts per
 # request mean anything. Writes are split by their descriptor: the log file or a socket.
-PROFILE_MD=$WORK/profile.md
-: >"$PROFILE_MD"
-if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
+if strace_profile; then
     log "profile: strace -f on each server (slows it down; counts only)"
     {
         echo "| load, mode | server | requests | syscalls / request | log-file writes / request | log bytes / request | fdatasync+fsync calls | requests per sync | socket reads / request | socket writes / request | epoll_wait / request |"
@@ -382,24 +273,14 @@ if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
         fi
         local sock=$PSOCK extra=()
         [[ $sys == redis ]] && extra=(--target redis) && sock=$RSOCK
-        local st=$WORK/strace-$sys-$load-$mode.txt
-        strace -f -qq -y -s 0 -p "$SERVER_PID" -o "$st" 2>/dev/null &
-        STRACE_PID=$!
-        sleep 0.5
-        local args out='{}'
+        local st=$WORK/strace-$sys-$load-$mode.txt args
         read -ra args <<<"${LOAD_ARGS[$load]}"
-        if client "$WORK/out" taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t set "${args[@]}" \
-            -n "$n" -d 10s -r "$KEYSPACE" --size 3 --json; then
-            out=$(<"$WORK/out")
-        fi
-        kill -INT "$STRACE_PID" 2>/dev/null || true
-        wait "$STRACE_PID" 2>/dev/null || true
-        STRACE_PID=
+        traced_client "$st" "-f -qq -y -s 0" "$SERVER_PID" taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" \
+            --socket "$sock" -t set "${args[@]}" -n "$n" -d 10s -r "$KEYSPACE" --size 3 --json
         stop_server
         rm -rf "$dir"
         sync -f "$DATA" 2>/dev/null || sync
-        local reqs
-        reqs=$(grep -o '"requests":[0-9]*' <<<"$out" | cut -d: -f2)
+        local reqs=$TRACED_REQS
         if [[ -z $reqs || ! -s $st ]]; then
             echo "| ${LOAD_LABEL[$load]}, $mode | $sys | strace failed | | | | | | | | |" >>"$PROFILE_MD"
             return
@@ -530,11 +411,7 @@ for load in "${LOADS[@]}"; do
     done
 done
 
-DIRTY=0
-if [[ $SNAPSHOT != 1 ]]; then
-    DIRTY=$(git status --porcelain -- broker proto bench 2>/dev/null | wc -l)
-fi
-CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+machine_facts
 {
     echo "# procmesh vs Redis with persistence — $DATE"
     echo
@@ -586,12 +463,7 @@ CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1
     echo "### Targets (reported, not enforced)"
     echo
     cat "$TARGETS"
-    if [[ -s $FAILS ]]; then
-        echo
-        echo "### Failed runs"
-        echo
-        cat "$FAILS"
-    fi
+    failed_runs
     if [[ -s $PROFILE_MD ]]; then
         echo
         echo "## Syscalls per request (strace -f on the server, one extra run each)"

@@ -37,7 +37,8 @@ OUT=${OUT:-bench/results/$DATE-shards.md}
 RUNS=${OUT%.md}.jsonl
 BIN=target/release
 
-log() { printf '[bench-shards %s] %s\n' "$(date +%T)" "$*" >&2; }
+BENCH_NAME=bench-shards
+source "$(dirname "$0")/lib-bench.sh"
 
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain -- launcher broker proto bench 2>/dev/null | wc -l)
@@ -47,36 +48,14 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 
 # Other work on a small machine moves results a lot: wait for a quiet 2 s window.
-busy_pct() {
-    local a b total=0 i
-    a=($(head -1 /proc/stat))
-    sleep 2
-    b=($(head -1 /proc/stat))
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    local idle=$((b[4] - a[4] + b[5] - a[5]))
-    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
-}
-waited=0
-BUSY_BEFORE=$(busy_pct)
-while ((BUSY_BEFORE > 10 && waited < QUIET_WAIT)); do
-    log "machine ${BUSY_BEFORE}% busy with other work; waiting"
-    sleep 8
-    waited=$((waited + 10))
-    BUSY_BEFORE=$(busy_pct)
-done
+wait_quiet waiting
+BUSY_BEFORE=$BUSY_NOW
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 WORK=$(mktemp -d /tmp/procmesh-bench-shards.XXXXXX)
 LAUNCHER=
-cleanup() {
-    if [[ -n $LAUNCHER ]]; then
-        kill -TERM "$LAUNCHER" 2>/dev/null || true
-        wait "$LAUNCHER" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+started_pids() { echo "$LAUNCHER"; }
+trap_cleanup
 
 launch() { # K: starts a K-shard mesh `bench` in $WORK/k$K, waits for its K serving lines
     local k=$1 dir=$WORK/k$1

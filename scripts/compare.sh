@@ -39,106 +39,18 @@ SERVER_CPU=0
 CLIENT_CPU=1
 
 SNAPSHOT=${SNAPSHOT:-0}
-TARGET_DIR=target
-if [[ $SNAPSHOT == 1 ]]; then
-    TARGET_DIR=target/compare-snapshot
-fi
-BENCH=$TARGET_DIR/release/procmesh-bench
-BROKER=$TARGET_DIR/release/procmesh
-
-log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
+QUIET_WAIT=${QUIET_WAIT:-180}
+BENCH_NAME=compare
+source "$(dirname "$0")/lib-bench.sh"
 
 # ------------------------------------------------------------------ setup
-# Taken before building: other people may commit while this runs.
-COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [[ $SKIP_BUILD != 1 ]]; then
-    if [[ $SNAPSHOT == 1 ]]; then
-        log "building release binaries of HEAD $COMMIT (git archive)"
-        SRC=$(mktemp -d /tmp/procmesh-compare-src.XXXXXX)
-        git archive "$COMMIT" | tar -x -C "$SRC"
-        CARGO_TARGET_DIR="$ROOT/$TARGET_DIR" cargo build --release --manifest-path "$SRC/Cargo.toml" \
-            -p procmesh-broker -p procmesh-bench >&2
-        rm -rf "$SRC"
-    else
-        log "building release binaries of the working tree"
-        cargo build --release -p procmesh-broker -p procmesh-bench >&2
-    fi
-fi
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    log "installing redis-server and redis-tools"
-    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools >&2
-fi
-if [[ $(nproc) -lt 2 ]]; then
-    SERVER_CPU=0
-    CLIENT_CPU=0
-    log "one CPU only: every process shares CPU 0"
-fi
-
-# Other work on these 2 vCPUs (someone's cargo build) moves results by 2x: wait up to
-# QUIET_WAIT seconds for a 2-second window with at least 90% idle CPU, and say in the
-# results how idle it was.
-busy_pct() { # percent of all CPU time busy over 2 seconds
-    local a b
-    a=($(head -1 /proc/stat))
-    sleep 2
-    b=($(head -1 /proc/stat))
-    local total=0 i
-    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
-    local idle=$((b[4] - a[4] + b[5] - a[5]))
-    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
-}
-QUIET_WAIT=${QUIET_WAIT:-180}
-waited=0
-BUSY_BEFORE=$(busy_pct)
-while ((BUSY_BEFORE > 10 && waited < QUIET_WAIT)); do
-    log "machine ${BUSY_BEFORE}% busy with other work; waiting for it to settle"
-    sleep 8
-    waited=$((waited + 10))
-    BUSY_BEFORE=$(busy_pct)
-done
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# Build, Redis, placement, and a wait for a quiet machine (lib-bench.sh).
+bench_setup compare redis-benchmark
 
 WORK=$(mktemp -d /tmp/procmesh-compare.XXXXXX)
 PIDS=()
-CLIENT_PID=
-cleanup() {
-    local pid
-    [[ -n $CLIENT_PID ]] && kill "$CLIENT_PID" 2>/dev/null
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# client OUTFILE COMMAND...: runs a benchmark client in the background and waits for it,
-# so that a signal to this script is handled at once (bash runs traps only between
-# foreground commands, but interrupts `wait`).
-client() {
-    local out=$1
-    shift
-    "$@" >"$out" 2>"$WORK/err" &
-    CLIENT_PID=$!
-    local rc=0
-    wait "$CLIENT_PID" || rc=$?
-    CLIENT_PID=
-    return "$rc"
-}
-
-wait_for() { # DESCRIPTION COMMAND...: retries for up to 10 s
-    local what=$1
-    shift
-    for _ in $(seq 100); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    log "$what did not come up"
-    return 1
-}
+started_pids() { echo "$CLIENT_PID" "$STRACE_PID" "${PIDS[@]}"; }
+trap_cleanup
 
 START_PID=
 start_redis() { # SOCKET
@@ -167,22 +79,8 @@ start_broker "$PSOCK"
 BROKER_PID=$START_PID
 log "redis pid $REDIS_PID, broker pid $BROKER_PID, both on CPU $SERVER_CPU"
 
-# CPU accounting, to say how much other processes ran during the measurements:
+# CPU accounting (lib-bench.sh), to say how much other processes ran during the measurements:
 # machine-wide busy time (/proc/stat) minus our servers' and our reaped children's.
-machine_busy_s() {
-    awk 'NR == 1 { busy = 0; for (i = 2; i <= 8; i++) if (i != 5 && i != 6) busy += $i; printf "%.2f", busy / 100 }' /proc/stat
-}
-snap_children_cpu() { # sets CHILD_CPU: user + sys of every child this shell has reaped
-    times >"$WORK/times" # in this shell: a subshell would only see its own children
-    CHILD_CPU=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }' "$WORK/times")
-}
-pid_cpu_s() { # PID...: user + sys of running processes
-    local pid sum=0
-    for pid in "$@"; do
-        sum=$(awk -v s="$sum" '{ printf "%.2f", s + ($14 + $15) / 100 }' "/proc/$pid/stat" 2>/dev/null || echo "$sum")
-    done
-    echo "$sum"
-}
 T0=$(date +%s.%N)
 BUSY0=$(machine_busy_s)
 snap_children_cpu
@@ -194,8 +92,6 @@ FAILS=$WORK/failures
 : >"$FAILS"
 
 # ------------------------------------------------------------------ recording
-json_str() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
-
 record() { # ROW SYSTEM TOOL ROUND TARGET CMD RESULT_JSON
     local target=null
     [[ -n $5 ]] && target=$(json_str "$5")
@@ -316,9 +212,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # ------------------------------------------------------------------ syscall profile
-PROFILE_MD=$WORK/profile.md
-: >"$PROFILE_MD"
-if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
+if strace_profile; then
     log "profile: strace -c on each server (slows it down; counts only)"
     profile_one() { # SYSTEM PID LABEL CPU ARGS...
         local sys=$1 pid=$2 label=$3 cpu=$4
@@ -326,18 +220,8 @@ if [[ $PROFILE == 1 ]] && command -v strace >/dev/null; then
         local extra=() sock=$PSOCK
         [[ $sys == redis ]] && extra=(--target redis) && sock=$RSOCK
         local st=$WORK/strace-$sys.txt
-        strace -c -f -p "$pid" -o "$st" 2>/dev/null &
-        local spid=$!
-        PIDS+=("$spid")
-        sleep 0.5
-        local out='{}'
-        if client "$WORK/out" taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json; then
-            out=$(<"$WORK/out")
-        fi
-        kill -INT "$spid" 2>/dev/null || true
-        wait "$spid" 2>/dev/null || true
-        local reqs
-        reqs=$(grep -o '"requests":[0-9]*' <<<"$out" | cut -d: -f2)
+        traced_client "$st" "-c -f" "$pid" taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json
+        local reqs=$TRACED_REQS
         if [[ -z $reqs || ! -s $st ]]; then
             echo "| $label | $sys | strace failed | |" >>"$PROFILE_MD"
             return
@@ -400,17 +284,8 @@ if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
 fi
 
 # ------------------------------------------------------------------ report
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-snap_children_cpu
-OTHER_CPU=$(awk -v t0="$T0" -v t1="$(date +%s.%N)" -v b0="$BUSY0" -v b1="$(machine_busy_s)" \
-    -v o0="$OURS0" -v c="$CHILD_CPU" -v p="$(pid_cpu_s "$REDIS_PID" "$BROKER_PID")" \
-    'BEGIN { other = (b1 - b0) - (c + p - o0); if (other < 0) other = 0
-             printf "%.1f CPU-seconds (%.0f%% of one core) over the %.0f s of measurements", other, 100 * other / (t1 - t0), t1 - t0 }')
-DIRTY=0
-if [[ $SNAPSHOT != 1 ]]; then
-    DIRTY=$(git status --porcelain -- broker proto bench 2>/dev/null | wc -l)
-fi
-CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+other_cpu "$REDIS_PID" "$BROKER_PID"
+machine_facts
 {
     echo "# procmesh vs Redis — $DATE"
     echo
@@ -453,12 +328,7 @@ CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1
     echo "## Results"
     echo
     "$BENCH" report "$RUNS"
-    if [[ -s $FAILS ]]; then
-        echo
-        echo "### Failed runs"
-        echo
-        cat "$FAILS"
-    fi
+    failed_runs
     if [[ -s $PROFILE_MD ]]; then
         echo
         echo "## Syscalls per request (strace -c on the server, one extra run each)"
