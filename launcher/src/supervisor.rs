@@ -241,6 +241,19 @@ impl Supervisor {
                     announce(&self.cfg, slot, pid);
                 }
             }
+            // Started as soon as every shard has announced serving, before exits are
+            // looked at: a shard that dies right after the last "serving" line (a user
+            // who read it may act at once) is a crash to restart, not a failed start.
+            if !self.started && self.stopping.is_none() && self.slots.iter().all(|s| s.serving) {
+                self.started = true;
+                eprintln!(
+                    "procmesh-launch: mesh `{}` serving on {} shard{} (pid {})",
+                    self.cfg.name,
+                    self.slots.len(),
+                    if self.slots.len() == 1 { "" } else { "s" },
+                    std::process::id()
+                );
+            }
             for i in 0..self.slots.len() {
                 let status = match self.slots[i].child.as_mut().map(Child::try_wait) {
                     Some(Ok(Some(st))) => st,
@@ -255,29 +268,19 @@ impl Supervisor {
                 };
                 self.exited(i, status, now);
             }
-            if !self.started && self.stopping.is_none() {
-                if self.slots.iter().all(|s| s.serving) {
-                    self.started = true;
-                    eprintln!(
-                        "procmesh-launch: mesh `{}` serving on {} shard{} (pid {})",
-                        self.cfg.name,
-                        self.slots.len(),
-                        if self.slots.len() == 1 { "" } else { "s" },
-                        std::process::id()
-                    );
-                } else if now >= start_deadline {
-                    let late: Vec<&str> = self
-                        .slots
-                        .iter()
-                        .filter(|s| !s.serving)
-                        .map(|s| s.spec.name.as_str())
-                        .collect();
-                    self.fail(format!(
-                        "{} did not report serving within {:?}",
-                        late.join(", "),
-                        self.cfg.startup_timeout
-                    ));
-                }
+            // Not started yet means some shard has not announced serving.
+            if !self.started && self.stopping.is_none() && now >= start_deadline {
+                let late: Vec<&str> = self
+                    .slots
+                    .iter()
+                    .filter(|s| !s.serving)
+                    .map(|s| s.spec.name.as_str())
+                    .collect();
+                self.fail(format!(
+                    "{} did not report serving within {:?}",
+                    late.join(", "),
+                    self.cfg.startup_timeout
+                ));
             }
             if self.stopping.is_none() {
                 for i in 0..self.slots.len() {
