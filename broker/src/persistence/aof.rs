@@ -1,18 +1,23 @@
 //! Log records and the append-only log file.
 //!
 //! Records describe *effects* (an absolute set with an absolute expiry, a delete, a
-//! clear, a fencing reservation), so replaying a record twice changes nothing.
+//! clear, a fencing reservation), so replaying a record twice changes nothing. The
+//! records of one loop turn share one frame and one checksum (a turn is also the unit
+//! of group commit, so it is written whole or torn as a whole).
 //!
 //! ```text
-//! record  := len:u32be  crc:u32be  body[len]         crc = crc32(body)
-//! body    := 1 SET   key_len:u32be key  codec:u8  expire_unix_ms:u64be (0 = none)
-//!                    value_len:u32be value
-//!          | 2 DEL   key_len:u32be key
-//!          | 3 CLEAR
-//!          | 4 FENCE reserved_to:u64be      (tokens ≤ reserved_to may have been issued)
+//! frame   := len:u32be  crc:u32be  entry+              crc = crc32(entries), len = their size
+//! entry   := tag:u8 ...
+//!   tag & 0x07 = 1 SET   key_len:varint key  [expire_unix_ms:u64be if tag & 0x10]
+//!                        value_len:varint value        codec: MessagePack if tag & 0x08, else JSON
+//!              | 2 DEL   key_len:varint key
+//!              | 3 CLEAR
+//!              | 4 FENCE reserved_to:u64be   (tokens ≤ reserved_to may have been issued)
+//! varint  := LEB128 (7 bits per byte, low first)
 //! ```
 //!
-//! The same records make up snapshots (see `snapshot`).
+//! Encoders append entries to a buffer that [`open`]s with a reserved frame header;
+//! [`seal`] fills it in before the buffer is written. The same frames make up snapshots.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -20,67 +25,88 @@ use std::path::{Path, PathBuf};
 
 use procmesh_proto::Codec;
 
-/// Record tags.
 const SET: u8 = 1;
 const DEL: u8 = 2;
 const CLEAR: u8 = 3;
 const FENCE: u8 = 4;
+const OP_MASK: u8 = 0x07;
+const MSGPACK: u8 = 0x08;
+const EXPIRES: u8 = 0x10;
+const HEADER: usize = 8;
 
-/// Longest record body accepted when reading (a frame can be 64 MiB; keys add a little).
-pub const MAX_RECORD: usize = (64 << 20) + (1 << 20);
+/// Longest frame accepted when reading: a turn can carry many 64 MiB frames' values.
+pub const MAX_RECORD: usize = u32::MAX as usize;
 
-fn begin(out: &mut Vec<u8>) -> usize {
-    let at = out.len();
-    out.extend_from_slice(&[0; 8]);
-    at
+/// Reserves the frame header when `buf` holds no entries yet.
+#[inline]
+pub fn open(buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        buf.extend_from_slice(&[0; HEADER]);
+    }
 }
 
-fn finish(out: &mut [u8], at: usize) {
-    let body = &out[at + 8..];
-    let len = body.len() as u32;
-    let crc = crc32fast::hash(body);
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-    out[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+/// Fills in the frame header over every entry appended since [`open`]. Returns false
+/// when there is nothing to write. Sealing again after appending more is fine.
+pub fn seal(buf: &mut [u8]) -> bool {
+    if buf.len() <= HEADER {
+        return false;
+    }
+    let len = (buf.len() - HEADER) as u32;
+    let crc = crc32fast::hash(&buf[HEADER..]);
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf[4..8].copy_from_slice(&crc.to_be_bytes());
+    true
 }
 
-/// Appends a SET record.
+#[inline]
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a SET entry.
+#[inline]
 pub fn encode_set(out: &mut Vec<u8>, key: &[u8], codec: Codec, value: &[u8], expire_unix_ms: u64) {
-    let at = begin(out);
-    out.push(SET);
-    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    open(out);
+    let mut tag = SET;
+    if codec == Codec::MsgPack {
+        tag |= MSGPACK;
+    }
+    if expire_unix_ms != 0 {
+        tag |= EXPIRES;
+    }
+    out.push(tag);
+    varint(out, key.len() as u64);
     out.extend_from_slice(key);
-    out.push(match codec {
-        Codec::Json => 0,
-        Codec::MsgPack => 1,
-    });
-    out.extend_from_slice(&expire_unix_ms.to_be_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    if expire_unix_ms != 0 {
+        out.extend_from_slice(&expire_unix_ms.to_be_bytes());
+    }
+    varint(out, value.len() as u64);
     out.extend_from_slice(value);
-    finish(out, at);
 }
 
-/// Appends a DEL record.
+/// Appends a DEL entry.
 pub fn encode_del(out: &mut Vec<u8>, key: &[u8]) {
-    let at = begin(out);
+    open(out);
     out.push(DEL);
-    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    varint(out, key.len() as u64);
     out.extend_from_slice(key);
-    finish(out, at);
 }
 
-/// Appends a CLEAR record.
+/// Appends a CLEAR entry.
 pub fn encode_clear(out: &mut Vec<u8>) {
-    let at = begin(out);
+    open(out);
     out.push(CLEAR);
-    finish(out, at);
 }
 
-/// Appends a FENCE record.
+/// Appends a FENCE entry.
 pub fn encode_fence(out: &mut Vec<u8>, reserved_to: u64) {
-    let at = begin(out);
+    open(out);
     out.push(FENCE);
     out.extend_from_slice(&reserved_to.to_be_bytes());
-    finish(out, at);
 }
 
 /// One decoded record, borrowing from the file's bytes.
@@ -129,10 +155,6 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(h)
 }
 
-fn u32be(b: &mut &[u8]) -> Option<u32> {
-    take(b, 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
 fn u64be(b: &mut &[u8]) -> Option<u64> {
     take(b, 8).map(|s| {
         let mut a = [0u8; 8];
@@ -141,20 +163,32 @@ fn u64be(b: &mut &[u8]) -> Option<u64> {
     })
 }
 
-fn parse_body(mut b: &[u8]) -> Option<Record<'_>> {
-    let tag = *take(&mut b, 1)?.first()?;
-    let rec = match tag {
+fn read_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *take(b, 1)?.first()?;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn parse_entry<'a>(b: &mut &'a [u8]) -> Option<Record<'a>> {
+    let tag = *take(b, 1)?.first()?;
+    Some(match tag & OP_MASK {
         SET => {
-            let kl = u32be(&mut b)? as usize;
-            let key = std::str::from_utf8(take(&mut b, kl)?).ok()?;
-            let codec = match take(&mut b, 1)?[0] {
-                0 => Codec::Json,
-                1 => Codec::MsgPack,
-                _ => return None,
+            let kl = usize::try_from(read_varint(b)?).ok()?;
+            let key = std::str::from_utf8(take(b, kl)?).ok()?;
+            let expire_unix_ms = if tag & EXPIRES != 0 { u64be(b)? } else { 0 };
+            let vl = usize::try_from(read_varint(b)?).ok()?;
+            let value = take(b, vl)?;
+            let codec = if tag & MSGPACK != 0 {
+                Codec::MsgPack
+            } else {
+                Codec::Json
             };
-            let expire_unix_ms = u64be(&mut b)?;
-            let vl = u32be(&mut b)? as usize;
-            let value = take(&mut b, vl)?;
             Record::Set {
                 key,
                 codec,
@@ -162,47 +196,46 @@ fn parse_body(mut b: &[u8]) -> Option<Record<'_>> {
                 value,
             }
         }
-        DEL => {
-            let kl = u32be(&mut b)? as usize;
+        DEL if tag == DEL => {
+            let kl = usize::try_from(read_varint(b)?).ok()?;
             Record::Del {
-                key: std::str::from_utf8(take(&mut b, kl)?).ok()?,
+                key: std::str::from_utf8(take(b, kl)?).ok()?,
             }
         }
-        CLEAR => Record::Clear,
-        FENCE => Record::Fence {
-            reserved_to: u64be(&mut b)?,
+        CLEAR if tag == CLEAR => Record::Clear,
+        FENCE if tag == FENCE => Record::Fence {
+            reserved_to: u64be(b)?,
         },
         _ => return None,
-    };
-    b.is_empty().then_some(rec)
+    })
 }
 
-/// Decodes the records of `data` in order, calling `f` for each. Returns the offset
-/// where valid data ends and, when it ends early, why.
+/// Decodes the frames of `data` in order, calling `f` for each record. Returns the
+/// offset where valid data ends and, when it ends early, why. A frame is applied
+/// only when all of it is readable.
 pub fn read_records<'a>(data: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize, Option<Damage>) {
     let mut off = 0;
+    let mut records = Vec::new();
     while off < data.len() {
         let rest = &data[off..];
-        if rest.len() < 8 {
+        if rest.len() < HEADER {
             return (off, Some(Damage::TornTail));
         }
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len > MAX_RECORD {
+        if len == 0 || len > MAX_RECORD {
             return (
                 off,
-                Some(Damage::Corrupt(format!(
-                    "record length {len} is impossible"
-                ))),
+                Some(Damage::Corrupt(format!("frame length {len} is impossible"))),
             );
         }
-        if rest.len() < 8 + len {
+        if rest.len() < HEADER + len {
             return (off, Some(Damage::TornTail));
         }
-        let body = &rest[8..8 + len];
-        let end = off + 8 + len;
+        let mut body = &rest[HEADER..HEADER + len];
+        let end = off + HEADER + len;
         if crc32fast::hash(body) != crc {
-            // A bad checksum on the very last record is a torn write, not corruption.
+            // A bad checksum on the very last frame is a torn write, not corruption.
             let damage = if end == data.len() {
                 Damage::TornTail
             } else {
@@ -210,9 +243,15 @@ pub fn read_records<'a>(data: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize
             };
             return (off, Some(damage));
         }
-        match parse_body(body) {
-            Some(r) => f(r),
-            None => return (off, Some(Damage::Corrupt("unreadable record".into()))),
+        records.clear();
+        while !body.is_empty() {
+            match parse_entry(&mut body) {
+                Some(r) => records.push(r),
+                None => return (off, Some(Damage::Corrupt("unreadable record".into()))),
+            }
+        }
+        for r in records.drain(..) {
+            f(r);
         }
         off = end;
     }
@@ -276,12 +315,22 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let mut b = Vec::new();
-        encode_set(&mut b, b"k", Codec::Json, b"[1]", 123);
-        encode_del(&mut b, b"k");
-        encode_clear(&mut b);
-        encode_fence(&mut b, 9);
-        b
+        // Four frames, as four loop turns would write them.
+        let mut out = Vec::new();
+        let mut frame = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = Vec::new();
+            f(&mut b);
+            assert!(seal(&mut b));
+            out.extend_from_slice(&b);
+        };
+        frame(&|b| encode_set(b, b"k", Codec::Json, b"[1]", 123));
+        frame(&|b| {
+            encode_del(b, b"k");
+            encode_set(b, &[b'x'; 300], Codec::MsgPack, &[0x90], 0);
+        });
+        frame(&|b| encode_clear(b));
+        frame(&|b| encode_fence(b, 9));
+        out
     }
 
     #[test]
@@ -290,8 +339,12 @@ mod tests {
         let mut got = Vec::new();
         let (end, dmg) = read_records(&b, |r| got.push(format!("{r:?}")));
         assert_eq!((end, dmg), (b.len(), None));
-        assert_eq!(got.len(), 4);
-        assert!(got[0].contains("expire_unix_ms: 123"));
+        assert_eq!(got.len(), 5);
+        assert!(got[0].contains("expire_unix_ms: 123") && got[0].contains("Json"));
+        assert!(got[2].contains("MsgPack") && got[2].contains("expire_unix_ms: 0"));
+        let mut empty = Vec::new();
+        open(&mut empty);
+        assert!(!seal(&mut empty), "nothing to write");
     }
 
     #[test]

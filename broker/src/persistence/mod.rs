@@ -396,10 +396,14 @@ impl Persistence {
         }
         // On failure the records stay in `buf` to be retried next turn (the log was
         // cut back to its last whole record); writes are refused meanwhile.
-        let r = self
-            .log
-            .write(buf)
-            .map_err(|e| format!("writing {} failed: {e}", self.log.path().display()));
+        // One frame for the whole turn (re-sealed over everything on a retry).
+        let r = if aof::seal(buf) {
+            self.log
+                .write(buf)
+                .map_err(|e| format!("writing {} failed: {e}", self.log.path().display()))
+        } else {
+            Ok(())
+        };
         if r.is_ok() || buf.len() > RETRY_MAX {
             buf.clear();
         }
@@ -515,6 +519,7 @@ impl Persistence {
         // A new segment starts with the current reservation so it stands alone.
         let mut fence = Vec::new();
         aof::encode_fence(&mut fence, self.reserved_to);
+        aof::seal(&mut fence);
         self.log.write(&fence)?;
         self.bytes_at_snapshot = 0;
         self.snapshot = Some(snap);

@@ -76,7 +76,9 @@ impl Snapshot {
             n += 1;
         });
         self.entries += n;
-        self.w.write_all(&self.scratch)?;
+        if aof::seal(&mut self.scratch) {
+            self.w.write_all(&self.scratch)?;
+        }
         Ok(self.next_slot.is_none())
     }
 
@@ -96,6 +98,7 @@ impl Snapshot {
             .name("procmesh-snapshot".into())
             .spawn(move || {
                 let r = (|| {
+                    aof::seal(&mut tail);
                     self.w.write_all(&tail)?;
                     let file = self.w.into_inner().map_err(|e| e.into_error())?;
                     file.sync_all()?;
