@@ -149,11 +149,6 @@ impl Connection {
         self.rbuf = buf;
     }
 
-    /// True when unread input is buffered.
-    pub fn has_input(&self) -> bool {
-        self.rend > self.rpos
-    }
-
     /// Bytes queued for the peer and not yet written.
     #[inline]
     pub fn queued(&self) -> usize {

@@ -173,11 +173,6 @@ impl BrokerBuilder {
         self
     }
 
-    /// The configuration built so far.
-    pub fn build_config(&self) -> &BrokerConfig {
-        &self.cfg
-    }
-
     /// Binds the socket and runs the broker on its own thread.
     pub fn start(self) -> Result<BrokerHandle, BindError> {
         let reactor = Reactor::bind(self.cfg)?;

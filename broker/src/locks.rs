@@ -400,14 +400,6 @@ impl LockTable {
             }
         }
     }
-
-    /// The holder's token of `key`, if held.
-    pub fn holder_token(&self, key: &str) -> Option<FencingToken> {
-        self.locks
-            .get(key)
-            .and_then(|l| l.holder.as_ref())
-            .map(|h| h.token)
-    }
 }
 
 #[cfg(test)]

@@ -117,14 +117,6 @@ impl PubSub {
         }
     }
 
-    /// The subscriptions of `conn`, in no particular order.
-    pub fn subscriptions_of(&self, conn: ConnKey) -> impl Iterator<Item = &str> + '_ {
-        self.by_conn
-            .get(&conn)
-            .into_iter()
-            .flat_map(|subs| subs.iter().map(|s| &**s))
-    }
-
     /// Calls `f` once per connection matching `channel`, however many of its
     /// subscriptions match.
     pub fn for_each_match(&mut self, channel: &str, mut f: impl FnMut(ConnKey)) {

@@ -82,14 +82,6 @@ impl Rpc {
         true
     }
 
-    /// Names registered by `conn` (replayed by clients on reconnect; also for stats).
-    pub fn registrations_of(&self, conn: ConnKey) -> impl Iterator<Item = &str> + '_ {
-        self.regs
-            .get(&conn)
-            .into_iter()
-            .flat_map(|names| names.iter().map(|n| &**n))
-    }
-
     /// `(name, worker count)` for every registered procedure.
     pub fn procs(&self) -> impl Iterator<Item = (&str, usize)> {
         self.pools.iter().map(|(n, p)| (&**n, p.workers.len()))

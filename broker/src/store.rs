@@ -235,13 +235,6 @@ impl Store {
         Some(Raw::new(e.codec, e.value()))
     }
 
-    /// The value of `key` without changing its LRU position.
-    pub fn peek(&mut self, key: &str, now: u64) -> Option<Raw<'_>> {
-        let slot = self.live(key.as_bytes(), now)?;
-        let e = &self.entries[slot as usize];
-        Some(Raw::new(e.codec, e.value()))
-    }
-
     /// Whether `key` holds a live value.
     pub fn has(&mut self, key: &str, now: u64) -> bool {
         self.live(key.as_bytes(), now).is_some()
@@ -614,23 +607,6 @@ impl Store {
             self.entries[next as usize].prev = prev;
         } else {
             self.tail = prev;
-        }
-    }
-
-    /// Visits every live entry with its key, value and absolute deadline (0 = none),
-    /// from least to most recently used.
-    pub fn for_each(&self, now: u64, mut f: impl FnMut(&str, Raw<'_>, u64)) {
-        let mut s = self.tail;
-        while s != NIL {
-            let e = &self.entries[s as usize];
-            if !e.is_expired(now) {
-                f(
-                    std::str::from_utf8(e.key()).unwrap_or_default(),
-                    Raw::new(e.codec, e.value()),
-                    e.expire_at,
-                );
-            }
-            s = e.prev;
         }
     }
 }

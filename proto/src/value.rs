@@ -639,17 +639,6 @@ impl<'a> Raw<'a> {
         }
     }
 
-    /// Number of elements when the value is an array.
-    pub fn array_len(&self) -> Option<usize> {
-        match self.codec {
-            Codec::MsgPack => match mp_head(self.bytes, 0).ok()?.0 {
-                MpHead::Array { n } => Some(n),
-                _ => None,
-            },
-            Codec::Json => self.array().map(|it| it.count()),
-        }
-    }
-
     /// The entries of a map, if the value is one.
     pub fn map(&self) -> Option<Entries<'a>> {
         match self.codec {
