@@ -436,7 +436,7 @@ impl Core {
             .filter(|t| *t > 0)
             .unwrap_or(LOCK_TTL_MS);
         let wait = opt_ms(f.wait, "wait")?.unwrap_or(0);
-        let reply_to = f.id.map(|id| Box::<[u8]>::from(id.bytes));
+        let reply_to = f.id.map(|id| id.bytes);
         match self
             .locks
             .lock(&key, k, ttl, wait, reply_to, self.now, &mut self.timers)

@@ -205,7 +205,7 @@ impl LockTable {
         conn: ConnKey,
         ttl_ms: u64,
         wait_ms: u64,
-        reply_to: ReplyTo,
+        reply_to: Option<&[u8]>,
         now: u64,
         timers: &mut Timers,
     ) -> LockOutcome {
@@ -221,10 +221,11 @@ impl LockTable {
         self.next_waiter += 1;
         let id = self.next_waiter;
         let lock = self.locks.entry_ref(key).or_default();
+        // Only a queued request keeps its id (an immediate answer needs no copy).
         lock.waiters.push_back(Waiter {
             id,
             conn,
-            reply_to,
+            reply_to: reply_to.map(Box::from),
             ttl_ms,
         });
         self.waiter_count += 1;
@@ -421,7 +422,7 @@ mod tests {
         let t1 = granted(l.lock("k", 1, 1000, 0, None, 0, &mut t));
         assert_eq!(l.lock("k", 2, 1000, 0, None, 0, &mut t), LockOutcome::Busy);
         assert_eq!(
-            l.lock("k", 2, 1000, 500, Some(b"7".to_vec().into()), 0, &mut t),
+            l.lock("k", 2, 1000, 500, Some(&b"7"[..]), 0, &mut t),
             LockOutcome::Queued
         );
         assert_eq!(
