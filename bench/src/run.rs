@@ -422,17 +422,8 @@ fn subscriber<W: Wire>(
     s.set_read_timeout(Some(SIDE_POLL))?;
     let (mut count, mut last) = (0u64, None);
     while !stop.load(Ordering::Relaxed) {
-        match s.fill() {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
+        if !fill_or_idle(&mut s)? {
+            continue;
         }
         let mut batch = 0;
         while let Some(r) = s.next_reply()? {
@@ -452,6 +443,22 @@ fn subscriber<W: Wire>(
     Ok((count, last))
 }
 
+/// Reads what arrived on a side connection; false when the poll timed out idle.
+fn fill_or_idle<W: Wire>(s: &mut Stream<W>) -> io::Result<bool> {
+    match s.fill() {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// An RPC worker: answers every `invoke` with its arguments until told to stop.
 fn worker(mut s: Stream<Procmesh>, stop: &AtomicBool) -> io::Result<u64> {
     s.set_read_timeout(Some(SIDE_POLL))?;
@@ -459,17 +466,8 @@ fn worker(mut s: Stream<Procmesh>, stop: &AtomicBool) -> io::Result<u64> {
     let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut served = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        match s.fill() {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
+        if !fill_or_idle(&mut s)? {
+            continue;
         }
         loop {
             let buf = &s.rbuf[s.rstart..s.rend];

@@ -247,12 +247,7 @@ impl Client {
             .request("set", self.timeout(), 2 + ttl.is_some() as usize, |w| {
                 w.key("key");
                 w.str(key);
-                w.key("value");
-                w.raw_same(&v);
-                if let Some(t) = ttl {
-                    w.key("ttl");
-                    w.uint(ms(t));
-                }
+                write_value_ttl(w, &v, ttl);
             })?;
         Ok(())
     }
@@ -525,12 +520,7 @@ impl Client {
         self.route(lock_key)
             .request("fset", self.timeout(), 4 + ttl.is_some() as usize, |w| {
                 write_fence(w, lock_key, token, key);
-                w.key("value");
-                w.raw_same(&v);
-                if let Some(t) = ttl {
-                    w.key("ttl");
-                    w.uint(ms(t));
-                }
+                write_value_ttl(w, &v, ttl);
             })?;
         Ok(())
     }
@@ -839,6 +829,17 @@ fn write_opt(w: &mut Writer<'_>, key: &str, v: Option<&[u8]>) {
     if let Some(b) = v {
         w.key(key);
         w.raw_same(b);
+    }
+}
+
+/// The `value` (already encoded in the connection's codec) and optional `ttl` fields
+/// of `set` and `fset`.
+fn write_value_ttl(w: &mut Writer<'_>, value: &[u8], ttl: Option<Duration>) {
+    w.key("value");
+    w.raw_same(value);
+    if let Some(t) = ttl {
+        w.key("ttl");
+        w.uint(ms(t));
     }
 }
 
