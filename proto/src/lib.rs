@@ -37,6 +37,7 @@ pub mod error;
 pub mod frame;
 pub mod hash;
 pub mod message;
+pub mod stats;
 pub mod topic;
 pub mod value;
 

@@ -12,7 +12,8 @@ use procmesh_broker::cli::{CliConn, CliError};
 use procmesh_broker::config::TargetArgs;
 use procmesh_proto::addr;
 
-use render::{human_ms, sharded_stats_table, stats_table, sum_stats};
+use procmesh_proto::stats::StatsReport;
+use render::{human_ms, report, sharded_stats_table, stats_table, sum_stats};
 pub use serve::serve;
 
 /// `procmesh status`: one line about the broker (`shards: None`) or each shard.
@@ -25,14 +26,14 @@ pub fn status(target: &TargetArgs, shards: Option<u16>) -> ExitCode {
         .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
     {
         Ok(reply) => {
-            let v = &reply["value"];
+            let r = report(&reply["value"]);
             println!(
                 "procmesh broker `{}` is running at {} (pid {}, up {}, {} connections)",
-                v["name"].as_str().unwrap_or("?"),
+                if r.name.is_empty() { "?" } else { &r.name },
                 path.display(),
-                v["pid"],
-                human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
-                v["connections"]
+                pid(&r),
+                human_ms(r.uptime_ms),
+                r.connections
             );
             ExitCode::SUCCESS
         }
@@ -77,6 +78,11 @@ pub fn stats(target: &TargetArgs, shards: Option<u16>, json: bool) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+/// A report's pid as the status line shows it.
+fn pid(r: &StatsReport) -> String {
+    r.pid.map_or("null".into(), |p| p.to_string())
 }
 
 /// Asks the broker at `path` to shut down and waits until it has removed its socket.
@@ -133,15 +139,14 @@ fn mesh_status(target: &TargetArgs, n: usize) -> ExitCode {
         match shard_stats(path, target.token.as_deref()) {
             Ok(v) => {
                 running += 1;
-                let core = v["core"]
-                    .as_u64()
-                    .map_or("not pinned".into(), |c| format!("core {c}"));
+                let r = report(&v);
+                let core = r.core.map_or("not pinned".into(), |c| format!("core {c}"));
                 println!(
                     "{name}: running at {} (pid {}, {core}, up {}, {} connections)",
                     path.display(),
-                    v["pid"],
-                    human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
-                    v["connections"]
+                    pid(&r),
+                    human_ms(r.uptime_ms),
+                    r.connections
                 );
             }
             Err(e) => println!("{name}: {e}"),

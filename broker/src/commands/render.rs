@@ -1,7 +1,20 @@
 //! How the CLI shows stats to people: a two-column table for one broker, a row per
 //! shard for a mesh, and the byte and duration formats they use.
+//!
+//! Stats arrive as the JSON `value` of a `stats` reply and are read through the one
+//! schema, `procmesh_proto::stats::StatsReport`; a mesh's totals are its `sum`.
 
-use serde_json::{json, Value};
+use procmesh_proto::stats::StatsReport;
+use procmesh_proto::Codec;
+use serde_json::Value;
+
+/// The typed report in a stats map (empty where the map lacks fields).
+pub fn report(v: &Value) -> StatsReport {
+    serde_json::to_vec(v)
+        .ok()
+        .and_then(|b| StatsReport::decode_slice(Codec::Json, &b).ok())
+        .unwrap_or_default()
+}
 
 /// Formats a byte count for people.
 pub fn human_bytes(n: u64) -> String {
@@ -29,80 +42,61 @@ pub fn human_ms(ms: u64) -> String {
     }
 }
 
+fn rss(r: &StatsReport) -> u64 {
+    r.memory.get("rss").copied().unwrap_or(0)
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{:.1}%", fraction * 100.0)
+}
+
 /// Renders a stats map as a two-column table.
 pub fn stats_table(v: &Value) -> String {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    rows.push((
-        "broker".into(),
-        v.get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string(),
-    ));
-    rows.push(("pid".into(), num("pid").to_string()));
-    rows.push(("uptime".into(), human_ms(num("uptimeMs"))));
-    rows.push(("connections".into(), num("connections").to_string()));
-    rows.push(("cache entries".into(), num("cacheSize").to_string()));
-    rows.push(("cache bytes".into(), human_bytes(num("cacheBytes"))));
-    rows.push((
-        "evicted / expired".into(),
-        format!("{} / {}", num("evicted"), num("expired")),
-    ));
-    rows.push((
-        "locks held / waiters".into(),
-        format!("{} / {}", num("locks"), num("lockWaiters")),
-    ));
-    rows.push(("subscriptions".into(), num("subscriptions").to_string()));
-    rows.push(("pending calls".into(), num("pendingCalls").to_string()));
-    if let Some(procs) = v.get("procs").and_then(Value::as_array) {
-        let list: Vec<String> = procs
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}×{}",
-                    p.get("name").and_then(Value::as_str).unwrap_or("?"),
-                    p.get("workers").and_then(Value::as_u64).unwrap_or(0)
-                )
-            })
-            .collect();
-        rows.push((
-            "procedures".into(),
-            if list.is_empty() {
+    let r = report(v);
+    let name = if r.name.is_empty() { "?" } else { &r.name };
+    let procs: Vec<String> = r
+        .procs
+        .iter()
+        .map(|p| format!("{}×{}", p.name, p.workers))
+        .collect();
+    let total: u64 = r.ops.values().sum();
+    let mut ops: Vec<(&String, u64)> = r.ops.iter().map(|(k, n)| (k, *n)).collect();
+    ops.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let top: Vec<String> = ops
+        .iter()
+        .take(6)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let rows: [(&str, String); 15] = [
+        ("broker", name.to_string()),
+        ("pid", r.pid.unwrap_or(0).to_string()),
+        ("uptime", human_ms(r.uptime_ms)),
+        ("connections", r.connections.to_string()),
+        ("cache entries", r.cache_size.to_string()),
+        ("cache bytes", human_bytes(r.cache_bytes)),
+        (
+            "evicted / expired",
+            format!("{} / {}", r.evicted, r.expired),
+        ),
+        (
+            "locks held / waiters",
+            format!("{} / {}", r.locks, r.lock_waiters),
+        ),
+        ("subscriptions", r.subscriptions.to_string()),
+        ("pending calls", r.pending_calls.to_string()),
+        (
+            "procedures",
+            if procs.is_empty() {
                 "-".into()
             } else {
-                list.join(", ")
+                procs.join(", ")
             },
-        ));
-    }
-    rows.push((
-        "dropped / reaped".into(),
-        format!("{} / {}", num("dropped"), num("reaped")),
-    ));
-    let rss = v
-        .pointer("/memory/rss")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    rows.push(("memory (rss)".into(), human_bytes(rss)));
-    let cpu = v
-        .get("cpuCoreFraction")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0);
-    rows.push(("cpu (core fraction)".into(), format!("{:.1}%", cpu * 100.0)));
-    if let Some(ops) = v.get("ops").and_then(Value::as_object) {
-        let total: u64 = ops.values().filter_map(Value::as_u64).sum();
-        let mut list: Vec<(&String, u64)> = ops
-            .iter()
-            .map(|(k, n)| (k, n.as_u64().unwrap_or(0)))
-            .collect();
-        list.sort_by_key(|e| std::cmp::Reverse(e.1));
-        let top: Vec<String> = list
-            .iter()
-            .take(6)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        rows.push(("ops".into(), format!("{total} ({})", top.join(", "))));
-    }
+        ),
+        ("dropped / reaped", format!("{} / {}", r.dropped, r.reaped)),
+        ("memory (rss)", human_bytes(rss(&r))),
+        ("cpu (core fraction)", percent(r.cpu_core_fraction)),
+        ("ops", format!("{total} ({})", top.join(", "))),
+    ];
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
@@ -111,72 +105,19 @@ pub fn stats_table(v: &Value) -> String {
     out
 }
 
-/// Sums the stats maps of a sharded mesh's shards the way a sharded client does
-/// (PROTOCOL.md §10): counters, `ops`, `errors` and `memory` add up, `uptimeMs` is the
-/// longest, `procs` merge by name, `cpuCoreFraction` adds up (cores' worth in use);
-/// `pid` and `core` are per shard and left out. `name` is the mesh name and `shards`
-/// holds each shard's own map, `null` for a shard that did not answer.
+/// A sharded mesh's stats for `stats --json --shards`: the shards' [`StatsReport::sum`]
+/// named `mesh` (no `pid` or `core`, which are per shard), plus `shards` holding each
+/// shard's own map as it sent it, `null` for a shard that did not answer.
 pub fn sum_stats(mesh: &str, shards: &[Option<Value>]) -> Value {
-    let mut sum = serde_json::Map::new();
-    let mut procs: Vec<(String, u64)> = Vec::new();
-    for v in shards.iter().flatten().filter_map(Value::as_object) {
-        for (k, x) in v {
-            match (k.as_str(), x) {
-                ("name" | "pid" | "core", _) => {}
-                ("uptimeMs", _) => {
-                    let cur = sum.get(k).and_then(Value::as_u64).unwrap_or(0);
-                    sum.insert(k.clone(), json!(cur.max(x.as_u64().unwrap_or(0))));
-                }
-                ("procs", Value::Array(list)) => {
-                    for p in list {
-                        let name = p.get("name").and_then(Value::as_str).unwrap_or("?");
-                        let w = p.get("workers").and_then(Value::as_u64).unwrap_or(0);
-                        match procs.iter_mut().find(|(n, _)| n == name) {
-                            Some(e) => e.1 += w,
-                            None => procs.push((name.to_string(), w)),
-                        }
-                    }
-                }
-                (_, Value::Number(_)) => {
-                    let total = add(sum.get(k), x);
-                    sum.insert(k.clone(), total);
-                }
-                (_, Value::Object(m)) => {
-                    let entry = sum
-                        .entry(k.clone())
-                        .or_insert_with(|| Value::Object(Default::default()));
-                    if let Value::Object(acc) = entry {
-                        for (ik, iv) in m.iter().filter(|(_, iv)| iv.is_number()) {
-                            let total = add(acc.get(ik), iv);
-                            acc.insert(ik.clone(), total);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    sum.insert("name".into(), json!(mesh));
-    sum.insert(
-        "procs".into(),
-        Value::Array(
-            procs
-                .into_iter()
-                .map(|(name, workers)| json!({"name": name, "workers": workers}))
-                .collect(),
-        ),
-    );
+    let reports: Vec<StatsReport> = shards.iter().flatten().map(report).collect();
+    let mut sum = StatsReport::sum(&reports);
+    sum.name = mesh.to_string();
+    let mut bytes = Vec::new();
+    sum.encode_into(&mut procmesh_proto::Writer::new(Codec::Json, &mut bytes));
+    let mut v: Value = serde_json::from_slice(&bytes).expect("invariant: the writer writes JSON");
     let per_shard = shards.iter().map(|v| v.clone().unwrap_or(Value::Null));
-    sum.insert("shards".into(), Value::Array(per_shard.collect()));
-    Value::Object(sum)
-}
-
-/// `a + b` for JSON numbers: integers stay integers, anything else adds as f64.
-fn add(a: Option<&Value>, b: &Value) -> Value {
-    match (a.map_or(Some(0), Value::as_u64), b.as_u64()) {
-        (Some(x), Some(y)) => json!(x.saturating_add(y)),
-        _ => json!(a.and_then(Value::as_f64).unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
-    }
+    v["shards"] = Value::Array(per_shard.collect());
+    v
 }
 
 /// Renders a sharded mesh's stats (a [`sum_stats`] map): one row per shard with its
@@ -185,13 +126,8 @@ pub fn sharded_stats_table(sum: &Value) -> String {
     let header = [
         "shard", "pid", "core", "uptime", "conns", "keys", "bytes", "ops", "cpu", "rss",
     ];
-    let row = |name: String, v: &Value, per_shard: bool| -> Vec<String> {
-        let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let ops: u64 = v
-            .get("ops")
-            .and_then(Value::as_object)
-            .map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
-        let core = match (per_shard, v.get("core").and_then(Value::as_u64)) {
+    let row = |name: String, r: &StatsReport, per_shard: bool| -> Vec<String> {
+        let core = match (per_shard, r.core) {
             (false, _) => String::new(),
             (true, Some(c)) => c.to_string(),
             (true, None) => "-".into(),
@@ -199,48 +135,45 @@ pub fn sharded_stats_table(sum: &Value) -> String {
         vec![
             name,
             if per_shard {
-                num("pid").to_string()
+                r.pid.unwrap_or(0).to_string()
             } else {
                 String::new()
             },
             core,
-            human_ms(num("uptimeMs")),
-            num("connections").to_string(),
-            num("cacheSize").to_string(),
-            human_bytes(num("cacheBytes")),
-            ops.to_string(),
-            format!(
-                "{:.1}%",
-                v.get("cpuCoreFraction")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0)
-                    * 100.0
-            ),
-            human_bytes(
-                v.pointer("/memory/rss")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            ),
+            human_ms(r.uptime_ms),
+            r.connections.to_string(),
+            r.cache_size.to_string(),
+            human_bytes(r.cache_bytes),
+            r.ops.values().sum::<u64>().to_string(),
+            percent(r.cpu_core_fraction),
+            human_bytes(rss(r)),
         ]
     };
-    let mesh = sum.get("name").and_then(Value::as_str).unwrap_or("?");
+    let total = report(sum);
+    let mesh = if total.name.is_empty() {
+        "?"
+    } else {
+        &total.name
+    };
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let shards = sum.get("shards").and_then(Value::as_array);
     for (i, s) in shards.into_iter().flatten().enumerate() {
-        let name = s
-            .get("name")
-            .and_then(Value::as_str)
-            .map_or_else(|| format!("{mesh}#{i}"), str::to_string);
         if s.is_null() {
             let mut r = vec![String::new(); header.len()];
-            r[0] = name;
+            r[0] = format!("{mesh}#{i}");
             r[1] = "not running".into();
             rows.push(r);
         } else {
-            rows.push(row(name, s, true));
+            let r = report(s);
+            let name = if r.name.is_empty() {
+                format!("{mesh}#{i}")
+            } else {
+                r.name.clone()
+            };
+            rows.push(row(name, &r, true));
         }
     }
-    rows.push(row("total".into(), sum, false));
+    rows.push(row("total".into(), &total, false));
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
@@ -267,6 +200,7 @@ pub fn sharded_stats_table(sum: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn human_formats() {
