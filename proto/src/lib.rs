@@ -30,6 +30,7 @@
 //! assert_eq!(procmesh_proto::hash::fnv1a("a"), 0xe40c292c);
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod codec;
