@@ -11,8 +11,8 @@ use std::time::Duration;
 use procmesh_broker::cli::{CliConn, CliError};
 use procmesh_broker::config::TargetArgs;
 use procmesh_proto::addr;
-
 use procmesh_proto::stats::StatsReport;
+
 use render::{human_ms, report, sharded_stats_table, stats_table, sum_stats};
 pub use serve::serve;
 
