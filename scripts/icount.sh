@@ -16,9 +16,10 @@
 # timer work that falls in the run (the broker runs with --heartbeat 0; Redis's
 # serverCron at its default hz). Kernel time is not counted.
 #
-# Within one server process the counts repeat to about 0.01%, but between processes they
-# move by a few percent (hash seeds, heap layout): so every ROUNDS round starts a fresh
-# process of every server (order alternating) and the table gives the median.
+# The broker's counts repeat to about 0.01% (lock: 0.1%), run to run and process to
+# process; Redis's move by 2-3% (its serverCron and other timer work follow the wall
+# clock, which valgrind stretches). Every ROUNDS round starts a fresh process of every
+# server (order alternating) and the table gives the medians.
 #
 # Prints a markdown report on stdout (also written to OUT when set): the per-request
 # table, the spread of the runs, the setup, then every run's raw totals. Logs go to
