@@ -135,7 +135,10 @@ FAILS=$WORK/failures
 cg() { # PID ARGS...: callgrind_control on the server under valgrind
     local pid=$1
     shift
-    callgrind_control --vgdb-prefix="$VGDB_PREFIX" "$@" "$pid" >>"$WORK/callgrind_control.log" 2>&1
+    if ! callgrind_control --vgdb-prefix="$VGDB_PREFIX" "$@" "$pid" >>"$WORK/callgrind_control.log" 2>&1; then
+        log "callgrind_control $* $pid failed: $(tail -3 "$WORK/callgrind_control.log")"
+        return 1
+    fi
 }
 
 SERVER_CMDS=()
