@@ -46,20 +46,25 @@ pub fn serve(cfg: BrokerConfig, metrics: Option<SocketAddr>) -> ExitCode {
     for w in reactor.warnings() {
         eprintln!("procmesh: warning: {w}");
     }
-    if let Some(addr) = metrics {
-        match super::metrics::spawn_endpoint(addr, path.clone(), token) {
-            Ok(bound) => eprintln!("procmesh: metrics at http://{bound}/metrics"),
+    let endpoint = match metrics {
+        Some(addr) => match super::metrics::spawn_endpoint(addr, path.clone(), token) {
+            Ok(bound) => Some(bound),
             Err(e) => {
                 eprintln!("procmesh: cannot serve metrics at {addr}: {e}");
                 return ExitCode::from(1);
             }
-        }
-    }
+        },
+        None => None,
+    };
     eprintln!(
         "procmesh: serving at {} (pid {})",
         path.display(),
         std::process::id()
     );
+    // After the "serving at" line, which scripts (and the tests) wait for first.
+    if let Some(bound) = endpoint {
+        eprintln!("procmesh: metrics at http://{bound}/metrics");
+    }
     notify("READY=1");
     let r = reactor.run();
     notify("STOPPING=1");
