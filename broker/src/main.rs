@@ -135,8 +135,10 @@ enum Cmd {
         mesh: MeshArgs,
         key: String,
     },
-    /// List live keys, one a line, sorted. Filtered client-side for now: the broker
-    /// sends every key (a broker-side scan with a cursor is planned).
+    /// List live keys, one a line, sorted.
+    ///
+    /// --prefix and --limit filter client-side for now: the broker sends every key
+    /// (a broker-side scan with a cursor is planned).
     Keys {
         #[command(flatten)]
         mesh: MeshArgs,
@@ -161,9 +163,10 @@ enum Cmd {
         )]
         by: i64,
     },
-    /// Compare-and-swap: store NEXT at KEY if its value equals PREV (JSON; `null` as
-    /// PREV means "no such key", as NEXT "delete it"). Prints true when swapped, exits
-    /// 4 when not.
+    /// Compare-and-swap: store NEXT at KEY if its value equals PREV (exit 4 when not).
+    ///
+    /// PREV and NEXT are JSON; `null` as PREV means "no such key", as NEXT "delete it".
+    /// Prints true when swapped, false (exit 4) when not.
     Cas {
         #[command(flatten)]
         mesh: MeshArgs,
@@ -176,8 +179,9 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
-    /// Publish PAYLOAD (JSON; with --raw a plain string) on CHANNEL; prints the number
-    /// of subscribers it reached.
+    /// Publish PAYLOAD (JSON; --raw: a string) on CHANNEL.
+    ///
+    /// Prints the number of subscribers it reached.
     Publish {
         #[command(flatten)]
         mesh: MeshArgs,
@@ -188,16 +192,20 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
-    /// Print one JSON line `{"channel":…,"payload":…}` per message on CHANNELs
-    /// (patterns like `news.*` allowed) until Ctrl-C or SIGTERM.
+    /// Print messages on CHANNELs until Ctrl-C or SIGTERM.
+    ///
+    /// One JSON line `{"channel":…,"payload":…}` per message; patterns like `news.*`
+    /// are allowed. Exits 1 when the broker goes away.
     Subscribe {
         #[command(flatten)]
         mesh: MeshArgs,
         #[arg(required = true)]
         channels: Vec<String>,
     },
-    /// Call the procedure NAME with ARGS (JSON: an array is the argument list, any
-    /// other value the one argument, none no arguments); prints the result as JSON.
+    /// Call the procedure NAME; prints the result as JSON.
+    ///
+    /// ARGS is JSON: an array is the argument list, any other value the one argument,
+    /// none no arguments.
     Call {
         #[command(flatten)]
         mesh: MeshArgs,
@@ -214,9 +222,13 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
-    /// Hold the lock KEY while CMD runs, with PROCMESH_LOCK_KEY and
-    /// PROCMESH_FENCING_TOKEN in its environment; exits with CMD's code (4 when the
-    /// lock was not acquired). The grant expires after --ttl even if CMD still runs.
+    /// Hold the lock KEY while `-- CMD ARGS...` runs; exit with CMD's code.
+    ///
+    /// CMD gets PROCMESH_LOCK_KEY and PROCMESH_FENCING_TOKEN in its environment (use
+    /// the token for fenced writes). Exit 4 when the lock was not acquired within
+    /// --wait. The grant expires after --ttl even if CMD still runs: pick a ttl longer
+    /// than CMD takes. SIGINT/SIGTERM are passed on to CMD; the lock is released when
+    /// it exits.
     Lock {
         #[command(flatten)]
         mesh: MeshArgs,
