@@ -457,6 +457,10 @@ fn a_missing_shard_reads_as_down_in_prometheus() {
     assert!(samples(&scrape, "procmesh_connections")
         .iter()
         .all(|s| s.labels.get("shard") == Some("0")));
+    // A shell command needs every shard: the missing one is exit 3, named.
+    let o = m.run("get", &["k"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("halfmesh#1"), "{}", stderr(&o));
 }
 
 fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
@@ -759,4 +763,46 @@ fn completions_and_man_page_are_generated() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn stats_watch_prints_again_until_interrupted() {
+    let b = TestBroker::start(&["--name", "watched"]);
+    let mut w = procmesh()
+        .args(["stats", "--socket"])
+        .arg(&b.path)
+        .args(["--watch", "50ms", "--format", "prometheus"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(w.stdout.take().unwrap()).lines();
+    // Each round is a full exposition; count the rounds by their first line.
+    let mut rounds = 0;
+    let mut uptimes = Vec::new();
+    while rounds < 3 {
+        let line = out.next().unwrap().unwrap();
+        if line.starts_with("# HELP procmesh_up ") {
+            rounds += 1;
+        }
+        if let Some(v) = line.strip_prefix("procmesh_uptime_seconds{mesh=\"watched\"} ") {
+            uptimes.push(v.parse::<f64>().unwrap());
+        }
+    }
+    assert!(uptimes.windows(2).all(|p| p[0] <= p[1]), "{uptimes:?}");
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe { libc::kill(w.id() as libc::pid_t, libc::SIGINT) };
+    w.wait().unwrap();
+    // A broker that goes away ends the watch with exit 3.
+    let mut w = procmesh()
+        .args(["stats", "--socket"])
+        .arg(&b.path)
+        .args(["--watch", "20ms", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(w.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "{");
+    expect(at(&b.path, "stop", &[]), 0);
+    assert_eq!(w.wait().unwrap().code(), Some(3));
 }
