@@ -287,6 +287,11 @@ pub fn lock(m: &MeshArgs, key: &str, ttl: Duration, wait: Duration, cmd: &[Strin
             eprintln!("procmesh: lock `{key}` is held elsewhere; not acquired");
             return Ok(ExitCode::from(EXIT_NO));
         };
+        // SIGINT/SIGTERM go on to CMD (Ctrl-C reaches it through the terminal anyway);
+        // we keep the lock until it has exited. Installed before CMD starts, so a
+        // signal in between is queued for CMD rather than killing us alone.
+        let (tx, rx) = mpsc::channel();
+        forward_signals(tx)?;
         let mut child = match Command::new(program)
             .args(args)
             .env("PROCMESH_LOCK_KEY", key)
@@ -300,15 +305,12 @@ pub fn lock(m: &MeshArgs, key: &str, ttl: Duration, wait: Duration, cmd: &[Strin
                 return Ok(ExitCode::from(127));
             }
         };
-        // SIGINT/SIGTERM go on to CMD (Ctrl-C reaches it through the terminal anyway);
-        // we keep the lock until it has exited.
-        let (tx, rx) = mpsc::channel();
-        forward_signals(tx)?;
         let pid = child.id() as libc::pid_t;
         std::thread::spawn(move || {
             while let Ok(Stop::Signal(sig)) = rx.recv() {
-                // SAFETY: kill(2) with a pid we spawned and have not reaped yet (the
-                // main thread waits for it), and a plain signal number.
+                // SAFETY: kill(2) takes no pointers; `pid` is the child we spawned. A
+                // signal after the main thread reaped it could only race the exit that
+                // follows at once.
                 unsafe { libc::kill(pid, sig) };
             }
         });

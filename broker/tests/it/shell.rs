@@ -806,3 +806,27 @@ fn stats_watch_prints_again_until_interrupted() {
     expect(at(&b.path, "stop", &[]), 0);
     assert_eq!(w.wait().unwrap().code(), Some(3));
 }
+
+#[test]
+fn lock_passes_sigterm_on_to_the_command_and_holds_until_it_exits() {
+    let b = TestBroker::start(&[]);
+    let script = r#"trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"#;
+    let mut l = procmesh()
+        .args(["lock", "--socket"])
+        .arg(&b.path)
+        .args(["job", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(l.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    // Held while the command runs.
+    let mut c = TestClient::hello(&b.path, Codec::Json, None);
+    let r = c.ok(json!({"t":"lock","key":"job","ttl":1000}));
+    assert_eq!(r["acquired"], false, "{r}");
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe { libc::kill(l.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(l.wait().unwrap().code(), Some(42), "CMD's exit code");
+    let r = c.ok(json!({"t":"lock","key":"job","ttl":1000}));
+    assert_eq!(r["acquired"], true, "released after CMD exited: {r}");
+}
