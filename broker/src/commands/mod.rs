@@ -1,8 +1,12 @@
 //! The control commands of the `procmesh` binary: `status`, `stop` and `stats`, for
-//! one broker or every shard of a mesh, with their output and exit codes.
+//! one broker or every shard of a mesh, with their output and exit codes; `serve`,
+//! the shell commands (`shell`) and the Prometheus rendering and endpoint (`metrics`)
+//! are submodules.
 
+mod metrics;
 mod render;
 mod serve;
+pub mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,8 +17,18 @@ use procmesh_broker::config::TargetArgs;
 use procmesh_proto::addr;
 use procmesh_proto::stats::StatsReport;
 
+use crate::StatsFormat;
 use render::{human_ms, report, sharded_stats_table, stats_table, sum_stats};
 pub use serve::serve;
+
+/// The token of `target` (`--token-file`, `--token`, `PROCMESH_TOKEN`); an unreadable
+/// token file is a usage error (exit 2).
+fn token(target: &TargetArgs) -> Result<Option<String>, ExitCode> {
+    target.resolve_token().map_err(|e| {
+        eprintln!("procmesh: {e}");
+        ExitCode::from(2)
+    })
+}
 
 /// `procmesh status`: one line about the broker (`shards: None`) or each shard.
 pub fn status(target: &TargetArgs, shards: Option<u16>) -> ExitCode {
@@ -22,11 +36,13 @@ pub fn status(target: &TargetArgs, shards: Option<u16>) -> ExitCode {
         return mesh_status(target, n.into());
     }
     let path = target.path();
-    match CliConn::connect(&path, target.token.as_deref())
-        .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
-    {
-        Ok(reply) => {
-            let r = report(&reply["value"]);
+    let token = match token(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    match shard_stats(&path, token.as_deref()) {
+        Ok(v) => {
+            let r = report(&v);
             println!(
                 "procmesh broker `{}` is running at {} (pid {}, up {}, {} connections)",
                 if r.name.is_empty() { "?" } else { &r.name },
@@ -47,7 +63,11 @@ pub fn stop(target: &TargetArgs, shards: Option<u16>) -> ExitCode {
         return mesh_stop(target, n.into());
     }
     let path = target.path();
-    match stop_at(&path, target.token.as_deref()) {
+    let token = match token(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    match stop_at(&path, token.as_deref()) {
         Ok(()) => {
             println!("procmesh broker at {} stopped", path.display());
             ExitCode::SUCCESS
@@ -56,23 +76,59 @@ pub fn stop(target: &TargetArgs, shards: Option<u16>) -> ExitCode {
     }
 }
 
-/// `procmesh stats`: a table, or the raw map as JSON.
-pub fn stats(target: &TargetArgs, shards: Option<u16>, json: bool) -> ExitCode {
-    if let Some(n) = shards {
-        return mesh_stats(target, n.into(), json);
+/// `procmesh stats`: a table, the raw map as JSON, or Prometheus text; with `watch`,
+/// again every interval until the process is interrupted.
+pub fn stats(
+    target: &TargetArgs,
+    shards: Option<u16>,
+    format: StatsFormat,
+    watch: Option<Duration>,
+) -> ExitCode {
+    let token = match token(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let Some(every) = watch else {
+        return stats_once(target, token.as_deref(), shards, format);
+    };
+    let clear =
+        format == StatsFormat::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        if clear {
+            print!("\x1b[2J\x1b[H");
+        }
+        let code = stats_once(target, token.as_deref(), shards, format);
+        if code == ExitCode::from(3) {
+            return code;
+        }
+        if !clear {
+            println!();
+        }
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+        std::thread::sleep(every);
     }
-    let path = target.path();
-    match CliConn::connect(&path, target.token.as_deref())
-        .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
-    {
-        Ok(reply) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&reply["value"]).unwrap_or_default()
-                );
-            } else {
-                print!("{}", stats_table(&reply["value"]));
+}
+
+fn stats_once(
+    target: &TargetArgs,
+    token: Option<&str>,
+    shards: Option<u16>,
+    format: StatsFormat,
+) -> ExitCode {
+    if let Some(n) = shards {
+        return mesh_stats(target, token, n.into(), format);
+    }
+    match shard_stats(&target.path(), token) {
+        Ok(v) => {
+            match format {
+                StatsFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                }
+                StatsFormat::Table => print!("{}", stats_table(&v)),
+                StatsFormat::Prometheus => {
+                    let r = report(&v);
+                    print!("{}", metrics::render(&r.name, &[(None, Some(r.clone()))]));
+                }
             }
             ExitCode::SUCCESS
         }
@@ -134,9 +190,13 @@ fn mesh_status(target: &TargetArgs, n: usize) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let token = match token(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let mut running = 0;
     for (name, path) in &shards {
-        match shard_stats(path, target.token.as_deref()) {
+        match shard_stats(path, token.as_deref()) {
             Ok(v) => {
                 running += 1;
                 let r = report(&v);
@@ -164,9 +224,13 @@ fn mesh_stop(target: &TargetArgs, n: usize) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let token = match token(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let (mut stopped, mut failed) = (0, false);
     for (name, path) in &shards {
-        match stop_at(path, target.token.as_deref()) {
+        match stop_at(path, token.as_deref()) {
             Ok(()) => {
                 stopped += 1;
                 println!("{name}: stopped ({})", path.display());
@@ -185,14 +249,14 @@ fn mesh_stop(target: &TargetArgs, n: usize) -> ExitCode {
     }
 }
 
-fn mesh_stats(target: &TargetArgs, n: usize, json: bool) -> ExitCode {
+fn mesh_stats(target: &TargetArgs, token: Option<&str>, n: usize, format: StatsFormat) -> ExitCode {
     let shards = match mesh(target, n) {
         Ok(s) => s,
         Err(code) => return code,
     };
     let mut per_shard = Vec::with_capacity(n);
     for (name, path) in &shards {
-        match shard_stats(path, target.token.as_deref()) {
+        match shard_stats(path, token) {
             Ok(v) => per_shard.push(Some(v)),
             Err(e) => {
                 eprintln!("procmesh: {name}: {e}");
@@ -202,11 +266,25 @@ fn mesh_stats(target: &TargetArgs, n: usize, json: bool) -> ExitCode {
     }
     let running = per_shard.iter().flatten().count();
     if running > 0 {
-        let sum = sum_stats(&target.name, &per_shard);
-        if json {
-            println!("{}", serde_json::to_string_pretty(&sum).unwrap_or_default());
-        } else {
-            print!("{}", sharded_stats_table(&sum));
+        match format {
+            StatsFormat::Json => {
+                let sum = sum_stats(&target.name, &per_shard);
+                println!("{}", serde_json::to_string_pretty(&sum).unwrap_or_default());
+            }
+            StatsFormat::Table => {
+                print!(
+                    "{}",
+                    sharded_stats_table(&sum_stats(&target.name, &per_shard))
+                );
+            }
+            StatsFormat::Prometheus => {
+                let reports: Vec<_> = per_shard
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (Some(i), v.as_ref().map(report)))
+                    .collect();
+                print!("{}", metrics::render(&target.name, &reports));
+            }
         }
     }
     mesh_exit(running, n)
