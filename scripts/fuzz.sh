@@ -49,7 +49,8 @@ for suite in fuzz differential; do
         rc=$?
         set -e
         case $rc in
-            0 | 124 | 130) echo "ok (${secs}s, no failure)" ;;
+            0) echo "ok (all cases passed)" ;;
+            124 | 130) echo "ok (${secs}s time box, no failure)" ;;
             *)
                 echo "FAILED (exit $rc), log: $CARGO_TARGET_DIR/$t.log"
                 grep -E 'minimal failing input|Test failed' -A20 "$CARGO_TARGET_DIR/$t.log" | head -n 40
