@@ -46,7 +46,7 @@ impl TargetArgs {
     pub fn path(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| addr::socket_path(&self.name))
+            .unwrap_or_else(|| addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name))
     }
 
     /// The token: the first line of `--token-file` (trimmed), else `--token` or
@@ -235,7 +235,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             name: addr::DEFAULT_NAME.to_string(),
-            socket: addr::socket_path(addr::DEFAULT_NAME),
+            socket: addr::AddrEnv::from_lookup(std::env::var_os).socket_path(addr::DEFAULT_NAME),
             token: None,
             cache: StoreConfig::default(),
             heartbeat: Some(Duration::from_secs(30)),
@@ -353,7 +353,8 @@ impl BrokerConfig {
             match k.as_str() {
                 "name" => {
                     self.name = v.as_str().ok_or_else(|| bad(k))?.to_string();
-                    self.socket = addr::socket_path(&self.name);
+                    self.socket =
+                        addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name);
                 }
                 "address" | "socketPath" | "socket" | "path" => {}
                 "token" => self.token = v.as_str().map(str::to_string),
@@ -432,7 +433,10 @@ mod tests {
         );
         let mut m = BrokerConfig::default();
         m.apply_json(r#"{"name":"mesh"}"#).unwrap();
-        assert_eq!(m.socket, addr::socket_path("mesh"));
+        assert_eq!(
+            m.socket,
+            addr::AddrEnv::from_lookup(std::env::var_os).socket_path("mesh")
+        );
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
     }
 
@@ -454,7 +458,7 @@ mod tests {
     fn flags_env_and_broker_opts_precedence() {
         std::env::remove_var("PROCMESH_TOKEN");
         std::env::remove_var("PROCMESH_PERSIST_DIR");
-        let sock = |n: &str| addr::socket_path(n);
+        let sock = |n: &str| addr::AddrEnv::from_lookup(std::env::var_os).socket_path(n);
         let at = |c: &BrokerConfig| (c.name.clone(), c.socket.clone());
         let named = |n: &str, p: PathBuf| (n.to_string(), p);
 

@@ -158,7 +158,7 @@ fn stop_at(path: &Path, token: Option<&str>) -> Result<(), CliError> {
 
 /// The shards of the mesh `target.name`: `(NAME#i, socket)`.
 fn mesh(target: &TargetArgs, n: usize) -> Result<Vec<(String, PathBuf)>, ExitCode> {
-    match addr::shard_paths(&target.name, n) {
+    match addr::AddrEnv::from_lookup(std::env::var_os).shard_paths(&target.name, n) {
         Ok(paths) => Ok(paths
             .into_iter()
             .enumerate()
