@@ -23,7 +23,7 @@
 //! - [`persistence`]: snapshot + append-only log, fsync policy, recovery.
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`config`](crate::config): configuration.
-//! - `cli`: the `procmesh status|stop|stats` client side.
+//! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
 //! # Example
 //! ```no_run

@@ -45,6 +45,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod codec;
@@ -58,6 +59,7 @@ mod msgpack;
 pub mod num;
 pub mod request;
 pub mod response;
+pub mod stats;
 pub mod topic;
 pub mod transcode;
 pub mod value;
