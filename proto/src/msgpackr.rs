@@ -17,7 +17,8 @@
 //! - `d6 69 id` + value (structured-clone object id) and `d6 70 id` (a pointer to it): the value
 //!   is copied at every pointer. The output may not exceed the caller's limit, so a small frame
 //!   cannot expand into a huge one; a pointer into its own object (a cycle) is an error.
-//! - timestamp extensions (type −1, JavaScript `Date`) stay as they are.
+//! - `cc XX` with XX < 0x80 becomes the one-byte integer (plain MessagePack's form); timestamp
+//!   extensions (type −1, JavaScript `Date`) stay as they are.
 //! - anything else msgpackr-specific (two-byte record ids, `Set`, `Error`, `RegExp`, typed
 //!   arrays, big integers beyond 64 bits, unknown extensions) is a [`DecodeError`] naming it.
 //!
@@ -249,6 +250,16 @@ impl Normalizer {
                             DecodeError::new("MessagePack string is not valid UTF-8")
                         })?;
                         self.copy(b, pos, body, out)
+                    }
+                    // msgpackr writes 64..=127 as `cc XX`; plain MessagePack's form is one byte,
+                    // so a value reads the same bytes whichever client stored it.
+                    MpHead::Int(i) if c == 0xcc && i < 0x80 => {
+                        out.push(i as u8);
+                        Ok(Read {
+                            end: body,
+                            undefined: false,
+                            height: 0,
+                        })
                     }
                     _ => self.copy(b, pos, body, out),
                 }
