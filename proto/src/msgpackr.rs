@@ -371,7 +371,7 @@ impl Normalizer {
             let r = self.value(b, pos, out, depth + 1)?;
             pos = r.end;
             if r.undefined {
-                out.truncate(before);
+                self.drop_field(out, before);
             } else {
                 kept += 1;
                 height = height.max(r.height);
@@ -417,7 +417,7 @@ impl Normalizer {
             let v = self.value(b, k.end, out, depth + 1)?;
             pos = v.end;
             if v.undefined {
-                out.truncate(before);
+                self.drop_field(out, before);
             } else {
                 kept += 1;
                 height = height.max(v.height);
@@ -429,6 +429,16 @@ impl Normalizer {
             undefined: false,
             height: height + 1,
         })
+    }
+
+    /// Removes a field whose value was `undefined` (its key is at `before`), and any object ids
+    /// marked inside the key, whose bytes go with it.
+    fn drop_field(&mut self, out: &mut Vec<u8>, before: usize) {
+        out.truncate(before);
+        let rel = (before - self.base) as u32;
+        while self.refs.last().is_some_and(|r| r.1 >= rel) {
+            self.refs.pop();
+        }
     }
 
     /// `d6 69 id` then the value it names.
@@ -847,6 +857,15 @@ mod tests {
         // A pointer into its own object.
         let cyc = [0xd6, 0x69, 0, 0, 0, 1, 0x91, 0xd6, 0x70, 0, 0, 0, 1];
         assert!(norm(&cyc).unwrap_err().message().contains("cycle"));
+        // An id marked inside a plain-map key whose value is undefined goes with the field.
+        let gone = [
+            0x92, 0x81, 0xd6, 0x69, 0, 0, 0, 1, 0xa1, b'k', 0xd4, 0x00, 0x00, 0xd6, 0x70, 0, 0, 0,
+            1,
+        ];
+        assert!(norm(&gone)
+            .unwrap_err()
+            .message()
+            .contains("unknown object id"));
         // A pointer to nothing.
         assert!(norm(&[0xd6, 0x70, 0, 0, 0, 9]).is_err());
     }
