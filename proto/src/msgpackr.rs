@@ -33,6 +33,29 @@
 //! - extensions other than timestamps become `nil` (msgpackr throws on unknown extension types,
 //!   and would read its own types as something else); JSON gets `null` for them too.
 
+//!
+//! # Example
+//! ```
+//! use procmesh_proto::msgpackr::{Encoder, Normalizer};
+//! use procmesh_proto::{frame, Codec, Dialect, Frame, Reply};
+//!
+//! // procmesh-js's `{t:'hello',id:1,name:'x'}`: the first frame marks the connection msgpackr.
+//! let hello = b"\xd4\x72\x40\x93\xa1t\xa2id\xa4name\xa5hello\x01\xa1x";
+//! assert_eq!(Codec::detect_payload(hello), Some(Dialect::MSGPACKR));
+//! // Keep one of each per connection (or per loop) and reuse their buffers.
+//! let (mut reader, mut writer) = (Normalizer::new(), Encoder::new());
+//! let mut plain = Vec::new();
+//! reader.normalize_into(hello, frame::MAX_FRAME_LEN, &mut plain)?;
+//! let f = Frame::decode(Codec::MsgPack, &plain)?;
+//! // Replies are built in plain MessagePack as for any client, then converted on the way out.
+//! let mut replies = Vec::new();
+//! Reply::Pong.encode_into(Codec::MsgPack, f.id, &mut replies);
+//! let mut wire = Vec::new();
+//! assert_eq!(writer.encode_frames_into(&replies, &mut wire)?, replies.len());
+//! assert_eq!(&wire[4..], b"\xd4\x72\x40\x92\xa1t\xa2id\xa4pong\x01");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 use crate::codec::MAX_DEPTH;
 use crate::msgpack::{mp_head, mp_len, need, MpHead};
 use crate::DecodeError;
@@ -69,10 +92,26 @@ pub struct Normalizer {
     slots: [Option<(u32, u32, u32)>; RECORD_SLOTS],
     /// Structured-clone ids: (id, start in `out`, end in `out` or `u32::MAX` while open,
     /// nesting height of the value).
-    refs: Vec<(u32, u32, u32, u8)>,
+    refs: Vec<Mark>,
+    /// Object id → index in `refs` + 1 (0: not marked in this frame). Ids are bounded by the
+    /// payload's length (msgpackr numbers them 1, 2, …), so this stays linear in the input.
+    by_id: Vec<u32>,
     /// Where this frame's output begins in `out`, and the most it may grow.
     base: usize,
     limit: usize,
+}
+
+/// A structured-clone object id marked in this frame and where its value is in the output.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    id: u32,
+    /// Start and end relative to the frame's output (`end` is `u32::MAX` while being read).
+    start: u32,
+    end: u32,
+    /// Nesting height of the value.
+    height: u8,
+    /// The earlier mark of the same id (index + 1, or 0), restored when this one is dropped.
+    prev: u32,
 }
 
 /// What reading one value produced.
@@ -88,6 +127,7 @@ impl Default for Normalizer {
             keys: Vec::new(),
             slots: [None; RECORD_SLOTS],
             refs: Vec::new(),
+            by_id: Vec::new(),
             base: 0,
             limit: 0,
         }
@@ -114,6 +154,9 @@ impl Normalizer {
             return Err(DecodeError::new("msgpackr frame too large"));
         }
         self.keys.clear();
+        for r in &self.refs {
+            self.by_id[r.id as usize] = 0;
+        }
         self.refs.clear();
         self.slots = [None; RECORD_SLOTS];
         self.base = out.len();
@@ -436,8 +479,10 @@ impl Normalizer {
     fn drop_field(&mut self, out: &mut Vec<u8>, before: usize) {
         out.truncate(before);
         let rel = (before - self.base) as u32;
-        while self.refs.last().is_some_and(|r| r.1 >= rel) {
-            self.refs.pop();
+        while self.refs.last().is_some_and(|r| r.start >= rel) {
+            if let Some(r) = self.refs.pop() {
+                self.by_id[r.id as usize] = r.prev;
+            }
         }
     }
 
@@ -451,14 +496,29 @@ impl Normalizer {
         depth: usize,
     ) -> Result<Read, DecodeError> {
         let start = (out.len() - self.base) as u32;
+        if id as usize > b.len() {
+            return Err(DecodeError::new(format!(
+                "msgpackr object id {id} is out of range for this frame"
+            )));
+        }
+        if self.by_id.len() <= id as usize {
+            self.by_id.resize(id as usize + 1, 0);
+        }
         let at = self.refs.len();
-        self.refs.push((id, start, u32::MAX, 0));
+        self.refs.push(Mark {
+            id,
+            start,
+            end: u32::MAX,
+            height: 0,
+            prev: self.by_id[id as usize],
+        });
+        self.by_id[id as usize] = at as u32 + 1;
         let r = self.value(b, pos, out, depth)?;
         if r.undefined {
             return Err(DecodeError::new("msgpackr object id marks undefined"));
         }
-        self.refs[at].2 = (out.len() - self.base) as u32;
-        self.refs[at].3 = r.height.min(u8::MAX as usize) as u8;
+        self.refs[at].end = (out.len() - self.base) as u32;
+        self.refs[at].height = r.height.min(u8::MAX as usize) as u8;
         Ok(r)
     }
 
@@ -471,7 +531,17 @@ impl Normalizer {
         end: usize,
     ) -> Result<Read, DecodeError> {
         // The latest mark of an id wins (ids are unique in what msgpackr writes).
-        let Some(&(_, s, e, h)) = self.refs.iter().rev().find(|r| r.0 == id) else {
+        let found = match self.by_id.get(id as usize) {
+            Some(&i) if i > 0 => Some(self.refs[i as usize - 1]),
+            _ => None,
+        };
+        let Some(Mark {
+            start: s,
+            end: e,
+            height: h,
+            ..
+        }) = found
+        else {
             return Err(DecodeError::new(format!(
                 "msgpackr pointer to unknown object id {id}"
             )));
@@ -590,6 +660,28 @@ impl Encoder {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Converts a run of whole plain frames (prefix and payload each, as the reply builders
+    /// append them to an output buffer) into msgpackr frames appended to `out`. Returns how
+    /// many bytes of `frames` were converted: all of them, unless the run ends in a partial
+    /// frame. On error `out` keeps the frames converted before the bad one.
+    pub fn encode_frames_into(
+        &mut self,
+        frames: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, DecodeError> {
+        let mut pos = 0;
+        while let Ok(Some((start, end))) = crate::frame::try_decode(&frames[pos..], usize::MAX) {
+            let at = crate::frame::begin(out);
+            if let Err(e) = self.encode_into(&frames[pos + start..pos + end], out) {
+                out.truncate(at);
+                return Err(e);
+            }
+            crate::frame::finish(out, at);
+            pos += end;
+        }
+        Ok(pos)
     }
 
     /// Pass 1: records every map's key spans, in pre-order.
@@ -955,6 +1047,29 @@ mod tests {
         // Other extensions become nil; timestamps stay.
         assert_eq!(enc(&[0xd4, 0x73, 0x00]), [0xc0]);
         assert_eq!(enc(&[0xd6, 0xff, 0, 0, 0, 1]), [0xd6, 0xff, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn encoder_converts_runs_of_frames() {
+        let mut plain = Vec::new();
+        crate::frame::encode_into(
+            &[0x81, 0xa1, b't', 0xa4, b'p', b'o', b'n', b'g'],
+            &mut plain,
+        );
+        crate::frame::encode_into(&[0x81, 0xa1, b'a', 0x40], &mut plain);
+        plain.extend_from_slice(&[0, 0, 0, 9, 0x81]); // a partial frame stays
+        let mut out = vec![0xee];
+        let used = Encoder::new().encode_frames_into(&plain, &mut out).unwrap();
+        assert_eq!(used, plain.len() - 5);
+        let mut want = vec![0xee];
+        crate::frame::encode_into(
+            &[
+                0xd4, 0x72, 0x40, 0x91, 0xa1, b't', 0xa4, b'p', b'o', b'n', b'g',
+            ],
+            &mut want,
+        );
+        crate::frame::encode_into(&[0xd4, 0x72, 0x40, 0x91, 0xa1, b'a', 0xcc, 0x40], &mut want);
+        assert_eq!(out, want);
     }
 
     #[test]
