@@ -125,6 +125,45 @@ fn every_fixture_normalises_to_its_json() {
     }
 }
 
+/// More `name.bin` + `name.json` pairs from msgpackr (for example thousands of random frames
+/// made with Node.js) in the directory `PROCMESH_MSGPACKR_PAIRS`, checked like the fixtures and
+/// re-encoded: skipped when the variable is unset.
+#[test]
+fn extra_pairs_normalise_to_their_json() {
+    let Some(dir) = std::env::var_os("PROCMESH_MSGPACKR_PAIRS") else {
+        eprintln!("SKIP extra_pairs_normalise_to_their_json: PROCMESH_MSGPACKR_PAIRS is not set");
+        return;
+    };
+    let (mut n, mut e) = (Normalizer::new(), Encoder::new());
+    let (mut out, mut wire, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "bin") {
+            continue;
+        }
+        let json = std::fs::read(path.with_extension("json")).unwrap();
+        let bin = std::fs::read(&path).unwrap();
+        out.clear();
+        n.normalize_into(&bin, frame::MAX_FRAME_LEN, &mut out)
+            .unwrap_or_else(|err| panic!("{}: {}", path.display(), err.message()));
+        let v = validate(Codec::MsgPack, &out).unwrap();
+        assert_eq!(v.to_value(), json_value(&json), "{}", path.display());
+        wire.clear();
+        back.clear();
+        e.encode_into(&out, &mut wire).unwrap();
+        n.normalize_into(&wire, frame::MAX_FRAME_LEN, &mut back)
+            .unwrap();
+        assert!(
+            validate(Codec::MsgPack, &back).unwrap().structurally_eq(&v),
+            "{}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no pairs in {dir:?}");
+}
+
 #[test]
 fn undefined_fields_are_absent() {
     let by_name = |name: &str| load().into_iter().find(|f| f.name == name).unwrap();
