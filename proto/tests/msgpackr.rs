@@ -127,13 +127,15 @@ fn every_fixture_normalises_to_its_json() {
 
 /// More `name.bin` + `name.json` pairs from msgpackr (for example thousands of random frames
 /// made with Node.js) in the directory `PROCMESH_MSGPACKR_PAIRS`, checked like the fixtures and
-/// re-encoded: skipped when the variable is unset.
+/// re-encoded: skipped when the variable is unset. With `PROCMESH_MSGPACKR_PAIRS_OUT` set too, the
+/// re-encodings are written there beside their JSON, for check-msgpackr-decode.mjs.
 #[test]
 fn extra_pairs_normalise_to_their_json() {
     let Some(dir) = std::env::var_os("PROCMESH_MSGPACKR_PAIRS") else {
         eprintln!("SKIP extra_pairs_normalise_to_their_json: PROCMESH_MSGPACKR_PAIRS is not set");
         return;
     };
+    let out_dir = std::env::var_os("PROCMESH_MSGPACKR_PAIRS_OUT");
     let (mut n, mut e) = (Normalizer::new(), Encoder::new());
     let (mut out, mut wire, mut back) = (Vec::new(), Vec::new(), Vec::new());
     let mut checked = 0;
@@ -159,6 +161,11 @@ fn extra_pairs_normalise_to_their_json() {
             "{}",
             path.display()
         );
+        if let Some(to) = &out_dir {
+            let name = path.file_name().unwrap();
+            std::fs::write(Path::new(to).join(name), &wire).unwrap();
+            std::fs::write(Path::new(to).join(name).with_extension("json"), &json).unwrap();
+        }
         checked += 1;
     }
     assert!(checked > 0, "no pairs in {dir:?}");
