@@ -12,6 +12,8 @@
 //! - [`frame`]: length prefix and size limit.
 //! - [`codec`]: the two codecs, detection, and [`Raw`] (a value's bytes in one).
 //! - `json`, `msgpack` (private): reader and writer primitives of each format.
+//! - [`msgpackr`]: procmesh-js's MessagePack dialect (records, `undefined`, structured-clone
+//!   references) to and from plain MessagePack, at a connection's edge.
 //! - [`transcode`]: conversion of a value between the codecs.
 //! - [`value`]: validation, scalar access, structure and equality of raw values.
 //! - [`num`]: [`Num`] and its JavaScript-compatible arithmetic.
@@ -57,6 +59,7 @@ pub mod hash;
 mod json;
 pub mod message;
 mod msgpack;
+pub mod msgpackr;
 pub mod num;
 pub mod request;
 pub mod response;
@@ -66,7 +69,7 @@ pub mod transcode;
 pub mod value;
 pub mod writer;
 
-pub use codec::{Codec, Raw};
+pub use codec::{Codec, Dialect, Raw};
 pub use error::{DecodeError, ErrorCode};
 pub use message::{Frame, Kind};
 pub use num::Num;
