@@ -38,21 +38,31 @@
 //! ```
 #![warn(missing_docs)]
 
+/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
+/// (its parent went away) must keep serving, where `eprintln!` would panic.
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod connection;
+mod core;
 mod dispatch;
+pub mod io;
 pub mod locks;
+mod mesh;
 pub mod persistence;
 pub mod pubsub;
-pub mod reactor;
 pub mod rpc;
 pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timers;
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,7 +70,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::BrokerConfig;
-pub use reactor::{BindError, Reactor};
+pub use io::{BindError, Reactor};
 pub use store::StoreConfig;
 
 /// Entry point for embedding a broker: `Broker::builder()…start()`.
@@ -196,7 +206,7 @@ pub struct BrokerHandle {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl BrokerHandle {
@@ -211,27 +221,27 @@ impl BrokerHandle {
     }
 
     /// Stops the broker and waits for its thread; returns the loop's result.
-    pub fn shutdown(mut self) -> io::Result<()> {
+    pub fn shutdown(mut self) -> std::io::Result<()> {
         self.stop_and_join()
     }
 
     /// Waits for the loop to exit by itself (client `shutdown` or idle timeout).
-    pub fn join(mut self) -> io::Result<()> {
+    pub fn join(mut self) -> std::io::Result<()> {
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+                .unwrap_or_else(|_| Err(std::io::Error::other("broker thread panicked"))),
             None => Ok(()),
         }
     }
 
-    fn stop_and_join(&mut self) -> io::Result<()> {
+    fn stop_and_join(&mut self) -> std::io::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.waker.wake();
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+                .unwrap_or_else(|_| Err(std::io::Error::other("broker thread panicked"))),
             None => Ok(()),
         }
     }

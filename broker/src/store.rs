@@ -13,11 +13,14 @@
 //!
 //! Time is passed in as `now` (milliseconds on the broker's monotonic clock), so
 //! tests drive it directly.
+//!
+//! Effects worth persisting (sets with their absolute deadline, deletes, evictions,
+//! clears; not expiries, which the deadlines imply) go to the store's
+//! [`EffectSink`], a type parameter: the broker's sink encodes log records, the
+//! default [`NoEffects`] compiles to nothing. The store never sees the log format.
 
 use hashbrown::HashTable;
 use procmesh_proto::{Codec, Num, Raw, Writer};
-
-use crate::persistence::aof;
 
 const NIL: u32 = u32::MAX;
 
@@ -88,8 +91,55 @@ pub struct StoreCounters {
     pub expired: u64,
 }
 
-/// The cache.
-pub struct Store {
+/// Receives the store's effects as they happen, in order. Deadlines are in ms on
+/// the broker clock (0 = none). Implementations must not allocate per call on the
+/// hot path (append to a reused buffer).
+pub trait EffectSink {
+    /// `key` now holds `value` (in `codec`) until `expire_at`.
+    fn set(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64);
+    /// `key` was deleted or evicted.
+    fn del(&mut self, key: &[u8]);
+    /// Everything was removed.
+    fn clear(&mut self);
+}
+
+/// A sink that drops every effect (a store without persistence).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEffects;
+
+impl EffectSink for NoEffects {
+    #[inline]
+    fn set(&mut self, _: &[u8], _: Codec, _: &[u8], _: u64) {}
+    #[inline]
+    fn del(&mut self, _: &[u8]) {}
+    #[inline]
+    fn clear(&mut self) {}
+}
+
+/// A sink switched on later (`None` records nothing: recovery replays with it off).
+impl<E: EffectSink> EffectSink for Option<E> {
+    #[inline]
+    fn set(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64) {
+        if let Some(e) = self {
+            e.set(key, codec, value, expire_at);
+        }
+    }
+    #[inline]
+    fn del(&mut self, key: &[u8]) {
+        if let Some(e) = self {
+            e.del(key);
+        }
+    }
+    #[inline]
+    fn clear(&mut self) {
+        if let Some(e) = self {
+            e.clear();
+        }
+    }
+}
+
+/// The cache, reporting its effects to `E`.
+pub struct Store<E = NoEffects> {
     cfg: StoreConfig,
     hasher: ahash::RandomState,
     table: HashTable<u32>,
@@ -104,21 +154,22 @@ pub struct Store {
     rng: u64,
     counters: StoreCounters,
     scratch: Vec<u8>,
-    journal: Option<Journal>,
-}
-
-/// Records of this turn's effects, for the append-only log.
-struct Journal {
-    buf: Vec<u8>,
-    unix_base_ms: u64,
+    effects: E,
 }
 
 /// Entries sampled per active-expiry round.
 const SAMPLE: usize = 20;
 
 impl Store {
-    /// An empty store with the given bounds.
+    /// An empty store with the given bounds that records no effects.
     pub fn new(cfg: StoreConfig) -> Store {
+        Store::with_effects(cfg, NoEffects)
+    }
+}
+
+impl<E: EffectSink> Store<E> {
+    /// An empty store with the given bounds, reporting effects to `effects`.
+    pub fn with_effects(cfg: StoreConfig, effects: E) -> Store<E> {
         Store {
             cfg,
             hasher: ahash::RandomState::new(),
@@ -134,22 +185,13 @@ impl Store {
             rng: 0x9e37_79b9_7f4a_7c15,
             counters: StoreCounters::default(),
             scratch: Vec::new(),
-            journal: None,
+            effects,
         }
     }
 
-    /// Starts recording effects (sets, deletes, evictions, clears) as log records;
-    /// `unix_base_ms` is the wall-clock time of the store's time 0.
-    pub fn enable_journal(&mut self, unix_base_ms: u64) {
-        self.journal = Some(Journal {
-            buf: Vec::new(),
-            unix_base_ms,
-        });
-    }
-
-    /// The records written since the buffer was last drained.
-    pub fn journal_buf(&mut self) -> Option<&mut Vec<u8>> {
-        self.journal.as_mut().map(|j| &mut j.buf)
+    /// The effect sink (to switch it on, or to drain what it collected).
+    pub fn effects_mut(&mut self) -> &mut E {
+        &mut self.effects
     }
 
     /// Visits up to `max` live entries from slot `from` on, with their absolute
@@ -339,14 +381,7 @@ impl Store {
                 slot
             }
         };
-        if let Some(j) = &mut self.journal {
-            let unix = if expire_at == 0 {
-                0
-            } else {
-                j.unix_base_ms + expire_at
-            };
-            aof::encode_set(&mut j.buf, key, codec, value, unix);
-        }
+        self.effects.set(key, codec, value, expire_at);
         self.enforce_bounds(slot);
         slot
     }
@@ -415,9 +450,7 @@ impl Store {
     /// Removes a slot as an effect worth logging (delete, eviction); expiry is not
     /// logged because records carry absolute deadlines.
     fn remove_logged(&mut self, slot: u32) {
-        if let Some(j) = &mut self.journal {
-            aof::encode_del(&mut j.buf, self.entries[slot as usize].key());
-        }
+        self.effects.del(self.entries[slot as usize].key());
         self.remove_slot(slot);
     }
 
@@ -457,9 +490,7 @@ impl Store {
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        if let Some(j) = &mut self.journal {
-            aof::encode_clear(&mut j.buf);
-        }
+        self.effects.clear();
         self.table.clear();
         self.entries.clear();
         self.entries.shrink_to(1024);
