@@ -3,7 +3,7 @@
 //!
 //! `core` owns a [`Mesh`] (cache, locks, pub/sub, RPC, timers, stats, durability
 //! gate) and the [`Conns`] table (buffers, codec, close state, dirty list). A driver
-//! (today [`crate::io::Reactor`] over mio) owns the sockets and the poll, reads bytes
+//! (today the mio `Reactor` in `io::epoll`) owns the sockets and the poll, reads bytes
 //! into a connection's buffer, then calls in:
 //!
 //! ```text

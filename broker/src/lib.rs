@@ -1,26 +1,40 @@
 //! `procmesh-broker`: the broker that holds a mesh's shared state.
 //!
-//! One single-threaded `mio` reactor per broker: every operation serialises through
-//! its loop, so atomics and locks are correct by construction. Clients connect over
-//! a Unix domain socket and speak the protocol of `procmesh-proto` in JSON or
-//! MessagePack (detected per connection).
+//! One single-threaded loop per broker: every operation serialises through it, so
+//! atomics and locks are correct by construction. The loop is split one way: an I/O
+//! driver ([`io`]) feeds a state machine (`core`) that knows nothing about sockets.
+//! Clients connect over a Unix domain socket and speak the protocol of
+//! `procmesh-proto` in JSON or MessagePack (detected per connection).
 //!
 //! ```text
-//!  client ──frames──▶ Connection.rbuf ──Frame (borrowed)──▶ dispatch ──▶ store / locks /
-//!                                                              │          pubsub / rpc
-//!  client ◀──one write per turn── Connection.wbuf ◀──replies───┘
+//!  socket ─▶ io (poll, accept, read) ─▶ Connection.rbuf ─▶ core::input ─▶ frame
+//!                                                                  │
+//!  dispatch: codec · Frame → Request · auth · gate admits writes ◀─┘
+//!     ├─ cache ─▶ store          ├─ pubsub ─▶ pubsub (fan-out)   ├─ control
+//!     ├─ locks ─▶ locks, store   ├─ rpc ─▶ rpc (invoke/result)
+//!     └─▶ reply builder ─▶ Conns::send ─▶ Connection.wbuf
+//!  core::end_turn: timers · heartbeat · expiry · gate.commit (log, fsync)
+//!  core::flush ─▶ Transport::flush (io) ─▶ socket      (one write per connection)
 //! ```
 //!
 //! # Layout
-//! - [`reactor`]: the poll loop, accept, read/flush, timers, heartbeat, idle exit.
-//! - [`connection`]: per-connection buffers and output accounting.
-//! - `dispatch`: what each message kind does.
-//! - [`store`]: the cache (TTL, LRU, atomics).
+//! - [`io`]: drivers: the address lock and listener; [`io::epoll`], the mio loop
+//!   (poll, accept, read, flush, loop order, idle exit). Feeds `core`.
+//! - `core`: the state machine: mesh state plus the connections' output, advanced one
+//!   turn at a time; reaches sockets only through [`connection::Transport`].
+//! - `mesh`: the state modules gathered for the command families.
+//! - `dispatch`: what each frame does: `dispatch/mod.rs` (codec, decode, auth, write
+//!   admission) and one file per command family (`cache`, `locks`, `pubsub`, `rpc`,
+//!   `control`).
+//! - [`connection`]: per-connection buffers, codec and close state; the `Conns` table,
+//!   its dirty list and the one reply helper; [`connection::ConnId`].
+//! - [`store`]: the cache (TTL, LRU, atomics); effects go to an [`store::EffectSink`].
 //! - [`locks`]: locks, FIFO waiters and fencing tokens.
 //! - [`pubsub`]: subscriptions and the wildcard index.
 //! - [`rpc`]: worker pools and pending calls.
 //! - [`timers`]: the one timer heap.
-//! - [`persistence`]: snapshot + append-only log, fsync policy, recovery.
+//! - [`persistence`]: snapshot + append-only log, fsync policy, recovery, and the
+//!   durability gate ([`persistence::gate`]).
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`config`](crate::config): configuration.
 //! - `cli`: the `procmesh status|stop|stats` client side.

@@ -1,5 +1,5 @@
 //! The mio (epoll) driver: the `Poll`, tokens, accept, reads, flushes and the fixed
-//! loop order; everything a frame means is [`Core`]'s business.
+//! loop order; everything a frame means is `Core`'s business.
 //!
 //! `epoll` owns the listener, the sockets (one per connection, indexed by
 //! [`ConnId`], which is also the mio token) and the loop; it calls into `Core` and is

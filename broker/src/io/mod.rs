@@ -1,4 +1,4 @@
-//! I/O drivers: what feeds the state machine ([`crate::core`]) from sockets.
+//! I/O drivers: what feeds the state machine (`core`) from sockets.
 //!
 //! `io` owns everything that touches the operating system on a client's behalf: the
 //! address lock and the listening socket (shared by every driver, here), and per

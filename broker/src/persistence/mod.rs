@@ -5,8 +5,8 @@
 //! - the log holds effects (absolute sets with absolute expiry, deletes, clears, fence
 //!   reservations), so replaying any suffix twice changes nothing;
 //! - with `always`, the writes dispatched in one loop turn share one fsync, and their
-//!   replies leave only after it (the reactor calls [`Persistence::commit`] before it
-//!   flushes);
+//!   replies leave only after it (the durability gate, [`gate`], calls
+//!   [`Persistence::commit`] before the core flushes);
 //! - a fencing token is never visible to a client before a FENCE record covering it is
 //!   durable, so tokens issued before a crash are below the floor after it;
 //! - recovery (snapshot, then segments in order) finishes before the socket is bound.
