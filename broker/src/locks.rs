@@ -517,4 +517,198 @@ mod tests {
         );
         assert_eq!(l.waiters(), 0);
     }
+
+    /// The model: per key, the holder (connection, expiry) and FIFO waiters
+    /// (connection, wait deadline, ttl, request tag). Timers fire in deadline order;
+    /// at one deadline a TTL expiry comes before a wait timeout (the heap's order).
+    #[derive(Debug, Clone)]
+    enum Op {
+        Lock {
+            key: u8,
+            conn: usize,
+            ttl: u64,
+            wait: u64,
+        },
+        Unlock {
+            key: u8,
+            conn: usize,
+        },
+        Close {
+            conn: usize,
+        },
+        Advance(u64),
+    }
+
+    #[derive(Default)]
+    struct Model {
+        holder: std::collections::BTreeMap<u8, (usize, u64)>,
+        waiters: std::collections::BTreeMap<u8, VecDeque<(usize, u64, u64, u64)>>,
+    }
+
+    /// (granted?, conn, request tag) — tokens are checked separately.
+    type Ev = (bool, usize, u64);
+
+    impl Model {
+        fn release(&mut self, key: u8, now: u64, out: &mut Vec<Ev>) {
+            self.holder.remove(&key);
+            if let Some(q) = self.waiters.get_mut(&key) {
+                if let Some((c, _, ttl, tag)) = q.pop_front() {
+                    self.holder.insert(key, (c, now.saturating_add(ttl)));
+                    out.push((true, c, tag));
+                }
+            }
+        }
+
+        fn advance(&mut self, now: u64, out: &mut Vec<Ev>) {
+            loop {
+                let next_exp = self.holder.values().map(|h| h.1).min();
+                let next_wait = self.waiters.values().flatten().map(|w| w.1).min();
+                let d = match (next_exp, next_wait) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => match a.or(b) {
+                        Some(d) => d,
+                        None => return,
+                    },
+                };
+                if d > now {
+                    return;
+                }
+                let expired: Vec<u8> = self
+                    .holder
+                    .iter()
+                    .filter(|(_, h)| h.1 == d)
+                    .map(|(k, _)| *k)
+                    .collect();
+                if !expired.is_empty() {
+                    for k in expired {
+                        self.release(k, now, out);
+                    }
+                    continue;
+                }
+                for q in self.waiters.values_mut() {
+                    q.retain(|&(c, dl, _, tag)| {
+                        if dl == d {
+                            out.push((false, c, tag));
+                        }
+                        dl != d
+                    });
+                }
+            }
+        }
+
+        fn held(&self) -> usize {
+            self.holder.len()
+        }
+
+        fn waiting(&self) -> usize {
+            self.waiters.values().map(VecDeque::len).sum()
+        }
+    }
+
+    fn ops() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3, 0usize..4, 1u64..60, prop_oneof![Just(0u64), 1u64..60])
+                .prop_map(|(key, conn, ttl, wait)| Op::Lock { key, conn, ttl, wait }),
+            2 => (0u8..3, 0usize..4).prop_map(|(key, conn)| Op::Unlock { key, conn }),
+            1 => (0usize..4).prop_map(|conn| Op::Close { conn }),
+            2 => (0u64..40).prop_map(Op::Advance),
+        ]
+    }
+
+    fn events(ev: &mut Vec<LockEvent>, last: &mut u64) -> Vec<Ev> {
+        let mut out = Vec::new();
+        for e in ev.drain(..) {
+            let (granted, conn, reply_to) = match e {
+                LockEvent::Granted {
+                    conn,
+                    reply_to,
+                    token,
+                } => {
+                    assert!(token.0 > *last, "tokens strictly increase");
+                    *last = token.0;
+                    (true, conn, reply_to)
+                }
+                LockEvent::TimedOut { conn, reply_to } => (false, conn, reply_to),
+            };
+            let tag = u64::from_be_bytes(
+                reply_to
+                    .as_deref()
+                    .and_then(|b| b.try_into().ok())
+                    .expect("every request in the model has a tag"),
+            );
+            out.push((granted, conn.0, tag));
+        }
+        out.sort();
+        out
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // Model test: grants, busy answers, FIFO hand-offs, TTL expiry, wait timeouts
+        // and disconnects agree with a straightforward per-key model.
+        #[test]
+        fn matches_model(script in prop::collection::vec(ops(), 1..120)) {
+            let mut t = Timers::default();
+            let mut l = LockTable::default();
+            let mut ev = Vec::new();
+            let mut m = Model::default();
+            let mut now = 0u64;
+            let mut last = 0u64;
+            for (tag, op) in script.into_iter().enumerate() {
+                let tag = tag as u64;
+                let mut want = Vec::new();
+                match op {
+                    Op::Lock { key, conn, ttl, wait } => {
+                        let name = format!("k{key}");
+                        let got = l.lock(&name, ConnId(conn), ttl, wait, Some(&tag.to_be_bytes()[..]), now, &mut t);
+                        if let std::collections::btree_map::Entry::Vacant(e) = m.holder.entry(key) {
+                            e.insert((conn, now.saturating_add(ttl)));
+                            match got {
+                                LockOutcome::Granted(tok) => {
+                                    prop_assert!(tok.0 > last, "tokens strictly increase");
+                                    last = tok.0;
+                                }
+                                other => prop_assert!(false, "expected a grant, got {:?}", other),
+                            }
+                        } else if wait == 0 {
+                            prop_assert_eq!(got, LockOutcome::Busy);
+                        } else {
+                            m.waiters.entry(key).or_default().push_back((conn, now + wait, ttl, tag));
+                            prop_assert_eq!(got, LockOutcome::Queued);
+                        }
+                    }
+                    Op::Unlock { key, conn } => {
+                        let got = l.unlock(&format!("k{key}"), ConnId(conn), now, &mut t, &mut ev);
+                        let holds = m.holder.get(&key).is_some_and(|h| h.0 == conn);
+                        prop_assert_eq!(got, holds);
+                        if holds {
+                            m.release(key, now, &mut want);
+                        }
+                    }
+                    Op::Close { conn } => {
+                        l.remove_conn(ConnId(conn), now, &mut t, &mut ev);
+                        for q in m.waiters.values_mut() {
+                            q.retain(|w| w.0 != conn);
+                        }
+                        let held: Vec<u8> = m.holder.iter().filter(|(_, h)| h.0 == conn).map(|(k, _)| *k).collect();
+                        for k in held {
+                            m.release(k, now, &mut want);
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += ms;
+                        while let Some(k) = t.pop_due(now) {
+                            l.on_timer(k, now, &mut t, &mut ev);
+                        }
+                        m.advance(now, &mut want);
+                    }
+                }
+                want.sort();
+                prop_assert_eq!(events(&mut ev, &mut last), want);
+                prop_assert_eq!(l.held(), m.held());
+                prop_assert_eq!(l.waiters(), m.waiting());
+            }
+        }
+    }
 }
