@@ -173,3 +173,52 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Connection;
+    use crate::store::StoreConfig;
+    use procmesh_proto::Codec;
+
+    fn store() -> Store<Option<EffectLog>> {
+        Store::with_effects(StoreConfig::default(), Some(EffectLog::new(0)))
+    }
+
+    fn gate(fsync: FsyncMode, dir: &std::path::Path) -> Gate {
+        let mut cfg = super::super::PersistConfig::new(dir);
+        cfg.fsync = fsync;
+        let (p, _) = Persistence::open(cfg, &mut store(), 0).expect("open");
+        Gate::new(Some(p))
+    }
+
+    #[test]
+    fn in_memory_admits_everything_and_holds_nothing() {
+        let mut g = Gate::new(None);
+        let id = Raw::new(Codec::Json, b"1");
+        assert!(g.admit(ConnId(0), 0, Some(id)).is_ok());
+        assert!(!g.holds(ConnId(0)));
+    }
+
+    #[test]
+    fn only_always_holds_replies_until_the_commit() {
+        for (mode, holds) in [
+            (FsyncMode::No, false),
+            (FsyncMode::EverySec, false),
+            (FsyncMode::Always, true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut g = gate(mode, dir.path());
+            let (mut s, mut locks, mut stats) = (store(), LockTable::default(), Stats::default());
+            let mut conns = Conns::new(usize::MAX);
+            let c = conns.insert(Connection::new(1, true, 0));
+            assert!(g.admit(c, 0, None).is_ok());
+            s.set("k", Raw::new(Codec::Json, b"1"), None, 0);
+            assert_eq!(g.holds(c), holds, "{mode:?}");
+            g.commit(&mut s, &mut locks, &mut conns, &mut stats);
+            assert!(!g.holds(c), "{mode:?}: nothing is held after the commit");
+            assert_eq!(conns[c].queued(), 0, "a successful commit retracts nothing");
+            assert!(g.log().is_some_and(|p| p.log_bytes() > 0), "{mode:?}");
+        }
+    }
+}
