@@ -210,6 +210,12 @@ impl Connection {
         self.wbuf.len() - self.wpos
     }
 
+    /// Length of the output buffer (the offset the next frame appended starts at).
+    #[inline]
+    pub fn out_len(&self) -> usize {
+        self.wbuf.len()
+    }
+
     /// The output buffer, to append frames to.
     #[inline]
     pub fn out(&mut self) -> &mut Vec<u8> {

@@ -127,8 +127,7 @@ pub(crate) fn handle<T: Transport>(
     }
     m.stats.op(kind);
     if is_write(kind) {
-        let reply_at = out[from].out().len();
-        if let Err(msg) = m.gate.admit(from, reply_at, id) {
+        if let Err(msg) = m.gate.admit(from, id, || out[from].out_len()) {
             m.stats.error(ErrorCode::Broker);
             if id.is_some() {
                 send_err(out, from, id, ErrorCode::Broker, &msg);

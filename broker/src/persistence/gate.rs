@@ -52,14 +52,15 @@ impl Gate {
         self.log.as_ref()
     }
 
-    /// Admits a write request from `conn` whose reply will start at `reply_at` in its
-    /// output. `Err` carries the refusal's message (the log is failing).
+    /// Admits a write request from `conn` whose reply will start at `reply_at()` in
+    /// its output (asked only when the reply is held). `Err` carries the refusal's
+    /// message (the log is failing).
     #[inline]
     pub fn admit(
         &mut self,
         conn: ConnId,
-        reply_at: usize,
         id: Option<Raw<'_>>,
+        reply_at: impl FnOnce() -> usize,
     ) -> Result<(), String> {
         let Some(p) = &self.log else {
             return Ok(());
@@ -72,7 +73,7 @@ impl Gate {
         if p.mode() == FsyncMode::Always {
             self.held.push(Held {
                 conn,
-                at: reply_at,
+                at: reply_at(),
                 id: id.map(|i| Box::<[u8]>::from(i.bytes)),
             });
         }
@@ -196,7 +197,7 @@ mod tests {
     fn in_memory_admits_everything_and_holds_nothing() {
         let mut g = Gate::new(None);
         let id = Raw::new(Codec::Json, b"1");
-        assert!(g.admit(ConnId(0), 0, Some(id)).is_ok());
+        assert!(g.admit(ConnId(0), Some(id), || 0).is_ok());
         assert!(!g.holds(ConnId(0)));
     }
 
@@ -212,7 +213,7 @@ mod tests {
             let (mut s, mut locks, mut stats) = (store(), LockTable::default(), Stats::default());
             let mut conns = Conns::new(usize::MAX);
             let c = conns.insert(Connection::new(1, true, 0));
-            assert!(g.admit(c, 0, None).is_ok());
+            assert!(g.admit(c, None, || 0).is_ok());
             s.set("k", Raw::new(Codec::Json, b"1"), None, 0);
             assert_eq!(g.holds(c), holds, "{mode:?}");
             g.commit(&mut s, &mut locks, &mut conns, &mut stats);
