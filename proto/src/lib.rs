@@ -9,7 +9,9 @@
 //! - [`frame`]: length prefix and size limit.
 //! - [`codec`]: the two codecs, detection, and the [`Writer`] that encodes either.
 //! - [`value`]: validation, scalar access, transcoding and structural equality of raw values.
-//! - [`message`]: frame kinds, in-place decoding of fields, the broker's frames.
+//! - [`message`]: frame kinds and in-place decoding of a frame's fields (the envelope).
+//! - [`request`]: typed client→broker messages ([`Request`]): decode from a frame, encode a frame.
+//! - [`response`]: broker→client frames ([`Reply`], [`Push`] and streaming reply builders).
 //! - [`error`]: the stable error codes and [`DecodeError`].
 //! - [`hash`]: FNV-1a over UTF-16 code units, exactly as the Node.js package.
 //! - [`topic`]: channel pattern matching.
@@ -37,10 +39,14 @@ pub mod error;
 pub mod frame;
 pub mod hash;
 pub mod message;
+pub mod request;
+pub mod response;
 pub mod topic;
 pub mod value;
 
 pub use codec::{Codec, Writer};
 pub use error::{DecodeError, ErrorCode};
 pub use message::{Frame, Kind};
+pub use request::{Acks, Request};
+pub use response::{Push, Reply};
 pub use value::{Num, Raw, Value};

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use crate::codec::{Codec, Writer};
+use crate::response::{Push, Reply};
 use crate::value::{for_each_field, Num, Raw};
 use crate::{frame, DecodeError, ErrorCode};
 
@@ -312,6 +313,83 @@ impl<'o> FrameWriter<'o> {
     }
 }
 
+/// A frame whose map counts its own entries: the MessagePack map header is a
+/// placeholder patched by [`MapEnc::finish`] (every procmesh frame has at most 15
+/// entries, so the header is always the one-byte fixmap form).
+pub(crate) struct MapEnc<'o> {
+    w: Writer<'o>,
+    at: usize,
+    n: usize,
+}
+
+/// Most entries a [`MapEnc`] frame can hold (a MessagePack fixmap).
+const MAP_ENC_MAX: usize = 15;
+
+impl<'o> MapEnc<'o> {
+    /// Begins a frame and writes `t`.
+    #[inline]
+    pub(crate) fn begin(codec: Codec, out: &'o mut Vec<u8>, t: &str) -> Self {
+        let at = frame::begin(out);
+        let mut w = Writer::new(codec, out);
+        w.begin_map(MAP_ENC_MAX);
+        w.key("t");
+        w.str(t);
+        MapEnc { w, at, n: 1 }
+    }
+
+    /// Writes key `k`; the caller then writes exactly one value with the writer.
+    #[inline]
+    pub(crate) fn key(&mut self, k: &str) -> &mut Writer<'o> {
+        self.n += 1;
+        debug_assert!(
+            self.n <= MAP_ENC_MAX,
+            "invariant: frames have at most 15 fields"
+        );
+        self.w.key(k);
+        &mut self.w
+    }
+
+    /// Writes `id` when present.
+    #[inline]
+    pub(crate) fn id(&mut self, id: Option<Raw<'_>>) {
+        if let Some(id) = id {
+            write_id(self.key("id"), id);
+        }
+    }
+
+    /// The writer, positioned for the next value of a value begun by the caller.
+    #[inline]
+    pub(crate) fn w(&mut self) -> &mut Writer<'o> {
+        &mut self.w
+    }
+
+    /// Writes an already-encoded value under `k`, transcoding when needed.
+    #[inline]
+    pub(crate) fn raw(&mut self, k: &str, v: Raw<'_>) -> Result<(), DecodeError> {
+        self.key(k).raw(v)
+    }
+
+    /// Ends the map, patches its entry count and writes the length prefix.
+    #[inline]
+    pub(crate) fn finish(mut self) {
+        self.w.end_map();
+        let codec = self.w.codec();
+        let (at, n) = (self.at, self.n);
+        let out = self.w.into_out();
+        if codec == Codec::MsgPack {
+            out[at + frame::PREFIX_LEN] = 0x80 | n as u8;
+        }
+        frame::finish(out, at);
+    }
+
+    /// Drops the frame begun, leaving `out` as it was before [`MapEnc::begin`].
+    #[inline]
+    pub(crate) fn abort(self) {
+        let at = self.at;
+        self.w.into_out().truncate(at);
+    }
+}
+
 /// `{"t":"ok","id":ID,"value":…}`: begins an ok reply; when `has_value`, the
 /// caller writes exactly one value with `w()` before `finish()`.
 #[inline]
@@ -331,7 +409,7 @@ pub fn begin_ok<'o>(
 }
 
 #[inline]
-fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
+pub(crate) fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
     if id.codec == w.codec() {
         w.raw_same(id.bytes);
     } else {
@@ -342,26 +420,28 @@ fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
     }
 }
 
-/// `{"t":"ok","id":ID,"value":true|false}`.
+// The builders below predate `response` and are kept as thin wrappers until every
+// caller has switched to `response::{Reply, Push, ok_value, ok_with, ...}`.
+
+/// `{"t":"ok","id":ID,"value":true|false}` (see [`Reply::Bool`]).
 #[inline]
 pub fn ok_bool(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: bool) {
-    let mut f = begin_ok(codec, out, id, true);
-    f.w.bool(v);
-    f.finish();
+    Reply::Bool(v).encode_into(codec, Some(id), out);
 }
 
-/// `{"t":"ok","id":ID}` (value absent).
+/// `{"t":"ok","id":ID}` (value absent; see [`Reply::Ok`]).
 #[inline]
 pub fn ok_empty(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>) {
-    begin_ok(codec, out, id, false).finish();
+    Reply::Ok.encode_into(codec, Some(id), out);
 }
 
-/// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None.
+/// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None
+/// (see [`Reply::Err`]).
 pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode, message: &str) {
-    err_with_code_str(codec, out, id, code.as_str(), message)
+    Reply::Err { code, message }.encode_into(codec, id, out);
 }
 
-/// Like [`err`], with a code string chosen by a peer (an RPC worker's own code).
+/// Like [`err`], with a code string chosen by a peer (see [`Reply::ErrCode`]).
 pub fn err_with_code_str(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -369,71 +449,35 @@ pub fn err_with_code_str(
     code: &str,
     message: &str,
 ) {
-    let mut f = FrameWriter::begin(codec, out, 3 + id.is_some() as usize, "err");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.w.key("message");
-    f.w.str(message);
-    f.w.key("code");
-    f.w.str(code);
-    f.finish();
+    Reply::ErrCode { code, message }.encode_into(codec, id, out);
 }
 
-/// `{"t":"pong","id":ID}`.
+/// `{"t":"pong","id":ID}` (see [`Reply::Pong`]).
 pub fn pong(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>) {
-    let mut f = FrameWriter::begin(codec, out, 1 + id.is_some() as usize, "pong");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.finish();
+    Reply::Pong.encode_into(codec, id, out);
 }
 
-/// `{"t":"ping"}` (a broker heartbeat).
+/// `{"t":"ping"}` (a broker heartbeat; see [`Push::Ping`]).
 pub fn ping(codec: Codec, out: &mut Vec<u8>) {
-    FrameWriter::begin(codec, out, 1, "ping").finish();
+    let _ = Push::Ping.encode_into(codec, out);
 }
 
-/// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}`.
+/// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}` (see [`Reply::Welcome`]).
 pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
-    let mut f = FrameWriter::begin(codec, out, 4 + id.is_some() as usize, "welcome");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.w.key("version");
-    f.w.int(PROTOCOL_VERSION);
-    f.w.key("broker");
-    f.w.str(broker);
-    f.w.key("pid");
-    f.w.str(pid);
-    f.finish();
+    Reply::Welcome { broker, pid }.encode_into(codec, id, out);
 }
 
-/// `{"t":"msg","channel":CH,"payload":P}`.
+/// `{"t":"msg","channel":CH,"payload":P}` (see [`Push::Msg`]).
 pub fn msg(
     codec: Codec,
     out: &mut Vec<u8>,
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    let start = out.len();
-    let mut f = FrameWriter::begin(codec, out, 3, "msg");
-    f.w.key("channel");
-    f.w.str(channel);
-    f.w.key("payload");
-    if let Err(e) = f.w.raw(payload) {
-        let out = f.w.into_out();
-        out.truncate(start);
-        return Err(e);
-    }
-    f.finish();
-    Ok(())
+    Push::Msg { channel, payload }.encode_into(codec, out)
 }
 
-/// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}`.
+/// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).
 pub fn invoke(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -441,20 +485,7 @@ pub fn invoke(
     name: &str,
     args: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    let start = out.len();
-    let mut f = FrameWriter::begin(codec, out, 4, "invoke");
-    f.w.key("id");
-    f.w.uint(id);
-    f.w.key("name");
-    f.w.str(name);
-    f.w.key("args");
-    if let Err(e) = f.w.raw(args) {
-        let out = f.w.into_out();
-        out.truncate(start);
-        return Err(e);
-    }
-    f.finish();
-    Ok(())
+    Push::Invoke { id, name, args }.encode_into(codec, out)
 }
 
 #[cfg(test)]

@@ -44,6 +44,66 @@ impl Num {
             Num::Float(f) => f,
         }
     }
+
+    /// Writes the number in the writer's codec (integers stay integers).
+    #[inline]
+    pub fn write(self, w: &mut crate::Writer<'_>) {
+        match self {
+            Num::Int(i) => w.int(i),
+            Num::UInt(u) => w.uint(u),
+            Num::Float(f) => w.float(f),
+        }
+    }
+}
+
+/// Addition with JavaScript's number semantics for what it can represent:
+/// integers stay integers while they fit `i64`/`u64`, otherwise the result is a
+/// float, and an integral float result becomes an integer again (2.5 + 0.5 = 3).
+impl std::ops::Add for Num {
+    type Output = Num;
+
+    fn add(self, b: Num) -> Num {
+        fn int(n: Num) -> Option<i128> {
+            match n {
+                Num::Int(i) => Some(i as i128),
+                Num::UInt(u) => Some(u as i128),
+                Num::Float(_) => None,
+            }
+        }
+        match (int(self), int(b)) {
+            (Some(x), Some(y)) => {
+                let s = x + y;
+                if let Ok(i) = i64::try_from(s) {
+                    Num::Int(i)
+                } else if let Ok(u) = u64::try_from(s) {
+                    Num::UInt(u)
+                } else {
+                    Num::Float(s as f64)
+                }
+            }
+            _ => {
+                let f = self.as_f64() + b.as_f64();
+                if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+                    Num::Int(f as i64)
+                } else {
+                    Num::Float(f)
+                }
+            }
+        }
+    }
+}
+
+/// Negation (for `decr`): `-i64::MIN` and any `UInt` become floats.
+impl std::ops::Neg for Num {
+    type Output = Num;
+
+    fn neg(self) -> Num {
+        match self {
+            Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
+            Num::UInt(u) => Num::Float(-(u as f64)),
+            Num::Float(f) => Num::Float(-f),
+        }
+    }
 }
 
 /// Checks that `buf[pos..]` starts with one complete valid value and returns the
@@ -552,6 +612,15 @@ impl<'a> Raw<'a> {
         match self.codec {
             Codec::Json => self.bytes == b"null",
             Codec::MsgPack => self.bytes == [0xc0],
+        }
+    }
+
+    /// True for a string (checked without unescaping or copying it).
+    #[inline]
+    pub fn is_str(&self) -> bool {
+        match self.codec {
+            Codec::Json => self.bytes.first() == Some(&b'"'),
+            Codec::MsgPack => matches!(mp_head(self.bytes, 0), Ok((MpHead::Str { .. }, _))),
         }
     }
 
