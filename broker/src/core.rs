@@ -22,7 +22,7 @@
 //! (except early flushes the gate allows); closing a connection releases its
 //! locks, subscriptions and calls in the same turn.
 
-use procmesh_proto::{frame, message, ErrorCode};
+use procmesh_proto::{frame, ErrorCode, Push};
 
 use crate::config::BrokerConfig;
 use crate::connection::{Closing, ConnId, Connection, Conns, ReadOutcome, Transport};
@@ -307,7 +307,10 @@ impl Core {
         }
         for k in ping {
             self.conns[k].last_ping = now;
-            self.conns.send(k, message::ping);
+            // A ping has no value to convert: encoding cannot fail.
+            let _ = self
+                .conns
+                .send(k, |codec, buf| Push::Ping.encode_into(codec, buf));
         }
         for k in reap {
             self.mesh.stats.reaped += 1;

@@ -5,13 +5,13 @@
 
 use std::borrow::Cow;
 
-use procmesh_proto::message;
-use procmesh_proto::{ErrorCode, Num, Raw};
+use procmesh_proto::response::{self, MgetReply};
+use procmesh_proto::{ErrorCode, Num, Raw, Reply};
 
-use super::{clip, ok_bool, write_ok_value, Fail, Res};
+use super::{clip, reply, write_ok_value, Fail, Res};
 use crate::connection::{ConnId, Conns};
 use crate::mesh::Mesh;
-use crate::store::{neg, write_num, AtomicError};
+use crate::store::AtomicError;
 
 /// `get`: the value, or an `ok` without one when the key is missing.
 #[inline]
@@ -35,19 +35,19 @@ pub(super) fn set(
     ttl_ms: Option<u64>,
 ) {
     m.store.set(key, value, ttl_ms, m.now);
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `del`: whether a live value was removed.
 pub(super) fn del(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let existed = m.store.del(key, m.now);
-    ok_bool(out, from, id, existed);
+    reply(out, from, id, Reply::Bool(existed));
 }
 
 /// `has`.
 pub(super) fn has(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let has = m.store.has(key, m.now);
-    ok_bool(out, from, id, has);
+    reply(out, from, id, Reply::Bool(has));
 }
 
 /// `keys`: every live key.
@@ -55,20 +55,14 @@ pub(super) fn keys(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'
     let Some(id) = id else { return };
     let keys = m.store.keys(m.now);
     out.send(from, |codec, buf| {
-        let mut fw = message::begin_ok(codec, buf, id, true);
-        fw.w().begin_array(keys.len());
-        for key in keys {
-            fw.w().str(key);
-        }
-        fw.w().end_array();
-        fw.finish();
+        response::keys(codec, Some(id), keys.into_iter(), buf)
     });
 }
 
 /// `clear`.
 pub(super) fn clear(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
     m.store.clear();
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `mget`: `{values, found}` in request order; never leaves a partial frame.
@@ -85,48 +79,15 @@ where
     let Some(id) = id else { return Ok(()) };
     let now = m.now;
     let store = &mut m.store;
-    let failed = out.send(from, |codec, buf| {
-        let mut found = Vec::with_capacity(names.len());
-        let start = buf.len();
-        let mut fw = message::begin_ok(codec, buf, id, true);
-        let w = fw.w();
-        w.begin_map(2);
-        w.key("values");
-        w.begin_array(names.len());
-        let mut failed = None;
+    out.send(from, |codec, buf| {
+        let mut r = MgetReply::begin(codec, Some(id), names.len(), buf);
         for name in names {
-            match store.get(&name, now) {
-                Some(v) => {
-                    found.push(true);
-                    if let Err(e) = w.raw(v) {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                None => {
-                    found.push(false);
-                    w.nil();
-                }
-            }
+            // A value that cannot be converted removes the whole reply.
+            r.push(store.get(&name, now))?;
         }
-        w.end_array();
-        w.key("found");
-        w.begin_array(found.len());
-        for b in &found {
-            w.bool(*b);
-        }
-        w.end_array();
-        w.end_map();
-        fw.finish();
-        if failed.is_some() {
-            buf.truncate(start);
-        }
-        failed
-    });
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+        r.finish();
+        Ok(())
+    })
 }
 
 /// `mset`: every pair, then one `ok`.
@@ -142,7 +103,7 @@ pub(super) fn mset<'e, I>(
     for (key, value) in pairs {
         m.store.set(&key, value, None, m.now);
     }
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `incr` (and `decr`, with `by` negated by the caller): the new number.
@@ -153,12 +114,10 @@ pub(super) fn incr(
     id: Option<Raw<'_>>,
     key: &str,
     by: Num,
-    decr: bool,
 ) -> Res {
-    let by = if decr { neg(by) } else { by };
     match m.store.incr(key, by, m.now) {
         Ok(n) => {
-            super::ok_with(out, from, id, |w| write_num(w, n));
+            reply(out, from, id, Reply::Num(n));
             Ok(())
         }
         Err(AtomicError::NotNumber) => Err(Fail::new(
@@ -179,5 +138,5 @@ pub(super) fn cas(
     next: Option<Raw<'_>>,
 ) {
     let swapped = m.store.cas(key, prev, next, m.now);
-    ok_bool(out, from, id, swapped);
+    reply(out, from, id, Reply::Bool(swapped));
 }

@@ -4,10 +4,10 @@
 //! modules' numbers into one reply, `shutdown` raises the mesh's flag (the driver
 //! stops after the turn).
 
-use procmesh_proto::message;
-use procmesh_proto::{ErrorCode, Raw};
+use procmesh_proto::response;
+use procmesh_proto::{ErrorCode, Raw, Reply};
 
-use super::{ok_bool, send_err};
+use super::{reply, send_err};
 use crate::connection::{Closing, ConnId, Conns};
 use crate::mesh::Mesh;
 use crate::stats::{Gauges, PersistGauges};
@@ -55,15 +55,16 @@ pub(super) fn hello(
             format!("{}-{}", std::process::id(), m.next_pid)
         }
     };
-    let name = &m.cfg.name;
-    out.send(from, |codec, buf| {
-        message::welcome(codec, buf, id, name, &pid)
-    });
+    let r = Reply::Welcome {
+        broker: &m.cfg.name,
+        pid: &pid,
+    };
+    out.send(from, |codec, buf| r.encode_into(codec, id, buf));
 }
 
 /// `ping`: `pong` with the same id.
 pub(super) fn ping(out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
-    out.send(from, |codec, buf| message::pong(codec, buf, id));
+    out.send(from, |codec, buf| Reply::Pong.encode_into(codec, id, buf));
 }
 
 /// `stats`: counters and gauges of every module.
@@ -102,15 +103,13 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
     };
     let stats = &m.stats;
     out.send(from, |codec, buf| {
-        let mut fw = message::begin_ok(codec, buf, id, true);
-        stats.encode(&g, fw.w());
-        fw.finish();
+        response::ok_with(codec, Some(id), buf, |w| stats.encode(&g, w))
     });
 }
 
 /// `shutdown`: answered, then the driver stops after this turn.
 pub(super) fn shutdown(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
     m.shutdown = true;
 }
 

@@ -4,9 +4,9 @@
 //! Owns no state; the lock table owns holders, waiters and fencing tokens and
 //! returns events, which only this file turns into frames.
 
-use procmesh_proto::{ErrorCode, Raw};
+use procmesh_proto::{ErrorCode, Raw, Reply};
 
-use super::{clip, ok_bool, ok_with, Fail, Res};
+use super::{clip, reply, Fail, Res};
 use crate::connection::{ConnId, Conns};
 use crate::locks::{FencingToken, LockEvent, LockOutcome};
 use crate::mesh::Mesh;
@@ -41,7 +41,7 @@ pub(super) fn lock(
 pub(super) fn unlock(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let mut events = std::mem::take(&mut m.lock_events);
     let held = m.locks.unlock(key, from, m.now, &mut m.timers, &mut events);
-    ok_bool(out, from, id, held);
+    reply(out, from, id, Reply::Bool(held));
     deliver_events(out, &mut events);
     m.lock_events = events;
 }
@@ -87,23 +87,20 @@ pub(super) fn fenced(
         Fenced::Cas(prev, next) => m.store.cas(target, prev, next, now),
         Fenced::Del => m.store.del(target, now),
     };
-    ok_bool(out, from, id, result);
+    reply(out, from, id, Reply::Bool(result));
     Ok(())
 }
 
 /// `{acquired, token}`.
 fn lock_reply(out: &mut Conns, to: ConnId, id: Option<Raw<'_>>, token: Option<FencingToken>) {
-    ok_with(out, to, id, |w| {
-        w.begin_map(2);
-        w.key("acquired");
-        w.bool(token.is_some());
-        w.key("token");
-        match token {
-            Some(t) => w.uint(t.0),
-            None => w.nil(),
-        }
-        w.end_map();
-    });
+    reply(
+        out,
+        to,
+        id,
+        Reply::Lock {
+            token: token.map(|t| t.0),
+        },
+    );
 }
 
 /// Answers waiters whose lock was granted or whose wait ran out (drains `events`).

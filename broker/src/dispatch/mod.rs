@@ -21,13 +21,14 @@ pub(crate) mod rpc;
 
 use std::borrow::Cow;
 
-use procmesh_proto::message::{
-    self, need_str, need_value, opt_ms, opt_num, opt_str, opt_u64, Frame,
-};
-use procmesh_proto::{Codec, DecodeError, ErrorCode, Kind, Num, Raw, Writer};
+use procmesh_proto::message::Frame;
+use procmesh_proto::response::{self, Reply};
+use procmesh_proto::{Codec, DecodeError, ErrorCode, Kind, Raw, Request};
 
 use crate::connection::{Closing, ConnId, Conns, Transport};
 use crate::mesh::Mesh;
+use crate::store::neg;
+use locks::Fenced;
 
 /// Why a request failed: the code and message sent back.
 pub(crate) struct Fail {
@@ -46,25 +47,13 @@ impl Fail {
 
 impl From<DecodeError> for Fail {
     fn from(e: DecodeError) -> Fail {
-        Fail::new(ErrorCode::Broker, e.message().to_string())
+        Fail::new(e.code(), e.message().to_string())
     }
 }
 
 type Res = Result<(), Fail>;
 
-/// Longest type tag quoted back in an EUNKNOWN message.
-const TAG_QUOTE_MAX: usize = 64;
-
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+use procmesh_proto::request::clip;
 
 /// Handles one frame payload from connection `from`.
 pub(crate) fn handle<T: Transport>(
@@ -153,144 +142,74 @@ fn route<T: Transport>(
     f: &Frame<'_>,
 ) -> Res {
     let id = f.id;
-    match kind {
-        Kind::Get => cache::get(m, out, from, id, &need_str(f.key, "key")?),
-        Kind::Set => {
-            let key = need_str(f.key, "key")?;
-            let value = need_value(f.value, "value")?;
-            let ttl = opt_ms(f.ttl, "ttl")?;
-            cache::set(m, out, from, id, &key, value, ttl);
+    match Request::from_frame(kind, f)? {
+        Request::Get { key } => cache::get(m, out, from, id, &key),
+        Request::Set { key, value, ttl_ms } => cache::set(m, out, from, id, &key, value, ttl_ms),
+        Request::Del { key } => cache::del(m, out, from, id, &key),
+        Request::Has { key } => cache::has(m, out, from, id, &key),
+        Request::Keys => cache::keys(m, out, from, id),
+        Request::Clear => cache::clear(m, out, from, id),
+        Request::Mget { keys } => cache::mget(m, out, from, id, keys.iter())?,
+        Request::Mset { entries } => cache::mset(m, out, from, id, entries.iter()),
+        Request::Incr { key, by } => cache::incr(m, out, from, id, &key, by)?,
+        Request::Decr { key, by } => cache::incr(m, out, from, id, &key, neg(by))?,
+        Request::Cas { key, prev, next } => cache::cas(m, out, from, id, &key, prev, next),
+        Request::Lock {
+            key,
+            ttl_ms,
+            wait_ms,
+        } => locks::lock(m, out, from, id, &key, ttl_ms, wait_ms),
+        Request::Unlock { key } => locks::unlock(m, out, from, id, &key),
+        Request::Fset {
+            key,
+            token,
+            k,
+            value,
+            ttl_ms,
+        } => locks::fenced(
+            m,
+            out,
+            from,
+            id,
+            &key,
+            token,
+            &k,
+            Fenced::Set(value, ttl_ms),
+        )?,
+        Request::Fcas {
+            key,
+            token,
+            k,
+            prev,
+            next,
+        } => locks::fenced(m, out, from, id, &key, token, &k, Fenced::Cas(prev, next))?,
+        Request::Fdel { key, token, k } => {
+            locks::fenced(m, out, from, id, &key, token, &k, Fenced::Del)?
         }
-        Kind::Del => cache::del(m, out, from, id, &need_str(f.key, "key")?),
-        Kind::Has => cache::has(m, out, from, id, &need_str(f.key, "key")?),
-        Kind::Keys => cache::keys(m, out, from, id),
-        Kind::Clear => cache::clear(m, out, from, id),
-        Kind::Mget => {
-            let keys = need_value(f.keys, "keys")?;
-            let items = keys
-                .array()
-                .ok_or_else(|| Fail::new(ErrorCode::Broker, "field `keys` must be an array"))?;
-            let mut names = Vec::new();
-            for (i, item) in items.enumerate() {
-                names.push(item.as_str().ok_or_else(|| {
-                    Fail::new(ErrorCode::Broker, format!("keys[{i}] must be a string"))
-                })?);
-            }
-            cache::mget(m, out, from, id, names.into_iter())?;
+        Request::Sub { channel } => pubsub::sub(m, out, from, id, &channel),
+        Request::Unsub { channel } => pubsub::unsub(m, out, from, id, &channel),
+        Request::Pub {
+            channel,
+            payload,
+            acks,
+            ..
+        } => pubsub::publish(m, out, io, from, id, &channel, payload, acks)?,
+        Request::Reg { name } => rpc::reg(m, out, from, id, &name),
+        Request::Unreg { name } => rpc::unreg(m, out, from, id, &name),
+        Request::Call {
+            name,
+            args,
+            timeout_ms,
+        } => rpc::call(m, out, from, id, &name, args, timeout_ms)?,
+        Request::Result { id, result, error } => rpc::result(m, out, from, id, result, error),
+        Request::Hello { token, pid, .. } => {
+            control::hello(m, out, from, id, token.as_deref(), pid.as_deref())
         }
-        Kind::Mset => {
-            let entries = need_value(f.entries, "entries")?;
-            let items = entries.array().ok_or_else(|| {
-                Fail::new(
-                    ErrorCode::Broker,
-                    "field `entries` must be an array of [key, value] pairs",
-                )
-            })?;
-            let mut pairs: Vec<(Cow<'_, str>, Raw<'_>)> = Vec::new();
-            for (i, item) in items.enumerate() {
-                let bad = || {
-                    Fail::new(
-                        ErrorCode::Broker,
-                        format!("entries[{i}] must be a [key, value] pair with a string key"),
-                    )
-                };
-                let mut it = item.array().ok_or_else(bad)?;
-                let key = it.next().and_then(|k| k.as_str()).ok_or_else(bad)?;
-                let value = it.next().ok_or_else(bad)?;
-                if it.next().is_some() {
-                    return Err(bad());
-                }
-                pairs.push((key, value));
-            }
-            cache::mset(m, out, from, id, pairs.into_iter());
-        }
-        Kind::Incr | Kind::Decr => {
-            let key = need_str(f.key, "key")?;
-            let by = opt_num(f.by, "by")?.unwrap_or(Num::Int(1));
-            cache::incr(m, out, from, id, &key, by, kind == Kind::Decr)?;
-        }
-        Kind::Cas => cache::cas(m, out, from, id, &need_str(f.key, "key")?, f.prev, f.next),
-        Kind::Lock => {
-            let key = need_str(f.key, "key")?;
-            let ttl = opt_ms(f.ttl, "ttl")?;
-            let wait = opt_ms(f.wait, "wait")?;
-            locks::lock(m, out, from, id, &key, ttl, wait);
-        }
-        Kind::Unlock => locks::unlock(m, out, from, id, &need_str(f.key, "key")?),
-        Kind::Fset | Kind::Fcas | Kind::Fdel => {
-            let lock_key = need_str(f.key, "key")?;
-            let target = need_str(f.k, "k")?;
-            let token = opt_u64(f.token, "token")?;
-            let op = match kind {
-                Kind::Fset => {
-                    locks::Fenced::Set(need_value(f.value, "value")?, opt_ms(f.ttl, "ttl")?)
-                }
-                Kind::Fcas => locks::Fenced::Cas(f.prev, f.next),
-                _ => locks::Fenced::Del,
-            };
-            locks::fenced(m, out, from, id, &lock_key, token, &target, op)?;
-        }
-        Kind::Sub => pubsub::sub(m, out, from, id, &need_str(f.channel, "channel")?),
-        Kind::Unsub => pubsub::unsub(m, out, from, id, &need_str(f.channel, "channel")?),
-        Kind::Pub => {
-            let channel = need_str(f.channel, "channel")?;
-            let acks = match f.acks {
-                None => pubsub::Acks::One,
-                Some(a) if a.is_nil() => pubsub::Acks::One,
-                Some(a) => match (a.as_i64(), a.as_str()) {
-                    (Some(0), _) => pubsub::Acks::None,
-                    (Some(1), _) => pubsub::Acks::One,
-                    (_, Some(s)) if s == "all" => pubsub::Acks::All,
-                    _ => {
-                        return Err(Fail::new(
-                            ErrorCode::Broker,
-                            "field `acks` must be 0, 1 or \"all\"",
-                        ))
-                    }
-                },
-            };
-            pubsub::publish(m, out, io, from, id, &channel, f.payload, acks)?;
-        }
-        Kind::Reg => rpc::reg(m, out, from, id, &need_str(f.name, "name")?),
-        Kind::Unreg => rpc::unreg(m, out, from, id, &need_str(f.name, "name")?),
-        Kind::Call => {
-            let name = need_str(f.name, "name")?;
-            let args = f.args.filter(|a| !a.is_nil());
-            let timeout = opt_ms(f.timeout, "timeout")?;
-            rpc::call(m, out, from, id, &name, args, timeout)?;
-        }
-        Kind::Result => {
-            let Some(call_id) = opt_u64(f.id, "id")? else {
-                return Err(Fail::new(
-                    ErrorCode::Broker,
-                    "result without the invoke's `id`",
-                ));
-            };
-            rpc::result(
-                m,
-                out,
-                from,
-                call_id,
-                f.result,
-                f.error.filter(|e| !e.is_nil()),
-            );
-        }
-        Kind::Hello => {
-            let token = opt_str(f.token, "token").ok().flatten();
-            let pid = opt_str(f.pid, "pid").ok().flatten();
-            control::hello(m, out, from, id, token.as_deref(), pid.as_deref());
-        }
-        Kind::Ping => control::ping(out, from, id),
-        Kind::Pong => {}
-        Kind::Stats => control::stats(m, out, from, id),
-        Kind::Shutdown => control::shutdown(m, out, from, id),
-        Kind::Welcome | Kind::Ok | Kind::Err | Kind::Msg | Kind::Invoke | Kind::Unknown => {
-            let tag = f.t.and_then(|t| t.as_str()).unwrap_or(Cow::Borrowed("?"));
-            return Err(Fail::new(
-                ErrorCode::Unknown,
-                format!("unknown message type `{}`", clip(&tag, TAG_QUOTE_MAX)),
-            ));
-        }
+        Request::Ping => control::ping(out, from, id),
+        Request::Pong => {}
+        Request::Stats => control::stats(m, out, from, id),
+        Request::Shutdown => control::shutdown(m, out, from, id),
+        #[allow(unreachable_patterns)]
         _ => return Err(Fail::new(ErrorCode::Unknown, "unknown message type")),
     }
     Ok(())
@@ -315,28 +234,18 @@ fn is_write(kind: Kind) -> bool {
     )
 }
 
-// ------------------------------------------------------------ reply shapes
-// Every reply goes through `Conns::send`; these only name the common shapes.
+// ------------------------------------------------------------ replies
+// Every reply goes through `Conns::send` with a proto builder; these only skip the
+// reply when the request had no id.
 
-/// `ok` with a boolean value (nothing when the request had no id).
+/// A reply of a known shape (nothing when the request had no id).
 #[inline]
-fn ok_bool(out: &mut Conns, to: ConnId, id: Option<Raw<'_>>, v: bool) {
+fn reply(out: &mut Conns, to: ConnId, id: Option<Raw<'_>>, r: Reply<'_>) {
     let Some(id) = id else { return };
-    out.send(to, |codec, buf| message::ok_bool(codec, buf, id, v));
+    out.send(to, |codec, buf| r.encode_into(codec, Some(id), buf));
 }
 
-/// `ok` with a value written by `f` (nothing when the request had no id).
-#[inline]
-fn ok_with(out: &mut Conns, to: ConnId, id: Option<Raw<'_>>, f: impl FnOnce(&mut Writer<'_>)) {
-    let Some(id) = id else { return };
-    out.send(to, |codec, buf| {
-        let mut fw = message::begin_ok(codec, buf, id, true);
-        f(fw.w());
-        fw.finish();
-    });
-}
-
-/// An `err` reply.
+/// An `err` reply (with the request's id when it had one).
 pub(crate) fn send_err(
     out: &mut Conns,
     to: ConnId,
@@ -344,7 +253,9 @@ pub(crate) fn send_err(
     code: ErrorCode,
     msg: &str,
 ) {
-    out.send(to, |codec, buf| message::err(codec, buf, id, code, msg));
+    out.send(to, |codec, buf| {
+        Reply::Err { code, message: msg }.encode_into(codec, id, buf)
+    });
 }
 
 /// `ok` with a stored value (or no value when absent), never leaving a partial frame.
@@ -352,22 +263,15 @@ pub(crate) fn send_err(
 fn write_ok_value(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: Option<Raw<'_>>, what: &str) {
     match v {
         Some(v) => {
-            let start = out.len();
-            let mut fw = message::begin_ok(codec, out, id, true);
-            let r = fw.w().raw(v);
-            fw.finish();
-            if r.is_err() {
-                out.truncate(start);
-                message::err(
-                    codec,
-                    out,
-                    Some(id),
-                    ErrorCode::Broker,
-                    &format!("{what} could not be converted to this connection's codec"),
-                );
+            if response::ok_value(codec, Some(id), v, out).is_err() {
+                Reply::Err {
+                    code: ErrorCode::Broker,
+                    message: &format!("{what} could not be converted to this connection's codec"),
+                }
+                .encode_into(codec, Some(id), out);
             }
         }
-        None => message::ok_empty(codec, out, id),
+        None => Reply::Ok.encode_into(codec, Some(id), out),
     }
 }
 

@@ -7,35 +7,16 @@
 //! socket through the driver's [`Transport`] — except on connections whose replies
 //! the durability gate holds for this turn's fsync.
 
-use procmesh_proto::message;
-use procmesh_proto::{Codec, Raw};
+use procmesh_proto::{Acks, Codec, Push, Raw, Reply};
 
-use super::{ok_bool, ok_with, Fail, Res};
+use super::{reply, Fail, Res};
 use crate::connection::{Closing, ConnId, Conns, Transport};
 use crate::mesh::Mesh;
-
-/// How a publisher wants its `pub` acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Acks {
-    /// `0`: no reply; messages may be dropped at slow subscribers.
-    None,
-    /// `1` (default): reply with the delivered count; messages may be dropped.
-    One,
-    /// `"all"`: reply; never dropped at the high-water mark.
-    All,
-}
 
 /// `sub`.
 pub(super) fn sub(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, channel: &str) {
     m.pubsub.subscribe(from, channel);
-    ok_with(out, from, id, |w| {
-        w.begin_map(2);
-        w.key("ok");
-        w.bool(true);
-        w.key("offset");
-        w.int(0);
-        w.end_map();
-    });
+    reply(out, from, id, Reply::Sub { offset: 0 });
 }
 
 /// `unsub`.
@@ -47,7 +28,7 @@ pub(super) fn unsub(
     channel: &str,
 ) {
     m.pubsub.unsubscribe(from, channel);
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `pub`: fans `payload` (null when absent) out to every matching open connection.
@@ -69,7 +50,7 @@ pub(super) fn publish<T: Transport>(
         &[0xc0]
     };
     let payload = payload.unwrap_or(Raw::new(src_codec, null));
-    let droppable = acks != Acks::All;
+    let droppable = acks.is_droppable();
     // Encode the message once per codec.
     let mut enc = std::mem::take(&mut m.fanout);
     for e in enc.iter_mut() {
@@ -91,7 +72,7 @@ pub(super) fn publish<T: Transport>(
         let codec = conn.codec();
         let slot = codec as usize;
         if enc[slot].is_empty() {
-            if let Err(e) = message::msg(codec, &mut enc[slot], channel, payload) {
+            if let Err(e) = (Push::Msg { channel, payload }).encode_into(codec, &mut enc[slot]) {
                 failed = Some(e.into());
                 break;
             }
@@ -119,8 +100,8 @@ pub(super) fn publish<T: Transport>(
     if let Some(e) = failed {
         return Err(e);
     }
-    if acks != Acks::None {
-        ok_with(out, from, id, |w| w.uint(delivered));
+    if acks.wants_reply() {
+        reply(out, from, id, Reply::UInt(delivered));
     }
     Ok(())
 }

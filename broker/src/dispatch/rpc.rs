@@ -5,10 +5,9 @@
 //! caller only while the caller's connection is the same incarnation (serial) that
 //! asked: a reused slot never gets someone else's answer.
 
-use procmesh_proto::message;
-use procmesh_proto::{Codec, ErrorCode, Raw};
+use procmesh_proto::{Codec, ErrorCode, Push, Raw, Reply};
 
-use super::{clip, ok_bool, write_ok_value, Fail, Res};
+use super::{clip, reply, write_ok_value, Fail, Res};
 use crate::connection::{ConnId, Conns};
 use crate::mesh::Mesh;
 use crate::rpc::PendingCall;
@@ -16,13 +15,13 @@ use crate::rpc::PendingCall;
 /// `reg`.
 pub(super) fn reg(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, name: &str) {
     m.rpc.register(from, name);
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `unreg`.
 pub(super) fn unreg(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, name: &str) {
     m.rpc.unregister(from, name);
-    ok_bool(out, from, id, true);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `call`: picks a worker and sends it an `invoke`; the caller's reply comes with
@@ -67,9 +66,12 @@ pub(super) fn call(
             format!("no handler registered for `{}`", clip(name, 200)),
         ));
     };
-    if let Err(e) = out.send(worker, |codec, buf| {
-        message::invoke(codec, buf, call_id, name, args)
-    }) {
+    let invoke = Push::Invoke {
+        id: call_id,
+        name,
+        args,
+    };
+    if let Err(e) = out.send(worker, |codec, buf| invoke.encode_into(codec, buf)) {
         m.rpc.expire(call_id);
         return Err(e.into());
     }
@@ -115,8 +117,12 @@ pub(super) fn result(
             } else if let Some(m) = err.as_str() {
                 message = clip(&m, 4096).to_string();
             }
+            let r = Reply::ErrCode {
+                code: &code,
+                message: &message,
+            };
             out.send(call.caller, |codec, buf| {
-                message::err_with_code_str(codec, buf, Some(id), &code, &message)
+                r.encode_into(codec, Some(id), buf)
             });
         }
         None => out.send(call.caller, |codec, buf| {
@@ -145,7 +151,11 @@ pub(crate) fn fail_call(m: &mut Mesh, out: &mut Conns, call: PendingCall, code: 
         _ => format!("call to `{}` timed out", call.name),
     };
     m.stats.error(code);
+    let r = Reply::Err {
+        code,
+        message: &message,
+    };
     out.send(call.caller, |_, buf| {
-        message::err(codec, buf, Some(Raw::new(codec, reply_to)), code, &message)
+        r.encode_into(codec, Some(Raw::new(codec, reply_to)), buf)
     });
 }
