@@ -518,10 +518,10 @@ impl<E: EffectSink> Store<E> {
             }
             None => (Num::Int(0), Codec::MsgPack, self.deadline(None, now)),
         };
-        let result = add(current, by);
+        let result = current + by;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        write_num(&mut Writer::new(codec, &mut buf), result);
+        result.write(&mut Writer::new(codec, &mut buf));
         self.put_at(found, key.as_bytes(), codec, &buf, deadline);
         self.scratch = buf;
         Ok(result)
@@ -642,57 +642,6 @@ impl<E: EffectSink> Store<E> {
     }
 }
 
-/// Adds two numbers: integers stay integers while they fit, otherwise the result
-/// is a float (JavaScript's number semantics for what it can represent).
-pub fn add(a: Num, b: Num) -> Num {
-    fn int(n: Num) -> Option<i128> {
-        match n {
-            Num::Int(i) => Some(i as i128),
-            Num::UInt(u) => Some(u as i128),
-            Num::Float(_) => None,
-        }
-    }
-    match (int(a), int(b)) {
-        (Some(x), Some(y)) => {
-            let s = x + y;
-            if let Ok(i) = i64::try_from(s) {
-                Num::Int(i)
-            } else if let Ok(u) = u64::try_from(s) {
-                Num::UInt(u)
-            } else {
-                Num::Float(s as f64)
-            }
-        }
-        _ => {
-            let f = a.as_f64() + b.as_f64();
-            // 2.5 + 0.5 = 3: keep integral results as integers, as JSON would show them.
-            if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
-                Num::Int(f as i64)
-            } else {
-                Num::Float(f)
-            }
-        }
-    }
-}
-
-/// Negates a number (for `decr`).
-pub fn neg(n: Num) -> Num {
-    match n {
-        Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
-        Num::UInt(u) => Num::Float(-(u as f64)),
-        Num::Float(f) => Num::Float(-f),
-    }
-}
-
-/// Writes a number in the writer's codec.
-pub fn write_num(w: &mut Writer<'_>, n: Num) {
-    match n {
-        Num::Int(i) => w.int(i),
-        Num::UInt(u) => w.uint(u),
-        Num::Float(f) => w.float(f),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,11 +718,11 @@ mod tests {
         assert_eq!(s.ttl_left("n", 100), Some(900));
         assert_eq!(s.incr("n", Num::Float(0.5), 200), Ok(Num::Float(7.5)));
         assert_eq!(s.get("n", 1000), None);
-        assert_eq!(s.incr("fresh", neg(Num::Int(3)), 0), Ok(Num::Int(-3)));
+        assert_eq!(s.incr("fresh", -Num::Int(3), 0), Ok(Num::Int(-3)));
         s.set("s", j("\"x\""), None, 0);
         assert_eq!(s.incr("s", Num::Int(1), 0), Err(AtomicError::NotNumber));
         assert_eq!(
-            add(Num::Int(i64::MAX), Num::Int(1)),
+            Num::Int(i64::MAX) + Num::Int(1),
             Num::UInt(i64::MAX as u64 + 1)
         );
     }

@@ -27,7 +27,6 @@ use procmesh_proto::{Codec, DecodeError, ErrorCode, Kind, Raw, Request};
 
 use crate::connection::{Closing, ConnId, Conns, Transport};
 use crate::mesh::Mesh;
-use crate::store::neg;
 use locks::Fenced;
 
 /// Why a request failed: the code and message sent back.
@@ -152,7 +151,7 @@ fn route<T: Transport>(
         Request::Mget { keys } => cache::mget(m, out, from, id, keys.iter())?,
         Request::Mset { entries } => cache::mset(m, out, from, id, entries.iter()),
         Request::Incr { key, by } => cache::incr(m, out, from, id, &key, by)?,
-        Request::Decr { key, by } => cache::incr(m, out, from, id, &key, neg(by))?,
+        Request::Decr { key, by } => cache::incr(m, out, from, id, &key, -by)?,
         Request::Cas { key, prev, next } => cache::cas(m, out, from, id, &key, prev, next),
         Request::Lock {
             key,

@@ -14,7 +14,7 @@
 //! Invariants: replies are held only with `fsync always`, so [`Gate::holds`] is
 //! false under the other policies; the held list is empty after every commit.
 
-use procmesh_proto::{message, ErrorCode, Raw};
+use procmesh_proto::{ErrorCode, Raw, Reply};
 
 use super::aof::EffectLog;
 use super::{FsyncMode, Persistence};
@@ -153,7 +153,11 @@ impl Gate {
             }
             conns.send(h.conn, |codec, out| {
                 let id = h.id.as_deref().map(|b| Raw::new(codec, b));
-                message::err(codec, out, id, ErrorCode::Broker, &msg);
+                Reply::Err {
+                    code: ErrorCode::Broker,
+                    message: &msg,
+                }
+                .encode_into(codec, id, out);
             });
             stats.error(ErrorCode::Broker);
         }
