@@ -518,196 +518,393 @@ mod tests {
         assert_eq!(l.waiters(), 0);
     }
 
-    /// The model: per key, the holder (connection, expiry) and FIFO waiters
-    /// (connection, wait deadline, ttl, request tag). Timers fire in deadline order;
-    /// at one deadline a TTL expiry comes before a wait timeout (the heap's order).
-    #[derive(Debug, Clone)]
-    enum Op {
-        Lock {
-            key: u8,
-            conn: usize,
-            ttl: u64,
-            wait: u64,
-        },
-        Unlock {
-            key: u8,
-            conn: usize,
-        },
-        Close {
-            conn: usize,
-        },
-        Advance(u64),
-    }
+    /// Model test: random lock / unlock / fence / clock-advance / disconnect sequences
+    /// over a few keys and connections, against a plain reference (one holder per
+    /// key, FIFO waiters, tokens from one counter, a high mark raised by grants and
+    /// accepted fences, waiters timed out `wait` ms after queueing).
+    mod model {
+        use std::collections::{BTreeMap, VecDeque};
 
-    #[derive(Default)]
-    struct Model {
-        holder: std::collections::BTreeMap<u8, (usize, u64)>,
-        waiters: std::collections::BTreeMap<u8, VecDeque<(usize, u64, u64, u64)>>,
-    }
+        use proptest::prelude::*;
 
-    /// (granted?, conn, request tag) — tokens are checked separately.
-    type Ev = (bool, usize, u64);
+        use super::*;
 
-    impl Model {
-        fn release(&mut self, key: u8, now: u64, out: &mut Vec<Ev>) {
-            self.holder.remove(&key);
-            if let Some(q) = self.waiters.get_mut(&key) {
-                if let Some((c, _, ttl, tag)) = q.pop_front() {
-                    self.holder.insert(key, (c, now.saturating_add(ttl)));
-                    out.push((true, c, tag));
-                }
-            }
+        const KEYS: [&str; 3] = ["a", "b", "c"];
+
+        /// The table's connection key for model connection `i`.
+        fn conn(i: u8) -> ConnId {
+            ConnId(i.into())
         }
 
-        fn advance(&mut self, now: u64, out: &mut Vec<Ev>) {
-            loop {
-                let next_exp = self.holder.values().map(|h| h.1).min();
-                let next_wait = self.waiters.values().flatten().map(|w| w.1).min();
-                let d = match (next_exp, next_wait) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (a, b) => match a.or(b) {
-                        Some(d) => d,
-                        None => return,
-                    },
-                };
-                if d > now {
-                    return;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Lock {
+                key: usize,
+                conn: u8,
+                ttl: u64,
+                wait: u64,
+            },
+            Unlock {
+                key: usize,
+                conn: u8,
+            },
+            Fence {
+                key: usize,
+                delta: i8,
+            },
+            Advance(u64),
+            Disconnect(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0..3usize, 0..4u8, 0..40u64, 0..40u64)
+                    .prop_map(|(key, conn, ttl, wait)| Op::Lock { key, conn, ttl, wait }),
+                3 => (0..3usize, 0..4u8).prop_map(|(key, conn)| Op::Unlock { key, conn }),
+                1 => (0..3usize, -2i8..3).prop_map(|(key, delta)| Op::Fence { key, delta }),
+                3 => (0..30u64).prop_map(Op::Advance),
+                1 => (0..4u8).prop_map(Op::Disconnect),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        struct MWaiter {
+            id: u64,
+            conn: u8,
+            req: u64,
+            ttl: u64,
+            deadline: u64,
+        }
+
+        #[derive(Debug, Default)]
+        struct MLock {
+            /// `(conn, token, expires at)`.
+            holder: Option<(u8, u64, u64)>,
+            waiters: VecDeque<MWaiter>,
+        }
+
+        /// What the table must report: a grant (with the token the model expects,
+        /// `None` where the table may number grants in any order) or a timeout.
+        #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+        enum Want {
+            Granted {
+                conn: u8,
+                req: u64,
+                token: Option<u64>,
+            },
+            TimedOut {
+                conn: u8,
+                req: u64,
+            },
+        }
+
+        #[derive(Default)]
+        struct Model {
+            locks: BTreeMap<usize, MLock>,
+            high: BTreeMap<usize, u64>,
+            last: u64,
+            next_waiter: u64,
+        }
+
+        impl Model {
+            fn install(&mut self, key: usize, conn: u8, ttl: u64, token: u64, now: u64) {
+                let l = self.locks.entry(key).or_default();
+                l.holder = Some((conn, token, now.saturating_add(ttl)));
+                let h = self.high.entry(key).or_insert(token);
+                *h = (*h).max(token);
+            }
+
+            fn grant(&mut self, key: usize, conn: u8, ttl: u64, now: u64) -> u64 {
+                self.last += 1;
+                let token = self.last;
+                self.install(key, conn, ttl, token, now);
+                token
+            }
+
+            /// Frees `key` and hands it to its first waiter (returned, not yet granted).
+            fn free(&mut self, key: usize) -> Option<MWaiter> {
+                let l = self.locks.get_mut(&key)?;
+                l.holder = None;
+                let next = l.waiters.pop_front();
+                if next.is_none() {
+                    self.locks.remove(&key);
                 }
-                let expired: Vec<u8> = self
-                    .holder
-                    .iter()
-                    .filter(|(_, h)| h.1 == d)
-                    .map(|(k, _)| *k)
-                    .collect();
-                if !expired.is_empty() {
-                    for k in expired {
-                        self.release(k, now, out);
-                    }
-                    continue;
-                }
-                for q in self.waiters.values_mut() {
-                    q.retain(|&(c, dl, _, tag)| {
-                        if dl == d {
-                            out.push((false, c, tag));
-                        }
-                        dl != d
+                next
+            }
+
+            fn release(&mut self, key: usize, now: u64, out: &mut Vec<Want>) {
+                if let Some(w) = self.free(key) {
+                    let token = self.grant(key, w.conn, w.ttl, now);
+                    out.push(Want::Granted {
+                        conn: w.conn,
+                        req: w.req,
+                        token: Some(token),
                     });
                 }
             }
-        }
 
-        fn held(&self) -> usize {
-            self.holder.len()
-        }
-
-        fn waiting(&self) -> usize {
-            self.waiters.values().map(VecDeque::len).sum()
-        }
-    }
-
-    fn ops() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            4 => (0u8..3, 0usize..4, 1u64..60, prop_oneof![Just(0u64), 1u64..60])
-                .prop_map(|(key, conn, ttl, wait)| Op::Lock { key, conn, ttl, wait }),
-            2 => (0u8..3, 0usize..4).prop_map(|(key, conn)| Op::Unlock { key, conn }),
-            1 => (0usize..4).prop_map(|conn| Op::Close { conn }),
-            2 => (0u64..40).prop_map(Op::Advance),
-        ]
-    }
-
-    fn events(ev: &mut Vec<LockEvent>, last: &mut u64) -> Vec<Ev> {
-        let mut out = Vec::new();
-        for e in ev.drain(..) {
-            let (granted, conn, reply_to) = match e {
-                LockEvent::Granted {
-                    conn,
-                    reply_to,
-                    token,
-                } => {
-                    assert!(token.0 > *last, "tokens strictly increase");
-                    *last = token.0;
-                    (true, conn, reply_to)
-                }
-                LockEvent::TimedOut { conn, reply_to } => (false, conn, reply_to),
-            };
-            let tag = u64::from_be_bytes(
-                reply_to
-                    .as_deref()
-                    .and_then(|b| b.try_into().ok())
-                    .expect("every request in the model has a tag"),
-            );
-            out.push((granted, conn.0, tag));
-        }
-        out.sort();
-        out
-    }
-
-    use proptest::prelude::*;
-
-    proptest! {
-        // Model test: grants, busy answers, FIFO hand-offs, TTL expiry, wait timeouts
-        // and disconnects agree with a straightforward per-key model.
-        #[test]
-        fn matches_model(script in prop::collection::vec(ops(), 1..120)) {
-            let mut t = Timers::default();
-            let mut l = LockTable::default();
-            let mut ev = Vec::new();
-            let mut m = Model::default();
-            let mut now = 0u64;
-            let mut last = 0u64;
-            for (tag, op) in script.into_iter().enumerate() {
-                let tag = tag as u64;
-                let mut want = Vec::new();
-                match op {
-                    Op::Lock { key, conn, ttl, wait } => {
-                        let name = format!("k{key}");
-                        let got = l.lock(&name, ConnId(conn), ttl, wait, Some(&tag.to_be_bytes()[..]), now, &mut t);
-                        if let std::collections::btree_map::Entry::Vacant(e) = m.holder.entry(key) {
-                            e.insert((conn, now.saturating_add(ttl)));
-                            match got {
-                                LockOutcome::Granted(tok) => {
-                                    prop_assert!(tok.0 > last, "tokens strictly increase");
-                                    last = tok.0;
-                                }
-                                other => prop_assert!(false, "expected a grant, got {:?}", other),
+            fn advance(&mut self, now: u64, out: &mut Vec<Want>) {
+                // Due work in the timer heap's order: deadline, then expiries before
+                // waits, then token or waiter id.
+                loop {
+                    let mut due: Option<(u64, u8, u64, usize)> = None;
+                    for (&key, l) in &self.locks {
+                        if let Some((_, token, at)) = l.holder {
+                            if at <= now {
+                                let d = (at, 0, token, key);
+                                due = Some(due.map_or(d, |x| x.min(d)));
                             }
-                        } else if wait == 0 {
-                            prop_assert_eq!(got, LockOutcome::Busy);
-                        } else {
-                            m.waiters.entry(key).or_default().push_back((conn, now + wait, ttl, tag));
-                            prop_assert_eq!(got, LockOutcome::Queued);
+                        }
+                        for w in &l.waiters {
+                            if w.deadline <= now {
+                                let d = (w.deadline, 1, w.id, key);
+                                due = Some(due.map_or(d, |x| x.min(d)));
+                            }
                         }
                     }
-                    Op::Unlock { key, conn } => {
-                        let got = l.unlock(&format!("k{key}"), ConnId(conn), now, &mut t, &mut ev);
-                        let holds = m.holder.get(&key).is_some_and(|h| h.0 == conn);
-                        prop_assert_eq!(got, holds);
+                    match due {
+                        None => break,
+                        Some((_, 0, _, key)) => self.release(key, now, out),
+                        Some((_, _, id, key)) => {
+                            let l = self.locks.get_mut(&key).unwrap();
+                            let pos = l.waiters.iter().position(|w| w.id == id).unwrap();
+                            let w = l.waiters.remove(pos).unwrap();
+                            out.push(Want::TimedOut {
+                                conn: w.conn,
+                                req: w.req,
+                            });
+                            if l.holder.is_none() && l.waiters.is_empty() {
+                                self.locks.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// Drops `c`'s waiters and frees what it holds; returns the grants due,
+            /// which the table may number in any order.
+            fn disconnect(&mut self, c: u8) -> Vec<(usize, MWaiter)> {
+                let mut handoffs = Vec::new();
+                let keys: Vec<usize> = self.locks.keys().copied().collect();
+                for key in keys {
+                    let l = self.locks.get_mut(&key).unwrap();
+                    l.waiters.retain(|w| w.conn != c);
+                    if l.holder.is_some_and(|h| h.0 == c) {
+                        if let Some(w) = self.free(key) {
+                            handoffs.push((key, w));
+                        }
+                    } else if l.holder.is_none() && l.waiters.is_empty() {
+                        self.locks.remove(&key);
+                    }
+                }
+                handoffs
+            }
+
+            fn held(&self) -> usize {
+                self.locks.values().filter(|l| l.holder.is_some()).count()
+            }
+
+            fn waiting(&self) -> usize {
+                self.locks.values().map(|l| l.waiters.len()).sum()
+            }
+        }
+
+        /// The table's events in the model's terms; `req` is the request id we sent.
+        fn seen(events: &mut Vec<LockEvent>, keep_tokens: bool) -> Vec<Want> {
+            let who = |c: ConnId| {
+                (0..4u8)
+                    .find(|i| conn(*i) == c)
+                    .expect("a model connection")
+            };
+            let req = |r: &ReplyTo| -> u64 {
+                std::str::from_utf8(r.as_deref().expect("every request has an id"))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            events
+                .drain(..)
+                .map(|e| match e {
+                    LockEvent::Granted {
+                        conn,
+                        reply_to,
+                        token,
+                    } => Want::Granted {
+                        conn: who(conn),
+                        req: req(&reply_to),
+                        token: Some(token.0).filter(|_| keep_tokens),
+                    },
+                    LockEvent::TimedOut { conn, reply_to } => Want::TimedOut {
+                        conn: who(conn),
+                        req: req(&reply_to),
+                    },
+                })
+                .collect()
+        }
+
+        fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+            let mut t = Timers::default();
+            let mut l = LockTable::default();
+            let mut m = Model::default();
+            let mut ev = Vec::new();
+            let (mut now, mut req, mut max_token) = (0u64, 0u64, 0u64);
+            let mut increasing = |tok: u64| -> Result<(), TestCaseError> {
+                prop_assert!(tok > max_token, "token {} after {}", tok, max_token);
+                max_token = tok;
+                Ok(())
+            };
+            for op in ops {
+                let mut want = Vec::new();
+                match op {
+                    Op::Lock {
+                        key,
+                        conn: c,
+                        ttl,
+                        wait,
+                    } => {
+                        req += 1;
+                        let id = req.to_string();
+                        let got = l.lock(
+                            KEYS[key],
+                            conn(c),
+                            ttl,
+                            wait,
+                            Some(id.as_bytes()),
+                            now,
+                            &mut t,
+                        );
+                        let free = m.locks.get(&key).is_none_or(|x| x.holder.is_none());
+                        let expect = if free {
+                            LockOutcome::Granted(FencingToken(m.grant(key, c, ttl, now)))
+                        } else if wait == 0 {
+                            LockOutcome::Busy
+                        } else {
+                            m.next_waiter += 1;
+                            let w = MWaiter {
+                                id: m.next_waiter,
+                                conn: c,
+                                req,
+                                ttl,
+                                deadline: now + wait,
+                            };
+                            m.locks.get_mut(&key).unwrap().waiters.push_back(w);
+                            LockOutcome::Queued
+                        };
+                        if let LockOutcome::Granted(tok) = got {
+                            increasing(tok.0)?;
+                        }
+                        prop_assert_eq!(got, expect);
+                    }
+                    Op::Unlock { key, conn: c } => {
+                        let holds = m
+                            .locks
+                            .get(&key)
+                            .and_then(|x| x.holder)
+                            .is_some_and(|h| h.0 == c);
+                        prop_assert_eq!(l.unlock(KEYS[key], conn(c), now, &mut t, &mut ev), holds);
                         if holds {
                             m.release(key, now, &mut want);
                         }
                     }
-                    Op::Close { conn } => {
-                        l.remove_conn(ConnId(conn), now, &mut t, &mut ev);
-                        for q in m.waiters.values_mut() {
-                            q.retain(|w| w.0 != conn);
-                        }
-                        let held: Vec<u8> = m.holder.iter().filter(|(_, h)| h.0 == conn).map(|(k, _)| *k).collect();
-                        for k in held {
-                            m.release(k, now, &mut want);
+                    Op::Fence { key, delta } => {
+                        let base = m.high.get(&key).copied().unwrap_or(m.last) as i64;
+                        let tok = (base + i64::from(delta)).max(0) as u64;
+                        let pass = m.high.get(&key).is_none_or(|h| tok >= *h);
+                        prop_assert_eq!(l.fence(KEYS[key], Some(FencingToken(tok))), pass);
+                        prop_assert!(!l.fence(KEYS[key], None));
+                        if pass {
+                            m.high.insert(key, tok);
                         }
                     }
-                    Op::Advance(ms) => {
-                        now += ms;
+                    Op::Advance(dt) => {
+                        now += dt;
                         while let Some(k) = t.pop_due(now) {
                             l.on_timer(k, now, &mut t, &mut ev);
                         }
                         m.advance(now, &mut want);
                     }
+                    Op::Disconnect(c) => {
+                        l.remove_conn(conn(c), now, &mut t, &mut ev);
+                        let handoffs = m.disconnect(c);
+                        // The table may free the keys in any order: compare without
+                        // tokens, then check they are the next ones and adopt them.
+                        let got = seen(&mut ev, true);
+                        let mut untokened: Vec<Want> = got
+                            .iter()
+                            .map(|w| match w {
+                                Want::Granted { conn, req, .. } => Want::Granted {
+                                    conn: *conn,
+                                    req: *req,
+                                    token: None,
+                                },
+                                other => other.clone(),
+                            })
+                            .collect();
+                        let mut expect: Vec<Want> = handoffs
+                            .iter()
+                            .map(|(_, w)| Want::Granted {
+                                conn: w.conn,
+                                req: w.req,
+                                token: None,
+                            })
+                            .collect();
+                        untokened.sort();
+                        expect.sort();
+                        prop_assert_eq!(untokened, expect);
+                        let mut tokens = Vec::new();
+                        for w in got {
+                            let Want::Granted {
+                                req: r,
+                                token: Some(tok),
+                                ..
+                            } = w
+                            else {
+                                unreachable!("a disconnect only grants")
+                            };
+                            let (key, w) = handoffs.iter().find(|(_, w)| w.req == r).unwrap();
+                            m.install(*key, w.conn, w.ttl, tok, now);
+                            tokens.push(tok);
+                        }
+                        tokens.sort();
+                        let next: Vec<u64> = (m.last + 1..=m.last + tokens.len() as u64).collect();
+                        prop_assert_eq!(&tokens, &next);
+                        m.last += tokens.len() as u64;
+                        for tok in tokens {
+                            increasing(tok)?;
+                        }
+                    }
                 }
-                want.sort();
-                prop_assert_eq!(events(&mut ev, &mut last), want);
+                let got = seen(&mut ev, true);
+                for w in &got {
+                    if let Want::Granted {
+                        token: Some(tok), ..
+                    } = w
+                    {
+                        increasing(*tok)?;
+                    }
+                }
+                prop_assert_eq!(got, want);
                 prop_assert_eq!(l.held(), m.held());
                 prop_assert_eq!(l.waiters(), m.waiting());
+                prop_assert_eq!(l.last_token(), m.last);
+                for x in m.locks.values() {
+                    prop_assert!(!x.waiters.is_empty() || x.holder.is_some());
+                    if let Some((_, tok, _)) = x.holder {
+                        prop_assert!(l.timer_alive(TimerKind::LockExpiry(tok)));
+                    }
+                    for w in &x.waiters {
+                        prop_assert!(l.timer_alive(TimerKind::LockWait(w.id)));
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn lock_table_matches_the_model(ops in prop::collection::vec(op(), 0..80)) {
+                run(ops)?;
             }
         }
     }
