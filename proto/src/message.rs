@@ -1,5 +1,5 @@
-//! Message types of PROTOCOL.md §4–§9: decoding a frame's fields in place and
-//! encoding the broker's frames.
+//! The envelope of PROTOCOL.md §4: frame kinds and decoding a frame's fields in
+//! place.
 //!
 //! A decoded [`Frame`] borrows every field from the payload as [`Raw`] bytes; values
 //! are never decoded into a tree here. Field types are checked by the accessors
@@ -7,13 +7,12 @@
 
 use std::borrow::Cow;
 
-use crate::codec::{Codec, Writer};
+use crate::codec::{Codec, Raw};
+pub use crate::compose::{begin_ok, FrameWriter, PROTOCOL_VERSION};
+use crate::num::Num;
 use crate::response::{Push, Reply};
-use crate::value::{for_each_field, Num, Raw};
-use crate::{frame, DecodeError, ErrorCode};
-
-/// Protocol version announced in `welcome`.
-pub const PROTOCOL_VERSION: i64 = 4;
+use crate::value::for_each_field;
+use crate::{DecodeError, ErrorCode};
 
 macro_rules! kinds {
     ($($variant:ident = $tag:literal,)*) => {
@@ -276,150 +275,6 @@ pub fn opt_u64(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<u64>, De
     }
 }
 
-// ---------------------------------------------------------------- encoding
-
-/// A frame being written: prefix reserved, map begun. Write the remaining fields
-/// with [`FrameWriter::w`], then call [`FrameWriter::finish`].
-pub struct FrameWriter<'o> {
-    w: Writer<'o>,
-    at: usize,
-}
-
-impl<'o> FrameWriter<'o> {
-    /// Begins a frame whose map has `fields` entries (including `t`) and writes `t`.
-    #[inline]
-    pub fn begin(codec: Codec, out: &'o mut Vec<u8>, fields: usize, t: &str) -> Self {
-        let at = frame::begin(out);
-        let mut w = Writer::new(codec, out);
-        w.begin_map(fields);
-        w.key("t");
-        w.str(t);
-        FrameWriter { w, at }
-    }
-
-    /// The writer, positioned for the next key.
-    #[inline]
-    pub fn w(&mut self) -> &mut Writer<'o> {
-        &mut self.w
-    }
-
-    /// Ends the map and writes the length prefix.
-    #[inline]
-    pub fn finish(mut self) {
-        self.w.end_map();
-        let at = self.at;
-        let out = self.w.into_out();
-        frame::finish(out, at);
-    }
-}
-
-/// A frame whose map counts its own entries: the MessagePack map header is a
-/// placeholder patched by [`MapEnc::finish`] (every procmesh frame has at most 15
-/// entries, so the header is always the one-byte fixmap form).
-pub(crate) struct MapEnc<'o> {
-    w: Writer<'o>,
-    at: usize,
-    n: usize,
-}
-
-/// Most entries a [`MapEnc`] frame can hold (a MessagePack fixmap).
-const MAP_ENC_MAX: usize = 15;
-
-impl<'o> MapEnc<'o> {
-    /// Begins a frame and writes `t`.
-    #[inline]
-    pub(crate) fn begin(codec: Codec, out: &'o mut Vec<u8>, t: &str) -> Self {
-        let at = frame::begin(out);
-        let mut w = Writer::new(codec, out);
-        w.begin_map(MAP_ENC_MAX);
-        w.key("t");
-        w.str(t);
-        MapEnc { w, at, n: 1 }
-    }
-
-    /// Writes key `k`; the caller then writes exactly one value with the writer.
-    #[inline]
-    pub(crate) fn key(&mut self, k: &str) -> &mut Writer<'o> {
-        self.n += 1;
-        debug_assert!(
-            self.n <= MAP_ENC_MAX,
-            "invariant: frames have at most 15 fields"
-        );
-        self.w.key(k);
-        &mut self.w
-    }
-
-    /// Writes `id` when present.
-    #[inline]
-    pub(crate) fn id(&mut self, id: Option<Raw<'_>>) {
-        if let Some(id) = id {
-            write_id(self.key("id"), id);
-        }
-    }
-
-    /// The writer, positioned for the next value of a value begun by the caller.
-    #[inline]
-    pub(crate) fn w(&mut self) -> &mut Writer<'o> {
-        &mut self.w
-    }
-
-    /// Writes an already-encoded value under `k`, transcoding when needed.
-    #[inline]
-    pub(crate) fn raw(&mut self, k: &str, v: Raw<'_>) -> Result<(), DecodeError> {
-        self.key(k).raw(v)
-    }
-
-    /// Ends the map, patches its entry count and writes the length prefix.
-    #[inline]
-    pub(crate) fn finish(mut self) {
-        self.w.end_map();
-        let codec = self.w.codec();
-        let (at, n) = (self.at, self.n);
-        let out = self.w.into_out();
-        if codec == Codec::MsgPack {
-            out[at + frame::PREFIX_LEN] = 0x80 | n as u8;
-        }
-        frame::finish(out, at);
-    }
-
-    /// Drops the frame begun, leaving `out` as it was before [`MapEnc::begin`].
-    #[inline]
-    pub(crate) fn abort(self) {
-        let at = self.at;
-        self.w.into_out().truncate(at);
-    }
-}
-
-/// `{"t":"ok","id":ID,"value":…}`: begins an ok reply; when `has_value`, the
-/// caller writes exactly one value with `w()` before `finish()`.
-#[inline]
-pub fn begin_ok<'o>(
-    codec: Codec,
-    out: &'o mut Vec<u8>,
-    id: Raw<'_>,
-    has_value: bool,
-) -> FrameWriter<'o> {
-    let mut f = FrameWriter::begin(codec, out, 2 + has_value as usize, "ok");
-    f.w.key("id");
-    write_id(&mut f.w, id);
-    if has_value {
-        f.w.key("value");
-    }
-    f
-}
-
-#[inline]
-pub(crate) fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
-    if id.codec == w.codec() {
-        w.raw_same(id.bytes);
-    } else {
-        // Ids are numbers or strings in practice; a failed transcode writes null.
-        if w.raw(id).is_err() {
-            w.nil();
-        }
-    }
-}
-
 // The builders below predate `response` and are kept as thin wrappers until every
 // caller has switched to `response::{Reply, Push, ok_value, ok_with, ...}`.
 
@@ -600,5 +455,34 @@ mod tests {
         assert_eq!(f.kind(), Kind::Incr);
         assert_eq!(opt_num(f.by, "by").unwrap(), Some(Num::Float(2.5)));
         assert_eq!(f.id.unwrap().as_i64(), Some(3));
+    }
+
+    fn val(codec: Codec, json: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::value::transcode(
+            validate(Codec::Json, json.as_bytes()).unwrap(),
+            codec,
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn old_message_builders_write_the_same_bytes() {
+        for c in [Codec::Json, Codec::MsgPack] {
+            let idb = val(c, "\"req-1\"");
+            let id = Raw::new(c, &idb);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ok_bool(c, &mut a, id, false);
+            let mut f = begin_ok(c, &mut b, id, true);
+            f.w().bool(false);
+            f.finish();
+            assert_eq!(a, b);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ok_empty(c, &mut a, id);
+            begin_ok(c, &mut b, id, false).finish();
+            assert_eq!(a, b);
+        }
     }
 }
