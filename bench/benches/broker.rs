@@ -137,7 +137,7 @@ fn pubsub(c: &mut Criterion) {
     let pats = patterns();
     let mut ps = PubSub::new();
     for (conn, p) in pats.iter().enumerate() {
-        ps.subscribe(conn, p);
+        ps.subscribe(procmesh_broker::connection::ConnId(conn), p);
     }
     let mut g = c.benchmark_group("topic_match_10k_patterns");
     g.throughput(Throughput::Elements(1));

@@ -1,20 +1,56 @@
-//! One client connection: its socket, read and write buffers, codec and liveness.
+//! Client connections as the state machine sees them: buffers, codec, liveness,
+//! and the table of open connections with its dirty list.
 //!
-//! `connection` owns buffers and their accounting, not business logic. The read
+//! `connection` owns buffers and their accounting, not business logic and not the
+//! socket: the I/O driver keeps the socket and hands it in to [`Connection::fill`] and
+//! [`Connection::flush`], so the same connection state serves any driver. The read
 //! buffer is consumed by offset and compacted only when the consumed head passes
 //! half of it; both buffers shrink back after a spike. Outbound bytes are counted
 //! against the high-water mark (droppable frames are refused past it) and the hard
 //! limit (the connection is closed past it).
+//!
+//! Invariants: a connection is in [`Conns`]' dirty list exactly when its `dirty`
+//! flag is set; a [`ConnId`] names one slot of the table, and slots are reused (the
+//! [`Connection::serial`] is not).
 
 use std::io::{self, Read, Write};
 
-use mio::net::UnixStream;
 use procmesh_proto::Codec;
+use slab::Slab;
 
 /// Capacity a connection's buffers return to after a spike.
 pub const BUF_TARGET: usize = 64 * 1024;
 /// How much one read asks for at least.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection's slot in the broker's table (also its driver token). Slots are
+/// reused after a close; [`Connection::serial`] tells incarnations apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub usize);
+
+impl ConnId {
+    /// The id of slot `index`.
+    #[inline]
+    pub const fn new(index: usize) -> ConnId {
+        ConnId(index)
+    }
+
+    /// The slot index.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// The driver side of the connections: what the state machine may ask of the I/O
+/// loop that owns the sockets. Implemented by each driver (static dispatch).
+pub trait Transport {
+    /// Offers `conn`'s queued output to its socket now (an early flush for a slow
+    /// subscriber, or the end-of-turn flush). False when the socket failed.
+    fn flush(&mut self, id: ConnId, conn: &mut Connection) -> bool;
+    /// The state machine closed `id`: release its socket.
+    fn release(&mut self, id: ConnId);
+}
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +75,8 @@ pub enum ReadOutcome {
     Closed,
 }
 
-/// A client connection.
+/// A client connection's buffers and state (its socket belongs to the driver).
 pub struct Connection {
-    /// The socket.
-    pub stream: UnixStream,
     /// Unique for the broker's lifetime (slab indexes are reused; serials are not).
     pub serial: u64,
     rbuf: Vec<u8>,
@@ -50,15 +84,15 @@ pub struct Connection {
     rend: usize,
     wbuf: Vec<u8>,
     wpos: usize,
-    /// Detected from the first payload.
-    pub codec: Option<Codec>,
+    codec: Codec,
+    codec_known: bool,
     /// Passed `hello` with the right token (or no token is required).
     pub authed: bool,
     /// Last inbound frame, ms on the broker clock.
     pub last_in: u64,
     /// Last heartbeat ping sent, ms on the broker clock.
     pub last_ping: u64,
-    /// In the reactor's dirty list.
+    /// In the dirty list.
     pub dirty: bool,
     /// Close state.
     pub closing: Closing,
@@ -67,17 +101,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps an accepted socket.
-    pub fn new(stream: UnixStream, serial: u64, authed: bool, now: u64) -> Connection {
+    /// State for a newly accepted connection.
+    pub fn new(serial: u64, authed: bool, now: u64) -> Connection {
         Connection {
-            stream,
             serial,
             rbuf: Vec::new(),
             rpos: 0,
             rend: 0,
             wbuf: Vec::new(),
             wpos: 0,
-            codec: None,
+            codec: Codec::Json,
+            codec_known: false,
             authed,
             last_in: now,
             last_ping: now,
@@ -87,14 +121,35 @@ impl Connection {
         }
     }
 
-    /// Reads until the socket would block or `budget` bytes were read.
+    /// The connection's codec: the one detected from its first frame. Until a frame
+    /// fixed it (a heartbeat ping or an oversized-frame error before any frame) and
+    /// for a connection whose first frame was neither JSON nor MessagePack, JSON.
+    #[inline]
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Whether the first frame has fixed the codec.
+    #[inline]
+    pub fn is_codec_known(&self) -> bool {
+        self.codec_known
+    }
+
+    /// Fixes the codec (from the first frame).
+    #[inline]
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+        self.codec_known = true;
+    }
+
+    /// Reads from `src` until it would block or `budget` bytes were read.
     ///
     /// A read that returns less than asked drained the socket at that moment; with
     /// edge-triggered readiness any later arrival raises a new event, so the loop
     /// stops there instead of spending a syscall on the `WouldBlock` — unless the
     /// event said the peer closed ([`Connection::peer_closed`]), whose end-of-stream
     /// must be read.
-    pub fn fill(&mut self, budget: usize) -> ReadOutcome {
+    pub fn fill(&mut self, src: &mut impl Read, budget: usize) -> ReadOutcome {
         let peer_closed = self.peer_closed;
         let mut total = 0;
         loop {
@@ -104,7 +159,7 @@ impl Connection {
                 self.rbuf.resize(self.rbuf.len() + grow, 0);
             }
             let space = self.rbuf.len() - self.rend;
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
+            match src.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => return ReadOutcome::Closed,
                 Ok(n) => {
                     self.rend += n;
@@ -155,17 +210,23 @@ impl Connection {
         self.wbuf.len() - self.wpos
     }
 
+    /// Length of the output buffer (the offset the next frame appended starts at).
+    #[inline]
+    pub fn out_len(&self) -> usize {
+        self.wbuf.len()
+    }
+
     /// The output buffer, to append frames to.
     #[inline]
     pub fn out(&mut self) -> &mut Vec<u8> {
         &mut self.wbuf
     }
 
-    /// Writes queued output until done or the socket would block. Returns false when
-    /// the socket failed.
-    pub fn flush(&mut self) -> bool {
+    /// Writes queued output to `dst` until done or it would block. Returns false
+    /// when the socket failed.
+    pub fn flush(&mut self, dst: &mut impl Write) -> bool {
         while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+            match dst.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return false,
                 Ok(n) => self.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -184,5 +245,169 @@ impl Connection {
             self.wpos = 0;
         }
         true
+    }
+}
+
+/// The open connections, the list of those with output (or a close) pending this
+/// turn, and the hard output limit.
+pub struct Conns {
+    slab: Slab<Connection>,
+    dirty: Vec<ConnId>,
+    hard_limit: usize,
+    /// Connections closed for passing the hard limit since start.
+    pub slow_closed: u64,
+}
+
+impl Conns {
+    /// An empty table; connections queuing more than `hard_limit` bytes are closed.
+    pub fn new(hard_limit: usize) -> Conns {
+        Conns {
+            slab: Slab::new(),
+            dirty: Vec::new(),
+            hard_limit,
+            slow_closed: 0,
+        }
+    }
+
+    /// Open connections.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// True when no connection is open.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// The id the next [`Conns::insert`] will return.
+    pub fn vacant_id(&self) -> ConnId {
+        ConnId(self.slab.vacant_key())
+    }
+
+    /// Adds a connection.
+    pub fn insert(&mut self, conn: Connection) -> ConnId {
+        ConnId(self.slab.insert(conn))
+    }
+
+    /// Removes a connection (it may still be in the dirty list: lookups skip it).
+    pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
+        self.slab.try_remove(id.0)
+    }
+
+    /// The connection `id`, if open.
+    #[inline]
+    pub fn get(&self, id: ConnId) -> Option<&Connection> {
+        self.slab.get(id.0)
+    }
+
+    /// The connection `id`, if open.
+    #[inline]
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.slab.get_mut(id.0)
+    }
+
+    /// Every open connection.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Connection)> {
+        self.slab.iter().map(|(k, c)| (ConnId(k), c))
+    }
+
+    /// Appends one frame to `id`'s output with `encode(codec, out)` and marks it
+    /// written. Every reply goes through here (and inlines to the same code as
+    /// writing by hand: forced, since it sits on every reply).
+    #[inline(always)]
+    pub fn send<R>(&mut self, id: ConnId, encode: impl FnOnce(Codec, &mut Vec<u8>) -> R) -> R {
+        let conn = &mut self.slab[id.0];
+        let r = encode(conn.codec, &mut conn.wbuf);
+        self.wrote(id);
+        r
+    }
+
+    /// Marks `id` as having output; closes it at the end of the turn when its queue
+    /// passes the hard limit (a consumer that stopped reading).
+    #[inline]
+    pub fn wrote(&mut self, id: ConnId) {
+        let conn = &mut self.slab[id.0];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
+        if conn.queued() > self.hard_limit && conn.closing != Closing::Now {
+            conn.closing = Closing::Now;
+            self.slow_closed += 1;
+        }
+    }
+
+    /// Puts `id` on the dirty list (so the flush pass writes or closes it).
+    #[inline]
+    pub fn mark_dirty(&mut self, id: ConnId) {
+        let c = &mut self.slab[id.0];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Marks `id` to close, now or after its output is written, and lists it.
+    pub fn close_later(&mut self, id: ConnId, how: Closing) {
+        if let Some(c) = self.slab.get_mut(id.0) {
+            c.closing = how;
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Takes the dirty list (give the emptied vector back with [`Conns::put_dirty`]).
+    pub fn take_dirty(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Returns a drained dirty list's allocation when nothing was listed meanwhile.
+    pub fn put_dirty(&mut self, mut v: Vec<ConnId>) {
+        v.clear();
+        if self.dirty.is_empty() {
+            self.dirty = v;
+        }
+    }
+}
+
+impl std::ops::Index<ConnId> for Conns {
+    type Output = Connection;
+    #[inline]
+    fn index(&self, id: ConnId) -> &Connection {
+        &self.slab[id.0]
+    }
+}
+
+impl std::ops::IndexMut<ConnId> for Conns {
+    #[inline]
+    fn index_mut(&mut self, id: ConnId) -> &mut Connection {
+        &mut self.slab[id.0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_is_json_until_the_first_frame_fixes_it() {
+        let mut c = Connection::new(1, true, 0);
+        assert_eq!(c.codec(), Codec::Json);
+        assert!(!c.is_codec_known());
+        c.set_codec(Codec::MsgPack);
+        assert_eq!(c.codec(), Codec::MsgPack);
+        assert!(c.is_codec_known());
+    }
+
+    #[test]
+    fn hard_limit_closes_once_and_counts() {
+        let mut conns = Conns::new(4);
+        let id = conns.insert(Connection::new(1, true, 0));
+        conns.send(id, |_, out| out.extend_from_slice(b"12345"));
+        conns.send(id, |_, out| out.extend_from_slice(b"6"));
+        assert_eq!(conns[id].closing, Closing::Now);
+        assert_eq!(conns.slow_closed, 1);
+        assert_eq!(conns.take_dirty(), vec![id]);
     }
 }

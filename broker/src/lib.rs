@@ -1,26 +1,40 @@
 //! `procmesh-broker`: the broker that holds a mesh's shared state.
 //!
-//! One single-threaded `mio` reactor per broker: every operation serialises through
-//! its loop, so atomics and locks are correct by construction. Clients connect over
-//! a Unix domain socket and speak the protocol of `procmesh-proto` in JSON or
-//! MessagePack (detected per connection).
+//! One single-threaded loop per broker: every operation serialises through it, so
+//! atomics and locks are correct by construction. The loop is split one way: an I/O
+//! driver ([`io`]) feeds a state machine (`core`) that knows nothing about sockets.
+//! Clients connect over a Unix domain socket and speak the protocol of
+//! `procmesh-proto` in JSON or MessagePack (detected per connection).
 //!
 //! ```text
-//!  client ──frames──▶ Connection.rbuf ──Frame (borrowed)──▶ dispatch ──▶ store / locks /
-//!                                                              │          pubsub / rpc
-//!  client ◀──one write per turn── Connection.wbuf ◀──replies───┘
+//!  socket ─▶ io (poll, accept, read) ─▶ Connection.rbuf ─▶ core::input ─▶ frame
+//!                                                                  │
+//!  dispatch: codec · Frame → Request · auth · gate admits writes ◀─┘
+//!     ├─ cache ─▶ store          ├─ pubsub ─▶ pubsub (fan-out)   ├─ control
+//!     ├─ locks ─▶ locks, store   ├─ rpc ─▶ rpc (invoke/result)
+//!     └─▶ reply builder ─▶ Conns::send ─▶ Connection.wbuf
+//!  core::end_turn: timers · heartbeat · expiry · gate.commit (log, fsync)
+//!  core::flush ─▶ Transport::flush (io) ─▶ socket      (one write per connection)
 //! ```
 //!
 //! # Layout
-//! - [`reactor`]: the poll loop, accept, read/flush, timers, heartbeat, idle exit.
-//! - [`connection`]: per-connection buffers and output accounting.
-//! - `dispatch`: what each message kind does.
-//! - [`store`]: the cache (TTL, LRU, atomics).
+//! - [`io`]: drivers: the address lock and listener; [`io::epoll`], the mio loop
+//!   (poll, accept, read, flush, loop order, idle exit). Feeds `core`.
+//! - `core`: the state machine: mesh state plus the connections' output, advanced one
+//!   turn at a time; reaches sockets only through [`connection::Transport`].
+//! - `mesh`: the state modules gathered for the command families.
+//! - `dispatch`: what each frame does: `dispatch/mod.rs` (codec, decode, auth, write
+//!   admission) and one file per command family (`cache`, `locks`, `pubsub`, `rpc`,
+//!   `control`).
+//! - [`connection`]: per-connection buffers, codec and close state; the `Conns` table,
+//!   its dirty list and the one reply helper; [`connection::ConnId`].
+//! - [`store`]: the cache (TTL, LRU, atomics); effects go to an [`store::EffectSink`].
 //! - [`locks`]: locks, FIFO waiters and fencing tokens.
 //! - [`pubsub`]: subscriptions and the wildcard index.
 //! - [`rpc`]: worker pools and pending calls.
 //! - [`timers`]: the one timer heap.
-//! - [`persistence`]: snapshot + append-only log, fsync policy, recovery.
+//! - [`persistence`]: snapshot + append-only log, fsync policy, recovery, and the
+//!   durability gate ([`persistence::gate`]).
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`config`](crate::config): configuration.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
@@ -38,21 +52,31 @@
 //! ```
 #![warn(missing_docs)]
 
+/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
+/// (its parent went away) must keep serving, where `eprintln!` would panic.
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod connection;
+mod core;
 mod dispatch;
+pub mod io;
 pub mod locks;
+mod mesh;
 pub mod persistence;
 pub mod pubsub;
-pub mod reactor;
 pub mod rpc;
 pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timers;
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,7 +84,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::BrokerConfig;
-pub use reactor::{BindError, Reactor};
+pub use io::{BindError, Reactor};
 pub use store::StoreConfig;
 
 /// Entry point for embedding a broker: `Broker::builder()…start()`.
@@ -197,7 +221,7 @@ pub struct BrokerHandle {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl BrokerHandle {
@@ -212,27 +236,27 @@ impl BrokerHandle {
     }
 
     /// Stops the broker and waits for its thread; returns the loop's result.
-    pub fn shutdown(mut self) -> io::Result<()> {
+    pub fn shutdown(mut self) -> std::io::Result<()> {
         self.stop_and_join()
     }
 
     /// Waits for the loop to exit by itself (client `shutdown` or idle timeout).
-    pub fn join(mut self) -> io::Result<()> {
+    pub fn join(mut self) -> std::io::Result<()> {
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+                .unwrap_or_else(|_| Err(std::io::Error::other("broker thread panicked"))),
             None => Ok(()),
         }
     }
 
-    fn stop_and_join(&mut self) -> io::Result<()> {
+    fn stop_and_join(&mut self) -> std::io::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.waker.wake();
         match self.thread.take() {
             Some(t) => t
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("broker thread panicked"))),
+                .unwrap_or_else(|_| Err(std::io::Error::other("broker thread panicked"))),
             None => Ok(()),
         }
     }

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use ahash::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::pubsub::ConnKey;
+use crate::connection::ConnId;
 use crate::timers::{TimerKind, Timers};
 
 /// A fencing token.
@@ -28,13 +28,13 @@ pub type ReplyTo = Option<Box<[u8]>>;
 
 struct Waiter {
     id: u64,
-    conn: ConnKey,
+    conn: ConnId,
     reply_to: ReplyTo,
     ttl_ms: u64,
 }
 
 struct Holder {
-    conn: ConnKey,
+    conn: ConnId,
     token: FencingToken,
 }
 
@@ -50,7 +50,7 @@ pub enum LockEvent {
     /// A waiter got the lock: reply `{acquired:true, token}`.
     Granted {
         /// The waiting connection.
-        conn: ConnKey,
+        conn: ConnId,
         /// Its request id.
         reply_to: ReplyTo,
         /// The grant's token.
@@ -59,7 +59,7 @@ pub enum LockEvent {
     /// A waiter's `wait` ran out: reply `{acquired:false, token:null}`.
     TimedOut {
         /// The waiting connection.
-        conn: ConnKey,
+        conn: ConnId,
         /// Its request id.
         reply_to: ReplyTo,
     },
@@ -84,7 +84,7 @@ pub struct LockTable {
     waiting: HashMap<u64, Box<str>, RandomState>,
     /// Keys each connection holds or awaits (a set: a connection with many locks
     /// does not make each lock or unlock linear).
-    by_conn: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
+    by_conn: HashMap<ConnId, HashSet<Box<str>, RandomState>, RandomState>,
     last_token: u64,
     next_waiter: u64,
     waiter_count: usize,
@@ -167,7 +167,7 @@ impl LockTable {
     fn issue(
         &mut self,
         key: &str,
-        conn: ConnKey,
+        conn: ConnId,
         ttl_ms: u64,
         now: u64,
         timers: &mut Timers,
@@ -190,7 +190,7 @@ impl LockTable {
         token
     }
 
-    fn note_conn(&mut self, conn: ConnKey, key: &str) {
+    fn note_conn(&mut self, conn: ConnId, key: &str) {
         let v = self.by_conn.entry(conn).or_default();
         if !v.contains(key) {
             v.insert(key.into());
@@ -202,7 +202,7 @@ impl LockTable {
     pub fn lock(
         &mut self,
         key: &str,
-        conn: ConnKey,
+        conn: ConnId,
         ttl_ms: u64,
         wait_ms: u64,
         reply_to: Option<&[u8]>,
@@ -239,7 +239,7 @@ impl LockTable {
     pub fn unlock(
         &mut self,
         key: &str,
-        conn: ConnKey,
+        conn: ConnId,
         now: u64,
         timers: &mut Timers,
         events: &mut Vec<LockEvent>,
@@ -256,7 +256,7 @@ impl LockTable {
         held
     }
 
-    fn forget_conn_key(&mut self, conn: ConnKey, key: &str) {
+    fn forget_conn_key(&mut self, conn: ConnId, key: &str) {
         // Keep the key listed while the connection still waits on it.
         let still_waiting = self.locks.get(key).is_some_and(|l| {
             l.waiters.iter().any(|w| w.conn == conn)
@@ -349,7 +349,7 @@ impl LockTable {
     /// Releases every lock held or awaited by a closing connection.
     pub fn remove_conn(
         &mut self,
-        conn: ConnKey,
+        conn: ConnId,
         now: u64,
         timers: &mut Timers,
         events: &mut Vec<LockEvent>,
@@ -419,22 +419,25 @@ mod tests {
         let mut t = Timers::default();
         let mut l = LockTable::default();
         let mut ev = Vec::new();
-        let t1 = granted(l.lock("k", 1, 1000, 0, None, 0, &mut t));
-        assert_eq!(l.lock("k", 2, 1000, 0, None, 0, &mut t), LockOutcome::Busy);
+        let t1 = granted(l.lock("k", ConnId(1), 1000, 0, None, 0, &mut t));
         assert_eq!(
-            l.lock("k", 2, 1000, 500, Some(&b"7"[..]), 0, &mut t),
+            l.lock("k", ConnId(2), 1000, 0, None, 0, &mut t),
+            LockOutcome::Busy
+        );
+        assert_eq!(
+            l.lock("k", ConnId(2), 1000, 500, Some(&b"7"[..]), 0, &mut t),
             LockOutcome::Queued
         );
         assert_eq!(
-            l.lock("k", 3, 1000, 500, None, 0, &mut t),
+            l.lock("k", ConnId(3), 1000, 500, None, 0, &mut t),
             LockOutcome::Queued
         );
         assert_eq!(l.waiters(), 2);
-        assert!(!l.unlock("k", 2, 10, &mut t, &mut ev));
-        assert!(l.unlock("k", 1, 10, &mut t, &mut ev));
+        assert!(!l.unlock("k", ConnId(2), 10, &mut t, &mut ev));
+        assert!(l.unlock("k", ConnId(1), 10, &mut t, &mut ev));
         let t2 = match ev.pop().unwrap() {
             LockEvent::Granted {
-                conn: 2,
+                conn: ConnId(2),
                 reply_to,
                 token,
             } => {
@@ -444,8 +447,14 @@ mod tests {
             e => panic!("{e:?}"),
         };
         assert!(t2 > t1);
-        l.remove_conn(2, 20, &mut t, &mut ev);
-        assert!(matches!(ev.pop(), Some(LockEvent::Granted { conn: 3, .. })));
+        l.remove_conn(ConnId(2), 20, &mut t, &mut ev);
+        assert!(matches!(
+            ev.pop(),
+            Some(LockEvent::Granted {
+                conn: ConnId(3),
+                ..
+            })
+        ));
         assert_eq!(l.waiters(), 0);
         assert_eq!(l.held(), 1);
     }
@@ -455,13 +464,15 @@ mod tests {
         let mut t = Timers::default();
         let mut l = LockTable::default();
         let mut ev = Vec::new();
-        let t1 = granted(l.lock("k", 1, 100, 0, None, 0, &mut t));
-        l.lock("k", 2, 100, 1000, None, 0, &mut t);
+        let t1 = granted(l.lock("k", ConnId(1), 100, 0, None, 0, &mut t));
+        l.lock("k", ConnId(2), 100, 1000, None, 0, &mut t);
         while let Some(k) = t.pop_due(100) {
             l.on_timer(k, 100, &mut t, &mut ev);
         }
         let LockEvent::Granted {
-            conn: 2, token: t2, ..
+            conn: ConnId(2),
+            token: t2,
+            ..
         } = ev.pop().unwrap()
         else {
             panic!()
@@ -469,7 +480,7 @@ mod tests {
         assert!(!l.fence("k", Some(t1)));
         assert!(l.fence("k", Some(t2)));
         assert!(!l.fence("k", None));
-        assert!(!l.unlock("k", 1, 100, &mut t, &mut ev));
+        assert!(!l.unlock("k", ConnId(1), 100, &mut t, &mut ev));
     }
 
     #[test]
@@ -480,7 +491,7 @@ mod tests {
             !l.fence("k", Some(FencingToken(1500))),
             "a pre-restart token is fenced"
         );
-        let tok = granted(l.lock("k", 1, 100, 0, None, 0, &mut t));
+        let tok = granted(l.lock("k", ConnId(1), 100, 0, None, 0, &mut t));
         assert_eq!(tok, FencingToken(1501));
         assert_eq!(l.take_reservation(), Some(1501 + RESERVE_BLOCK));
         assert_eq!(l.take_reservation(), None);
@@ -492,15 +503,15 @@ mod tests {
         let mut t = Timers::default();
         let mut l = LockTable::default();
         let mut ev = Vec::new();
-        granted(l.lock("k", 1, 10_000, 0, None, 0, &mut t));
-        l.lock("k", 2, 100, 50, None, 0, &mut t);
+        granted(l.lock("k", ConnId(1), 10_000, 0, None, 0, &mut t));
+        l.lock("k", ConnId(2), 100, 50, None, 0, &mut t);
         while let Some(k) = t.pop_due(60) {
             l.on_timer(k, 60, &mut t, &mut ev);
         }
         assert_eq!(
             ev,
             vec![LockEvent::TimedOut {
-                conn: 2,
+                conn: ConnId(2),
                 reply_to: None
             }]
         );
@@ -521,8 +532,8 @@ mod tests {
         const KEYS: [&str; 3] = ["a", "b", "c"];
 
         /// The table's connection key for model connection `i`.
-        fn conn(i: u8) -> ConnKey {
-            ConnKey::from(i)
+        fn conn(i: u8) -> ConnId {
+            ConnId(i.into())
         }
 
         #[derive(Debug, Clone)]
@@ -700,7 +711,7 @@ mod tests {
 
         /// The table's events in the model's terms; `req` is the request id we sent.
         fn seen(events: &mut Vec<LockEvent>, keep_tokens: bool) -> Vec<Want> {
-            let who = |c: ConnKey| {
+            let who = |c: ConnId| {
                 (0..4u8)
                     .find(|i| conn(*i) == c)
                     .expect("a model connection")

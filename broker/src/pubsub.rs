@@ -16,16 +16,15 @@ use std::collections::BTreeMap;
 use ahash::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-/// A connection's slab key.
-pub type ConnKey = usize;
+use crate::connection::ConnId;
 
 /// The subscription tables.
 #[derive(Default)]
 pub struct PubSub {
-    exact: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
-    prefixes: HashMap<Box<str>, Vec<ConnKey>, RandomState>,
+    exact: HashMap<Box<str>, Vec<ConnId>, RandomState>,
+    prefixes: HashMap<Box<str>, Vec<ConnId>, RandomState>,
     lens: BTreeMap<usize, usize>,
-    by_conn: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
+    by_conn: HashMap<ConnId, HashSet<Box<str>, RandomState>, RandomState>,
     count: usize,
     // Per-publish dedup: the epoch at which a connection was last matched.
     marks: Vec<u64>,
@@ -50,7 +49,7 @@ impl PubSub {
 
     /// Subscribes `conn` to `sub` (an exact channel or a `prefix*` pattern). Returns
     /// false when it already was.
-    pub fn subscribe(&mut self, conn: ConnKey, sub: &str) -> bool {
+    pub fn subscribe(&mut self, conn: ConnId, sub: &str) -> bool {
         let mine = self.by_conn.entry(conn).or_default();
         if mine.contains(sub) {
             return false;
@@ -70,7 +69,7 @@ impl PubSub {
     }
 
     /// Unsubscribes `conn` from `sub`. Returns false when it was not subscribed.
-    pub fn unsubscribe(&mut self, conn: ConnKey, sub: &str) -> bool {
+    pub fn unsubscribe(&mut self, conn: ConnId, sub: &str) -> bool {
         let Some(mine) = self.by_conn.get_mut(&conn) else {
             return false;
         };
@@ -84,7 +83,7 @@ impl PubSub {
         true
     }
 
-    fn remove_from_index(&mut self, conn: ConnKey, sub: &str) {
+    fn remove_from_index(&mut self, conn: ConnId, sub: &str) {
         let (table, prefix, is_pattern) = match sub.strip_suffix('*') {
             Some(p) => (&mut self.prefixes, p, true),
             None => (&mut self.exact, sub, false),
@@ -109,7 +108,7 @@ impl PubSub {
     }
 
     /// Drops every subscription of a closing connection.
-    pub fn remove_conn(&mut self, conn: ConnKey) {
+    pub fn remove_conn(&mut self, conn: ConnId) {
         if let Some(subs) = self.by_conn.remove(&conn) {
             for s in subs.iter() {
                 self.remove_from_index(conn, s);
@@ -119,17 +118,18 @@ impl PubSub {
 
     /// Calls `f` once per connection matching `channel`, however many of its
     /// subscriptions match.
-    pub fn for_each_match(&mut self, channel: &str, mut f: impl FnMut(ConnKey)) {
+    pub fn for_each_match(&mut self, channel: &str, mut f: impl FnMut(ConnId)) {
         self.epoch += 1;
         let epoch = self.epoch;
         let marks = &mut self.marks;
-        let mut visit = |list: &Vec<ConnKey>| {
+        let mut visit = |list: &Vec<ConnId>| {
             for &c in list {
-                if c >= marks.len() {
-                    marks.resize(c + 1, 0);
+                let i = c.index();
+                if i >= marks.len() {
+                    marks.resize(i + 1, 0);
                 }
-                if marks[c] != epoch {
-                    marks[c] = epoch;
+                if marks[i] != epoch {
+                    marks[i] = epoch;
                     f(c);
                 }
             }
@@ -154,9 +154,9 @@ mod tests {
     use procmesh_proto::topic;
     use proptest::prelude::*;
 
-    fn matches(ps: &mut PubSub, ch: &str) -> Vec<ConnKey> {
+    fn matches(ps: &mut PubSub, ch: &str) -> Vec<usize> {
         let mut v = Vec::new();
-        ps.for_each_match(ch, |c| v.push(c));
+        ps.for_each_match(ch, |c| v.push(c.index()));
         v.sort();
         v
     }
@@ -164,19 +164,19 @@ mod tests {
     #[test]
     fn exact_prefix_and_dedup() {
         let mut ps = PubSub::new();
-        assert!(ps.subscribe(1, "orders.created"));
-        assert!(ps.subscribe(1, "orders.*"));
-        assert!(!ps.subscribe(1, "orders.*"));
-        assert!(ps.subscribe(2, "*"));
-        assert!(ps.subscribe(3, "users.*"));
+        assert!(ps.subscribe(ConnId::new(1), "orders.created"));
+        assert!(ps.subscribe(ConnId::new(1), "orders.*"));
+        assert!(!ps.subscribe(ConnId::new(1), "orders.*"));
+        assert!(ps.subscribe(ConnId::new(2), "*"));
+        assert!(ps.subscribe(ConnId::new(3), "users.*"));
         assert_eq!(matches(&mut ps, "orders.created"), vec![1, 2]);
         assert_eq!(matches(&mut ps, "users.x"), vec![2, 3]);
         assert_eq!(ps.len(), 4);
-        ps.remove_conn(1);
+        ps.remove_conn(ConnId::new(1));
         assert_eq!(matches(&mut ps, "orders.created"), vec![2]);
-        assert!(ps.unsubscribe(2, "*"));
-        assert!(!ps.unsubscribe(2, "*"));
-        assert_eq!(matches(&mut ps, "orders.created"), Vec::<ConnKey>::new());
+        assert!(ps.unsubscribe(ConnId::new(2), "*"));
+        assert!(!ps.unsubscribe(ConnId::new(2), "*"));
+        assert_eq!(matches(&mut ps, "orders.created"), Vec::<usize>::new());
         assert_eq!(ps.len(), 1);
         assert!(ps.lens.len() == 1);
     }
@@ -192,14 +192,14 @@ mod tests {
             let mut ps = PubSub::new();
             let mut model: Vec<(usize, String)> = Vec::new();
             for (c, s) in &subs {
-                if ps.subscribe(*c, s) {
+                if ps.subscribe(ConnId::new(*c), s) {
                     model.push((*c, s.clone()));
                 }
             }
             for i in unsubs {
                 if i < model.len() {
                     let (c, s) = model.remove(i);
-                    prop_assert!(ps.unsubscribe(c, &s));
+                    prop_assert!(ps.unsubscribe(ConnId::new(c), &s));
                 }
             }
             prop_assert_eq!(ps.len(), model.len());

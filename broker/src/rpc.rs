@@ -10,27 +10,27 @@
 use ahash::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::pubsub::ConnKey;
+use crate::connection::ConnId;
 use crate::timers::{TimerKind, Timers};
 
 /// A call waiting for its worker's result.
 #[derive(Debug)]
 pub struct PendingCall {
     /// The caller's connection.
-    pub caller: ConnKey,
+    pub caller: ConnId,
     /// The caller connection's serial (a reused slab key must not get the reply).
     pub caller_serial: u64,
     /// The caller's request id, raw in the caller's codec.
     pub reply_to: Option<Box<[u8]>>,
     /// The worker running it.
-    pub worker: ConnKey,
+    pub worker: ConnId,
     /// The procedure.
     pub name: Box<str>,
 }
 
 #[derive(Default)]
 struct Pool {
-    workers: Vec<ConnKey>,
+    workers: Vec<ConnId>,
     rr: usize,
 }
 
@@ -40,8 +40,8 @@ pub struct Rpc {
     pools: HashMap<Box<str>, Pool, RandomState>,
     /// Names each connection registered (a set: registering many names is not
     /// quadratic).
-    regs: HashMap<ConnKey, HashSet<Box<str>, RandomState>, RandomState>,
-    busy: HashMap<ConnKey, u32, RandomState>,
+    regs: HashMap<ConnId, HashSet<Box<str>, RandomState>, RandomState>,
+    busy: HashMap<ConnId, u32, RandomState>,
     calls: HashMap<u64, PendingCall, RandomState>,
     next_id: u64,
 }
@@ -53,7 +53,7 @@ impl Rpc {
     }
 
     /// Registers `conn` as a worker for `name`.
-    pub fn register(&mut self, conn: ConnKey, name: &str) {
+    pub fn register(&mut self, conn: ConnId, name: &str) {
         let regs = self.regs.entry(conn).or_default();
         if regs.contains(name) {
             return;
@@ -63,7 +63,7 @@ impl Rpc {
     }
 
     /// Removes `conn` from `name`'s pool; true if it was registered.
-    pub fn unregister(&mut self, conn: ConnKey, name: &str) -> bool {
+    pub fn unregister(&mut self, conn: ConnId, name: &str) -> bool {
         let Some(regs) = self.regs.get_mut(&conn) else {
             return false;
         };
@@ -93,12 +93,12 @@ impl Rpc {
     }
 
     /// Calls in flight on `worker`.
-    pub fn in_flight(&self, worker: ConnKey) -> u32 {
+    pub fn in_flight(&self, worker: ConnId) -> u32 {
         self.busy.get(&worker).copied().unwrap_or(0)
     }
 
     /// Picks the least busy worker of `name`, round-robin among equals.
-    fn pick(&mut self, name: &str) -> Option<ConnKey> {
+    fn pick(&mut self, name: &str) -> Option<ConnId> {
         let pool = self.pools.get_mut(name)?;
         let n = pool.workers.len();
         let mut best: Option<(u32, usize)> = None;
@@ -119,10 +119,10 @@ impl Rpc {
     pub fn start(
         &mut self,
         name: &str,
-        call: impl FnOnce(ConnKey) -> PendingCall,
+        call: impl FnOnce(ConnId) -> PendingCall,
         deadline: u64,
         timers: &mut Timers,
-    ) -> Option<(u64, ConnKey)> {
+    ) -> Option<(u64, ConnId)> {
         let worker = self.pick(name)?;
         self.next_id += 1;
         let id = self.next_id;
@@ -144,7 +144,7 @@ impl Rpc {
     }
 
     /// A `result` for call `id` from `from`. Late or foreign results give `None`.
-    pub fn finish(&mut self, id: u64, from: ConnKey) -> Option<PendingCall> {
+    pub fn finish(&mut self, id: u64, from: ConnId) -> Option<PendingCall> {
         if self.calls.get(&id)?.worker != from {
             return None;
         }
@@ -163,7 +163,7 @@ impl Rpc {
 
     /// A connection closed: its registrations go, and the calls it was running are
     /// returned (to be failed with EHANDLERGONE).
-    pub fn remove_conn(&mut self, conn: ConnKey) -> Vec<PendingCall> {
+    pub fn remove_conn(&mut self, conn: ConnId) -> Vec<PendingCall> {
         if let Some(names) = self.regs.remove(&conn) {
             for name in names.iter() {
                 if let Some(pool) = self.pools.get_mut(&**name) {
@@ -192,7 +192,7 @@ impl Rpc {
 mod tests {
     use super::*;
 
-    fn call(caller: ConnKey) -> impl FnOnce(ConnKey) -> PendingCall {
+    fn call(caller: ConnId) -> impl FnOnce(ConnId) -> PendingCall {
         move |worker| PendingCall {
             caller,
             caller_serial: 0,
@@ -206,17 +206,17 @@ mod tests {
     fn idle_workers_share_and_busy_ones_are_avoided() {
         let mut r = Rpc::new();
         let mut t = Timers::default();
-        r.register(10, "f");
-        r.register(11, "f");
+        r.register(ConnId(10), "f");
+        r.register(ConnId(11), "f");
         let mut count = [0; 2];
         for _ in 0..100 {
-            let (id, w) = r.start("f", call(1), 1000, &mut t).unwrap();
-            count[w - 10] += 1;
+            let (id, w) = r.start("f", call(ConnId(1)), 1000, &mut t).unwrap();
+            count[w.0 - 10] += 1;
             assert!(r.finish(id, w).is_some());
         }
         assert_eq!(count, [50, 50]);
-        let (_, w) = r.start("f", call(1), 1000, &mut t).unwrap();
-        let (_, w2) = r.start("f", call(1), 1000, &mut t).unwrap();
+        let (_, w) = r.start("f", call(ConnId(1)), 1000, &mut t).unwrap();
+        let (_, w2) = r.start("f", call(ConnId(1)), 1000, &mut t).unwrap();
         assert_ne!(w, w2);
         assert_eq!(r.pending(), 2);
     }
@@ -225,14 +225,17 @@ mod tests {
     fn worker_gone_fails_its_calls_and_late_results_are_ignored() {
         let mut r = Rpc::new();
         let mut t = Timers::default();
-        r.register(10, "f");
-        assert!(r.start("g", call(1), 0, &mut t).is_none());
-        let (id, _) = r.start("f", call(1), 0, &mut t).unwrap();
-        assert!(r.finish(id, 99).is_none(), "only the worker may answer");
-        let gone = r.remove_conn(10);
+        r.register(ConnId(10), "f");
+        assert!(r.start("g", call(ConnId(1)), 0, &mut t).is_none());
+        let (id, _) = r.start("f", call(ConnId(1)), 0, &mut t).unwrap();
+        assert!(
+            r.finish(id, ConnId(99)).is_none(),
+            "only the worker may answer"
+        );
+        let gone = r.remove_conn(ConnId(10));
         assert_eq!(gone.len(), 1);
-        assert!(r.finish(id, 10).is_none());
+        assert!(r.finish(id, ConnId(10)).is_none());
         assert_eq!(r.procs().count(), 0);
-        assert_eq!(r.in_flight(10), 0);
+        assert_eq!(r.in_flight(ConnId(10)), 0);
     }
 }

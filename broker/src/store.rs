@@ -13,11 +13,14 @@
 //!
 //! Time is passed in as `now` (milliseconds on the broker's monotonic clock), so
 //! tests drive it directly.
+//!
+//! Effects worth persisting (sets with their absolute deadline, deletes, evictions,
+//! clears; not expiries, which the deadlines imply) go to the store's
+//! [`EffectSink`], a type parameter: the broker's sink encodes log records, the
+//! default [`NoEffects`] compiles to nothing. The store never sees the log format.
 
 use hashbrown::HashTable;
 use procmesh_proto::{Codec, Num, Raw, Writer};
-
-use crate::persistence::aof;
 
 const NIL: u32 = u32::MAX;
 
@@ -88,8 +91,55 @@ pub struct StoreCounters {
     pub expired: u64,
 }
 
-/// The cache.
-pub struct Store {
+/// Receives the store's effects as they happen, in order. Deadlines are in ms on
+/// the broker clock (0 = none). Implementations must not allocate per call on the
+/// hot path (append to a reused buffer).
+pub trait EffectSink {
+    /// `key` now holds `value` (in `codec`) until `expire_at`.
+    fn set(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64);
+    /// `key` was deleted or evicted.
+    fn del(&mut self, key: &[u8]);
+    /// Everything was removed.
+    fn clear(&mut self);
+}
+
+/// A sink that drops every effect (a store without persistence).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEffects;
+
+impl EffectSink for NoEffects {
+    #[inline]
+    fn set(&mut self, _: &[u8], _: Codec, _: &[u8], _: u64) {}
+    #[inline]
+    fn del(&mut self, _: &[u8]) {}
+    #[inline]
+    fn clear(&mut self) {}
+}
+
+/// A sink switched on later (`None` records nothing: recovery replays with it off).
+impl<E: EffectSink> EffectSink for Option<E> {
+    #[inline]
+    fn set(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64) {
+        if let Some(e) = self {
+            e.set(key, codec, value, expire_at);
+        }
+    }
+    #[inline]
+    fn del(&mut self, key: &[u8]) {
+        if let Some(e) = self {
+            e.del(key);
+        }
+    }
+    #[inline]
+    fn clear(&mut self) {
+        if let Some(e) = self {
+            e.clear();
+        }
+    }
+}
+
+/// The cache, reporting its effects to `E`.
+pub struct Store<E = NoEffects> {
     cfg: StoreConfig,
     hasher: ahash::RandomState,
     table: HashTable<u32>,
@@ -104,21 +154,22 @@ pub struct Store {
     rng: u64,
     counters: StoreCounters,
     scratch: Vec<u8>,
-    journal: Option<Journal>,
-}
-
-/// Records of this turn's effects, for the append-only log.
-struct Journal {
-    buf: Vec<u8>,
-    unix_base_ms: u64,
+    effects: E,
 }
 
 /// Entries sampled per active-expiry round.
 const SAMPLE: usize = 20;
 
 impl Store {
-    /// An empty store with the given bounds.
+    /// An empty store with the given bounds that records no effects.
     pub fn new(cfg: StoreConfig) -> Store {
+        Store::with_effects(cfg, NoEffects)
+    }
+}
+
+impl<E: EffectSink> Store<E> {
+    /// An empty store with the given bounds, reporting effects to `effects`.
+    pub fn with_effects(cfg: StoreConfig, effects: E) -> Store<E> {
         Store {
             cfg,
             hasher: ahash::RandomState::new(),
@@ -134,22 +185,13 @@ impl Store {
             rng: 0x9e37_79b9_7f4a_7c15,
             counters: StoreCounters::default(),
             scratch: Vec::new(),
-            journal: None,
+            effects,
         }
     }
 
-    /// Starts recording effects (sets, deletes, evictions, clears) as log records;
-    /// `unix_base_ms` is the wall-clock time of the store's time 0.
-    pub fn enable_journal(&mut self, unix_base_ms: u64) {
-        self.journal = Some(Journal {
-            buf: Vec::new(),
-            unix_base_ms,
-        });
-    }
-
-    /// The records written since the buffer was last drained.
-    pub fn journal_buf(&mut self) -> Option<&mut Vec<u8>> {
-        self.journal.as_mut().map(|j| &mut j.buf)
+    /// The effect sink (to switch it on, or to drain what it collected).
+    pub fn effects_mut(&mut self) -> &mut E {
+        &mut self.effects
     }
 
     /// Visits up to `max` live entries from slot `from` on, with their absolute
@@ -339,14 +381,7 @@ impl Store {
                 slot
             }
         };
-        if let Some(j) = &mut self.journal {
-            let unix = if expire_at == 0 {
-                0
-            } else {
-                j.unix_base_ms + expire_at
-            };
-            aof::encode_set(&mut j.buf, key, codec, value, unix);
-        }
+        self.effects.set(key, codec, value, expire_at);
         self.enforce_bounds(slot);
         slot
     }
@@ -415,9 +450,7 @@ impl Store {
     /// Removes a slot as an effect worth logging (delete, eviction); expiry is not
     /// logged because records carry absolute deadlines.
     fn remove_logged(&mut self, slot: u32) {
-        if let Some(j) = &mut self.journal {
-            aof::encode_del(&mut j.buf, self.entries[slot as usize].key());
-        }
+        self.effects.del(self.entries[slot as usize].key());
         self.remove_slot(slot);
     }
 
@@ -457,9 +490,7 @@ impl Store {
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        if let Some(j) = &mut self.journal {
-            aof::encode_clear(&mut j.buf);
-        }
+        self.effects.clear();
         self.table.clear();
         self.entries.clear();
         self.entries.shrink_to(1024);
@@ -487,10 +518,10 @@ impl Store {
             }
             None => (Num::Int(0), Codec::MsgPack, self.deadline(None, now)),
         };
-        let result = add(current, by);
+        let result = current + by;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        write_num(&mut Writer::new(codec, &mut buf), result);
+        result.write(&mut Writer::new(codec, &mut buf));
         self.put_at(found, key.as_bytes(), codec, &buf, deadline);
         self.scratch = buf;
         Ok(result)
@@ -611,57 +642,6 @@ impl Store {
     }
 }
 
-/// Adds two numbers: integers stay integers while they fit, otherwise the result
-/// is a float (JavaScript's number semantics for what it can represent).
-pub fn add(a: Num, b: Num) -> Num {
-    fn int(n: Num) -> Option<i128> {
-        match n {
-            Num::Int(i) => Some(i as i128),
-            Num::UInt(u) => Some(u as i128),
-            Num::Float(_) => None,
-        }
-    }
-    match (int(a), int(b)) {
-        (Some(x), Some(y)) => {
-            let s = x + y;
-            if let Ok(i) = i64::try_from(s) {
-                Num::Int(i)
-            } else if let Ok(u) = u64::try_from(s) {
-                Num::UInt(u)
-            } else {
-                Num::Float(s as f64)
-            }
-        }
-        _ => {
-            let f = a.as_f64() + b.as_f64();
-            // 2.5 + 0.5 = 3: keep integral results as integers, as JSON would show them.
-            if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
-                Num::Int(f as i64)
-            } else {
-                Num::Float(f)
-            }
-        }
-    }
-}
-
-/// Negates a number (for `decr`).
-pub fn neg(n: Num) -> Num {
-    match n {
-        Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
-        Num::UInt(u) => Num::Float(-(u as f64)),
-        Num::Float(f) => Num::Float(-f),
-    }
-}
-
-/// Writes a number in the writer's codec.
-pub fn write_num(w: &mut Writer<'_>, n: Num) {
-    match n {
-        Num::Int(i) => w.int(i),
-        Num::UInt(u) => w.uint(u),
-        Num::Float(f) => w.float(f),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,11 +718,11 @@ mod tests {
         assert_eq!(s.ttl_left("n", 100), Some(900));
         assert_eq!(s.incr("n", Num::Float(0.5), 200), Ok(Num::Float(7.5)));
         assert_eq!(s.get("n", 1000), None);
-        assert_eq!(s.incr("fresh", neg(Num::Int(3)), 0), Ok(Num::Int(-3)));
+        assert_eq!(s.incr("fresh", -Num::Int(3), 0), Ok(Num::Int(-3)));
         s.set("s", j("\"x\""), None, 0);
         assert_eq!(s.incr("s", Num::Int(1), 0), Err(AtomicError::NotNumber));
         assert_eq!(
-            add(Num::Int(i64::MAX), Num::Int(1)),
+            Num::Int(i64::MAX) + Num::Int(1),
             Num::UInt(i64::MAX as u64 + 1)
         );
     }

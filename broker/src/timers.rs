@@ -1,4 +1,4 @@
-//! One timer structure for the whole reactor: call deadlines, lock TTLs and lock
+//! One timer structure for the whole broker: call deadlines, lock TTLs and lock
 //! waits (not one OS timer each).
 //!
 //! A binary heap ordered by deadline with lazy deletion: cancelling a timer just
@@ -21,7 +21,7 @@ pub enum TimerKind {
     LockWait(u64),
 }
 
-/// The reactor's timers.
+/// The broker's timers.
 #[derive(Debug, Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(u64, TimerKind)>>,

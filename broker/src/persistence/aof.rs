@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use procmesh_proto::Codec;
 
+use crate::store::EffectSink;
+
 const SET: u8 = 1;
 const DEL: u8 = 2;
 const CLEAR: u8 = 3;
@@ -107,6 +109,52 @@ pub fn encode_fence(out: &mut Vec<u8>, reserved_to: u64) {
     open(out);
     out.push(FENCE);
     out.extend_from_slice(&reserved_to.to_be_bytes());
+}
+
+/// The store's effects of this turn, encoded as log entries as they happen (one
+/// reused buffer: no allocation per write once it has grown).
+#[derive(Debug)]
+pub struct EffectLog {
+    buf: Vec<u8>,
+    unix_base_ms: u64,
+}
+
+impl EffectLog {
+    /// An empty log; `unix_base_ms` is the wall-clock time of the store's time 0
+    /// (records carry absolute Unix deadlines).
+    pub fn new(unix_base_ms: u64) -> EffectLog {
+        EffectLog {
+            buf: Vec::new(),
+            unix_base_ms,
+        }
+    }
+
+    /// The entries written since the buffer was last drained.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl EffectSink for EffectLog {
+    #[inline]
+    fn set(&mut self, key: &[u8], codec: Codec, value: &[u8], expire_at: u64) {
+        let unix = if expire_at == 0 {
+            0
+        } else {
+            self.unix_base_ms + expire_at
+        };
+        encode_set(&mut self.buf, key, codec, value, unix);
+    }
+
+    #[inline]
+    fn del(&mut self, key: &[u8]) {
+        encode_del(&mut self.buf, key);
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        encode_clear(&mut self.buf);
+    }
 }
 
 /// One decoded record, borrowing from the file's bytes.

@@ -5,8 +5,8 @@
 //! - the log holds effects (absolute sets with absolute expiry, deletes, clears, fence
 //!   reservations), so replaying any suffix twice changes nothing;
 //! - with `always`, the writes dispatched in one loop turn share one fsync, and their
-//!   replies leave only after it (the reactor calls [`Persistence::commit`] before it
-//!   flushes);
+//!   replies leave only after it (the durability gate, [`gate`], calls
+//!   [`Persistence::commit`] before the core flushes);
 //! - a fencing token is never visible to a client before a FENCE record covering it is
 //!   durable, so tokens issued before a crash are below the floor after it;
 //! - recovery (snapshot, then segments in order) finishes before the socket is bound.
@@ -15,6 +15,7 @@
 //! `aof-<seq>.log` segments.
 
 pub mod aof;
+pub mod gate;
 pub mod snapshot;
 
 use std::fs::File;
@@ -29,7 +30,7 @@ use procmesh_proto::Raw;
 
 use self::aof::{AppendLog, Damage, Record};
 use self::snapshot::Snapshot;
-use crate::store::Store;
+use crate::store::{EffectSink, Store};
 
 /// When written data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,9 +231,9 @@ pub type RecoveryError = String;
 impl Persistence {
     /// Locks the directory, loads the snapshot and replays the log into `store`.
     /// `unix_base_ms` is the wall-clock time of the store's time 0.
-    pub fn open(
+    pub fn open<E: EffectSink>(
         cfg: PersistConfig,
-        store: &mut Store,
+        store: &mut Store<E>,
         unix_base_ms: u64,
     ) -> Result<(Persistence, Recovered), RecoveryError> {
         let dir = &cfg.dir;
@@ -255,7 +256,7 @@ impl Persistence {
         }
         let mut rec = Recovered::default();
         let now_unix = unix_ms();
-        let apply = |store: &mut Store, r: Record<'_>, rec: &mut Recovered| match r {
+        let apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
             Record::Set {
                 key,
                 codec,
@@ -445,7 +446,7 @@ impl Persistence {
     }
 
     /// Starts, advances or completes a snapshot (called once per loop turn).
-    pub fn tick(&mut self, store: &Store, now: u64) {
+    pub fn tick<E: EffectSink>(&mut self, store: &Store<E>, now: u64) {
         if let Some(rx) = &self.finishing {
             match rx.try_recv() {
                 Ok(Ok(_)) => {

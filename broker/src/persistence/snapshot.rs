@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use super::aof;
-use crate::store::Store;
+use crate::store::{EffectSink, Store};
 
 /// File name of the current snapshot.
 pub const SNAPSHOT: &str = "snapshot.bin";
@@ -53,9 +53,9 @@ impl Snapshot {
     }
 
     /// Writes up to `budget` entries. Returns true when every entry has been visited.
-    pub fn step(
+    pub fn step<E: EffectSink>(
         &mut self,
-        store: &Store,
+        store: &Store<E>,
         now: u64,
         unix_base_ms: u64,
         budget: usize,

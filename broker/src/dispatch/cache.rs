@@ -1,0 +1,142 @@
+//! The cache family (PROTOCOL.md §6): `get set del has keys clear mget mset incr decr
+//! cas`, applied to the store and answered on the requester's connection.
+//!
+//! Owns no state; the store owns entries, TTLs and LRU order.
+
+use std::borrow::Cow;
+
+use procmesh_proto::response::{self, MgetReply};
+use procmesh_proto::{ErrorCode, Num, Raw, Reply};
+
+use super::{clip, reply, write_ok_value, Fail, Res};
+use crate::connection::{ConnId, Conns};
+use crate::mesh::Mesh;
+use crate::store::AtomicError;
+
+/// `get`: the value, or an `ok` without one when the key is missing.
+#[inline]
+pub(super) fn get(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
+    let Some(id) = id else { return };
+    let v = m.store.get(key, m.now);
+    out.send(from, |codec, buf| {
+        write_ok_value(codec, buf, id, v, "the stored value")
+    });
+}
+
+/// `set`.
+#[inline]
+pub(super) fn set(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    key: &str,
+    value: Raw<'_>,
+    ttl_ms: Option<u64>,
+) {
+    m.store.set(key, value, ttl_ms, m.now);
+    reply(out, from, id, Reply::Bool(true));
+}
+
+/// `del`: whether a live value was removed.
+pub(super) fn del(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
+    let existed = m.store.del(key, m.now);
+    reply(out, from, id, Reply::Bool(existed));
+}
+
+/// `has`.
+pub(super) fn has(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
+    let has = m.store.has(key, m.now);
+    reply(out, from, id, Reply::Bool(has));
+}
+
+/// `keys`: every live key.
+pub(super) fn keys(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
+    let Some(id) = id else { return };
+    let keys = m.store.keys(m.now);
+    out.send(from, |codec, buf| {
+        response::keys(codec, Some(id), keys.into_iter(), buf)
+    });
+}
+
+/// `clear`.
+pub(super) fn clear(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
+    m.store.clear();
+    reply(out, from, id, Reply::Bool(true));
+}
+
+/// `mget`: `{values, found}` in request order; never leaves a partial frame.
+pub(super) fn mget<'k, I>(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    names: I,
+) -> Res
+where
+    I: ExactSizeIterator<Item = Cow<'k, str>>,
+{
+    let Some(id) = id else { return Ok(()) };
+    let now = m.now;
+    let store = &mut m.store;
+    out.send(from, |codec, buf| {
+        let mut r = MgetReply::begin(codec, Some(id), names.len(), buf);
+        for name in names {
+            // A value that cannot be converted removes the whole reply.
+            r.push(store.get(&name, now))?;
+        }
+        r.finish();
+        Ok(())
+    })
+}
+
+/// `mset`: every pair, then one `ok`.
+pub(super) fn mset<'e, I>(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    pairs: I,
+) where
+    I: Iterator<Item = (Cow<'e, str>, Raw<'e>)>,
+{
+    for (key, value) in pairs {
+        m.store.set(&key, value, None, m.now);
+    }
+    reply(out, from, id, Reply::Bool(true));
+}
+
+/// `incr` (and `decr`, with `by` negated by the caller): the new number.
+pub(super) fn incr(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    key: &str,
+    by: Num,
+) -> Res {
+    match m.store.incr(key, by, m.now) {
+        Ok(n) => {
+            reply(out, from, id, Reply::Num(n));
+            Ok(())
+        }
+        Err(AtomicError::NotNumber) => Err(Fail::new(
+            ErrorCode::NotNumber,
+            format!("value at key `{}` is not a number", clip(key, 200)),
+        )),
+    }
+}
+
+/// `cas`: whether the swap happened.
+pub(super) fn cas(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    key: &str,
+    prev: Option<Raw<'_>>,
+    next: Option<Raw<'_>>,
+) {
+    let swapped = m.store.cas(key, prev, next, m.now);
+    reply(out, from, id, Reply::Bool(swapped));
+}

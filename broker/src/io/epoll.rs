@@ -1,0 +1,338 @@
+//! The mio (epoll) driver: the `Poll`, tokens, accept, reads, flushes and the fixed
+//! loop order; everything a frame means is `Core`'s business.
+//!
+//! `epoll` owns the listener, the sockets (one per connection, indexed by
+//! [`ConnId`], which is also the mio token) and the loop; it calls into `Core` and is
+//! never called back except through [`Transport`] (flush a socket, release one).
+//! One thread, no locks, no `Arc` on the data path.
+//!
+//! ```text
+//!  poll(timeout = core.next_wake | idle | 0 when work is pending)
+//!   │  read `now` once → core.set_now
+//!   ├─ accept (≤ ACCEPT_BATCH)                 → core.open_conn
+//!   ├─ readable: read until WouldBlock         → core.input (frames → dispatch)
+//!   │   (≤ READ_BUDGET bytes, then requeue)
+//!   ├─ core.end_turn: timers, heartbeat, expiry, log commit (+ fsync), snapshot
+//!   └─ core.flush: write dirty connections (one write each), close, until settled
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use super::{bind, lock_address, AddressLock, BindError};
+use crate::config::BrokerConfig;
+use crate::connection::{Closing, ConnId, Connection, Transport};
+use crate::core::Core;
+use crate::locks::LockTable;
+use crate::persistence::aof::EffectLog;
+use crate::persistence::{self, Persistence};
+use crate::store::Store;
+
+/// Wakes the loop for shutdown requests from other threads.
+pub const WAKER: Token = Token(usize::MAX);
+/// The listening socket.
+pub const LISTENER: Token = Token(usize::MAX - 1);
+/// The signal pipe of the `procmesh serve` binary.
+pub const SIGNALS: Token = Token(usize::MAX - 2);
+
+const EVENTS_CAPACITY: usize = 1024;
+const ACCEPT_BATCH: usize = 128;
+/// Bytes read from one connection per wake before others get a turn.
+const READ_BUDGET: usize = 1 << 20;
+
+/// The connections' sockets, indexed by [`ConnId`] (the core's table decides ids).
+struct Sockets {
+    registry: Registry,
+    streams: Vec<Option<UnixStream>>,
+}
+
+impl Sockets {
+    fn insert(&mut self, id: ConnId, stream: UnixStream) {
+        let i = id.index();
+        if i >= self.streams.len() {
+            self.streams.resize_with(i + 1, || None);
+        }
+        self.streams[i] = Some(stream);
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut UnixStream> {
+        self.streams.get_mut(id.index()).and_then(Option::as_mut)
+    }
+}
+
+impl Transport for Sockets {
+    #[inline]
+    fn flush(&mut self, id: ConnId, conn: &mut Connection) -> bool {
+        match self.get_mut(id) {
+            Some(s) => conn.flush(s),
+            None => false,
+        }
+    }
+
+    fn release(&mut self, id: ConnId) {
+        if let Some(mut s) = self.streams.get_mut(id.index()).and_then(Option::take) {
+            let _ = self.registry.deregister(&mut s);
+        }
+    }
+}
+
+/// A bound broker, ready to run its loop on the calling thread.
+pub struct Reactor {
+    poll: Poll,
+    events: Events,
+    listener: UnixListener,
+    lock: Option<AddressLock>,
+    socket: PathBuf,
+    core: Core,
+    sockets: Sockets,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: Option<UnixStream>,
+    pending_reads: Vec<ConnId>,
+    requeue: Vec<ConnId>,
+    idle_since: Option<u64>,
+    accept_more: bool,
+    warnings: Vec<String>,
+}
+
+impl Reactor {
+    /// Binds the socket of `cfg` and prepares the loop.
+    ///
+    /// With persistence configured, the directory is recovered (snapshot, then log)
+    /// before the socket is bound, so no client ever sees a partial state.
+    pub fn bind(cfg: BrokerConfig) -> Result<Reactor, BindError> {
+        let lock = lock_address(&cfg.socket)?;
+        let start = Instant::now();
+        let unix_base = persistence::unix_ms();
+        let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
+        let mut locks = LockTable::default();
+        let mut warnings = Vec::new();
+        let persist = match &cfg.persist {
+            Some(pc) => {
+                let (p, rec) = Persistence::open(pc.clone(), &mut store, unix_base)
+                    .map_err(BindError::Recovery)?;
+                // Recovery replayed with the sink off; from here on effects are logged.
+                *store.effects_mut() = Some(EffectLog::new(unix_base));
+                locks = LockTable::with_reservations(rec.fence_reserved);
+                warnings = rec.warnings;
+                Some(p)
+            }
+            None => None,
+        };
+        let mut listener = bind(&cfg.socket)?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let registry = poll.registry().try_clone()?;
+        let socket = cfg.socket.clone();
+        Ok(Reactor {
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            listener,
+            lock: Some(lock),
+            socket,
+            core: Core::new(cfg, store, locks, persist),
+            sockets: Sockets {
+                registry,
+                streams: Vec::new(),
+            },
+            start,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals: None,
+            pending_reads: Vec::new(),
+            requeue: Vec::new(),
+            idle_since: Some(0),
+            accept_more: false,
+            warnings,
+        })
+    }
+
+    /// Notes from recovery (torn log tails cut, repairs) for the operator.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A flag and waker that stop the loop from another thread.
+    pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
+        (self.stop.clone(), self.waker.clone())
+    }
+
+    /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
+    pub fn watch_signals(&mut self, mut stream: UnixStream) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut stream, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(stream);
+        Ok(())
+    }
+
+    fn clock(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending_reads.is_empty() || self.core.is_busy() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let now = self.clock();
+        let mut next = self.core.next_wake(now).unwrap_or(u64::MAX);
+        if let (Some(since), Some(idle)) = (self.idle_since, self.core.cfg().idle_timeout) {
+            next = next.min(since + idle.as_millis() as u64);
+        }
+        if next == u64::MAX {
+            None
+        } else {
+            Some(Duration::from_millis(next.saturating_sub(now)))
+        }
+    }
+
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
+    pub fn run(mut self) -> io::Result<()> {
+        let result = self.run_loop();
+        if let Err(e) = self.core.shutdown(&mut self.sockets) {
+            log_line!("procmesh: {e}");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(lock) = self.lock.take() {
+            let _ = std::fs::remove_file(&lock.path);
+            drop(lock.file);
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = self.clock();
+            self.core.set_now(now);
+            let mut readable: Vec<ConnId> = std::mem::take(&mut self.requeue);
+            let mut accept = std::mem::take(&mut self.accept_more);
+            for ev in self.events.iter() {
+                match ev.token() {
+                    LISTENER => accept = true,
+                    WAKER => {}
+                    SIGNALS => self.core.request_shutdown(),
+                    Token(k) => {
+                        let id = ConnId::new(k);
+                        if ev.is_read_closed() || ev.is_error() {
+                            if let Some(c) = self.core.conn_mut(id) {
+                                c.peer_closed = true;
+                            }
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            readable.push(id);
+                        }
+                        if ev.is_writable() {
+                            self.core.on_writable(id);
+                        }
+                    }
+                }
+            }
+            if accept {
+                self.accept()?;
+            }
+            readable.append(&mut self.pending_reads);
+            for id in readable.drain(..) {
+                self.read_conn(id);
+            }
+            self.requeue = readable;
+            self.core.end_turn();
+            self.core.flush(&mut self.sockets);
+            if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
+                self.core.flush(&mut self.sockets);
+                return Ok(());
+            }
+            if self.core.has_no_conns() {
+                let since = *self.idle_since.get_or_insert(now);
+                if let Some(idle) = self.core.cfg().idle_timeout {
+                    if now.saturating_sub(since) >= idle.as_millis() as u64 {
+                        return Ok(());
+                    }
+                }
+            } else {
+                self.idle_since = None;
+            }
+        }
+    }
+
+    fn accept(&mut self) -> io::Result<()> {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let id = self.core.next_conn_id();
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(id.index()),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let opened = self.core.open_conn();
+                    debug_assert_eq!(opened, id, "invariant: the core opens the vacant id");
+                    self.sockets.insert(id, stream);
+                    // Data may already be waiting: edge-triggered registration only
+                    // reports new arrivals, so read once now.
+                    self.pending_reads.push(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors: try again next turn rather than spin or die.
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.accept_more = true;
+        Ok(())
+    }
+
+    /// Reads `id`'s socket, then lets the core handle the frames.
+    fn read_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.core.conn_mut(id) else {
+            return;
+        };
+        if conn.closing != Closing::No {
+            return;
+        }
+        let Some(stream) = self.sockets.get_mut(id) else {
+            return;
+        };
+        let outcome = conn.fill(stream, READ_BUDGET);
+        if self.core.input(id, outcome, &mut self.sockets) {
+            self.pending_reads.push(id);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The durability gate: the one place that decides when a write may be accepted and
+//! when its reply may leave.
+//!
+//! `gate` owns the persistence handle (if any) and the replies held back this turn.
+//! Per request, [`Gate::admit`] refuses writes while the log is failing and, with
+//! `fsync always`, notes where the write's reply starts in its connection's output.
+//! Once per turn, [`Gate::commit`] writes the turn's log records (and fence
+//! reservation) per the fsync policy; with `always`, a failure retracts the held
+//! replies: each connection's output is cut back to its first held reply, every
+//! held write is answered `EBROKER "write not persisted: …"`, and the connection is
+//! closed after that flush (its later replies of the turn are lost with the cut).
+//! It does not know about sockets; the core flushes only after the commit.
+//!
+//! Invariants: replies are held only with `fsync always`, so [`Gate::holds`] is
+//! false under the other policies; the held list is empty after every commit.
+
+use procmesh_proto::{ErrorCode, Raw, Reply};
+
+use super::aof::EffectLog;
+use super::{FsyncMode, Persistence};
+use crate::connection::{Closing, ConnId, Conns};
+use crate::locks::LockTable;
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// A write whose reply waits for this turn's fsync.
+struct Held {
+    conn: ConnId,
+    /// Offset of the reply in the connection's output.
+    at: usize,
+    /// The request id, raw in the connection's codec.
+    id: Option<Box<[u8]>>,
+}
+
+/// Admission and commit of writes; see the module doc.
+pub struct Gate {
+    log: Option<Persistence>,
+    held: Vec<Held>,
+}
+
+impl Gate {
+    /// A gate over `log` (`None`: in-memory broker, every write is admitted).
+    pub fn new(log: Option<Persistence>) -> Gate {
+        Gate {
+            log,
+            held: Vec::new(),
+        }
+    }
+
+    /// The persistence handle, for stats.
+    pub fn log(&self) -> Option<&Persistence> {
+        self.log.as_ref()
+    }
+
+    /// Whether a log is attached: only then can [`Gate::admit`] refuse or hold a
+    /// write (so an in-memory broker skips admission with one check).
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Admits a write request from `conn` whose reply will start at `reply_at()` in
+    /// its output (asked only when the reply is held). `Err` carries the refusal's
+    /// message (the log is failing).
+    #[inline]
+    pub fn admit(
+        &mut self,
+        conn: ConnId,
+        id: Option<Raw<'_>>,
+        reply_at: impl FnOnce() -> usize,
+    ) -> Result<(), String> {
+        let Some(p) = &self.log else {
+            return Ok(());
+        };
+        if let Some(e) = &p.error {
+            return Err(format!(
+                "persistence is failing ({e}); writes are refused until it recovers"
+            ));
+        }
+        if p.mode() == FsyncMode::Always {
+            self.held.push(Held {
+                conn,
+                at: reply_at(),
+                id: id.map(|i| Box::<[u8]>::from(i.bytes)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `conn` has a reply held for this turn's commit (its output must not
+    /// be flushed early).
+    #[inline]
+    pub fn holds(&self, conn: ConnId) -> bool {
+        !self.held.is_empty() && self.held.iter().any(|h| h.conn == conn)
+    }
+
+    /// Writes this turn's log records (the store's effects and a pending fence
+    /// reservation) per the fsync policy; with `always`, retracts the held replies
+    /// when that fails.
+    pub fn commit(
+        &mut self,
+        store: &mut Store<Option<EffectLog>>,
+        locks: &mut LockTable,
+        conns: &mut Conns,
+        stats: &mut Stats,
+    ) {
+        let Some(p) = self.log.as_mut() else {
+            return;
+        };
+        let reservation = locks.take_reservation();
+        let Some(effects) = store.effects_mut().as_mut() else {
+            return;
+        };
+        let buf = effects.buf();
+        if let Some(r) = reservation {
+            p.reserve(buf, r);
+        }
+        let was_failing = p.error.is_some();
+        let result = p.commit(buf, reservation.is_some());
+        let mode = p.mode();
+        match result {
+            Ok(()) => {
+                if was_failing && p.error.is_none() {
+                    log_line!("procmesh: persistence recovered; writes are accepted again");
+                }
+            }
+            Err(e) => {
+                if !was_failing {
+                    log_line!(
+                        "procmesh: persistence error: {e}; refusing writes until it recovers"
+                    );
+                }
+                if mode == FsyncMode::Always {
+                    self.retract(&e, conns, stats);
+                }
+            }
+        }
+        self.held.clear();
+    }
+
+    fn retract(&mut self, why: &str, conns: &mut Conns, stats: &mut Stats) {
+        let held = std::mem::take(&mut self.held);
+        let mut cut: Vec<(ConnId, usize)> = Vec::new();
+        for h in &held {
+            match cut.iter_mut().find(|(c, _)| *c == h.conn) {
+                Some((_, p)) => *p = (*p).min(h.at),
+                None => cut.push((h.conn, h.at)),
+            }
+        }
+        for (k, pos) in cut {
+            if let Some(c) = conns.get_mut(k) {
+                c.out().truncate(pos);
+                c.closing = Closing::AfterFlush;
+            }
+        }
+        let msg = format!("write not persisted: {why}");
+        for h in held {
+            if conns.get(h.conn).is_none() {
+                continue;
+            }
+            conns.send(h.conn, |codec, out| {
+                let id = h.id.as_deref().map(|b| Raw::new(codec, b));
+                Reply::Err {
+                    code: ErrorCode::Broker,
+                    message: &msg,
+                }
+                .encode_into(codec, id, out);
+            });
+            stats.error(ErrorCode::Broker);
+        }
+    }
+
+    /// Starts, advances or completes a snapshot (once per turn, after the commit).
+    pub fn tick(&mut self, store: &Store<Option<EffectLog>>, now: u64) {
+        if let Some(p) = self.log.as_mut() {
+            p.tick(store, now);
+        }
+    }
+
+    /// Makes everything written durable (clean shutdown).
+    pub fn close(&mut self) -> Result<(), String> {
+        match self.log.as_mut() {
+            Some(p) => p.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Connection;
+    use crate::store::StoreConfig;
+    use procmesh_proto::Codec;
+
+    fn store() -> Store<Option<EffectLog>> {
+        Store::with_effects(StoreConfig::default(), Some(EffectLog::new(0)))
+    }
+
+    fn gate(fsync: FsyncMode, dir: &std::path::Path) -> Gate {
+        let mut cfg = super::super::PersistConfig::new(dir);
+        cfg.fsync = fsync;
+        let (p, _) = Persistence::open(cfg, &mut store(), 0).expect("open");
+        Gate::new(Some(p))
+    }
+
+    #[test]
+    fn in_memory_admits_everything_and_holds_nothing() {
+        let mut g = Gate::new(None);
+        let id = Raw::new(Codec::Json, b"1");
+        assert!(g.admit(ConnId(0), Some(id), || 0).is_ok());
+        assert!(!g.holds(ConnId(0)));
+    }
+
+    #[test]
+    fn only_always_holds_replies_until_the_commit() {
+        for (mode, holds) in [
+            (FsyncMode::No, false),
+            (FsyncMode::EverySec, false),
+            (FsyncMode::Always, true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut g = gate(mode, dir.path());
+            let (mut s, mut locks, mut stats) = (store(), LockTable::default(), Stats::default());
+            let mut conns = Conns::new(usize::MAX);
+            let c = conns.insert(Connection::new(1, true, 0));
+            assert!(g.admit(c, None, || 0).is_ok());
+            s.set("k", Raw::new(Codec::Json, b"1"), None, 0);
+            assert_eq!(g.holds(c), holds, "{mode:?}");
+            g.commit(&mut s, &mut locks, &mut conns, &mut stats);
+            assert!(!g.holds(c), "{mode:?}: nothing is held after the commit");
+            assert_eq!(conns[c].queued(), 0, "a successful commit retracts nothing");
+            assert!(g.log().is_some_and(|p| p.log_bytes() > 0), "{mode:?}");
+        }
+    }
+}
