@@ -304,7 +304,7 @@ impl Client {
         for (idx, tk) in tickets {
             let reply = tk.wait()?;
             let raw = reply
-                .raw_value()?
+                .raw_value()
                 .ok_or_else(|| ClientError::Decode("mget reply has no value".into()))?;
             let (values, found) = mget_parts(raw)?;
             if values.len() != idx.len() || found.len() != idx.len() {

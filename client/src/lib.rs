@@ -18,9 +18,14 @@
 //! # Layout
 //! - `client`: [`Client`], routing to shards, request building and replies.
 //! - `builder`: [`ClientBuilder`], every option and its default.
-//! - `conn`: one connection: pipelined requests, the reader thread, pings,
-//!   reconnect (documents the lock order).
-//! - `pending`: hand-off of replies between the reader and callers.
+//! - `conn`: one connection: pipelined requests and the state shared with its
+//!   reader thread (documents the lock order and a reply's path).
+//!   - `conn::link`: connect or spawn, the hello handshake, reconnect and replay.
+//!   - `conn::reader`: the reader thread: decodes each frame once and routes
+//!     replies, messages, invokes and pings; liveness pings.
+//!   - `conn::buf`: the read buffer, consumed by offset, shared with the handshake.
+//! - `pending`: hand-off of replies (the decoded value) between the reader and
+//!   callers.
 //! - `pubsub`: [`Message`], [`Subscription`] and the dispatch thread.
 //! - `rpc`: [`Registration`], [`HandlerError`] and the handler pool.
 //! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`].

@@ -38,6 +38,22 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: Raw<'_>) -> Result<T> {
     }
 }
 
+/// Encoded null in `codec`.
+pub(crate) fn null(codec: Codec) -> Raw<'static> {
+    match codec {
+        Codec::Json => Raw::new(Codec::Json, b"null"),
+        Codec::MsgPack => Raw::new(Codec::MsgPack, &[0xc0]),
+    }
+}
+
+/// Encoded empty array in `codec` (an absent argument list).
+pub(crate) fn empty_array(codec: Codec) -> Raw<'static> {
+    match codec {
+        Codec::Json => Raw::new(Codec::Json, b"[]"),
+        Codec::MsgPack => Raw::new(Codec::MsgPack, &[0x90]),
+    }
+}
+
 /// Encodes RPC arguments as an array: a value that serializes to an array (a
 /// tuple, `Vec`, slice) is the argument list; `()` is no arguments; anything
 /// else is the one argument.
@@ -75,11 +91,7 @@ pub(crate) fn decode_args<A: DeserializeOwned>(args: Raw<'_>) -> Result<A> {
                 }
             }
             (None, _) => {
-                let null: &[u8] = match args.codec {
-                    Codec::Json => b"null",
-                    Codec::MsgPack => &[0xc0],
-                };
-                if let Ok(v) = decode::<A>(Raw::new(args.codec, null)) {
+                if let Ok(v) = decode::<A>(null(args.codec)) {
                     return Ok(v);
                 }
             }
