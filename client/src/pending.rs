@@ -66,14 +66,24 @@ pub(crate) type Outcome<T = Reply> = Result<T>;
 
 /// Where one request's reply goes.
 pub(crate) struct Slot<T = Reply> {
-    outcome: Mutex<Option<Outcome<T>>>,
+    state: Mutex<State<T>>,
     ready: Condvar,
+}
+
+struct State<T> {
+    outcome: Option<Outcome<T>>,
+    /// Set by the first fill, and never cleared: a later fill is ignored even
+    /// after the waiter has taken the first.
+    filled: bool,
 }
 
 impl<T> Default for Slot<T> {
     fn default() -> Self {
         Slot {
-            outcome: Mutex::new(None),
+            state: Mutex::new(State {
+                outcome: None,
+                filled: false,
+            }),
             ready: Condvar::new(),
         }
     }
@@ -82,23 +92,24 @@ impl<T> Default for Slot<T> {
 impl<T> Slot<T> {
     /// Stores the outcome unless one is already there, and wakes the waiter.
     pub fn fill(&self, o: Outcome<T>) {
-        let mut g = lock(&self.outcome);
-        if g.is_none() {
-            *g = Some(o);
+        let mut g = lock(&self.state);
+        if !g.filled {
+            g.filled = true;
+            g.outcome = Some(o);
             self.ready.notify_all();
         }
     }
 
     /// Takes the outcome if it has arrived.
     pub fn take(&self) -> Option<Outcome<T>> {
-        lock(&self.outcome).take()
+        lock(&self.state).outcome.take()
     }
 
     /// Waits until the outcome arrives or `deadline` passes.
     pub fn wait_until(&self, deadline: Instant) -> Option<Outcome<T>> {
-        let mut g = lock(&self.outcome);
+        let mut g = lock(&self.state);
         loop {
-            if let Some(o) = g.take() {
+            if let Some(o) = g.outcome.take() {
                 return Some(o);
             }
             let now = Instant::now();
