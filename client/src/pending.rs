@@ -154,6 +154,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_keeps_only_its_value() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let v = crate::value::encode(codec, &[1, 2]).unwrap();
+            let r = Reply::new(codec, Some(Raw::new(codec, &v)));
+            assert_eq!(r.raw_value().unwrap().bytes, &v[..]);
+            assert_eq!(r.value::<Vec<i32>>().unwrap(), vec![1, 2]);
+            assert_eq!(r.opt::<Vec<i32>>().unwrap(), Some(vec![1, 2]));
+            // No value (a `set`'s `ok`): nothing kept, reads as null or `None`.
+            let none = Reply::new(codec, None);
+            assert!(none.value.is_none() && none.raw_value().is_none());
+            assert_eq!(none.value::<Option<u64>>().unwrap(), None);
+            assert_eq!(none.opt::<u64>().unwrap(), None);
+        }
+    }
+
+    #[test]
     fn deadline_passes_without_a_fill() {
         let s: Slot = Slot::default();
         assert!(s.wait_until(Instant::now()).is_none());
