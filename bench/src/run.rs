@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use procmesh_proto::hash::shard_index;
-use procmesh_proto::message::{Frame, FrameWriter, Kind};
-use procmesh_proto::{addr, frame, Codec};
+use procmesh_proto::message::{opt_u64, Frame, Kind};
+use procmesh_proto::{addr, frame, Codec, Raw, Request};
 
 use crate::cli::{CodecArg, RunArgs, Target, Workload};
 use crate::keys::ShardedKeys;
@@ -479,17 +479,24 @@ fn worker(mut s: Stream<Procmesh>, stop: &AtomicBool) -> io::Result<u64> {
             let f = Frame::decode(codec, &buf[start..end]).map_err(|e| bad(e.to_string()))?;
             match f.kind() {
                 Kind::Invoke => {
-                    let id = f.id.ok_or_else(|| bad("invoke without id".into()))?;
-                    let mut out = FrameWriter::begin(codec, &mut s.wbuf, 3, "result");
-                    let w = out.w();
-                    w.key("id");
-                    w.raw_same(id.bytes);
-                    w.key("result");
-                    match f.args {
-                        Some(a) if a.codec == codec => w.raw_same(a.bytes),
-                        _ => w.nil(),
+                    let id = opt_u64(f.id, "id")
+                        .map_err(|e| bad(e.to_string()))?
+                        .ok_or_else(|| bad("invoke without id".into()))?;
+                    let null = Raw::new(
+                        codec,
+                        if codec == Codec::Json {
+                            b"null"
+                        } else {
+                            &[0xc0]
+                        },
+                    );
+                    Request::Result {
+                        id,
+                        result: Some(f.args.unwrap_or(null)),
+                        error: None,
                     }
-                    out.finish();
+                    .encode_into(codec, None, &mut s.wbuf)
+                    .map_err(|e| bad(e.to_string()))?;
                     served += 1;
                 }
                 Kind::Ping => s.wire.pong(&mut s.wbuf),

@@ -4,8 +4,15 @@
 //! Owns nothing but the byte formats. Procmesh replies carry the request id (they may
 //! come back in any order); RESP replies come back in request order.
 
-use procmesh_proto::message::{Frame, FrameWriter, Kind};
-use procmesh_proto::{frame, Codec};
+use std::cell::RefCell;
+
+use procmesh_proto::message::{Frame, Kind};
+use procmesh_proto::{frame, Acks, Codec, Num, Raw, Request, Writer};
+
+thread_local! {
+    /// The encoded value of the request being built (reused: no allocation per request).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One request of a workload; strings borrow the generator's scratch buffers.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +78,20 @@ pub trait Wire: Send {
     fn pong(&self, out: &mut Vec<u8>);
 }
 
+/// Appends `s` (or `[s]` when `in_array`) as one encoded value: string values and
+/// arguments travel as values.
+#[inline]
+fn encode_str(codec: Codec, out: &mut Vec<u8>, s: &str, in_array: bool) {
+    let mut w = Writer::new(codec, out);
+    if in_array {
+        w.begin_array(1);
+        w.str(s);
+        w.end_array();
+    } else {
+        w.str(s);
+    }
+}
+
 /// The procmesh protocol in one codec.
 #[derive(Debug, Clone, Copy)]
 pub struct Procmesh {
@@ -87,56 +108,53 @@ impl Wire for Procmesh {
 
     #[inline]
     fn encode(&self, op: &Op<'_>, id: u64, out: &mut Vec<u8>) {
-        let (t, fields) = match op {
-            Op::Get(_) => ("get", 3),
-            Op::Set(..) => ("set", 4),
-            Op::Incr(_) => ("incr", 3),
-            Op::Lock(_) => ("lock", 3),
-            Op::Unlock(_) => ("unlock", 3),
-            Op::Pub(..) => ("pub", 4),
-            Op::Call(..) => ("call", 4),
-            Op::Sub(_) => ("sub", 3),
-            Op::Reg(_) => ("reg", 3),
-        };
-        let mut f = FrameWriter::begin(self.codec, out, fields, t);
-        let w = f.w();
-        w.key("id");
-        w.uint(id);
-        match *op {
-            Op::Get(k) | Op::Incr(k) | Op::Lock(k) | Op::Unlock(k) => {
-                w.key("key");
-                w.str(k);
-            }
-            Op::Set(k, v) => {
-                w.key("key");
-                w.str(k);
-                w.key("value");
-                w.str(v);
-            }
-            Op::Pub(ch, p) => {
-                w.key("channel");
-                w.str(ch);
-                w.key("payload");
-                w.str(p);
-            }
-            Op::Call(name, arg) => {
-                w.key("name");
-                w.str(name);
-                w.key("args");
-                w.begin_array(1);
-                w.str(arg);
-                w.end_array();
-            }
-            Op::Sub(ch) => {
-                w.key("channel");
-                w.str(ch);
-            }
-            Op::Reg(name) => {
-                w.key("name");
-                w.str(name);
-            }
-        }
-        f.finish();
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            let codec = self.codec;
+            let req = match *op {
+                Op::Get(k) => Request::Get { key: k.into() },
+                Op::Set(k, v) => {
+                    encode_str(codec, scratch, v, false);
+                    Request::Set {
+                        key: k.into(),
+                        value: Raw::new(codec, scratch),
+                        ttl_ms: None,
+                    }
+                }
+                Op::Incr(k) => Request::Incr {
+                    key: k.into(),
+                    by: Num::Int(1),
+                },
+                Op::Lock(k) => Request::Lock {
+                    key: k.into(),
+                    ttl_ms: None,
+                    wait_ms: None,
+                },
+                Op::Unlock(k) => Request::Unlock { key: k.into() },
+                Op::Pub(ch, p) => {
+                    encode_str(codec, scratch, p, false);
+                    Request::Pub {
+                        channel: ch.into(),
+                        payload: Some(Raw::new(codec, scratch)),
+                        acks: Acks::One,
+                        pid: None,
+                        seq: None,
+                    }
+                }
+                Op::Call(name, arg) => {
+                    encode_str(codec, scratch, arg, true);
+                    Request::Call {
+                        name: name.into(),
+                        args: Some(Raw::new(codec, scratch)),
+                        timeout_ms: None,
+                    }
+                }
+                Op::Sub(ch) => Request::Sub { channel: ch.into() },
+                Op::Reg(name) => Request::Reg { name: name.into() },
+            };
+            req.encode_into(codec, Some(id), out)
+                .expect("invariant: values are encoded in the connection's codec");
+        })
     }
 
     #[inline]
@@ -164,7 +182,9 @@ impl Wire for Procmesh {
     }
 
     fn pong(&self, out: &mut Vec<u8>) {
-        FrameWriter::begin(self.codec, out, 1, "pong").finish();
+        Request::Pong
+            .encode_into(self.codec, None, out)
+            .expect("invariant: pong has no values");
     }
 }
 
@@ -315,10 +335,7 @@ mod tests {
             assert_eq!(f.value.unwrap().as_str().unwrap(), "xxx");
 
             let mut reply = Vec::new();
-            let id = f.id.unwrap();
-            let mut w = procmesh_proto::message::begin_ok(codec, &mut reply, id, true);
-            w.w().int(3);
-            w.finish();
+            procmesh_proto::Reply::UInt(3).encode_into(codec, f.id, &mut reply);
             reply.extend_from_slice(&[0, 0]); // the start of the next frame
             let (len, r) = p.decode(&reply).unwrap().unwrap();
             assert_eq!(len, reply.len() - 2);

@@ -1,12 +1,12 @@
-//! The two codecs (PROTOCOL.md §3) and an encoder that writes either of them.
+//! The two codecs (PROTOCOL.md §3) and [`Raw`], a value's bytes in one of them.
 //!
-//! Owns codec detection and the byte-level encoding of every type the broker and
-//! client produce. It does not own message shapes (see `message`) nor decoding
-//! (see `value`). Invariant: [`Writer`] output is always a complete, valid value in
-//! its codec once every container begun has been ended.
+//! Owns codec detection and naming, and the nesting limit both codecs share. It
+//! knows nothing about reading or writing bytes: `json` and `msgpack` do that,
+//! `transcode` converts between them, `writer` encodes either, `value` reads
+//! scalars and structure out of a [`Raw`]. Depends on nothing in this crate.
 
-use crate::value::{transcode, Raw};
-use crate::DecodeError;
+/// Deepest container nesting accepted inside one value.
+pub const MAX_DEPTH: usize = 100;
 
 /// A wire codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,347 +47,38 @@ impl Codec {
     }
 }
 
-const MAX_NEST: usize = 64;
-
-/// Appends values in one codec to a byte vector.
+/// One encoded value: its codec and exactly its bytes.
 ///
-/// MessagePack containers need their element count up front (`begin_map(n)`);
-/// JSON containers get their separators from the writer. Callers pair every
-/// `begin_*` with an `end_*` and, inside a map, write a `key` before each value.
-pub struct Writer<'a> {
-    codec: Codec,
-    out: &'a mut Vec<u8>,
-    // JSON only: per open container, whether the next element needs a comma.
-    need_comma: [bool; MAX_NEST],
-    depth: usize,
-    after_key: bool,
+/// Accessors (`as_str`, `array`, `structurally_eq`, …) are in `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a> {
+    /// The codec of `bytes`.
+    pub codec: Codec,
+    /// The value's bytes, validated by `value::scan`.
+    pub bytes: &'a [u8],
 }
 
-impl<'a> Writer<'a> {
-    /// A writer appending to `out`.
+impl<'a> Raw<'a> {
+    /// Wraps bytes known to hold exactly one valid value (for example bytes taken
+    /// from a store that validated them on the way in).
     #[inline]
-    pub fn new(codec: Codec, out: &'a mut Vec<u8>) -> Self {
-        Writer {
-            codec,
-            out,
-            need_comma: [false; MAX_NEST],
-            depth: 0,
-            after_key: false,
-        }
+    pub fn new(codec: Codec, bytes: &'a [u8]) -> Self {
+        Raw { codec, bytes }
     }
 
-    /// Gives back the output vector.
+    /// True for null.
     #[inline]
-    pub fn into_out(self) -> &'a mut Vec<u8> {
-        self.out
-    }
-
-    /// The codec written.
-    #[inline]
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
-    #[inline]
-    fn sep(&mut self) {
-        if self.codec == Codec::Json {
-            if self.after_key {
-                self.after_key = false;
-            } else if self.depth > 0 {
-                let d = self.depth - 1;
-                if self.need_comma[d] {
-                    self.out.push(b',');
-                }
-                self.need_comma[d] = true;
-            }
-        }
-    }
-
-    /// Begins a map of `n` entries.
-    #[inline]
-    pub fn begin_map(&mut self, n: usize) {
-        self.sep();
+    pub fn is_nil(&self) -> bool {
         match self.codec {
-            Codec::Json => self.open(b'{'),
-            Codec::MsgPack => mp_len(self.out, n, 0x80, 0x0f, 0xde, 0xdf),
+            Codec::Json => self.bytes == b"null",
+            Codec::MsgPack => self.bytes == [0xc0],
         }
     }
-
-    /// Ends the innermost map.
-    #[inline]
-    pub fn end_map(&mut self) {
-        if self.codec == Codec::Json {
-            self.close(b'}');
-        }
-    }
-
-    /// Begins an array of `n` elements.
-    #[inline]
-    pub fn begin_array(&mut self, n: usize) {
-        self.sep();
-        match self.codec {
-            Codec::Json => self.open(b'['),
-            Codec::MsgPack => mp_len(self.out, n, 0x90, 0x0f, 0xdc, 0xdd),
-        }
-    }
-
-    /// Ends the innermost array.
-    #[inline]
-    pub fn end_array(&mut self) {
-        if self.codec == Codec::Json {
-            self.close(b']');
-        }
-    }
-
-    fn open(&mut self, c: u8) {
-        self.out.push(c);
-        // Deeper nesting than MAX_NEST is never produced by procmesh itself; clamp so
-        // a bug shows as a malformed separator, not a panic.
-        if self.depth < MAX_NEST {
-            self.need_comma[self.depth] = false;
-        }
-        self.depth += 1;
-    }
-
-    fn close(&mut self, c: u8) {
-        self.out.push(c);
-        self.depth = self.depth.saturating_sub(1);
-    }
-
-    /// Writes a map key; the next call writes its value.
-    #[inline]
-    pub fn key(&mut self, k: &str) {
-        self.str(k);
-        if self.codec == Codec::Json {
-            self.out.push(b':');
-            self.after_key = true;
-        }
-    }
-
-    /// Writes a string.
-    #[inline]
-    pub fn str(&mut self, s: &str) {
-        self.sep();
-        match self.codec {
-            Codec::Json => json_str(self.out, s),
-            Codec::MsgPack => mp_str(self.out, s),
-        }
-    }
-
-    /// Writes a signed integer.
-    #[inline]
-    pub fn int(&mut self, v: i64) {
-        self.sep();
-        match self.codec {
-            Codec::Json => self
-                .out
-                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
-            Codec::MsgPack => mp_int(self.out, v),
-        }
-    }
-
-    /// Writes an unsigned integer.
-    #[inline]
-    pub fn uint(&mut self, v: u64) {
-        if let Ok(i) = i64::try_from(v) {
-            return self.int(i);
-        }
-        self.sep();
-        match self.codec {
-            Codec::Json => self
-                .out
-                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
-            Codec::MsgPack => {
-                self.out.push(0xcf);
-                self.out.extend_from_slice(&v.to_be_bytes());
-            }
-        }
-    }
-
-    /// Writes a float; a non-finite float is written as null (as `JSON.stringify` does).
-    #[inline]
-    pub fn float(&mut self, v: f64) {
-        self.sep();
-        match self.codec {
-            Codec::Json => json_float(self.out, v),
-            Codec::MsgPack => {
-                self.out.push(0xcb);
-                self.out.extend_from_slice(&v.to_be_bytes());
-            }
-        }
-    }
-
-    /// Writes a boolean.
-    #[inline]
-    pub fn bool(&mut self, v: bool) {
-        self.sep();
-        match self.codec {
-            Codec::Json => self
-                .out
-                .extend_from_slice(if v { b"true" } else { b"false" }),
-            Codec::MsgPack => self.out.push(if v { 0xc3 } else { 0xc2 }),
-        }
-    }
-
-    /// Writes null.
-    #[inline]
-    pub fn nil(&mut self) {
-        self.sep();
-        match self.codec {
-            Codec::Json => self.out.extend_from_slice(b"null"),
-            Codec::MsgPack => self.out.push(0xc0),
-        }
-    }
-
-    /// Writes an already-encoded value, transcoding it when its codec differs.
-    #[inline]
-    pub fn raw(&mut self, v: Raw<'_>) -> Result<(), DecodeError> {
-        self.sep();
-        transcode(v, self.codec, self.out)
-    }
-
-    /// Writes bytes that are already one complete value in this writer's codec.
-    ///
-    /// The caller guarantees the bytes are valid in `self.codec()`.
-    #[inline]
-    pub fn raw_same(&mut self, bytes: &[u8]) {
-        self.sep();
-        self.out.extend_from_slice(bytes);
-    }
-}
-
-/// Appends a MessagePack container header: fix form up to `fixmax`, then 16/32-bit.
-#[inline]
-pub(crate) fn mp_len(out: &mut Vec<u8>, n: usize, fix: u8, fixmax: usize, m16: u8, m32: u8) {
-    if n <= fixmax {
-        out.push(fix | n as u8);
-    } else if n <= u16::MAX as usize {
-        out.push(m16);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(m32);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-}
-
-/// Appends a MessagePack string.
-#[inline]
-pub(crate) fn mp_str(out: &mut Vec<u8>, s: &str) {
-    let n = s.len();
-    if n < 32 {
-        out.push(0xa0 | n as u8);
-    } else if n <= u8::MAX as usize {
-        out.push(0xd9);
-        out.push(n as u8);
-    } else if n <= u16::MAX as usize {
-        out.push(0xda);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Appends a MessagePack integer in its smallest form.
-#[inline]
-pub(crate) fn mp_int(out: &mut Vec<u8>, v: i64) {
-    if (0..=0x7f).contains(&v) {
-        out.push(v as u8);
-    } else if (-32..0).contains(&v) {
-        out.push(v as i8 as u8);
-    } else if v >= 0 {
-        if v <= u8::MAX as i64 {
-            out.push(0xcc);
-            out.push(v as u8);
-        } else if v <= u16::MAX as i64 {
-            out.push(0xcd);
-            out.extend_from_slice(&(v as u16).to_be_bytes());
-        } else if v <= u32::MAX as i64 {
-            out.push(0xce);
-            out.extend_from_slice(&(v as u32).to_be_bytes());
-        } else {
-            out.push(0xcf);
-            out.extend_from_slice(&(v as u64).to_be_bytes());
-        }
-    } else if v >= i8::MIN as i64 {
-        out.push(0xd0);
-        out.push(v as i8 as u8);
-    } else if v >= i16::MIN as i64 {
-        out.push(0xd1);
-        out.extend_from_slice(&(v as i16).to_be_bytes());
-    } else if v >= i32::MIN as i64 {
-        out.push(0xd2);
-        out.extend_from_slice(&(v as i32).to_be_bytes());
-    } else {
-        out.push(0xd3);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-}
-
-/// Appends a JSON number for a float (`null` when not finite).
-#[inline]
-pub(crate) fn json_float(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        // Integral floats print without a fraction, as JavaScript does.
-        if v.fract() == 0.0 && v.abs() < 9.007_199_254_740_992e15 {
-            out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
-        } else {
-            out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
-        }
-    } else {
-        out.extend_from_slice(b"null");
-    }
-}
-
-/// Appends a JSON string literal with the escapes JSON requires.
-#[inline]
-pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let b = s.as_bytes();
-    let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&b[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(c >> 4) as usize],
-                    HEX[(c & 15) as usize],
-                ]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&b[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
-    }
-    out.extend_from_slice(&b[start..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn both(f: impl Fn(&mut Writer)) -> (String, Vec<u8>) {
-        let mut j = Vec::new();
-        f(&mut Writer::new(Codec::Json, &mut j));
-        let mut m = Vec::new();
-        f(&mut Writer::new(Codec::MsgPack, &mut m));
-        (String::from_utf8(j).unwrap(), m)
-    }
 
     #[test]
     fn detects_codecs() {
@@ -399,71 +90,11 @@ mod tests {
     }
 
     #[test]
-    fn golden_nested_map() {
-        let (j, m) = both(|w| {
-            w.begin_map(3);
-            w.key("t");
-            w.str("ok");
-            w.key("id");
-            w.int(7);
-            w.key("value");
-            w.begin_array(3);
-            w.bool(true);
-            w.nil();
-            w.float(1.5);
-            w.end_array();
-            w.end_map();
-        });
-        assert_eq!(j, r#"{"t":"ok","id":7,"value":[true,null,1.5]}"#);
-        let mut want = vec![0x83, 0xa1, b't', 0xa2, b'o', b'k', 0xa2, b'i', b'd', 7];
-        want.extend_from_slice(&[0xa5, b'v', b'a', b'l', b'u', b'e', 0x93, 0xc3, 0xc0, 0xcb]);
-        want.extend_from_slice(&1.5f64.to_be_bytes());
-        assert_eq!(m, want);
-    }
-
-    #[test]
-    fn json_escapes_and_numbers() {
-        let (j, _) = both(|w| {
-            w.begin_array(5);
-            w.str("a\"b\\c\n\u{1}é");
-            w.float(2.0);
-            w.float(f64::NAN);
-            w.int(-42);
-            w.uint(u64::MAX);
-            w.end_array();
-        });
-        assert_eq!(
-            j,
-            "[\"a\\\"b\\\\c\\n\\u0001é\",2,null,-42,18446744073709551615]"
-        );
-    }
-
-    #[test]
-    fn msgpack_int_forms_roundtrip_through_rmp() {
-        for v in [
-            0i64,
-            1,
-            127,
-            128,
-            255,
-            256,
-            65535,
-            65536,
-            -1,
-            -32,
-            -33,
-            -128,
-            -129,
-            -32768,
-            -32769,
-            i64::MIN,
-            i64::MAX,
-            1 << 40,
-        ] {
-            let mut m = Vec::new();
-            Writer::new(Codec::MsgPack, &mut m).int(v);
-            let back: i64 = rmp_serde::from_slice(&m).unwrap();
-            assert_eq!(back, v);
+    fn names() {
+        for c in [Codec::Json, Codec::MsgPack] {
+            assert_eq!(Codec::from_name(c.name()), Some(c));
         }
+        assert_eq!(Codec::from_name("msgpackr"), Some(Codec::MsgPack));
+        assert_eq!(Codec::from_name("xml"), None);
     }
 }

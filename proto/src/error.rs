@@ -88,16 +88,24 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// A payload that could not be decoded. Answered with `EBROKER` by the broker.
+/// A payload that could not be decoded. Answered with `EBROKER` by the broker,
+/// except a frame whose type is not a request ([`ErrorCode::Unknown`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
+    code: ErrorCode,
     message: Cow<'static, str>,
 }
 
 impl DecodeError {
-    /// A decode error with a message saying what was wrong.
+    /// A decode error with a message saying what was wrong (code `EBROKER`).
     pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        DecodeError::with_code(ErrorCode::Broker, message)
+    }
+
+    /// A decode error answered with another code than `EBROKER`.
+    pub fn with_code(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         DecodeError {
+            code,
             message: message.into(),
         }
     }
@@ -109,7 +117,7 @@ impl DecodeError {
 
     /// The wire code for this error.
     pub fn code(&self) -> ErrorCode {
-        ErrorCode::Broker
+        self.code
     }
 }
 

@@ -6,10 +6,18 @@
 //! speaks the other codec.
 //!
 //! # Layout
+//! Files import one way: `codec`, `num`, `error`, `frame` import nothing of ours;
+//! the readers and writers of each format build on them; messages on top.
 //! - [`frame`]: length prefix and size limit.
-//! - [`codec`]: the two codecs, detection, and the [`Writer`] that encodes either.
-//! - [`value`]: validation, scalar access, transcoding and structural equality of raw values.
-//! - [`message`]: frame kinds, in-place decoding of fields, the broker's frames.
+//! - [`codec`]: the two codecs, detection, and [`Raw`] (a value's bytes in one).
+//! - `json`, `msgpack` (private): reader and writer primitives of each format.
+//! - [`transcode`]: conversion of a value between the codecs.
+//! - [`value`]: validation, scalar access, structure and equality of raw values.
+//! - [`num`]: [`Num`] and its JavaScript-compatible arithmetic.
+//! - [`writer`]: [`Writer`], which encodes either codec.
+//! - [`message`]: the envelope: frame kinds and in-place decoding of a frame's fields.
+//! - [`request`]: typed client→broker messages ([`Request`]): decode from a frame, encode a frame.
+//! - [`response`]: broker→client frames ([`Reply`], [`Push`] and streaming reply builders).
 //! - [`error`]: the stable error codes and [`DecodeError`].
 //! - [`hash`]: FNV-1a over UTF-16 code units, exactly as the Node.js package.
 //! - [`topic`]: channel pattern matching.
@@ -17,30 +25,49 @@
 //!
 //! # Example
 //! ```
-//! use procmesh_proto::{frame, message::{Frame, Kind, need_str}, Codec};
+//! use procmesh_proto::{frame, Codec, Frame, Reply, Request};
 //!
+//! // A client encodes a request…
 //! let mut buf = Vec::new();
-//! frame::encode_into(br#"{"t":"get","id":1,"key":"user:1"}"#, &mut buf);
-//! let (start, end) = frame::try_decode(&buf, frame::MAX_FRAME_LEN).unwrap().unwrap();
+//! Request::Get { key: "user:1".into() }.encode_into(Codec::Json, Some(1), &mut buf)?;
+//! // …the broker takes one frame off its read buffer, decodes the envelope, then the request…
+//! let (start, end) = frame::try_decode(&buf, frame::MAX_FRAME_LEN)?.unwrap();
 //! let payload = &buf[start..end];
 //! let codec = Codec::detect(payload[0]).unwrap();
-//! let f = Frame::decode(codec, payload).unwrap();
-//! assert_eq!(f.kind(), Kind::Get);
-//! assert_eq!(need_str(f.key, "key").unwrap(), "user:1");
+//! let f = Frame::decode(codec, payload)?;
+//! let req = Request::from_frame(f.kind(), &f)?;
+//! assert_eq!(req, Request::Get { key: "user:1".into() });
+//! // …and answers with a reply builder, echoing the id.
+//! let mut out = Vec::new();
+//! Reply::Ok.encode_into(codec, f.id, &mut out);
+//! assert_eq!(&out[4..], br#"{"t":"ok","id":1}"#);
 //! assert_eq!(procmesh_proto::hash::fnv1a("a"), 0xe40c292c);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
 
 pub mod addr;
 pub mod codec;
+mod compose;
 pub mod error;
 pub mod frame;
 pub mod hash;
+mod json;
 pub mod message;
+mod msgpack;
+pub mod num;
+pub mod request;
+pub mod response;
 pub mod topic;
+pub mod transcode;
 pub mod value;
+pub mod writer;
 
-pub use codec::{Codec, Writer};
+pub use codec::{Codec, Raw};
 pub use error::{DecodeError, ErrorCode};
 pub use message::{Frame, Kind};
-pub use value::{Num, Raw, Value};
+pub use num::Num;
+pub use request::{Acks, Request};
+pub use response::{Push, Reply};
+pub use value::Value;
+pub use writer::Writer;

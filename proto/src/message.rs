@@ -1,5 +1,5 @@
-//! Message types of PROTOCOL.md §4–§9: decoding a frame's fields in place and
-//! encoding the broker's frames.
+//! The envelope of PROTOCOL.md §4: frame kinds and decoding a frame's fields in
+//! place.
 //!
 //! A decoded [`Frame`] borrows every field from the payload as [`Raw`] bytes; values
 //! are never decoded into a tree here. Field types are checked by the accessors
@@ -7,12 +7,12 @@
 
 use std::borrow::Cow;
 
-use crate::codec::{Codec, Writer};
-use crate::value::{for_each_field, Num, Raw};
-use crate::{frame, DecodeError, ErrorCode};
-
-/// Protocol version announced in `welcome`.
-pub const PROTOCOL_VERSION: i64 = 4;
+use crate::codec::{Codec, Raw};
+pub use crate::compose::{begin_ok, FrameWriter, PROTOCOL_VERSION};
+use crate::num::Num;
+use crate::response::{Push, Reply};
+use crate::value::for_each_field;
+use crate::{DecodeError, ErrorCode};
 
 macro_rules! kinds {
     ($($variant:ident = $tag:literal,)*) => {
@@ -275,93 +275,28 @@ pub fn opt_u64(v: Option<Raw<'_>>, name: &'static str) -> Result<Option<u64>, De
     }
 }
 
-// ---------------------------------------------------------------- encoding
+// The builders below predate `response` and are kept as thin wrappers until every
+// caller has switched to `response::{Reply, Push, ok_value, ok_with, ...}`.
 
-/// A frame being written: prefix reserved, map begun. Write the remaining fields
-/// with [`FrameWriter::w`], then call [`FrameWriter::finish`].
-pub struct FrameWriter<'o> {
-    w: Writer<'o>,
-    at: usize,
-}
-
-impl<'o> FrameWriter<'o> {
-    /// Begins a frame whose map has `fields` entries (including `t`) and writes `t`.
-    #[inline]
-    pub fn begin(codec: Codec, out: &'o mut Vec<u8>, fields: usize, t: &str) -> Self {
-        let at = frame::begin(out);
-        let mut w = Writer::new(codec, out);
-        w.begin_map(fields);
-        w.key("t");
-        w.str(t);
-        FrameWriter { w, at }
-    }
-
-    /// The writer, positioned for the next key.
-    #[inline]
-    pub fn w(&mut self) -> &mut Writer<'o> {
-        &mut self.w
-    }
-
-    /// Ends the map and writes the length prefix.
-    #[inline]
-    pub fn finish(mut self) {
-        self.w.end_map();
-        let at = self.at;
-        let out = self.w.into_out();
-        frame::finish(out, at);
-    }
-}
-
-/// `{"t":"ok","id":ID,"value":…}`: begins an ok reply; when `has_value`, the
-/// caller writes exactly one value with `w()` before `finish()`.
-#[inline]
-pub fn begin_ok<'o>(
-    codec: Codec,
-    out: &'o mut Vec<u8>,
-    id: Raw<'_>,
-    has_value: bool,
-) -> FrameWriter<'o> {
-    let mut f = FrameWriter::begin(codec, out, 2 + has_value as usize, "ok");
-    f.w.key("id");
-    write_id(&mut f.w, id);
-    if has_value {
-        f.w.key("value");
-    }
-    f
-}
-
-#[inline]
-fn write_id(w: &mut Writer<'_>, id: Raw<'_>) {
-    if id.codec == w.codec() {
-        w.raw_same(id.bytes);
-    } else {
-        // Ids are numbers or strings in practice; a failed transcode writes null.
-        if w.raw(id).is_err() {
-            w.nil();
-        }
-    }
-}
-
-/// `{"t":"ok","id":ID,"value":true|false}`.
+/// `{"t":"ok","id":ID,"value":true|false}` (see [`Reply::Bool`]).
 #[inline]
 pub fn ok_bool(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>, v: bool) {
-    let mut f = begin_ok(codec, out, id, true);
-    f.w.bool(v);
-    f.finish();
+    Reply::Bool(v).encode_into(codec, Some(id), out);
 }
 
-/// `{"t":"ok","id":ID}` (value absent).
+/// `{"t":"ok","id":ID}` (value absent; see [`Reply::Ok`]).
 #[inline]
 pub fn ok_empty(codec: Codec, out: &mut Vec<u8>, id: Raw<'_>) {
-    begin_ok(codec, out, id, false).finish();
+    Reply::Ok.encode_into(codec, Some(id), out);
 }
 
-/// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None.
+/// `{"t":"err","id":ID,"message":TEXT,"code":CODE}`; without an id when `id` is None
+/// (see [`Reply::Err`]).
 pub fn err(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, code: ErrorCode, message: &str) {
-    err_with_code_str(codec, out, id, code.as_str(), message)
+    Reply::Err { code, message }.encode_into(codec, id, out);
 }
 
-/// Like [`err`], with a code string chosen by a peer (an RPC worker's own code).
+/// Like [`err`], with a code string chosen by a peer (see [`Reply::ErrCode`]).
 pub fn err_with_code_str(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -369,71 +304,35 @@ pub fn err_with_code_str(
     code: &str,
     message: &str,
 ) {
-    let mut f = FrameWriter::begin(codec, out, 3 + id.is_some() as usize, "err");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.w.key("message");
-    f.w.str(message);
-    f.w.key("code");
-    f.w.str(code);
-    f.finish();
+    Reply::ErrCode { code, message }.encode_into(codec, id, out);
 }
 
-/// `{"t":"pong","id":ID}`.
+/// `{"t":"pong","id":ID}` (see [`Reply::Pong`]).
 pub fn pong(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>) {
-    let mut f = FrameWriter::begin(codec, out, 1 + id.is_some() as usize, "pong");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.finish();
+    Reply::Pong.encode_into(codec, id, out);
 }
 
-/// `{"t":"ping"}` (a broker heartbeat).
+/// `{"t":"ping"}` (a broker heartbeat; see [`Push::Ping`]).
 pub fn ping(codec: Codec, out: &mut Vec<u8>) {
-    FrameWriter::begin(codec, out, 1, "ping").finish();
+    let _ = Push::Ping.encode_into(codec, out);
 }
 
-/// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}`.
+/// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}` (see [`Reply::Welcome`]).
 pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
-    let mut f = FrameWriter::begin(codec, out, 4 + id.is_some() as usize, "welcome");
-    if let Some(id) = id {
-        f.w.key("id");
-        write_id(&mut f.w, id);
-    }
-    f.w.key("version");
-    f.w.int(PROTOCOL_VERSION);
-    f.w.key("broker");
-    f.w.str(broker);
-    f.w.key("pid");
-    f.w.str(pid);
-    f.finish();
+    Reply::Welcome { broker, pid }.encode_into(codec, id, out);
 }
 
-/// `{"t":"msg","channel":CH,"payload":P}`.
+/// `{"t":"msg","channel":CH,"payload":P}` (see [`Push::Msg`]).
 pub fn msg(
     codec: Codec,
     out: &mut Vec<u8>,
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    let start = out.len();
-    let mut f = FrameWriter::begin(codec, out, 3, "msg");
-    f.w.key("channel");
-    f.w.str(channel);
-    f.w.key("payload");
-    if let Err(e) = f.w.raw(payload) {
-        let out = f.w.into_out();
-        out.truncate(start);
-        return Err(e);
-    }
-    f.finish();
-    Ok(())
+    Push::Msg { channel, payload }.encode_into(codec, out)
 }
 
-/// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}`.
+/// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).
 pub fn invoke(
     codec: Codec,
     out: &mut Vec<u8>,
@@ -441,20 +340,7 @@ pub fn invoke(
     name: &str,
     args: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    let start = out.len();
-    let mut f = FrameWriter::begin(codec, out, 4, "invoke");
-    f.w.key("id");
-    f.w.uint(id);
-    f.w.key("name");
-    f.w.str(name);
-    f.w.key("args");
-    if let Err(e) = f.w.raw(args) {
-        let out = f.w.into_out();
-        out.truncate(start);
-        return Err(e);
-    }
-    f.finish();
-    Ok(())
+    Push::Invoke { id, name, args }.encode_into(codec, out)
 }
 
 #[cfg(test)]
@@ -569,5 +455,34 @@ mod tests {
         assert_eq!(f.kind(), Kind::Incr);
         assert_eq!(opt_num(f.by, "by").unwrap(), Some(Num::Float(2.5)));
         assert_eq!(f.id.unwrap().as_i64(), Some(3));
+    }
+
+    fn val(codec: Codec, json: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::value::transcode(
+            validate(Codec::Json, json.as_bytes()).unwrap(),
+            codec,
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn old_message_builders_write_the_same_bytes() {
+        for c in [Codec::Json, Codec::MsgPack] {
+            let idb = val(c, "\"req-1\"");
+            let id = Raw::new(c, &idb);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ok_bool(c, &mut a, id, false);
+            let mut f = begin_ok(c, &mut b, id, true);
+            f.w().bool(false);
+            f.finish();
+            assert_eq!(a, b);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ok_empty(c, &mut a, id);
+            begin_ok(c, &mut b, id, false).finish();
+            assert_eq!(a, b);
+        }
     }
 }
