@@ -12,7 +12,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procmesh_proto::{hash, topic, Codec, Raw, Writer};
+use procmesh_proto::request::{EntryList, KeyList};
+use procmesh_proto::{hash, topic, Acks, Codec, Num, Raw, Request};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -183,17 +184,22 @@ impl Client {
         encode(self.codec(), v)
     }
 
-    /// Sends `t` to every shard at once, then collects the replies in shard order.
+    /// Encoded bytes (from [`Client::enc`]) as a value of this client's codec.
+    fn raw<'b>(&self, bytes: &'b [u8]) -> Raw<'b> {
+        Raw::new(self.codec(), bytes)
+    }
+
+    /// Sends `req` to every shard at once, then collects the replies in shard order.
     fn fan_out<T>(
         &self,
-        t: &'static str,
+        req: &Request<'_>,
         read: impl Fn(crate::conn::Reply) -> Result<T>,
     ) -> Result<Vec<T>> {
         let tickets: Vec<Ticket<'_>> = self
             .inner
             .conns
             .iter()
-            .map(|c| c.start(t, self.timeout(), 0, |_| {}))
+            .map(|c| c.start(req, self.timeout()))
             .collect::<Result<_>>()?;
         tickets
             .into_iter()
@@ -213,10 +219,7 @@ impl Client {
     /// The value of `key`, or `None` when it is missing or expired.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.route(key)
-            .request("get", self.timeout(), 1, |w| {
-                w.key("key");
-                w.str(key);
-            })?
+            .request(&Request::Get { key: key.into() }, self.timeout())?
             .opt()
     }
 
@@ -243,41 +246,38 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<()> {
         let v = self.enc(value)?;
-        self.route(key)
-            .request("set", self.timeout(), 2 + ttl.is_some() as usize, |w| {
-                w.key("key");
-                w.str(key);
-                write_value_ttl(w, &v, ttl);
-            })?;
+        let req = Request::Set {
+            key: key.into(),
+            value: self.raw(&v),
+            ttl_ms: ttl.map(ms),
+        };
+        self.route(key).request(&req, self.timeout())?;
         Ok(())
     }
 
     /// Deletes `key`; true if it existed.
     pub fn del(&self, key: &str) -> Result<bool> {
-        self.key_op("del", key)?.value()
+        self.key_op(&Request::Del { key: key.into() }, key)?.value()
     }
 
     /// Whether `key` holds a live value.
     pub fn has(&self, key: &str) -> Result<bool> {
-        self.key_op("has", key)?.value()
+        self.key_op(&Request::Has { key: key.into() }, key)?.value()
     }
 
-    fn key_op(&self, t: &'static str, key: &str) -> Result<crate::conn::Reply> {
-        self.route(key).request(t, self.timeout(), 1, |w| {
-            w.key("key");
-            w.str(key);
-        })
+    fn key_op(&self, req: &Request<'_>, key: &str) -> Result<crate::conn::Reply> {
+        self.route(key).request(req, self.timeout())
     }
 
     /// Every live key (of every shard).
     pub fn keys(&self) -> Result<Vec<String>> {
-        let per_shard = self.fan_out("keys", |r| r.value::<Vec<String>>())?;
+        let per_shard = self.fan_out(&Request::Keys, |r| r.value::<Vec<String>>())?;
         Ok(per_shard.into_iter().flatten().collect())
     }
 
     /// Deletes every key (on every shard).
     pub fn clear(&self) -> Result<()> {
-        self.fan_out("clear", |_| Ok(()))?;
+        self.fan_out(&Request::Clear, |_| Ok(()))?;
         Ok(())
     }
 
@@ -290,14 +290,11 @@ impl Client {
         }
         let mut tickets = Vec::new();
         for (s, idx) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-            let tk = self.inner.conns[s].start("mget", self.timeout(), 1, |w| {
-                w.key("keys");
-                w.begin_array(idx.len());
-                for &i in idx {
-                    w.str(keys[i].as_ref());
-                }
-                w.end_array();
-            })?;
+            let names: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();
+            let req = Request::Mget {
+                keys: KeyList::from_strs(&names),
+            };
+            let tk = self.inner.conns[s].start(&req, self.timeout())?;
             tickets.push((idx, tk));
         }
         let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
@@ -330,17 +327,14 @@ impl Client {
         }
         let mut tickets = Vec::new();
         for (s, g) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-            tickets.push(self.inner.conns[s].start("mset", self.timeout(), 1, |w| {
-                w.key("entries");
-                w.begin_array(g.len());
-                for (i, v) in g {
-                    w.begin_array(2);
-                    w.str(entries[*i].0.as_ref());
-                    w.raw_same(v);
-                    w.end_array();
-                }
-                w.end_array();
-            })?);
+            let pairs: Vec<(&str, Raw<'_>)> = g
+                .iter()
+                .map(|(i, v)| (entries[*i].0.as_ref(), self.raw(v)))
+                .collect();
+            let req = Request::Mset {
+                entries: EntryList::from_pairs(&pairs),
+            };
+            tickets.push(self.inner.conns[s].start(&req, self.timeout())?);
         }
         for tk in tickets {
             tk.wait()?;
@@ -355,33 +349,29 @@ impl Client {
     /// number, and with a decode error when the result is not an integer (use
     /// [`Client::incr_float`] for fractional counters).
     pub fn incr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("incr", key, |w| w.int(by))
+        self.add(key, Num::Int(by), false)
     }
 
     /// Subtracts `by` from the number at `key`; see [`Client::incr`].
     pub fn decr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("decr", key, |w| w.int(by))
+        self.add(key, Num::Int(by), true)
     }
 
     /// Adds a fractional `by` to the number at `key`.
     pub fn incr_float(&self, key: &str, by: f64) -> Result<f64> {
-        self.add("incr", key, |w| w.float(by))
+        self.add(key, Num::Float(by), false)
     }
 
-    fn add<N: DeserializeOwned>(
-        &self,
-        t: &'static str,
-        key: &str,
-        by: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<N> {
-        self.route(key)
-            .request(t, self.timeout(), 2, |w| {
-                w.key("key");
-                w.str(key);
-                w.key("by");
-                by(w);
-            })?
-            .value()
+    /// `incr` (or `decr`) `key` by `by`.
+    fn add<N: DeserializeOwned>(&self, key: &str, by: Num, decr: bool) -> Result<N> {
+        let c = self.route(key);
+        let key = key.into();
+        let req = if decr {
+            Request::Decr { key, by }
+        } else {
+            Request::Incr { key, by }
+        };
+        c.request(&req, self.timeout())?.value()
     }
 
     /// Compare-and-swap: if the value at `key` equals `prev` (`None`: the key is
@@ -391,19 +381,12 @@ impl Client {
     pub fn cas<V: Serialize>(&self, key: &str, prev: Option<&V>, next: Option<&V>) -> Result<bool> {
         let p = prev.map(|v| self.enc(v)).transpose()?;
         let n = next.map(|v| self.enc(v)).transpose()?;
-        self.route(key)
-            .request(
-                "cas",
-                self.timeout(),
-                1 + p.is_some() as usize + n.is_some() as usize,
-                |w| {
-                    w.key("key");
-                    w.str(key);
-                    write_opt(w, "prev", p.as_deref());
-                    write_opt(w, "next", n.as_deref());
-                },
-            )?
-            .value()
+        let req = Request::Cas {
+            key: key.into(),
+            prev: p.as_deref().map(|b| self.raw(b)),
+            next: n.as_deref().map(|b| self.raw(b)),
+        };
+        self.route(key).request(&req, self.timeout())?.value()
     }
 
     // ------------------------------------------------------------ locks
@@ -411,16 +394,12 @@ impl Client {
     /// Tries to take the lock `key`, waiting up to `opts.wait` in FIFO order.
     /// `Ok(None)` when it was not acquired in time.
     pub fn lock(&self, key: &str, opts: LockOptions) -> Result<Option<LockGuard>> {
-        let reply = self
-            .route(key)
-            .request("lock", opts.wait + self.timeout(), 3, |w| {
-                w.key("key");
-                w.str(key);
-                w.key("ttl");
-                w.uint(ms(opts.ttl));
-                w.key("wait");
-                w.uint(ms(opts.wait));
-            })?;
+        let req = Request::Lock {
+            key: key.into(),
+            ttl_ms: Some(ms(opts.ttl)),
+            wait_ms: Some(ms(opts.wait)),
+        };
+        let reply = self.route(key).request(&req, opts.wait + self.timeout())?;
         let r: LockReply = reply.value()?;
         if !r.acquired {
             return Ok(None);
@@ -472,14 +451,11 @@ impl Client {
 
     pub(crate) fn unlock_key(&self, key: &str, wait: bool) -> Result<bool> {
         let c = self.route(key);
-        let body = |w: &mut Writer<'_>| {
-            w.key("key");
-            w.str(key);
-        };
+        let req = Request::Unlock { key: key.into() };
         if wait {
-            c.request("unlock", self.timeout(), 1, body)?.value()
+            c.request(&req, self.timeout())?.value()
         } else {
-            c.request_nowait("unlock", 1, body);
+            c.request_nowait(&req);
             Ok(true)
         }
     }
@@ -517,11 +493,14 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<()> {
         let v = self.enc(value)?;
-        self.route(lock_key)
-            .request("fset", self.timeout(), 4 + ttl.is_some() as usize, |w| {
-                write_fence(w, lock_key, token, key);
-                write_value_ttl(w, &v, ttl);
-            })?;
+        let req = Request::Fset {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+            value: self.raw(&v),
+            ttl_ms: ttl.map(ms),
+        };
+        self.route(lock_key).request(&req, self.timeout())?;
         Ok(())
     }
 
@@ -536,28 +515,25 @@ impl Client {
     ) -> Result<bool> {
         let p = prev.map(|v| self.enc(v)).transpose()?;
         let n = next.map(|v| self.enc(v)).transpose()?;
-        self.route(lock_key)
-            .request(
-                "fcas",
-                self.timeout(),
-                3 + p.is_some() as usize + n.is_some() as usize,
-                |w| {
-                    write_fence(w, lock_key, token, key);
-                    write_opt(w, "prev", p.as_deref());
-                    write_opt(w, "next", n.as_deref());
-                },
-            )?
-            .value()
+        let req = Request::Fcas {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+            prev: p.as_deref().map(|b| self.raw(b)),
+            next: n.as_deref().map(|b| self.raw(b)),
+        };
+        self.route(lock_key).request(&req, self.timeout())?.value()
     }
 
     /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
     /// key existed.
     pub fn fenced_del(&self, lock_key: &str, token: FencingToken, key: &str) -> Result<bool> {
-        self.route(lock_key)
-            .request("fdel", self.timeout(), 3, |w| {
-                write_fence(w, lock_key, token, key)
-            })?
-            .value()
+        let req = Request::Fdel {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+        };
+        self.route(lock_key).request(&req, self.timeout())?.value()
     }
 
     // ------------------------------------------------------------ pub/sub
@@ -591,13 +567,13 @@ impl Client {
         // broker's confirmation is missed.
         let mut tickets = Vec::new();
         let mut first_err = None;
+        let req = Request::Sub {
+            channel: pattern.into(),
+        };
         for &s in &shards {
             let c = &self.inner.conns[s];
             if lock(&c.subs).add(pattern, id, h.clone()) {
-                match c.start("sub", self.timeout(), 1, |w| {
-                    w.key("channel");
-                    w.str(pattern);
-                }) {
+                match c.start(&req, self.timeout()) {
                     Ok(t) => tickets.push(t),
                     Err(e) => {
                         first_err = Some(e);
@@ -633,20 +609,19 @@ impl Client {
         wait: bool,
     ) -> Result<()> {
         let mut tickets = Vec::new();
+        let req = Request::Unsub {
+            channel: pattern.into(),
+        };
         for &s in shards {
             let c = &self.inner.conns[s];
             let last = lock(&c.subs).remove(pattern, id);
             if !last {
                 continue;
             }
-            let body = |w: &mut Writer<'_>| {
-                w.key("channel");
-                w.str(pattern);
-            };
             if wait {
-                tickets.push(c.start("unsub", self.timeout(), 1, body)?);
+                tickets.push(c.start(&req, self.timeout())?);
             } else {
-                c.request_nowait("unsub", 1, body);
+                c.request_nowait(&req);
             }
         }
         for t in tickets {
@@ -659,15 +634,8 @@ impl Client {
     /// delivered to (0 for a deduplicated retry).
     pub fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
         let p = self.enc(payload)?;
-        let n: Option<u64> = self
-            .route(channel)
-            .request("pub", self.timeout(), 2, |w| {
-                w.key("channel");
-                w.str(channel);
-                w.key("payload");
-                w.raw_same(&p);
-            })?
-            .value()?;
+        let req = publish(channel, self.raw(&p), Acks::One);
+        let n: Option<u64> = self.route(channel).request(&req, self.timeout())?.value()?;
         Ok(n.unwrap_or(0))
     }
 
@@ -676,14 +644,8 @@ impl Client {
     /// reported. Fails only when there is no connection.
     pub fn publish_nowait<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<()> {
         let p = self.enc(payload)?;
-        self.route(channel).send_oneway("pub", 3, |w| {
-            w.key("channel");
-            w.str(channel);
-            w.key("payload");
-            w.raw_same(&p);
-            w.key("acks");
-            w.int(0);
-        })
+        self.route(channel)
+            .send_oneway(&publish(channel, self.raw(&p), Acks::None))
     }
 
     // ------------------------------------------------------------ RPC
@@ -726,10 +688,7 @@ impl Client {
             }
             regs.insert(name.to_owned(), crate::rpc::wrap(self.codec(), handler));
         }
-        let r = c.request("reg", self.timeout(), 1, |w| {
-            w.key("name");
-            w.str(name);
-        });
+        let r = c.request(&Request::Reg { name: name.into() }, self.timeout());
         if let Err(e) = r {
             lock(&c.regs).remove(name);
             return Err(e);
@@ -744,14 +703,11 @@ impl Client {
     pub(crate) fn unregister_name(&self, name: &str, wait: bool) -> Result<()> {
         let c = self.route(name);
         lock(&c.regs).remove(name);
-        let body = |w: &mut Writer<'_>| {
-            w.key("name");
-            w.str(name);
-        };
+        let req = Request::Unreg { name: name.into() };
         if wait {
-            c.request("unreg", self.timeout(), 1, body)?;
+            c.request(&req, self.timeout())?;
         } else {
-            c.request_nowait("unreg", 1, body);
+            c.request_nowait(&req);
         }
         Ok(())
     }
@@ -768,16 +724,12 @@ impl Client {
     {
         let a = encode_args(self.codec(), args)?;
         let t = timeout.unwrap_or_else(|| self.timeout());
-        self.route(name)
-            .request("call", t + CALL_GRACE, 3, |w| {
-                w.key("name");
-                w.str(name);
-                w.key("args");
-                w.raw_same(&a);
-                w.key("timeout");
-                w.uint(ms(t));
-            })?
-            .value()
+        let req = Request::Call {
+            name: name.into(),
+            args: Some(self.raw(&a)),
+            timeout_ms: Some(ms(t)),
+        };
+        self.route(name).request(&req, t + CALL_GRACE)?.value()
     }
 
     // ------------------------------------------------------------ control
@@ -785,7 +737,7 @@ impl Client {
     /// Broker statistics; for a sharded client the sum, with each shard's in
     /// [`Stats::shards`].
     pub fn stats(&self) -> Result<Stats> {
-        let mut per = self.fan_out("stats", |r| {
+        let mut per = self.fan_out(&Request::Stats, |r| {
             let mut s: Stats = r.value()?;
             s.raw = r.value()?;
             Ok(s)
@@ -799,14 +751,14 @@ impl Client {
     /// Round-trip time to the slowest shard.
     pub fn ping(&self) -> Result<Duration> {
         let t0 = Instant::now();
-        self.fan_out("ping", |_| Ok(()))?;
+        self.fan_out(&Request::Ping, |_| Ok(()))?;
         Ok(t0.elapsed())
     }
 
     /// Asks every shard's broker to exit, then closes this client (it would
     /// otherwise reconnect, and with auto-spawn start a new broker).
     pub fn shutdown_broker(&self) -> Result<()> {
-        let r = self.fan_out("shutdown", |_| Ok(()));
+        let r = self.fan_out(&Request::Shutdown, |_| Ok(()));
         self.close();
         match r {
             // The broker may close before its reply gets out; it is going down.
@@ -825,31 +777,15 @@ impl Client {
     }
 }
 
-fn write_opt(w: &mut Writer<'_>, key: &str, v: Option<&[u8]>) {
-    if let Some(b) = v {
-        w.key(key);
-        w.raw_same(b);
+/// A `pub` of `payload` on `channel`, acknowledged per `acks`.
+fn publish<'a>(channel: &'a str, payload: Raw<'a>, acks: Acks) -> Request<'a> {
+    Request::Pub {
+        channel: channel.into(),
+        payload: Some(payload),
+        acks,
+        pid: None,
+        seq: None,
     }
-}
-
-/// The `value` (already encoded in the connection's codec) and optional `ttl` fields
-/// of `set` and `fset`.
-fn write_value_ttl(w: &mut Writer<'_>, value: &[u8], ttl: Option<Duration>) {
-    w.key("value");
-    w.raw_same(value);
-    if let Some(t) = ttl {
-        w.key("ttl");
-        w.uint(ms(t));
-    }
-}
-
-fn write_fence(w: &mut Writer<'_>, lock_key: &str, token: FencingToken, key: &str) {
-    w.key("key");
-    w.str(lock_key);
-    w.key("token");
-    w.uint(token.0);
-    w.key("k");
-    w.str(key);
 }
 
 /// Splits an `mget` reply `{"values":[...],"found":[...]}`.

@@ -15,10 +15,10 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::opt_str;
-use procmesh_proto::{Frame, Kind};
+use procmesh_proto::{Frame, Kind, Request};
 
 use super::buf::ReadBuf;
-use super::{build, fail_all, Conn, Link};
+use super::{fail_all, frame, Conn, Link};
 use crate::error::{ClientError, Result};
 use crate::event::Event;
 use crate::pending::{lock, Pending};
@@ -110,23 +110,15 @@ impl Conn {
         s.set_read_timeout(Some(timeout)).map_err(io_err)?;
         let id = self.next_id();
         let pid = lock(&self.io).pid.clone();
-        let token = self.shared.settings.token.as_deref();
-        let fields = 1 + token.is_some() as usize + pid.is_some() as usize;
         let codec = self.codec();
         // {"t":"hello","id":ID,"name":NAME,"token"?:T,"pid"?:P}
-        let hello = build(codec, "hello", Some(id), fields, |w| {
-            w.key("name");
-            w.str(&self.name);
-            if let Some(t) = token {
-                w.key("token");
-                w.str(t);
-            }
-            if let Some(p) = &pid {
-                w.key("pid");
-                w.str(p);
-            }
-        });
-        s.write_all(&hello).map_err(io_err)?;
+        let hello = Request::Hello {
+            name: Some(self.name.as_str().into()),
+            token: self.shared.settings.token.as_deref().map(Into::into),
+            pid: pid.as_deref().map(Into::into),
+        };
+        s.write_all(&frame(codec, &hello, Some(id))?)
+            .map_err(io_err)?;
         let mut buf = ReadBuf::new();
         loop {
             let mut welcomed = false;
@@ -147,8 +139,8 @@ impl Conn {
                     }
                     Kind::Err if is_ours => return Err(ClientError::from_err_frame(&f)),
                     Kind::Ping => {
-                        let pong = build(codec, "pong", None, 0, |_| {});
-                        s.write_all(&pong).map_err(io_err)?;
+                        s.write_all(&frame(codec, &Request::Pong, None)?)
+                            .map_err(io_err)?;
                     }
                     _ => {}
                 }
@@ -286,22 +278,20 @@ impl Conn {
             // requests that rely on it.
             let patterns = lock(&self.subs).patterns();
             let names: Vec<String> = lock(&self.regs).keys().cloned().collect();
-            let codec = self.codec();
+            // Names and patterns are plain strings: encoding cannot fail.
             for p in patterns {
                 let id = self.next_id();
-                let bytes = build(codec, "sub", Some(id), 1, |w| {
-                    w.key("channel");
-                    w.str(&p);
-                });
-                self.write_locked(&mut io, id, &bytes, Pending::Background("resubscribe"));
+                let sub = Request::Sub {
+                    channel: p.as_str().into(),
+                };
+                let _ = self.write_locked(&mut io, id, &sub, Pending::Background("resubscribe"));
             }
             for n in names {
                 let id = self.next_id();
-                let bytes = build(codec, "reg", Some(id), 1, |w| {
-                    w.key("name");
-                    w.str(&n);
-                });
-                self.write_locked(&mut io, id, &bytes, Pending::Background("re-register"));
+                let reg = Request::Reg {
+                    name: n.as_str().into(),
+                };
+                let _ = self.write_locked(&mut io, id, &reg, Pending::Background("re-register"));
             }
             self.link_changed.notify_all();
             drop(io);

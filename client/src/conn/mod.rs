@@ -45,8 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use procmesh_proto::message::FrameWriter;
-use procmesh_proto::{Codec, Writer};
+use procmesh_proto::{Codec, Request};
 
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
@@ -134,26 +133,44 @@ struct Io {
     pid: Option<String>,
     /// Why the link is closed.
     closed_reason: String,
+    /// Every outbound frame is encoded here, under `io`, then written: one
+    /// buffer per connection, reused, instead of one allocation per request.
+    wbuf: Vec<u8>,
 }
 
-/// Builds one frame: `t`, then `id` when given, then `fields` more entries
-/// written by `body` (exactly that many: MessagePack maps are counted).
-pub(crate) fn build(
-    codec: Codec,
-    t: &str,
-    id: Option<u64>,
-    fields: usize,
-    body: impl FnOnce(&mut Writer<'_>),
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    let mut f = FrameWriter::begin(codec, &mut out, 1 + id.is_some() as usize + fields, t);
-    if let Some(id) = id {
-        f.w().key("id");
-        f.w().uint(id);
+/// Capacity the write buffer returns to after a large request.
+const WRITE_BUF_TARGET: usize = 64 * 1024;
+
+impl Io {
+    /// Encodes `req` (with `id`) as the one frame in the write buffer.
+    fn encode(&mut self, codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<()> {
+        self.wbuf.clear();
+        req.encode_into(codec, id, &mut self.wbuf)
+            .map_err(|e| ClientError::Encode(e.message().to_owned()))
     }
-    body(f.w());
-    f.finish();
-    out
+
+    /// Writes the encoded frame. On a write error the socket is shut down: the
+    /// reader then sees it die and fails `pending`.
+    fn write_encoded(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            if s.write_all(&self.wbuf).is_err() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        if self.wbuf.capacity() > WRITE_BUF_TARGET {
+            self.wbuf.clear();
+            self.wbuf.shrink_to(WRITE_BUF_TARGET);
+        }
+    }
+}
+
+/// Encodes `req` as one whole frame (length prefix included) into a new buffer,
+/// for writes outside a connection's `io` (the handshake).
+pub(crate) fn frame(codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    req.encode_into(codec, id, &mut out)
+        .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+    Ok(out)
 }
 
 /// A request in flight.
@@ -225,6 +242,7 @@ impl Conn {
                 generation: 0,
                 pid: None,
                 closed_reason: String::new(),
+                wbuf: Vec::new(),
             }),
             link_changed: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
@@ -265,74 +283,56 @@ impl Conn {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends request `t` and waits up to `timeout` for its reply.
-    pub fn request(
-        &self,
-        t: &'static str,
-        timeout: Duration,
-        fields: usize,
-        body: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<Reply> {
-        self.start(t, timeout, fields, body)?.wait()
+    /// Sends `req` and waits up to `timeout` for its reply.
+    pub fn request(&self, req: &Request<'_>, timeout: Duration) -> Result<Reply> {
+        self.start(req, timeout)?.wait()
     }
 
-    /// Sends request `t`; the reply is waited for with [`Ticket::wait`], so a
-    /// caller can have requests to several shards in flight at once.
-    pub fn start(
-        &self,
-        t: &'static str,
-        timeout: Duration,
-        fields: usize,
-        body: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<Ticket<'_>> {
+    /// Sends `req`; the reply is waited for with [`Ticket::wait`], so a caller
+    /// can have requests to several shards in flight at once.
+    pub fn start(&self, req: &Request<'_>, timeout: Duration) -> Result<Ticket<'_>> {
         let id = self.next_id();
-        let bytes = build(self.codec(), t, Some(id), fields, body);
         let deadline = Instant::now() + timeout;
         let slot = Arc::new(Slot::default());
-        self.send(id, &bytes, Pending::Waiter(slot.clone()), deadline)?;
+        let mut io = self.wait_up(deadline)?;
+        self.write_locked(&mut io, id, req, Pending::Waiter(slot.clone()))?;
+        drop(io);
         Ok(Ticket {
             conn: self,
             id,
             slot,
             deadline,
-            op: t,
+            op: req.kind().tag(),
             timeout,
         })
     }
 
-    /// Sends request `t` without waiting; an error reply becomes an
-    /// `Event::Error`. Does nothing while the link is down (what it would undo,
-    /// such as a lock or a subscription, died with the old connection).
-    pub fn request_nowait(
-        &self,
-        t: &'static str,
-        fields: usize,
-        body: impl FnOnce(&mut Writer<'_>),
-    ) {
+    /// Sends `req` without waiting; an error reply becomes an `Event::Error`.
+    /// Does nothing while the link is down (what it would undo, such as a lock
+    /// or a subscription, died with the old connection).
+    pub fn request_nowait(&self, req: &Request<'_>) {
         let id = self.next_id();
-        let bytes = build(self.codec(), t, Some(id), fields, body);
         let mut io = lock(&self.io);
-        if io.link == Link::Up {
-            self.write_locked(&mut io, id, &bytes, Pending::Background(t));
+        if io.link != Link::Up {
+            return;
+        }
+        let what = req.kind().tag();
+        if let Err(e) = self.write_locked(&mut io, id, req, Pending::Background(what)) {
+            drop(io);
+            self.emit(Event::Error {
+                shard: self.shard,
+                message: format!("{what}: {e}"),
+            });
         }
     }
 
-    /// Sends a frame without an id, which the broker never answers. Waits for a
+    /// Sends `req` without an id, which the broker never answers. Waits for a
     /// reconnect like a request would.
-    pub fn send_oneway(
-        &self,
-        t: &'static str,
-        fields: usize,
-        body: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<()> {
-        let bytes = build(self.codec(), t, None, fields, body);
+    pub fn send_oneway(&self, req: &Request<'_>) -> Result<()> {
         let deadline = Instant::now() + self.shared.settings.call_timeout;
         let mut io = self.wait_up(deadline)?;
-        if let Some(s) = io.stream.as_mut() {
-            if s.write_all(&bytes).is_err() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
+        io.encode(self.codec(), req, None)?;
+        io.write_encoded();
         Ok(())
     }
 
@@ -361,37 +361,26 @@ impl Conn {
         }
     }
 
-    /// Enters `pending` and writes, waiting (until `deadline`) for a reconnect
-    /// when the link is being re-established.
-    fn send(&self, id: u64, bytes: &[u8], p: Pending, deadline: Instant) -> Result<()> {
-        let mut io = self.wait_up(deadline)?;
-        self.write_locked(&mut io, id, bytes, p);
-        Ok(())
-    }
-
-    /// Writes one frame with the link up. On a write error the socket is shut
-    /// down: the reader then sees it die and fails `pending`, this request
-    /// included.
-    fn write_locked(&self, io: &mut Io, id: u64, bytes: &[u8], p: Pending) {
+    /// Encodes `req` as request `id`, enters it in `pending` and writes it,
+    /// with the link up. A write error fails it later (the reader sees the
+    /// socket die); an encoding error fails it now, before anything is sent.
+    fn write_locked(&self, io: &mut Io, id: u64, req: &Request<'_>, p: Pending) -> Result<()> {
+        io.encode(self.codec(), req, Some(id))?;
         lock(&self.pending).insert(id, p);
-        if let Some(s) = io.stream.as_mut() {
-            if s.write_all(bytes).is_err() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
+        io.write_encoded();
+        Ok(())
     }
 
     /// Writes a frame that expects no reply (a `pong`, a `result`) if the link
     /// is up and still the connection of `generation` (any, when `None`).
-    fn write_oneway(&self, bytes: &[u8], generation: Option<u64>) {
+    fn write_oneway(&self, req: &Request<'_>, generation: Option<u64>) {
         let mut io = lock(&self.io);
         if io.link != Link::Up || generation.is_some_and(|g| g != io.generation) {
             return;
         }
-        if let Some(s) = io.stream.as_mut() {
-            if s.write_all(bytes).is_err() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
+        // The values in `req` are in this connection's codec: encoding cannot fail.
+        if io.encode(self.codec(), req, None).is_ok() {
+            io.write_encoded();
         }
     }
 
@@ -437,19 +426,20 @@ mod tests {
     #[test]
     fn built_frames_have_counted_fields() {
         for codec in [Codec::Json, Codec::MsgPack] {
-            let b = build(codec, "set", Some(7), 2, |w| {
-                w.key("key");
-                w.str("k");
-                w.key("ttl");
-                w.uint(5);
-            });
+            let value = crate::value::encode(codec, &1).unwrap();
+            let set = Request::Set {
+                key: "k".into(),
+                value: procmesh_proto::Raw::new(codec, &value),
+                ttl_ms: Some(5),
+            };
+            let b = frame(codec, &set, Some(7)).unwrap();
             let f = Frame::decode(codec, &b[4..]).unwrap();
             assert_eq!(f.kind(), Kind::Set);
             assert_eq!(f.id.unwrap().as_i64(), Some(7));
             assert_eq!(opt_u64(f.ttl, "ttl").unwrap(), Some(5));
         }
         assert_eq!(
-            json(&build(Codec::Json, "pong", None, 0, |_| {})),
+            json(&frame(Codec::Json, &Request::Pong, None).unwrap()),
             serde_json::json!({"t":"pong"})
         );
     }

@@ -14,12 +14,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procmesh_proto::message::{opt_str, opt_u64, FrameWriter};
-use procmesh_proto::{Codec, Frame, Kind, Raw};
+use procmesh_proto::message::{opt_str, opt_u64};
+use procmesh_proto::{Codec, Frame, Kind, Raw, Request, Writer};
 
 use super::buf::ReadBuf;
-use super::{build, Conn};
-use crate::error::ClientError;
+use super::Conn;
+use crate::error::{ClientError, HandlerError};
 use crate::event::Event;
 use crate::pending::{lock, Pending, Reply};
 use crate::pubsub::Message;
@@ -81,7 +81,7 @@ impl Conn {
                     }
                     if idle >= iv && !ping_sent {
                         // Any inbound frame proves liveness; the pong itself is ignored.
-                        self.request_nowait("ping", 0, |_| {});
+                        self.request_nowait(&Request::Ping);
                         ping_sent = true;
                     }
                 }
@@ -131,8 +131,7 @@ impl Conn {
                 }
             }
             Kind::Ping => {
-                let pong = build(codec, "pong", None, 0, |_| {});
-                self.write_oneway(&pong, None);
+                self.write_oneway(&Request::Pong, None);
             }
             Kind::Msg => self.on_msg(&f),
             Kind::Invoke => self.on_invoke(&f, generation),
@@ -163,8 +162,10 @@ impl Conn {
 
     fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, generation: u64) {
         let codec = self.codec();
-        let Some(id) = f.id else { return };
-        let id = id.bytes.to_vec();
+        // The broker numbers its invokes; a `result` must carry that number.
+        let Ok(Some(id)) = opt_u64(f.id, "id") else {
+            return;
+        };
         let name = match opt_str(f.name, "name") {
             Ok(Some(n)) => n.into_owned(),
             _ => return,
@@ -172,10 +173,11 @@ impl Conn {
         let args = f.args.map(|a| a.bytes.to_vec());
         let handler = lock(&self.regs).get(&name).cloned();
         let (Some(handler), Some(pool)) = (handler, self.shared.pool_if_started()) else {
-            let e =
-                crate::error::HandlerError::new(format!("no handler for `{name}` on this client"))
-                    .with_code(procmesh_proto::ErrorCode::NoHandler.as_str());
-            self.write_oneway(&result_frame(codec, &id, Err(e)), Some(generation));
+            let e = HandlerError::new(format!("no handler for `{name}` on this client"))
+                .with_code(procmesh_proto::ErrorCode::NoHandler.as_str());
+            let (e, mut scratch) = (Err(e), Vec::new());
+            let result = result_request(codec, id, &e, &mut scratch);
+            self.write_oneway(&result, Some(generation));
             return;
         };
         let conn = self.clone();
@@ -185,39 +187,44 @@ impl Conn {
                 None => crate::value::empty_array(codec),
             };
             let r = crate::rpc::run_handler(&handler, args);
-            conn.write_oneway(&result_frame(codec, &id, r), Some(generation));
+            let mut scratch = Vec::new();
+            let result = result_request(codec, id, &r, &mut scratch);
+            conn.write_oneway(&result, Some(generation));
         }));
     }
 }
 
-/// `{"t":"result","id":ID,"result":R}` or
-/// `{"t":"result","id":ID,"error":{"message":M,"code":C}}`.
-fn result_frame(
+/// The `result` answering invoke `id`: `{"t":"result","id":ID,"result":R}` or
+/// `{"t":"result","id":ID,"error":{"message":M,"code":C}}`. An error's map is
+/// encoded into `scratch`.
+fn result_request<'a>(
     codec: Codec,
-    id: &[u8],
-    r: Result<Vec<u8>, crate::error::HandlerError>,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut f = FrameWriter::begin(codec, &mut out, 3, "result");
-    f.w().key("id");
-    f.w().raw_same(id);
+    id: u64,
+    r: &'a Result<Vec<u8>, HandlerError>,
+    scratch: &'a mut Vec<u8>,
+) -> Request<'a> {
     match r {
-        Ok(bytes) => {
-            f.w().key("result");
-            f.w().raw_same(&bytes);
-        }
+        Ok(bytes) => Request::Result {
+            id,
+            result: Some(Raw::new(codec, bytes)),
+            error: None,
+        },
         Err(e) => {
-            f.w().key("error");
-            f.w().begin_map(2);
-            f.w().key("message");
-            f.w().str(e.message());
-            f.w().key("code");
-            f.w().str(e.code());
-            f.w().end_map();
+            let mut w = Writer::new(codec, scratch);
+            w.begin_map(2);
+            w.key("message");
+            w.str(e.message());
+            w.key("code");
+            w.str(e.code());
+            w.end_map();
+            let scratch: &'a Vec<u8> = scratch;
+            Request::Result {
+                id,
+                result: None,
+                error: Some(Raw::new(codec, scratch)),
+            }
         }
     }
-    f.finish();
-    out
 }
 
 #[cfg(test)]
@@ -228,20 +235,25 @@ mod tests {
         serde_json::from_slice(&b[4..]).unwrap()
     }
 
+    fn result_frame(codec: Codec, id: u64, r: Result<Vec<u8>, HandlerError>) -> Vec<u8> {
+        let mut scratch = Vec::new();
+        super::super::frame(codec, &result_request(codec, id, &r, &mut scratch), None).unwrap()
+    }
+
     #[test]
     fn result_frames_match_the_protocol() {
-        let ok = result_frame(Codec::Json, b"12", Ok(b"[1,2]".to_vec()));
+        let ok = result_frame(Codec::Json, 12, Ok(b"[1,2]".to_vec()));
         assert_eq!(
             json(&ok),
             serde_json::json!({"t":"result","id":12,"result":[1,2]})
         );
-        let e = crate::error::HandlerError::new("nope").with_code("EINVAL");
-        let err = result_frame(Codec::Json, b"3", Err(e));
+        let e = HandlerError::new("nope").with_code("EINVAL");
+        let err = result_frame(Codec::Json, 3, Err(e));
         assert_eq!(
             json(&err),
             serde_json::json!({"t":"result","id":3,"error":{"message":"nope","code":"EINVAL"}})
         );
-        let mp = result_frame(Codec::MsgPack, &[0x05], Ok(vec![0xc3]));
+        let mp = result_frame(Codec::MsgPack, 5, Ok(vec![0xc3]));
         let v: serde_json::Value = rmp_serde::from_slice(&mp[4..]).unwrap();
         assert_eq!(v, serde_json::json!({"t":"result","id":5,"result":true}));
     }
