@@ -4,8 +4,14 @@
 //! operations and atomics by key, locks and fenced writes by lock key, RPC by
 //! procedure name, publish and exact subscriptions by channel (FNV-1a over
 //! UTF-16 code units, as the Node.js package); wildcard subscriptions go to
-//! every shard, and `keys`/`clear`/`stats`/`shutdown_broker` fan out. It builds
-//! request frames and decodes replies; sockets and threads belong to `conn`.
+//! every shard, and `keys`/`clear`/`stats`/`shutdown_broker` fan out. Each
+//! method builds a typed [`Request`] (proto encodes it) and decodes the reply's
+//! value; sockets and threads belong to `conn`.
+//!
+//! One command family per file, beside the family's own types: this file has
+//! construction, routing, the cache, atomics and control (`stats`, `ping`,
+//! `shutdown_broker`); locks and fenced writes are in `lock`, pub/sub in
+//! `pubsub`, RPC in `rpc`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -13,24 +19,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::request::{EntryList, KeyList};
-use procmesh_proto::{hash, topic, Acks, Codec, Num, Raw, Request};
+use procmesh_proto::{hash, Codec, Num, Raw, Request};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::builder::ClientBuilder;
 use crate::conn::{Conn, Settings, Shared, Ticket};
-use crate::error::{ClientError, HandlerError, Result};
+use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
-use crate::lock::{FencingToken, LockGuard, LockOptions};
-use crate::pending::lock;
-use crate::pubsub::{Dispatcher, EventCallback, Message, MsgHandler, Subscription};
-use crate::rpc::Registration;
+use crate::pubsub::{Dispatcher, EventCallback};
 use crate::stats::Stats;
-use crate::value::{encode, encode_args};
-
-/// Extra time a caller waits for a `call` beyond its timeout, so that the
-/// broker's own `ECALLTIMEOUT` (sent at the timeout) arrives first.
-const CALL_GRACE: Duration = Duration::from_secs(5);
+use crate::value::encode;
 
 /// A duration on the wire: whole milliseconds, rounded up so that a short
 /// non-zero ttl never becomes 0 ("no expiry").
@@ -51,6 +50,10 @@ pub(crate) fn ms(d: Duration) -> u64 {
 /// use one client at once, each with requests in flight (replies are matched by
 /// id). Everything is closed when the last clone, [`Subscription`],
 /// [`Registration`] and [`LockGuard`] is dropped, or at [`Client::close`].
+///
+/// [`Subscription`]: crate::Subscription
+/// [`Registration`]: crate::Registration
+/// [`LockGuard`]: crate::LockGuard
 ///
 /// ```no_run
 /// use procmesh::Client;
@@ -95,12 +98,6 @@ impl std::fmt::Debug for Client {
             .field("codec", &self.codec())
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct LockReply {
-    acquired: bool,
-    token: Option<u64>,
 }
 
 impl Client {
@@ -172,21 +169,39 @@ impl Client {
         self.inner.shared.settings.codec
     }
 
-    fn route(&self, key: &str) -> &Conn {
+    /// The connection of the shard that owns `key`.
+    pub(crate) fn route(&self, key: &str) -> &Conn {
         &self.inner.conns[hash::shard_index(key, self.inner.conns.len())]
     }
 
-    fn timeout(&self) -> Duration {
+    /// The call timeout.
+    pub(crate) fn timeout(&self) -> Duration {
         self.inner.shared.settings.call_timeout
     }
 
-    fn enc<V: Serialize + ?Sized>(&self, v: &V) -> Result<Vec<u8>> {
+    /// `v` encoded in this client's codec.
+    pub(crate) fn enc<V: Serialize + ?Sized>(&self, v: &V) -> Result<Vec<u8>> {
         encode(self.codec(), v)
     }
 
     /// Encoded bytes (from [`Client::enc`]) as a value of this client's codec.
-    fn raw<'b>(&self, bytes: &'b [u8]) -> Raw<'b> {
+    pub(crate) fn raw<'b>(&self, bytes: &'b [u8]) -> Raw<'b> {
         Raw::new(self.codec(), bytes)
+    }
+
+    /// The connection of shard `s`.
+    pub(crate) fn conn(&self, s: usize) -> &Conn {
+        &self.inner.conns[s]
+    }
+
+    /// What the connections share (settings, dispatch thread, handler pool).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// A new id for a local subscription handler.
+    pub(crate) fn next_sub_id(&self) -> u64 {
+        self.inner.next_sub.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Sends `req` to every shard at once, then collects the replies in shard order.
@@ -389,349 +404,6 @@ impl Client {
         self.route(key).request(&req, self.timeout())?.value()
     }
 
-    // ------------------------------------------------------------ locks
-
-    /// Tries to take the lock `key`, waiting up to `opts.wait` in FIFO order.
-    /// `Ok(None)` when it was not acquired in time.
-    pub fn lock(&self, key: &str, opts: LockOptions) -> Result<Option<LockGuard>> {
-        let req = Request::Lock {
-            key: key.into(),
-            ttl_ms: Some(ms(opts.ttl)),
-            wait_ms: Some(ms(opts.wait)),
-        };
-        let reply = self.route(key).request(&req, opts.wait + self.timeout())?;
-        let r: LockReply = reply.value()?;
-        if !r.acquired {
-            return Ok(None);
-        }
-        let token = r
-            .token
-            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
-        Ok(Some(LockGuard {
-            client: self.clone(),
-            key: key.to_owned(),
-            token: FencingToken(token),
-            held: true,
-        }))
-    }
-
-    /// Runs `f` while holding the lock `key`, then releases it (also when `f`
-    /// fails or panics). Fails with `ELOCKTIMEOUT` when the lock is not
-    /// acquired within `opts.wait`. The guard's `set`/`cas`/`del` are fenced.
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// use std::time::Duration;
-    /// use procmesh::LockOptions;
-    ///
-    /// let opts = LockOptions::new().wait(Duration::from_secs(1));
-    /// client.with_lock("report", opts, |ctx| {
-    ///     ctx.set("report:status", &"running")?;
-    ///     Ok::<_, procmesh::ClientError>(())
-    /// })?;
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn with_lock<T, E, F>(&self, key: &str, opts: LockOptions, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&LockGuard) -> Result<T, E>,
-        E: From<ClientError>,
-    {
-        let guard = self
-            .lock(key, opts)?
-            .ok_or_else(|| ClientError::LockTimeout {
-                key: key.to_owned(),
-                waited: opts.wait,
-            })?;
-        let r = f(&guard);
-        // A failed unlock leaves nothing to undo: the lock then expires or dies
-        // with the connection.
-        let _ = guard.unlock();
-        r
-    }
-
-    pub(crate) fn unlock_key(&self, key: &str, wait: bool) -> Result<bool> {
-        let c = self.route(key);
-        let req = Request::Unlock { key: key.into() };
-        if wait {
-            c.request(&req, self.timeout())?.value()
-        } else {
-            c.request_nowait(&req);
-            Ok(true)
-        }
-    }
-
-    /// Sets `key` to `value` if `token` is not older than the newest token seen
-    /// for the lock `lock_key`; fails with `EFENCED` otherwise.
-    pub fn fenced_set<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-    ) -> Result<()> {
-        self.fset(lock_key, token, key, value, None)
-    }
-
-    /// [`Client::fenced_set`] with an expiry.
-    pub fn fenced_set_with_ttl<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.fset(lock_key, token, key, value, Some(ttl))
-    }
-
-    fn fset<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-        ttl: Option<Duration>,
-    ) -> Result<()> {
-        let v = self.enc(value)?;
-        let req = Request::Fset {
-            key: lock_key.into(),
-            token: Some(token.0),
-            k: key.into(),
-            value: self.raw(&v),
-            ttl_ms: ttl.map(ms),
-        };
-        self.route(lock_key).request(&req, self.timeout())?;
-        Ok(())
-    }
-
-    /// Fenced [`Client::cas`]: fails with `EFENCED` when `token` is stale.
-    pub fn fenced_cas<V: Serialize>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        prev: Option<&V>,
-        next: Option<&V>,
-    ) -> Result<bool> {
-        let p = prev.map(|v| self.enc(v)).transpose()?;
-        let n = next.map(|v| self.enc(v)).transpose()?;
-        let req = Request::Fcas {
-            key: lock_key.into(),
-            token: Some(token.0),
-            k: key.into(),
-            prev: p.as_deref().map(|b| self.raw(b)),
-            next: n.as_deref().map(|b| self.raw(b)),
-        };
-        self.route(lock_key).request(&req, self.timeout())?.value()
-    }
-
-    /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
-    /// key existed.
-    pub fn fenced_del(&self, lock_key: &str, token: FencingToken, key: &str) -> Result<bool> {
-        let req = Request::Fdel {
-            key: lock_key.into(),
-            token: Some(token.0),
-            k: key.into(),
-        };
-        self.route(lock_key).request(&req, self.timeout())?.value()
-    }
-
-    // ------------------------------------------------------------ pub/sub
-
-    /// Subscribes `handler` to a channel, or to every channel starting with
-    /// `prefix` when `pattern` is `"prefix*"`. Handlers run on the client's
-    /// dispatch thread, in arrival order. Returns once the broker(s) confirmed.
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// let sub = client.subscribe("orders.*", |msg| {
-    ///     let order: serde_json::Value = msg.payload().unwrap();
-    ///     println!("{}: {order}", msg.channel());
-    /// })?;
-    /// client.publish("orders.created", &serde_json::json!({"id": 1}))?;
-    /// sub.unsubscribe()?;
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn subscribe<F>(&self, pattern: &str, handler: F) -> Result<Subscription>
-    where
-        F: Fn(Message) + Send + Sync + 'static,
-    {
-        let shards: Vec<usize> = if topic::is_pattern(pattern) {
-            (0..self.shard_count()).collect()
-        } else {
-            vec![self.shard_of(pattern).0]
-        };
-        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let h: MsgHandler = Arc::new(handler);
-        // Local handlers go in first, so that no message arriving right after the
-        // broker's confirmation is missed.
-        let mut tickets = Vec::new();
-        let mut first_err = None;
-        let req = Request::Sub {
-            channel: pattern.into(),
-        };
-        for &s in &shards {
-            let c = &self.inner.conns[s];
-            if lock(&c.subs).add(pattern, id, h.clone()) {
-                match c.start(&req, self.timeout()) {
-                    Ok(t) => tickets.push(t),
-                    Err(e) => {
-                        first_err = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        for t in tickets {
-            if let Err(e) = t.wait() {
-                first_err.get_or_insert(e);
-            }
-        }
-        let sub = Subscription {
-            client: self.clone(),
-            pattern: pattern.to_owned(),
-            id,
-            shards,
-            active: true,
-        };
-        match first_err {
-            // Dropping the half-made subscription undoes it where it succeeded.
-            Some(e) => Err(e),
-            None => Ok(sub),
-        }
-    }
-
-    pub(crate) fn unsubscribe_shards(
-        &self,
-        pattern: &str,
-        id: u64,
-        shards: &[usize],
-        wait: bool,
-    ) -> Result<()> {
-        let mut tickets = Vec::new();
-        let req = Request::Unsub {
-            channel: pattern.into(),
-        };
-        for &s in shards {
-            let c = &self.inner.conns[s];
-            let last = lock(&c.subs).remove(pattern, id);
-            if !last {
-                continue;
-            }
-            if wait {
-                tickets.push(c.start(&req, self.timeout())?);
-            } else {
-                c.request_nowait(&req);
-            }
-        }
-        for t in tickets {
-            t.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Publishes `payload` on `channel`; returns how many connections it was
-    /// delivered to (0 for a deduplicated retry).
-    pub fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
-        let p = self.enc(payload)?;
-        let req = publish(channel, self.raw(&p), Acks::One);
-        let n: Option<u64> = self.route(channel).request(&req, self.timeout())?.value()?;
-        Ok(n.unwrap_or(0))
-    }
-
-    /// Publishes without asking for an acknowledgement (`acks: 0`): returns as
-    /// soon as the frame is written, and errors on the broker's side are not
-    /// reported. Fails only when there is no connection.
-    pub fn publish_nowait<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<()> {
-        let p = self.enc(payload)?;
-        self.route(channel)
-            .send_oneway(&publish(channel, self.raw(&p), Acks::None))
-    }
-
-    // ------------------------------------------------------------ RPC
-
-    /// Serves the procedure `name` with `handler` until the returned
-    /// [`Registration`] is dropped. Handlers run on a bounded pool of threads
-    /// (see [`ClientBuilder::handler_threads`]), never on the I/O thread; several
-    /// processes may register one name and calls are spread over them.
-    ///
-    /// The handler takes the call's argument list: a tuple for several
-    /// arguments, or any type for one. A panic or error is returned to the
-    /// caller (code `ECALL` unless the [`HandlerError`] carries one).
-    ///
-    /// A handler may use the client, including `call`; but handlers that wait on
-    /// calls served by this same client can exhaust the pool and wait forever,
-    /// like any bounded pool (raise [`ClientBuilder::handler_threads`] then).
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
-    /// let sum: i64 = client.call("add", &(2, 3), None)?;
-    /// assert_eq!(sum, 5);
-    /// # drop(reg);
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn register<A, R, F>(&self, name: &str, handler: F) -> Result<Registration>
-    where
-        A: DeserializeOwned,
-        R: Serialize,
-        F: Fn(A) -> Result<R, HandlerError> + Send + Sync + 'static,
-    {
-        self.inner.shared.pool()?;
-        let c = self.route(name);
-        {
-            let mut regs = lock(&c.regs);
-            if regs.contains_key(name) {
-                return Err(ClientError::Config(format!(
-                    "procedure `{name}` is already registered by this client"
-                )));
-            }
-            regs.insert(name.to_owned(), crate::rpc::wrap(self.codec(), handler));
-        }
-        let r = c.request(&Request::Reg { name: name.into() }, self.timeout());
-        if let Err(e) = r {
-            lock(&c.regs).remove(name);
-            return Err(e);
-        }
-        Ok(Registration {
-            client: self.clone(),
-            name: name.to_owned(),
-            active: true,
-        })
-    }
-
-    pub(crate) fn unregister_name(&self, name: &str, wait: bool) -> Result<()> {
-        let c = self.route(name);
-        lock(&c.regs).remove(name);
-        let req = Request::Unreg { name: name.into() };
-        if wait {
-            c.request(&req, self.timeout())?;
-        } else {
-            c.request_nowait(&req);
-        }
-        Ok(())
-    }
-
-    /// Calls the procedure `name` with `args` (a tuple for several arguments,
-    /// `()` for none, any other value for one) and decodes its result.
-    /// `timeout` defaults to the client's call timeout; the broker fails the call
-    /// with `ECALLTIMEOUT` when it passes, `ENOHANDLER` when nobody serves
-    /// `name`, and `EHANDLERGONE` when the worker disconnects mid-call.
-    pub fn call<A, R>(&self, name: &str, args: &A, timeout: Option<Duration>) -> Result<R>
-    where
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let a = encode_args(self.codec(), args)?;
-        let t = timeout.unwrap_or_else(|| self.timeout());
-        let req = Request::Call {
-            name: name.into(),
-            args: Some(self.raw(&a)),
-            timeout_ms: Some(ms(t)),
-        };
-        self.route(name).request(&req, t + CALL_GRACE)?.value()
-    }
-
     // ------------------------------------------------------------ control
 
     /// Broker statistics; for a sharded client the sum, with each shard's in
@@ -774,17 +446,6 @@ impl Client {
         for c in &self.inner.conns {
             c.close("the client was closed");
         }
-    }
-}
-
-/// A `pub` of `payload` on `channel`, acknowledged per `acks`.
-fn publish<'a>(channel: &'a str, payload: Raw<'a>, acks: Acks) -> Request<'a> {
-    Request::Pub {
-        channel: channel.into(),
-        payload: Some(payload),
-        acks,
-        pid: None,
-        seq: None,
     }
 }
 

@@ -16,7 +16,17 @@
 //! several brokers behind the same API.
 //!
 //! # Layout
-//! - `client`: [`Client`], routing to shards, request building and replies.
+//! One file per command family, the family's types and its [`Client`] methods
+//! side by side; every request is a typed `procmesh_proto::Request`, encoded by
+//! proto (no message shapes are written by hand here).
+//! - `client`: [`Client`]: construction, routing to shards, the cache, atomics
+//!   and control (`stats`, `ping`, `shutdown_broker`).
+//! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`]; `lock`,
+//!   `with_lock` and the fenced writes.
+//! - `pubsub`: [`Message`], [`Subscription`], the dispatch thread; `subscribe`
+//!   and `publish`.
+//! - `rpc`: [`Registration`], [`HandlerError`], the handler pool; `register`
+//!   and `call`.
 //! - `builder`: [`ClientBuilder`], every option and its default.
 //! - `conn`: one connection: pipelined requests and the state shared with its
 //!   reader thread (documents the lock order and a reply's path).
@@ -26,9 +36,7 @@
 //!   - `conn::buf`: the read buffer, consumed by offset, shared with the handshake.
 //! - `pending`: hand-off of replies (the decoded value) between the reader and
 //!   callers.
-//! - `pubsub`: [`Message`], [`Subscription`] and the dispatch thread.
-//! - `rpc`: [`Registration`], [`HandlerError`] and the handler pool.
-//! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`].
+//! - `value`: serde values to and from the wire codecs.
 //! - `spawn`: finding and starting the broker binary; backoff with jitter.
 //! - `stats`: [`Stats`] and its sum over shards.
 //! - `event`: [`Event`] and [`ShardId`].

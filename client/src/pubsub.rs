@@ -1,21 +1,24 @@
-//! Pub/sub delivery and the dispatch thread.
+//! Pub/sub: the [`Client`] methods `subscribe` and `publish`, delivery, and
+//! the dispatch thread.
 //!
 //! Owns [`Message`], [`Subscription`] and the per-client dispatch thread that
 //! runs subscription handlers and event callbacks in arrival order, off the I/O
 //! threads (a slow handler delays later messages, never replies). Which
 //! subscriptions a connection holds is owned by `conn` (its `subs` table); this
-//! module only delivers.
+//! module adds and removes them there, sends `sub`/`unsub`/`pub`, and delivers.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use procmesh_proto::{Codec, Raw};
+use procmesh_proto::{topic, Acks, Codec, Raw, Request};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::Result;
 use crate::event::Event;
+use crate::pending::lock;
 use crate::Client;
 
 /// A subscription handler.
@@ -245,6 +248,129 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("pattern", &self.pattern)
             .finish()
+    }
+}
+
+impl Client {
+    /// Subscribes `handler` to a channel, or to every channel starting with
+    /// `prefix` when `pattern` is `"prefix*"`. Handlers run on the client's
+    /// dispatch thread, in arrival order. Returns once the broker(s) confirmed.
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// let sub = client.subscribe("orders.*", |msg| {
+    ///     let order: serde_json::Value = msg.payload().unwrap();
+    ///     println!("{}: {order}", msg.channel());
+    /// })?;
+    /// client.publish("orders.created", &serde_json::json!({"id": 1}))?;
+    /// sub.unsubscribe()?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    pub fn subscribe<F>(&self, pattern: &str, handler: F) -> Result<Subscription>
+    where
+        F: Fn(Message) + Send + Sync + 'static,
+    {
+        let shards: Vec<usize> = if topic::is_pattern(pattern) {
+            (0..self.shard_count()).collect()
+        } else {
+            vec![self.shard_of(pattern).0]
+        };
+        let id = self.next_sub_id();
+        let h: MsgHandler = Arc::new(handler);
+        // Local handlers go in first, so that no message arriving right after the
+        // broker's confirmation is missed.
+        let mut tickets = Vec::new();
+        let mut first_err = None;
+        let req = Request::Sub {
+            channel: pattern.into(),
+        };
+        for &s in &shards {
+            let c = &self.conn(s);
+            if lock(&c.subs).add(pattern, id, h.clone()) {
+                match c.start(&req, self.timeout()) {
+                    Ok(t) => tickets.push(t),
+                    Err(e) => {
+                        first_err = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for t in tickets {
+            if let Err(e) = t.wait() {
+                first_err.get_or_insert(e);
+            }
+        }
+        let sub = Subscription {
+            client: self.clone(),
+            pattern: pattern.to_owned(),
+            id,
+            shards,
+            active: true,
+        };
+        match first_err {
+            // Dropping the half-made subscription undoes it where it succeeded.
+            Some(e) => Err(e),
+            None => Ok(sub),
+        }
+    }
+
+    pub(crate) fn unsubscribe_shards(
+        &self,
+        pattern: &str,
+        id: u64,
+        shards: &[usize],
+        wait: bool,
+    ) -> Result<()> {
+        let mut tickets = Vec::new();
+        let req = Request::Unsub {
+            channel: pattern.into(),
+        };
+        for &s in shards {
+            let c = &self.conn(s);
+            let last = lock(&c.subs).remove(pattern, id);
+            if !last {
+                continue;
+            }
+            if wait {
+                tickets.push(c.start(&req, self.timeout())?);
+            } else {
+                c.request_nowait(&req);
+            }
+        }
+        for t in tickets {
+            t.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `payload` on `channel`; returns how many connections it was
+    /// delivered to (0 for a deduplicated retry).
+    pub fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
+        let p = self.enc(payload)?;
+        let req = publish(channel, self.raw(&p), Acks::One);
+        let n: Option<u64> = self.route(channel).request(&req, self.timeout())?.value()?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Publishes without asking for an acknowledgement (`acks: 0`): returns as
+    /// soon as the frame is written, and errors on the broker's side are not
+    /// reported. Fails only when there is no connection.
+    pub fn publish_nowait<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<()> {
+        let p = self.enc(payload)?;
+        self.route(channel)
+            .send_oneway(&publish(channel, self.raw(&p), Acks::None))
+    }
+}
+
+/// A `pub` of `payload` on `channel`, acknowledged per `acks`.
+fn publish<'a>(channel: &'a str, payload: Raw<'a>, acks: Acks) -> Request<'a> {
+    Request::Pub {
+        channel: channel.into(),
+        payload: Some(payload),
+        acks,
+        pid: None,
+        seq: None,
     }
 }
 

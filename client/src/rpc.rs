@@ -1,4 +1,5 @@
-//! RPC workers: registrations and the bounded handler pool.
+//! RPC: the [`Client`] methods `register` and `call`, registrations and the
+//! bounded handler pool.
 //!
 //! Owns [`Registration`] and the pool of threads that run handlers, so a slow
 //! handler never stalls the I/O thread that reads replies. Which names a
@@ -10,11 +11,16 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use procmesh_proto::{Codec, Raw};
+use procmesh_proto::{Codec, Raw, Request};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::error::{HandlerError, Result};
+use crate::client::ms;
+use crate::error::{ClientError, HandlerError, Result};
 use crate::pending::lock;
+use crate::value::encode_args;
 use crate::Client;
 
 /// A registered procedure: decodes the argument array, runs the user's
@@ -124,6 +130,96 @@ impl std::fmt::Debug for Registration {
         f.debug_struct("Registration")
             .field("name", &self.name)
             .finish()
+    }
+}
+
+/// Extra time a caller waits for a `call` beyond its timeout, so that the
+/// broker's own `ECALLTIMEOUT` (sent at the timeout) arrives first.
+const CALL_GRACE: Duration = Duration::from_secs(5);
+
+impl Client {
+    /// Serves the procedure `name` with `handler` until the returned
+    /// [`Registration`] is dropped. Handlers run on a bounded pool of threads
+    /// (see [`ClientBuilder::handler_threads`]), never on the I/O thread; several
+    /// processes may register one name and calls are spread over them.
+    ///
+    /// The handler takes the call's argument list: a tuple for several
+    /// arguments, or any type for one. A panic or error is returned to the
+    /// caller (code `ECALL` unless the [`HandlerError`] carries one).
+    ///
+    /// A handler may use the client, including `call`; but handlers that wait on
+    /// calls served by this same client can exhaust the pool and wait forever,
+    /// like any bounded pool (raise [`ClientBuilder::handler_threads`] then).
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
+    /// let sum: i64 = client.call("add", &(2, 3), None)?;
+    /// assert_eq!(sum, 5);
+    /// # drop(reg);
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    ///
+    /// [`ClientBuilder::handler_threads`]: crate::ClientBuilder::handler_threads
+    pub fn register<A, R, F>(&self, name: &str, handler: F) -> Result<Registration>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Result<R, HandlerError> + Send + Sync + 'static,
+    {
+        self.shared().pool()?;
+        let c = self.route(name);
+        {
+            let mut regs = lock(&c.regs);
+            if regs.contains_key(name) {
+                return Err(ClientError::Config(format!(
+                    "procedure `{name}` is already registered by this client"
+                )));
+            }
+            regs.insert(name.to_owned(), crate::rpc::wrap(self.codec(), handler));
+        }
+        let r = c.request(&Request::Reg { name: name.into() }, self.timeout());
+        if let Err(e) = r {
+            lock(&c.regs).remove(name);
+            return Err(e);
+        }
+        Ok(Registration {
+            client: self.clone(),
+            name: name.to_owned(),
+            active: true,
+        })
+    }
+
+    pub(crate) fn unregister_name(&self, name: &str, wait: bool) -> Result<()> {
+        let c = self.route(name);
+        lock(&c.regs).remove(name);
+        let req = Request::Unreg { name: name.into() };
+        if wait {
+            c.request(&req, self.timeout())?;
+        } else {
+            c.request_nowait(&req);
+        }
+        Ok(())
+    }
+
+    /// Calls the procedure `name` with `args` (a tuple for several arguments,
+    /// `()` for none, any other value for one) and decodes its result.
+    /// `timeout` defaults to the client's call timeout; the broker fails the call
+    /// with `ECALLTIMEOUT` when it passes, `ENOHANDLER` when nobody serves
+    /// `name`, and `EHANDLERGONE` when the worker disconnects mid-call.
+    pub fn call<A, R>(&self, name: &str, args: &A, timeout: Option<Duration>) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let a = encode_args(self.codec(), args)?;
+        let t = timeout.unwrap_or_else(|| self.timeout());
+        let req = Request::Call {
+            name: name.into(),
+            args: Some(self.raw(&a)),
+            timeout_ms: Some(ms(t)),
+        };
+        self.route(name).request(&req, t + CALL_GRACE)?.value()
     }
 }
 
