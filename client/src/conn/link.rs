@@ -304,3 +304,78 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+    use std::sync::Arc;
+
+    use procmesh_proto::response::{Push, Reply as Response};
+    use procmesh_proto::Codec;
+
+    use super::*;
+    use crate::conn::{Settings, Shared};
+    use crate::event::ShardId;
+    use crate::pubsub::Dispatcher;
+
+    /// Reads one frame from `s` into `buf` and returns its kind and id.
+    fn read_one(s: &mut UnixStream, buf: &mut ReadBuf, codec: Codec) -> (Kind, Option<u64>) {
+        loop {
+            if let Some(p) = buf.next_frame().unwrap() {
+                let f = Frame::decode(codec, p).unwrap();
+                return (f.kind(), f.id.and_then(|i| i.as_i64()).map(|i| i as u64));
+            }
+            assert!(buf.fill_from(s).unwrap() > 0, "client hung up");
+        }
+    }
+
+    /// Bytes that arrive in the same read as the `welcome` are not lost: the
+    /// handshake's buffer goes on to the reader thread, which answers the ping.
+    #[test]
+    fn bytes_after_the_welcome_reach_the_reader() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fake.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let broker = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = ReadBuf::new();
+                let (kind, id) = read_one(&mut s, &mut buf, codec);
+                assert_eq!(kind, Kind::Hello);
+                let id_bytes = match codec {
+                    Codec::Json => id.unwrap().to_string().into_bytes(),
+                    Codec::MsgPack => vec![id.unwrap() as u8],
+                };
+                let mut out = Vec::new();
+                Response::Welcome {
+                    broker: "fake",
+                    pid: "p1",
+                }
+                .encode_into(
+                    codec,
+                    Some(procmesh_proto::Raw::new(codec, &id_bytes)),
+                    &mut out,
+                );
+                Push::Ping.encode_into(codec, &mut out).unwrap();
+                s.write_all(&out).unwrap(); // one write: welcome and ping together
+                read_one(&mut s, &mut buf, codec).0
+            });
+            let settings = Settings {
+                codec,
+                token: None,
+                call_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(10),
+                ping_interval: None,
+                reconnect: false,
+                spawn: None,
+                handler_threads: 1,
+            };
+            let shared = Arc::new(Shared::new(settings, Dispatcher::start(vec![]).unwrap()));
+            let conn = Conn::open(ShardId(0), path, "t".into(), shared).unwrap();
+            assert_eq!(broker.join().unwrap(), Kind::Pong);
+            assert_eq!(lock(&conn.io).pid.as_deref(), Some("p1"));
+            conn.close("test over");
+        }
+    }
+}
