@@ -15,8 +15,10 @@
 //!   `msg` to subscriptions, `invoke` to the handler pool, answer pings;
 //! - `buf`: the read buffer, shared by the handshake and the reader.
 //!
-//! A reply goes one way: socket → `ReadBuf` → `reader` decodes the frame once
-//! → the `value` bytes in a [`Reply`] → the request's `Slot` → the caller.
+//! A request goes one way: `client` builds a typed `Request` → encoded (by
+//! proto) under `io` into this connection's one write buffer → socket. A reply
+//! goes one way back: socket → `ReadBuf` → `reader` decodes the frame once →
+//! the `value` bytes in a [`Reply`] → the request's `Slot` → the caller.
 //!
 //! # Threads
 //! Any number of caller threads send requests; one reader thread per
@@ -25,8 +27,9 @@
 //! handlers run on the dispatch thread, RPC handlers on the pool.
 //!
 //! # Lock order
-//! `io` → `pending`, `io` → `subs`, `io` → `regs`. `pending`, `subs`, `regs`
-//! and the pool's queue are leaves: nothing else is locked while one is held,
+//! `io` → `pending`, `io` → `subs`, `io` → `regs`. `pending`, `subs`, `regs`,
+//! each request's `Slot` and the pool's queue are leaves: nothing else is
+//! locked while one is held,
 //! and no user code ever runs under any of them. A request is entered into
 //! `pending` only while `io` is held and the link is up, and a disconnect marks
 //! the link down and drains `pending` under `io` too; so every request in
