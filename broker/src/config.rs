@@ -46,7 +46,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             name: addr::DEFAULT_NAME.to_string(),
-            socket: addr::socket_path(addr::DEFAULT_NAME),
+            socket: addr::AddrEnv::from_lookup(std::env::var_os).socket_path(addr::DEFAULT_NAME),
             token: None,
             cache: StoreConfig::default(),
             heartbeat: Some(Duration::from_secs(30)),
@@ -83,7 +83,8 @@ impl BrokerConfig {
             match k.as_str() {
                 "name" => {
                     self.name = v.as_str().ok_or_else(|| bad(k))?.to_string();
-                    self.socket = addr::socket_path(&self.name);
+                    self.socket =
+                        addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name);
                 }
                 "address" | "socketPath" | "socket" | "path" => {}
                 "token" => self.token = v.as_str().map(str::to_string),
@@ -162,7 +163,10 @@ mod tests {
         );
         let mut m = BrokerConfig::default();
         m.apply_json(r#"{"name":"mesh"}"#).unwrap();
-        assert_eq!(m.socket, addr::socket_path("mesh"));
+        assert_eq!(
+            m.socket,
+            addr::AddrEnv::from_lookup(std::env::var_os).socket_path("mesh")
+        );
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
     }
 }

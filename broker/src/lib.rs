@@ -91,7 +91,8 @@ impl BrokerBuilder {
     /// Mesh name (also derives the socket path unless `socket` is set after it).
     pub fn name(mut self, name: &str) -> Self {
         self.cfg.name = name.to_string();
-        self.cfg.socket = procmesh_proto::addr::socket_path(name);
+        self.cfg.socket =
+            procmesh_proto::addr::AddrEnv::from_lookup(std::env::var_os).socket_path(name);
         self
     }
 

@@ -45,7 +45,7 @@ impl Target {
     fn path(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| addr::socket_path(&self.name))
+            .unwrap_or_else(|| addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name))
     }
 }
 
@@ -310,7 +310,7 @@ fn stop(path: &Path, token: Option<&str>) -> Result<(), CliError> {
 
 /// The shards of the mesh `target.name`: `(NAME#i, socket)`.
 fn mesh(target: &Target, n: usize) -> Result<Vec<(String, PathBuf)>, ExitCode> {
-    match addr::shard_paths(&target.name, n) {
+    match addr::AddrEnv::from_lookup(std::env::var_os).shard_paths(&target.name, n) {
         Ok(paths) => Ok(paths
             .into_iter()
             .enumerate()

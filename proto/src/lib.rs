@@ -1,4 +1,5 @@
-//! `procmesh-proto`: the procmesh wire format, with no I/O and no threads.
+//! `procmesh-proto`: the procmesh wire format, with no I/O, no threads, no
+//! environment reads and no `unsafe`.
 //!
 //! Every frame is a 4-byte big-endian length and one encoded map, in JSON or
 //! MessagePack (see `docs/protocol.md`). Values travel as bytes: a [`Raw`] is a
@@ -21,7 +22,7 @@
 //! - [`error`]: the stable error codes and [`DecodeError`].
 //! - [`hash`]: FNV-1a over UTF-16 code units, exactly as the Node.js package.
 //! - [`topic`]: channel pattern matching.
-//! - [`addr`]: socket addresses of meshes and shards.
+//! - [`addr`]: socket addresses of meshes and shards, from an environment passed in.
 //!
 //! # Example
 //! ```
@@ -45,6 +46,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod codec;
