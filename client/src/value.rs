@@ -1,7 +1,7 @@
 //! Serde values to and from the wire codecs.
 //!
 //! Owns the mapping between user types and encoded bytes: MessagePack through
-//! `rmp_serde::to_vec_named` (structs become maps, as a JSON peer expects) and
+//! `rmp_serde`'s named encoding (structs become maps, as a JSON peer expects) and
 //! JSON through `serde_json`. Encoded bytes are embedded into request frames as
 //! they are; replies are decoded straight from the reply's bytes.
 
@@ -11,14 +11,21 @@ use serde::Serialize;
 
 use crate::error::{ClientError, Result};
 
+/// First capacity of an encoded value: most values fit, and a larger one
+/// grows from here instead of from 8 bytes (`rmp_serde::to_vec_named` starts
+/// empty).
+const VALUE_CAPACITY: usize = 128;
+
 /// Encodes `v` as one value in `codec`.
 pub(crate) fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Vec<u8>> {
-    let bytes = match codec {
-        Codec::Json => serde_json::to_vec(v).map_err(|e| ClientError::Encode(e.to_string()))?,
-        Codec::MsgPack => {
-            rmp_serde::to_vec_named(v).map_err(|e| ClientError::Encode(e.to_string()))?
+    let mut bytes = Vec::with_capacity(VALUE_CAPACITY);
+    match codec {
+        Codec::Json => {
+            serde_json::to_writer(&mut bytes, v).map_err(|e| ClientError::Encode(e.to_string()))?
         }
-    };
+        Codec::MsgPack => rmp_serde::encode::write_named(&mut bytes, v)
+            .map_err(|e| ClientError::Encode(e.to_string()))?,
+    }
     // The broker accepts only values both codecs can carry (no MessagePack ext,
     // string map keys); check here so the error names the cause, not the broker.
     procmesh_proto::value::validate(codec, &bytes)
