@@ -9,9 +9,10 @@
 //! value; sockets and threads belong to `conn`.
 //!
 //! One command family per file, beside the family's own types: this file has
-//! construction, routing, the cache, atomics and control (`stats`, `ping`,
+//! the shards, routing, the cache, atomics and control (`stats`, `ping`,
 //! `shutdown_broker`); locks and fenced writes are in `lock`, pub/sub in
-//! `pubsub`, RPC in `rpc`.
+//! `pubsub`, RPC in `rpc`; `Client::connect` and the other constructors are
+//! in `builder`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -23,11 +24,10 @@ use procmesh_proto::{hash, Codec, Num, Raw, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::builder::ClientBuilder;
 use crate::conn::{Conn, Settings, Shared, Ticket};
+use crate::dispatch::{Dispatcher, EventCallback};
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
-use crate::pubsub::{Dispatcher, EventCallback};
 use crate::stats::Stats;
 use crate::value::encode;
 
@@ -101,22 +101,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the mesh `"default"` with default options, starting a
-    /// broker if none is running.
-    pub fn connect() -> Result<Client> {
-        Client::builder().connect()
-    }
-
-    /// Connects to the default mesh sharded over `n` brokers.
-    pub fn sharded(n: usize) -> Result<Client> {
-        Client::builder().shards(n).connect()
-    }
-
-    /// A builder for every option.
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
-    }
-
     pub(crate) fn open(
         settings: Settings,
         callbacks: Vec<EventCallback>,

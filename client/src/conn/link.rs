@@ -315,8 +315,8 @@ mod tests {
 
     use super::*;
     use crate::conn::{Settings, Shared};
+    use crate::dispatch::Dispatcher;
     use crate::event::ShardId;
-    use crate::pubsub::Dispatcher;
 
     /// Reads one frame from `s` into `buf` and returns its kind and id.
     fn read_one(s: &mut UnixStream, buf: &mut ReadBuf, codec: Codec) -> (Kind, Option<u64>) {

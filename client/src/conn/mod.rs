@@ -50,12 +50,12 @@ use std::time::{Duration, Instant};
 
 use procmesh_proto::{Codec, Request};
 
+use crate::dispatch::{Dispatcher, Subs};
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
 pub(crate) use crate::pending::Reply;
 use crate::pending::{lock, Pending, Slot};
-use crate::pubsub::{Dispatcher, Subs};
-use crate::rpc::{Pool, RpcHandler};
+use crate::pool::{Pool, RpcHandler};
 
 /// Auto-spawn settings (present when auto-spawn is on).
 #[derive(Debug, Clone)]

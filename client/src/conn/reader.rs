@@ -19,10 +19,10 @@ use procmesh_proto::{Codec, Frame, Kind, Raw, Request, Writer};
 
 use super::buf::ReadBuf;
 use super::Conn;
+use crate::dispatch::Message;
 use crate::error::{ClientError, HandlerError};
 use crate::event::Event;
 use crate::pending::{lock, Pending, Reply};
-use crate::pubsub::Message;
 
 /// The reader thread's body: read until the socket dies, then let `link`
 /// reconnect; exit when the connection is closed for good.
@@ -186,7 +186,7 @@ impl Conn {
                 Some(a) => Raw::new(codec, a),
                 None => crate::value::empty_array(codec),
             };
-            let r = crate::rpc::run_handler(&handler, args);
+            let r = crate::pool::run_handler(&handler, args);
             let mut scratch = Vec::new();
             let result = result_request(codec, id, &r, &mut scratch);
             conn.write_oneway(&result, Some(generation));
