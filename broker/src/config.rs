@@ -161,6 +161,9 @@ pub struct ServeArgs {
     /// Largest accepted frame: bytes or 16MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_frame: Option<usize>,
+    /// Hardening limits (issue 12): connection cap, handshake deadline, per-connection caps.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Persist to this directory (snapshot + append-only log).
     #[arg(long, env = "PROCMESH_PERSIST_DIR")]
     pub persist_dir: Option<PathBuf>,
@@ -226,6 +229,121 @@ pub struct BrokerConfig {
     pub max_frame: usize,
     /// Durability; `None` keeps everything in memory only.
     pub persist: Option<PersistConfig>,
+    /// Bounds on what one peer (or all of them) may hold.
+    pub limits: Limits,
+}
+
+// ------------------------------------------------------------ limits (issue 12)
+
+/// The flags of [`Limits`] (each also a `PROCMESH_BROKER_OPTS` name, see [`Limits::apply`]).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Most open connections; more are refused with an error frame (0 = unbounded).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Close a connection that has not passed `hello` within this (0 = never): ms or 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub handshake_timeout: Option<u64>,
+    /// Most subscriptions per connection (0 = unbounded).
+    #[arg(long)]
+    pub max_subscriptions: Option<usize>,
+    /// Most procedure registrations per connection (0 = unbounded).
+    #[arg(long)]
+    pub max_registrations: Option<usize>,
+    /// Most lock requests waiting per connection (0 = unbounded).
+    #[arg(long)]
+    pub max_lock_waiters: Option<usize>,
+    /// Most RPC calls in flight per caller (0 = unbounded).
+    #[arg(long)]
+    pub max_pending_calls: Option<usize>,
+    /// Total queued output over all connections past which best-effort frames drop
+    /// and the biggest queue is disconnected (0 = unbounded): bytes or 256MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output_bytes: Option<usize>,
+}
+
+/// Bounds on per-connection and global state. `usize::MAX` (0 on the command line)
+/// means unbounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `maxConnections`, `--max-connections` (default 10 000).
+    pub max_connections: usize,
+    /// `handshakeTimeout`, `--handshake-timeout` (default 10 s; only with a token).
+    pub handshake_timeout: Option<Duration>,
+    /// `maxSubscriptions`, `--max-subscriptions` (default 100 000 per connection).
+    pub max_subscriptions: usize,
+    /// `maxRegistrations`, `--max-registrations` (default 100 000 per connection).
+    pub max_registrations: usize,
+    /// `maxLockWaiters`, `--max-lock-waiters` (default 100 000 per connection).
+    pub max_lock_waiters: usize,
+    /// `maxPendingCalls`, `--max-pending-calls` (default 100 000 per caller).
+    pub max_pending_calls: usize,
+    /// `maxOutputBytes`, `--max-output-bytes` (default 256 MiB over all connections).
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_subscriptions: 100_000,
+            max_registrations: 100_000,
+            max_lock_waiters: 100_000,
+            max_pending_calls: 100_000,
+            max_output_bytes: 256 << 20,
+        }
+    }
+}
+
+fn cap(n: usize) -> usize {
+    if n == 0 {
+        usize::MAX
+    } else {
+        n
+    }
+}
+
+impl Limits {
+    /// Applies the flags given.
+    pub fn apply_args(&mut self, a: &LimitArgs) {
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(n) = v {
+                *dst = cap(n);
+            }
+        };
+        set(&mut self.max_connections, a.max_connections);
+        set(&mut self.max_subscriptions, a.max_subscriptions);
+        set(&mut self.max_registrations, a.max_registrations);
+        set(&mut self.max_lock_waiters, a.max_lock_waiters);
+        set(&mut self.max_pending_calls, a.max_pending_calls);
+        set(&mut self.max_output_bytes, a.max_output_bytes);
+        if let Some(n) = a.handshake_timeout {
+            self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
+        }
+    }
+
+    /// Applies one `PROCMESH_BROKER_OPTS` option; false when `k` is not a limit.
+    /// `Err` (the message) when the value is not a non-negative number.
+    pub fn apply(&mut self, k: &str, v: &Value) -> Result<bool, String> {
+        let bad = || format!("PROCMESH_BROKER_OPTS: `{k}` has the wrong type");
+        let dst = match k {
+            "maxConnections" => &mut self.max_connections,
+            "maxSubscriptions" => &mut self.max_subscriptions,
+            "maxRegistrations" => &mut self.max_registrations,
+            "maxLockWaiters" => &mut self.max_lock_waiters,
+            "maxPendingCalls" => &mut self.max_pending_calls,
+            "maxOutputBytes" => &mut self.max_output_bytes,
+            "handshakeTimeout" => {
+                let m = ms(v).ok_or_else(bad)?;
+                self.handshake_timeout = (m > 0).then(|| Duration::from_millis(m));
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        *dst = cap(ms(v).ok_or_else(bad)? as usize);
+        Ok(true)
+    }
 }
 
 /// Default grace added to an RPC call's timeout before the broker reaps it.
@@ -246,6 +364,7 @@ impl Default for BrokerConfig {
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,
             persist: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -326,6 +445,7 @@ impl BrokerConfig {
         if let Some(n) = a.max_frame {
             cfg.max_frame = n;
         }
+        cfg.limits.apply_args(&a.limits);
         if let (Some(dir), false) = (a.persist_dir, a.no_persist) {
             let mut pc = PersistConfig::new(dir);
             pc.fsync = FsyncMode::parse(&a.fsync).unwrap_or(pc.fsync);
@@ -350,6 +470,9 @@ impl BrokerConfig {
         };
         let bad = |k: &str| format!("PROCMESH_BROKER_OPTS: `{k}` has the wrong type");
         for (k, v) in &o {
+            if self.limits.apply(k, v)? {
+                continue;
+            }
             match k.as_str() {
                 "name" => {
                     self.name = v.as_str().ok_or_else(|| bad(k))?.to_string();
@@ -725,5 +848,50 @@ mod tests {
             listen(&["--metrics-allow-remote"]).is_err(),
             "needs an address"
         );
+    }
+
+    #[test]
+    fn limits_come_from_flags_and_opts_with_zero_meaning_unbounded() {
+        let c = ok(&[], None);
+        assert_eq!(c.limits, Limits::default());
+        let c = ok(
+            &[],
+            Some(
+                r#"{"maxConnections":5,"handshakeTimeout":0,"maxSubscriptions":7,
+                "maxRegistrations":8,"maxLockWaiters":9,"maxPendingCalls":10,"maxOutputBytes":0}"#,
+            ),
+        );
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.handshake_timeout, None);
+        assert_eq!(
+            (c.limits.max_subscriptions, c.limits.max_registrations),
+            (7, 8)
+        );
+        assert_eq!(
+            (c.limits.max_lock_waiters, c.limits.max_pending_calls),
+            (9, 10)
+        );
+        assert_eq!(c.limits.max_output_bytes, usize::MAX);
+        let c = ok(
+            &[
+                "--max-connections",
+                "0",
+                "--handshake-timeout",
+                "2s",
+                "--max-output-bytes",
+                "1MiB",
+            ],
+            Some(r#"{"maxConnections":5}"#),
+        );
+        assert_eq!(
+            c.limits.max_connections,
+            usize::MAX,
+            "the flag wins over the option"
+        );
+        assert_eq!(c.limits.handshake_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.limits.max_output_bytes, 1 << 20);
+        assert!(BrokerConfig::default()
+            .apply_json(r#"{"maxConnections":"many"}"#)
+            .is_err());
     }
 }

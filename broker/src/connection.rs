@@ -15,7 +15,7 @@
 
 use std::io::{self, Read, Write};
 
-use procmesh_proto::Codec;
+use procmesh_proto::{Codec, ErrorCode, Raw, Reply};
 use slab::Slab;
 
 /// Capacity a connection's buffers return to after a spike.
@@ -98,6 +98,11 @@ pub struct Connection {
     pub closing: Closing,
     /// A readiness event reported the peer's end of stream (or an error).
     pub peer_closed: bool,
+    /// When it was accepted, ms on the broker clock (the handshake deadline counts
+    /// from here).
+    pub opened: u64,
+    /// Its queued bytes as last counted into [`Conns::total_out`].
+    counted: usize,
 }
 
 impl Connection {
@@ -118,7 +123,32 @@ impl Connection {
             dirty: false,
             closing: Closing::No,
             peer_closed: false,
+            opened: now,
+            counted: 0,
         }
+    }
+
+    /// Frees both buffers when nothing is pending in them (an idle connection then
+    /// costs no buffer memory; the next read allocates again). True when it freed any.
+    pub fn shrink_idle(&mut self) -> bool {
+        let mut freed = false;
+        if self.rpos == self.rend && self.rbuf.capacity() > 0 {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+            self.rend = 0;
+            freed = true;
+        }
+        if self.queued() == 0 && self.wbuf.capacity() > 0 {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+            freed = true;
+        }
+        freed
+    }
+
+    /// Bytes held by its buffers (capacity).
+    pub fn buffer_bytes(&self) -> usize {
+        self.rbuf.capacity() + self.wbuf.capacity()
     }
 
     /// The connection's codec: the one detected from its first frame. Until a frame
@@ -249,23 +279,123 @@ impl Connection {
 }
 
 /// The open connections, the list of those with output (or a close) pending this
-/// turn, and the hard output limit.
+/// turn, the hard output limit, and the global output cap.
+///
+/// Bounds: one reply is at most `reply_budget` bytes (min of the hard limit and
+/// `u32::MAX`, so a length prefix never wraps); one connection's queue at most the
+/// hard limit; all queues together at most `max_out` (past it the biggest queues
+/// are disconnected). Invariant: `total_out` is the sum of every open connection's
+/// `counted`, which is its `queued()` as of its last write or flush.
 pub struct Conns {
     slab: Slab<Connection>,
     dirty: Vec<ConnId>,
     hard_limit: usize,
-    /// Connections closed for passing the hard limit since start.
+    reply_budget: usize,
+    total_out: usize,
+    max_out: usize,
+    /// Connections closed for passing the hard limit (or shed at the global output
+    /// cap) since start.
     pub slow_closed: u64,
+    /// Connections closed because all queues together passed `maxOutputBytes`.
+    pub shed_closed: u64,
+    /// Replies refused with `ETOOBIG` for passing the reply budget.
+    pub too_big: u64,
 }
 
 impl Conns {
-    /// An empty table; connections queuing more than `hard_limit` bytes are closed.
-    pub fn new(hard_limit: usize) -> Conns {
+    /// An empty table; connections queuing more than `hard_limit` bytes are closed,
+    /// and the biggest queues when all of them hold more than `max_out`.
+    pub fn new(hard_limit: usize, max_out: usize) -> Conns {
         Conns {
             slab: Slab::new(),
             dirty: Vec::new(),
             hard_limit,
+            reply_budget: hard_limit.min(u32::MAX as usize),
+            total_out: 0,
+            max_out,
             slow_closed: 0,
+            shed_closed: 0,
+            too_big: 0,
+        }
+    }
+
+    /// The most bytes one reply frame may take.
+    #[inline]
+    pub fn reply_budget(&self) -> usize {
+        self.reply_budget
+    }
+
+    /// Bytes queued over all connections (as of their last write or flush).
+    #[inline]
+    pub fn total_out(&self) -> usize {
+        self.total_out
+    }
+
+    /// Whether `extra` more queued bytes would pass the global output cap (a
+    /// best-effort frame is dropped then).
+    #[inline]
+    pub fn over_output_cap(&self, extra: usize) -> bool {
+        self.total_out.saturating_add(extra) > self.max_out
+    }
+
+    /// Appends the reply to request `req` with `encode(codec, out)`; a reply frame
+    /// larger than the reply budget is replaced by an `ETOOBIG` error to the same
+    /// id, so every request is answered exactly once and the connection stays open.
+    #[inline]
+    pub fn send_reply<R>(
+        &mut self,
+        id: ConnId,
+        req: Raw<'_>,
+        encode: impl FnOnce(Codec, &mut Vec<u8>) -> R,
+    ) -> R {
+        let budget = self.reply_budget;
+        let conn = &mut self.slab[id.0];
+        let at = conn.wbuf.len();
+        let r = encode(conn.codec, &mut conn.wbuf);
+        let n = conn.wbuf.len() - at;
+        if n > budget {
+            conn.wbuf.truncate(at);
+            too_big_reply(conn.codec, &mut conn.wbuf, req, n, budget);
+            self.too_big += 1;
+        }
+        self.wrote(id);
+        r
+    }
+
+    /// Re-counts `id`'s queued bytes into the total (after a flush or a write).
+    #[inline]
+    pub fn sync(&mut self, id: ConnId) {
+        if let Some(conn) = self.slab.get_mut(id.0) {
+            if conn.closing == Closing::Now {
+                return;
+            }
+            let q = conn.queued();
+            self.total_out = self.total_out - conn.counted + q;
+            conn.counted = q;
+        }
+    }
+
+    /// Disconnects the biggest queues until the total is back under the cap.
+    #[cold]
+    fn shed(&mut self) {
+        let mut big: Vec<(usize, usize)> = self
+            .slab
+            .iter()
+            .filter(|(_, c)| c.closing != Closing::Now && c.counted > 0)
+            .map(|(k, c)| (c.counted, k))
+            .collect();
+        big.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, k) in big {
+            if self.total_out <= self.max_out {
+                break;
+            }
+            let c = &mut self.slab[k];
+            self.total_out -= c.counted;
+            c.counted = 0;
+            c.closing = Closing::Now;
+            self.shed_closed += 1;
+            self.slow_closed += 1;
+            self.mark_dirty(ConnId(k));
         }
     }
 
@@ -293,7 +423,9 @@ impl Conns {
 
     /// Removes a connection (it may still be in the dirty list: lookups skip it).
     pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
-        self.slab.try_remove(id.0)
+        let c = self.slab.try_remove(id.0)?;
+        self.total_out -= c.counted;
+        Some(c)
     }
 
     /// The connection `id`, if open.
@@ -306,6 +438,11 @@ impl Conns {
     #[inline]
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
         self.slab.get_mut(id.0)
+    }
+
+    /// Every open connection, mutably (for sweeps that change no queue).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Connection)> {
+        self.slab.iter_mut().map(|(k, c)| (ConnId(k), c))
     }
 
     /// Every open connection.
@@ -333,9 +470,18 @@ impl Conns {
             conn.dirty = true;
             self.dirty.push(id);
         }
-        if conn.queued() > self.hard_limit && conn.closing != Closing::Now {
+        if conn.closing == Closing::Now {
+            return;
+        }
+        let q = conn.queued();
+        self.total_out = self.total_out - conn.counted + q;
+        conn.counted = q;
+        if q > self.hard_limit {
             conn.closing = Closing::Now;
             self.slow_closed += 1;
+        }
+        if self.total_out > self.max_out {
+            self.shed();
         }
     }
 
@@ -371,6 +517,20 @@ impl Conns {
     }
 }
 
+/// The `ETOOBIG` error that replaces a reply of `n` bytes over `budget`.
+#[cold]
+fn too_big_reply(codec: Codec, out: &mut Vec<u8>, req: Raw<'_>, n: usize, budget: usize) {
+    let message = format!(
+        "the reply ({n} bytes) exceeds the reply limit ({budget} bytes, sendHardLimit): \
+         ask for less at a time"
+    );
+    Reply::Err {
+        code: ErrorCode::TooBig,
+        message: &message,
+    }
+    .encode_into(codec, Some(req), out);
+}
+
 impl std::ops::Index<ConnId> for Conns {
     type Output = Connection;
     #[inline]
@@ -401,8 +561,75 @@ mod tests {
     }
 
     #[test]
+    fn reply_over_the_budget_is_replaced_by_one_etoobig_reply() {
+        let mut conns = Conns::new(200, usize::MAX);
+        let id = conns.insert(Connection::new(1, true, 0));
+        let req = Raw::new(Codec::Json, b"7");
+        conns.send_reply(id, req, |_, out| out.extend_from_slice(&[b'x'; 300]));
+        let out = &conns[id].wbuf;
+        let text = std::str::from_utf8(&out[4..]).unwrap();
+        assert!(
+            text.contains("ETOOBIG") && text.contains("\"id\":7"),
+            "{text}"
+        );
+        assert_eq!(conns.too_big, 1);
+        assert_eq!(conns[id].closing, Closing::No, "the connection stays open");
+    }
+
+    #[test]
+    fn global_output_cap_sheds_the_biggest_queue_and_keeps_the_total_exact() {
+        let mut conns = Conns::new(usize::MAX, 100);
+        let a = conns.insert(Connection::new(1, true, 0));
+        let b = conns.insert(Connection::new(2, true, 0));
+        conns.send(a, |_, out| out.extend_from_slice(&[0; 30]));
+        conns.send(b, |_, out| out.extend_from_slice(&[0; 60]));
+        assert_eq!(conns.total_out(), 90);
+        assert!(conns.over_output_cap(11));
+        conns.send(a, |_, out| out.extend_from_slice(&[0; 20]));
+        // 110 > 100: the biggest (b, 60 bytes) goes, a stays.
+        assert_eq!(conns[b].closing, Closing::Now);
+        assert_eq!(conns[a].closing, Closing::No);
+        assert_eq!(conns.total_out(), 50);
+        assert_eq!((conns.shed_closed, conns.slow_closed), (1, 1));
+        conns.remove(b);
+        assert_eq!(conns.total_out(), 50);
+        conns.remove(a);
+        assert_eq!(conns.total_out(), 0);
+    }
+
+    #[test]
+    fn flushed_output_leaves_the_total_after_sync() {
+        let mut conns = Conns::new(usize::MAX, usize::MAX);
+        let a = conns.insert(Connection::new(1, true, 0));
+        conns.send(a, |_, out| out.extend_from_slice(&[1; 10]));
+        let mut sink = Vec::new();
+        assert!(conns[a].flush(&mut sink));
+        conns.sync(a);
+        assert_eq!((sink.len(), conns.total_out()), (10, 0));
+    }
+
+    #[test]
+    fn shrink_idle_frees_both_buffers_only_when_nothing_is_pending() {
+        let mut c = Connection::new(1, true, 0);
+        let mut src: &[u8] = b"abc";
+        c.fill(&mut src, 1 << 20);
+        c.out().extend_from_slice(b"queued");
+        assert!(!c.shrink_idle() || c.buffer_bytes() > 0);
+        assert!(
+            c.rbuf.capacity() > 0 && c.queued() == 6,
+            "pending bytes are kept"
+        );
+        let (buf, _, end) = c.take_input();
+        c.put_input(buf, end, end);
+        let mut sink = Vec::new();
+        c.flush(&mut sink);
+        assert!(c.shrink_idle());
+        assert_eq!(c.buffer_bytes(), 0);
+    }
+
+    #[test]
     fn hard_limit_closes_once_and_counts() {
-        let mut conns = Conns::new(4);
+        let mut conns = Conns::new(4, usize::MAX);
         let id = conns.insert(Connection::new(1, true, 0));
         conns.send(id, |_, out| out.extend_from_slice(b"12345"));
         conns.send(id, |_, out| out.extend_from_slice(b"6"));

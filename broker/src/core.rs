@@ -43,6 +43,14 @@ const FRAME_BUDGET: usize = 4096;
 const EXPIRE_BUDGET: usize = 20_000;
 /// How often expiry runs while keys exist and nothing else wakes the loop.
 const EXPIRE_PERIOD_MS: u64 = 100;
+/// Largest frame accepted before `hello` passed (when a token is required).
+pub const PREAUTH_MAX_FRAME: usize = 64 * 1024;
+/// Bytes read per wake from a connection that has not passed `hello`.
+pub const PREAUTH_READ_BUDGET: usize = 64 * 1024;
+/// How often the connection sweep runs (handshake deadlines, idle buffers).
+const SWEEP_PERIOD_MS: u64 = 1000;
+/// Silence after which an idle connection's buffers are freed.
+const IDLE_SHRINK_MS: u64 = 1000;
 
 /// The broker's state machine; see the module doc.
 pub struct Core {
@@ -50,7 +58,15 @@ pub struct Core {
     conns: Conns,
     next_serial: u64,
     next_heartbeat: u64,
+    next_sweep: u64,
+    /// The previous turn's time: a gap longer than the heartbeat's check period
+    /// means the broker itself stalled, and that silence is not the clients'.
+    last_turn: u64,
     expiry_busy: bool,
+    /// Connections refused at `maxConnections` (or for lack of descriptors).
+    pub refused: u64,
+    /// Connections closed at the handshake deadline.
+    pub handshake_closed: u64,
 }
 
 impl Core {
@@ -63,7 +79,7 @@ impl Core {
         persist: Option<Persistence>,
     ) -> Core {
         let next_heartbeat = cfg.heartbeat.map_or(u64::MAX, |h| h.as_millis() as u64);
-        let conns = Conns::new(cfg.send_hard_limit);
+        let conns = Conns::new(cfg.send_hard_limit, cfg.limits.max_output_bytes);
         Core {
             mesh: Mesh {
                 cfg,
@@ -85,7 +101,11 @@ impl Core {
             conns,
             next_serial: 0,
             next_heartbeat,
+            next_sweep: SWEEP_PERIOD_MS,
+            last_turn: 0,
             expiry_busy: false,
+            refused: 0,
+            handshake_closed: 0,
         }
     }
 
@@ -131,6 +151,9 @@ impl Core {
         if !self.mesh.store.is_empty() {
             next = next.min(now + EXPIRE_PERIOD_MS);
         }
+        if !self.conns.is_empty() {
+            next = next.min(self.next_sweep);
+        }
         (next != u64::MAX).then_some(next)
     }
 
@@ -139,6 +162,36 @@ impl Core {
     /// The id the next [`Core::open_conn`] returns (for the driver's token).
     pub fn next_conn_id(&self) -> ConnId {
         self.conns.vacant_id()
+    }
+
+    /// Whether a new connection must be refused (`maxConnections` reached); the
+    /// driver then sends [`Core::refusal`] and closes it without opening state.
+    pub fn at_capacity(&self) -> bool {
+        self.conns.len() >= self.mesh.cfg.limits.max_connections
+    }
+
+    /// The frame (JSON: the peer's codec is unknown) a refused connection gets, and
+    /// counts the refusal. `why` says what ran out.
+    pub fn refusal(&mut self, why: &str) -> Vec<u8> {
+        self.refused += 1;
+        self.mesh.stats.error(ErrorCode::Broker);
+        let mut out = Vec::new();
+        procmesh_proto::Reply::Err {
+            code: ErrorCode::Broker,
+            message: why,
+        }
+        .encode_into(procmesh_proto::Codec::Json, None, &mut out);
+        out
+    }
+
+    /// The most bytes the driver should read from `id` per wake: small until the
+    /// connection passed `hello` (when a token is required).
+    #[inline]
+    pub fn read_budget(&self, id: ConnId, full: usize) -> usize {
+        match self.conns.get(id) {
+            Some(c) if !c.authed => full.min(PREAUTH_READ_BUDGET),
+            _ => full,
+        }
     }
 
     /// Opens state for an accepted connection.
@@ -170,7 +223,7 @@ impl Core {
     /// how that read ended). Returns true when the driver should read `id` again
     /// this turn-cycle (budget reached with input left).
     pub fn input<T: Transport>(&mut self, id: ConnId, outcome: ReadOutcome, io: &mut T) -> bool {
-        let max_frame = self.mesh.cfg.max_frame;
+        let full_frame = self.mesh.cfg.max_frame;
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
@@ -181,9 +234,18 @@ impl Core {
         let mut frames = 0;
         let mut more = outcome == ReadOutcome::Budget;
         loop {
-            if self.conns[id].closing != Closing::No {
+            let conn = &self.conns[id];
+            if conn.closing != Closing::No {
                 break;
             }
+            // Before `hello` passed, a peer gets a small frame limit (so an announced
+            // 64 MiB frame never grows its buffer); re-read per frame, since `hello`
+            // may be the frame just handled.
+            let max_frame = if conn.authed {
+                full_frame
+            } else {
+                full_frame.min(PREAUTH_MAX_FRAME)
+            };
             match frame::try_decode(&buf[pos..end], max_frame) {
                 Ok(Some((s, e))) => {
                     let payload = &buf[pos + s..pos + e];
@@ -234,7 +296,9 @@ impl Core {
     /// precedes every reply of the turn, then snapshot progress.
     pub fn end_turn(&mut self) {
         self.run_timers();
+        self.credit_stall();
         self.heartbeat();
+        self.sweep();
         self.expiry_busy = self.mesh.store.reclaim(self.mesh.now, EXPIRE_BUDGET);
         self.compact_timers();
         self.commit();
@@ -277,6 +341,70 @@ impl Core {
             let (locks, rpc) = (&m.locks, &m.rpc);
             m.timers
                 .retain(|t| locks.timer_alive(t) || rpc.timer_alive(t));
+        }
+    }
+
+    /// Credits every connection with a gap between turns longer than half a
+    /// heartbeat interval (the loop wakes every quarter interval while heartbeats
+    /// are on, so such a gap is the broker's own stall — SIGSTOP, a long snapshot —
+    /// not its clients' silence). Silence then counts from the last turn, and a
+    /// resumed broker pings its idle clients instead of reaping them.
+    fn credit_stall(&mut self) {
+        let now = self.mesh.now;
+        let gap = now.saturating_sub(self.last_turn);
+        self.last_turn = now;
+        let Some(interval) = self.mesh.cfg.heartbeat else {
+            return;
+        };
+        if gap <= (interval.as_millis() as u64 / 2).max(1) {
+            return;
+        }
+        for (_, c) in self.conns.iter_mut() {
+            c.last_in = c.last_in.saturating_add(gap).min(now);
+            c.last_ping = c.last_ping.saturating_add(gap).min(now);
+            c.opened = c.opened.saturating_add(gap).min(now);
+        }
+    }
+
+    /// Once a second: closes connections that have not passed `hello` by the
+    /// handshake deadline (however many bytes they trickle), and frees the buffers
+    /// of connections idle for a second.
+    fn sweep(&mut self) {
+        let now = self.mesh.now;
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_PERIOD_MS;
+        let deadline = match (&self.mesh.cfg.token, self.mesh.cfg.limits.handshake_timeout) {
+            (Some(_), Some(d)) => Some(d.as_millis() as u64),
+            _ => None,
+        };
+        let mut late = Vec::new();
+        for (k, c) in self.conns.iter_mut() {
+            if c.closing != Closing::No {
+                continue;
+            }
+            if let Some(d) = deadline {
+                if !c.authed && now.saturating_sub(c.opened) >= d {
+                    late.push(k);
+                    continue;
+                }
+            }
+            if !c.dirty && now.saturating_sub(c.last_in) >= IDLE_SHRINK_MS {
+                c.shrink_idle();
+            }
+        }
+        for k in late {
+            self.handshake_closed += 1;
+            self.mesh.stats.error(ErrorCode::Auth);
+            dispatch::send_err(
+                &mut self.conns,
+                k,
+                None,
+                ErrorCode::Auth,
+                "handshake timeout: no hello with the broker's token in time",
+            );
+            self.conns.close_later(k, Closing::AfterFlush);
         }
     }
 
@@ -338,7 +466,9 @@ impl Core {
                     continue;
                 }
                 let failed = !io.flush(k, c);
-                if failed || (c.closing == Closing::AfterFlush && c.queued() == 0) {
+                let done = c.closing == Closing::AfterFlush && c.queued() == 0;
+                self.conns.sync(k);
+                if failed || done {
                     closing.push(k);
                 }
             }

@@ -88,6 +88,8 @@ pub struct LockTable {
     last_token: u64,
     next_waiter: u64,
     waiter_count: usize,
+    /// Queued waiters per connection (bounded by `maxLockWaiters` in dispatch).
+    waiters_by_conn: HashMap<ConnId, u32, RandomState>,
     /// Tokens below this were issued before a restart: always fenced.
     floor: u64,
     /// With persistence: tokens up to this are durably reserved.
@@ -116,6 +118,7 @@ impl LockTable {
             last_token,
             next_waiter: 0,
             waiter_count: 0,
+            waiters_by_conn: HashMap::default(),
             floor: 0,
             reserved_to: None,
             reserve_pending: false,
@@ -197,6 +200,20 @@ impl LockTable {
         }
     }
 
+    /// Lock requests `conn` has queued.
+    pub fn waiters_of(&self, conn: ConnId) -> u32 {
+        self.waiters_by_conn.get(&conn).copied().unwrap_or(0)
+    }
+
+    fn unwait(&mut self, conn: ConnId) {
+        if let Some(n) = self.waiters_by_conn.get_mut(&conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiters_by_conn.remove(&conn);
+            }
+        }
+    }
+
     /// A `lock` request from `conn`.
     #[allow(clippy::too_many_arguments)]
     pub fn lock(
@@ -229,6 +246,7 @@ impl LockTable {
             ttl_ms,
         });
         self.waiter_count += 1;
+        *self.waiters_by_conn.entry(conn).or_default() += 1;
         self.waiting.insert(id, key.into());
         timers.add(now.saturating_add(wait_ms), TimerKind::LockWait(id));
         self.note_conn(conn, key);
@@ -285,6 +303,7 @@ impl LockTable {
         match next {
             Some(w) => {
                 self.waiter_count -= 1;
+                self.unwait(w.conn);
                 self.waiting.remove(&w.id);
                 let token = self.issue(key, w.conn, w.ttl_ms, now, timers);
                 events.push(LockEvent::Granted {
@@ -335,6 +354,7 @@ impl LockTable {
                         .remove(pos)
                         .expect("invariant: position is in range");
                     self.waiter_count -= 1;
+                    self.unwait(w.conn);
                     events.push(LockEvent::TimedOut {
                         conn: w.conn,
                         reply_to: w.reply_to,
@@ -354,6 +374,7 @@ impl LockTable {
         timers: &mut Timers,
         events: &mut Vec<LockEvent>,
     ) {
+        self.waiters_by_conn.remove(&conn);
         let Some(keys) = self.by_conn.remove(&conn) else {
             return;
         };

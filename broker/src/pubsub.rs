@@ -47,6 +47,16 @@ impl PubSub {
         self.count == 0
     }
 
+    /// Subscriptions `conn` holds.
+    pub fn subscriptions_of(&self, conn: ConnId) -> usize {
+        self.by_conn.get(&conn).map_or(0, |s| s.len())
+    }
+
+    /// Whether `conn` holds `sub`.
+    pub fn has_subscription(&self, conn: ConnId, sub: &str) -> bool {
+        self.by_conn.get(&conn).is_some_and(|s| s.contains(sub))
+    }
+
     /// Subscribes `conn` to `sub` (an exact channel or a `prefix*` pattern). Returns
     /// false when it already was.
     pub fn subscribe(&mut self, conn: ConnId, sub: &str) -> bool {

@@ -42,6 +42,8 @@ pub struct Rpc {
     /// quadratic).
     regs: HashMap<ConnId, HashSet<Box<str>, RandomState>, RandomState>,
     busy: HashMap<ConnId, u32, RandomState>,
+    /// Calls in flight per caller (bounded by `maxPendingCalls`).
+    by_caller: HashMap<ConnId, u32, RandomState>,
     calls: HashMap<u64, PendingCall, RandomState>,
     next_id: u64,
 }
@@ -92,6 +94,16 @@ impl Rpc {
         self.calls.len()
     }
 
+    /// Names `conn` registered.
+    pub fn registrations_of(&self, conn: ConnId) -> usize {
+        self.regs.get(&conn).map_or(0, |r| r.len())
+    }
+
+    /// Calls in flight that `caller` made.
+    pub fn calls_of(&self, caller: ConnId) -> u32 {
+        self.by_caller.get(&caller).copied().unwrap_or(0)
+    }
+
     /// Calls in flight on `worker`.
     pub fn in_flight(&self, worker: ConnId) -> u32 {
         self.busy.get(&worker).copied().unwrap_or(0)
@@ -126,7 +138,9 @@ impl Rpc {
         let worker = self.pick(name)?;
         self.next_id += 1;
         let id = self.next_id;
-        self.calls.insert(id, call(worker));
+        let call = call(worker);
+        *self.by_caller.entry(call.caller).or_default() += 1;
+        self.calls.insert(id, call);
         *self.busy.entry(worker).or_default() += 1;
         timers.add(deadline, TimerKind::CallDeadline(id));
         Some((id, worker))
@@ -134,6 +148,12 @@ impl Rpc {
 
     fn done(&mut self, id: u64) -> Option<PendingCall> {
         let call = self.calls.remove(&id)?;
+        if let Some(b) = self.by_caller.get_mut(&call.caller) {
+            *b -= 1;
+            if *b == 0 {
+                self.by_caller.remove(&call.caller);
+            }
+        }
         if let Some(b) = self.busy.get_mut(&call.worker) {
             *b -= 1;
             if *b == 0 {
@@ -172,6 +192,19 @@ impl Rpc {
                         self.pools.remove(&**name);
                     }
                 }
+            }
+        }
+        if self.by_caller.contains_key(&conn) {
+            // Nobody is left to answer: free the calls this connection made (the
+            // worker's late result is then ignored; its slot is freed now).
+            let ids: Vec<u64> = self
+                .calls
+                .iter()
+                .filter(|(_, c)| c.caller == conn)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.done(id);
             }
         }
         if self.busy.contains_key(&conn) {

@@ -116,6 +116,12 @@ impl<'o> MapEnc<'o> {
         frame::finish(out, at);
     }
 
+    /// Bytes written since [`MapEnc::begin`] (prefix included).
+    #[inline]
+    pub(crate) fn written(&self) -> usize {
+        self.w.out_len() - self.at
+    }
+
     /// Drops the frame begun, leaving `out` as it was before [`MapEnc::begin`].
     #[inline]
     pub(crate) fn abort(self) {

@@ -267,6 +267,20 @@ impl<'o> MgetReply<'o> {
         }
     }
 
+    /// Bytes of the reply written so far (0 once aborted): the broker's reply-size
+    /// budget checks it after each value, so a reply never grows far past it.
+    #[inline]
+    pub fn written(&self) -> usize {
+        self.m.as_ref().map_or(0, |m| m.written())
+    }
+
+    /// Drops the reply begun, leaving the output as it was before [`MgetReply::begin`].
+    pub fn abort(mut self) {
+        if let Some(m) = self.m.take() {
+            m.abort();
+        }
+    }
+
     /// Completes the reply (keys not pushed count as missing).
     pub fn finish(mut self) {
         if self.m.is_none() {

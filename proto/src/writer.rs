@@ -47,6 +47,13 @@ impl<'a> Writer<'a> {
         self.out
     }
 
+    /// Bytes in the output vector so far (a reply-size budget checks it while
+    /// building).
+    #[inline]
+    pub fn out_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// The codec written.
     #[inline]
     pub fn codec(&self) -> Codec {

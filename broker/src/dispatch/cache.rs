@@ -18,7 +18,7 @@ use crate::store::AtomicError;
 pub(super) fn get(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let Some(id) = id else { return };
     let v = m.store.get(key, m.now);
-    out.send(from, |codec, buf| {
+    out.send_reply(from, id, |codec, buf| {
         write_ok_value(codec, buf, id, v, "the stored value")
     });
 }
@@ -54,7 +54,14 @@ pub(super) fn has(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_
 pub(super) fn keys(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
     let Some(id) = id else { return };
     let keys = m.store.keys(m.now);
-    out.send(from, |codec, buf| {
+    // The reply budget, checked before building: a key list is at least its bytes
+    // plus two quotes each (JSON escapes only add; the final check catches them).
+    let least: usize = keys.iter().map(|k| k.len() + 2).sum();
+    let budget = out.reply_budget();
+    if least > budget {
+        return too_big(out, from, id, "keys", least, budget);
+    }
+    out.send_reply(from, id, |codec, buf| {
         response::keys(codec, Some(id), keys.into_iter(), buf)
     });
 }
@@ -79,15 +86,44 @@ where
     let Some(id) = id else { return Ok(()) };
     let now = m.now;
     let store = &mut m.store;
-    out.send(from, |codec, buf| {
+    let budget = out.reply_budget();
+    let over = out.send_reply(from, id, |codec, buf| {
         let mut r = MgetReply::begin(codec, Some(id), names.len(), buf);
         for name in names {
             // A value that cannot be converted removes the whole reply.
             r.push(store.get(&name, now))?;
+            // The reply budget, checked while building: the transient never grows
+            // past the budget by more than one value.
+            if r.written() > budget {
+                let n = r.written();
+                r.abort();
+                return Ok::<_, procmesh_proto::DecodeError>(Some(n));
+            }
         }
         r.finish();
-        Ok(())
-    })
+        Ok(None)
+    })?;
+    if let Some(n) = over {
+        too_big(out, from, id, "mget", n, budget);
+    }
+    Ok(())
+}
+
+/// Answers `ETOOBIG` to a request whose reply would pass the reply budget (it
+/// reached `n` bytes, or would have), before or instead of building it.
+#[cold]
+fn too_big(out: &mut Conns, from: ConnId, id: Raw<'_>, what: &str, n: usize, budget: usize) {
+    out.too_big += 1;
+    super::send_err(
+        out,
+        from,
+        Some(id),
+        ErrorCode::TooBig,
+        &format!(
+            "the {what} reply (over {n} bytes) exceeds the reply limit ({budget} bytes, \
+             sendHardLimit): ask for less at a time"
+        ),
+    );
 }
 
 /// `mset`: every pair, then one `ok`.

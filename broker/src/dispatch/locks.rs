@@ -23,9 +23,16 @@ pub(super) fn lock(
     key: &str,
     ttl_ms: Option<u64>,
     wait_ms: Option<u64>,
-) {
+) -> Res {
     let ttl = ttl_ms.filter(|t| *t > 0).unwrap_or(LOCK_TTL_MS);
     let wait = wait_ms.unwrap_or(0);
+    let cap = m.cfg.limits.max_lock_waiters;
+    if wait > 0 && m.locks.waiters_of(from) as usize >= cap {
+        return Err(Fail::new(
+            ErrorCode::Broker,
+            format!("too many lock requests waiting (maxLockWaiters {cap} per connection)"),
+        ));
+    }
     let reply_to = id.map(|id| id.bytes);
     match m
         .locks
@@ -35,6 +42,7 @@ pub(super) fn lock(
         LockOutcome::Busy => lock_reply(out, from, id, None),
         LockOutcome::Queued => {}
     }
+    Ok(())
 }
 
 /// `unlock`: whether `from` held it; a next waiter may be granted.

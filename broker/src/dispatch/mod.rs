@@ -156,7 +156,7 @@ fn route<T: Transport>(
             key,
             ttl_ms,
             wait_ms,
-        } => locks::lock(m, out, from, id, &key, ttl_ms, wait_ms),
+        } => locks::lock(m, out, from, id, &key, ttl_ms, wait_ms)?,
         Request::Unlock { key } => locks::unlock(m, out, from, id, &key),
         Request::Fset {
             key,
@@ -184,7 +184,7 @@ fn route<T: Transport>(
         Request::Fdel { key, token, k } => {
             locks::fenced(m, out, from, id, &key, token, &k, Fenced::Del)?
         }
-        Request::Sub { channel } => pubsub::sub(m, out, from, id, &channel),
+        Request::Sub { channel } => pubsub::sub(m, out, from, id, &channel)?,
         Request::Unsub { channel } => pubsub::unsub(m, out, from, id, &channel),
         Request::Pub {
             channel,
@@ -192,7 +192,7 @@ fn route<T: Transport>(
             acks,
             ..
         } => pubsub::publish(m, out, io, from, id, &channel, payload, acks)?,
-        Request::Reg { name } => rpc::reg(m, out, from, id, &name),
+        Request::Reg { name } => rpc::reg(m, out, from, id, &name)?,
         Request::Unreg { name } => rpc::unreg(m, out, from, id, &name),
         Request::Call {
             name,
@@ -240,7 +240,7 @@ fn is_write(kind: Kind) -> bool {
 #[inline]
 fn reply(out: &mut Conns, to: ConnId, id: Option<Raw<'_>>, r: Reply<'_>) {
     let Some(id) = id else { return };
-    out.send(to, |codec, buf| r.encode_into(codec, Some(id), buf));
+    out.send_reply(to, id, |codec, buf| r.encode_into(codec, Some(id), buf));
 }
 
 /// An `err` reply (with the request's id when it had one).

@@ -13,10 +13,24 @@ use super::{reply, Fail, Res};
 use crate::connection::{Closing, ConnId, Conns, Transport};
 use crate::mesh::Mesh;
 
-/// `sub`.
-pub(super) fn sub(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, channel: &str) {
+/// `sub` (at most `maxSubscriptions` per connection).
+pub(super) fn sub(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    channel: &str,
+) -> Res {
+    let cap = m.cfg.limits.max_subscriptions;
+    if m.pubsub.subscriptions_of(from) >= cap && !m.pubsub.has_subscription(from, channel) {
+        return Err(Fail::new(
+            procmesh_proto::ErrorCode::Broker,
+            format!("subscription limit reached (maxSubscriptions {cap} per connection)"),
+        ));
+    }
     m.pubsub.subscribe(from, channel);
     reply(out, from, id, Reply::Sub { offset: 0 });
+    Ok(())
 }
 
 /// `unsub`.
@@ -91,7 +105,12 @@ pub(super) fn publish<T: Transport>(
             m.stats.dropped += 1;
             continue;
         }
-        conn.out().extend_from_slice(&enc[slot]);
+        // The global output cap (maxOutputBytes): best-effort frames drop past it.
+        if droppable && out.over_output_cap(enc[slot].len()) {
+            m.stats.dropped += 1;
+            continue;
+        }
+        out[c].out().extend_from_slice(&enc[slot]);
         delivered += 1;
         out.wrote(c);
     }

@@ -13,9 +13,23 @@ use crate::mesh::Mesh;
 use crate::rpc::PendingCall;
 
 /// `reg`.
-pub(super) fn reg(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, name: &str) {
+pub(super) fn reg(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    name: &str,
+) -> Res {
+    let cap = m.cfg.limits.max_registrations;
+    if m.rpc.registrations_of(from) >= cap {
+        return Err(Fail::new(
+            ErrorCode::Broker,
+            format!("registration limit reached (maxRegistrations {cap} per connection)"),
+        ));
+    }
     m.rpc.register(from, name);
     reply(out, from, id, Reply::Bool(true));
+    Ok(())
 }
 
 /// `unreg`.
@@ -35,6 +49,13 @@ pub(super) fn call(
     args: Option<Raw<'_>>,
     timeout_ms: Option<u64>,
 ) -> Res {
+    let cap = m.cfg.limits.max_pending_calls;
+    if m.rpc.calls_of(from) as usize >= cap {
+        return Err(Fail::new(
+            ErrorCode::Broker,
+            format!("too many calls in flight (maxPendingCalls {cap} per caller)"),
+        ));
+    }
     let caller = &out[from];
     let codec = caller.codec();
     let serial = caller.serial;
@@ -125,7 +146,7 @@ pub(super) fn result(
                 r.encode_into(codec, Some(id), buf)
             });
         }
-        None => out.send(call.caller, |codec, buf| {
+        None => out.send_reply(call.caller, id, |codec, buf| {
             write_ok_value(codec, buf, id, result, "the worker's result")
         }),
     }

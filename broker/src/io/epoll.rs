@@ -100,7 +100,22 @@ pub struct Reactor {
     requeue: Vec<ConnId>,
     idle_since: Option<u64>,
     accept_more: bool,
+    /// Accepting stopped for lack of descriptors with no reserve to free: retry at
+    /// this time (ms on the broker clock), since the edge-triggered listener will not
+    /// report the backlog again.
+    accept_retry_at: Option<u64>,
+    /// A descriptor held open (`/dev/null`) to free on EMFILE, so the backlog can
+    /// still be accepted and refused instead of hanging (as Redis and nginx do).
+    reserve: Option<std::fs::File>,
     warnings: Vec<String>,
+}
+
+/// How long to wait before accepting again after running out of descriptors with
+/// no reserve left.
+const ACCEPT_RETRY_MS: u64 = 100;
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl Reactor {
@@ -153,6 +168,8 @@ impl Reactor {
             requeue: Vec::new(),
             idle_since: Some(0),
             accept_more: false,
+            accept_retry_at: None,
+            reserve: open_reserve(),
             warnings,
         })
     }
@@ -191,6 +208,9 @@ impl Reactor {
         }
         let now = self.clock();
         let mut next = self.core.next_wake(now).unwrap_or(u64::MAX);
+        if let Some(t) = self.accept_retry_at {
+            next = next.min(t);
+        }
         if let (Some(since), Some(idle)) = (self.idle_since, self.core.cfg().idle_timeout) {
             next = next.min(since + idle.as_millis() as u64);
         }
@@ -228,6 +248,10 @@ impl Reactor {
             self.core.set_now(now);
             let mut readable: Vec<ConnId> = std::mem::take(&mut self.requeue);
             let mut accept = std::mem::take(&mut self.accept_more);
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                accept = true;
+            }
             for ev in self.events.iter() {
                 match ev.token() {
                     LISTENER => accept = true,
@@ -276,9 +300,22 @@ impl Reactor {
         }
     }
 
+    /// Best effort: tells a connection that will not be served why, then drops it.
+    fn refuse(&mut self, mut stream: UnixStream, why: &str) {
+        let frame = self.core.refusal(why);
+        let _ = io::Write::write(&mut stream, &frame);
+    }
+
     fn accept(&mut self) -> io::Result<()> {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
+                Ok((stream, _)) if self.core.at_capacity() => {
+                    let why = format!(
+                        "too many connections (maxConnections {}): try again later",
+                        self.core.cfg().limits.max_connections
+                    );
+                    self.refuse(stream, &why);
+                }
                 Ok((mut stream, _)) => {
                     let id = self.core.next_conn_id();
                     if self
@@ -308,7 +345,20 @@ impl Reactor {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                     ) =>
                 {
-                    // Out of descriptors: try again next turn rather than spin or die.
+                    // Out of descriptors. With the reserve: free it, accept the
+                    // first waiting peer, refuse it, take the reserve back, and go on
+                    // draining the backlog. Without: retry shortly (never spin, never
+                    // wait for an edge that will not come).
+                    if self.reserve.take().is_some() {
+                        if let Ok((stream, _)) = self.listener.accept() {
+                            self.refuse(stream, "the broker is out of file descriptors");
+                        }
+                        self.reserve = open_reserve();
+                        if self.reserve.is_some() {
+                            continue;
+                        }
+                    }
+                    self.accept_retry_at = Some(self.clock() + ACCEPT_RETRY_MS);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -321,6 +371,7 @@ impl Reactor {
 
     /// Reads `id`'s socket, then lets the core handle the frames.
     fn read_conn(&mut self, id: ConnId) {
+        let budget = self.core.read_budget(id, READ_BUDGET);
         let Some(conn) = self.core.conn_mut(id) else {
             return;
         };
@@ -330,7 +381,7 @@ impl Reactor {
         let Some(stream) = self.sockets.get_mut(id) else {
             return;
         };
-        let outcome = conn.fill(stream, READ_BUDGET);
+        let outcome = conn.fill(stream, budget);
         if self.core.input(id, outcome, &mut self.sockets) {
             self.pending_reads.push(id);
         }

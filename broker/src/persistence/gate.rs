@@ -222,7 +222,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut g = gate(mode, dir.path());
             let (mut s, mut locks, mut stats) = (store(), LockTable::default(), Stats::default());
-            let mut conns = Conns::new(usize::MAX);
+            let mut conns = Conns::new(usize::MAX, usize::MAX);
             let c = conns.insert(Connection::new(1, true, 0));
             assert!(g.admit(c, None, || 0).is_ok());
             s.set("k", Raw::new(Codec::Json, b"1"), None, 0);
