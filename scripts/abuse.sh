@@ -13,7 +13,7 @@ BIN=${PROCMESH_BIN:-target/release/procmesh}
 [ -x "$BIN" ] || cargo build --release -p procmesh-broker >&2
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; true; }
 trap cleanup EXIT
 
 # serve NAME [prefix-cmd...] -- [flags...]: starts a broker, sets $SOCK and $PID.
@@ -22,7 +22,8 @@ serve() {
   local pre=()
   while [ "$1" != "--" ]; do pre+=("$1"); shift; done; shift
   SOCK=$TMP/$name.sock
-  "${pre[@]}" "$BIN" serve --socket "$SOCK" --heartbeat 0 "$@" 2>"$TMP/$name.err" &
+  local hb=(--heartbeat 0); case " $* " in *" --heartbeat "*) hb=();; esac
+  "${pre[@]}" "$BIN" serve --socket "$SOCK" "${hb[@]}" "$@" 2>"$TMP/$name.err" &
   PID=$!; PIDS+=("$PID")
   for _ in $(seq 200); do grep -q "serving at" "$TMP/$name.err" 2>/dev/null && return; sleep 0.05; done
   echo "broker $name did not start:"; cat "$TMP/$name.err"; exit 1
@@ -70,9 +71,9 @@ if what == "mget":
 elif what == "keys":
     s = conn(p)
     for h in range(2):
-        req(s, {"t": "mset", "entries": [[f"{h}{i:06}" + "k" * 2000, 1] for i in range(20000)]}, 10 + h)
+        req(s, {"t": "mset", "entries": [[f"{h}{i:06}" + "k" * 8000, 1] for i in range(5000)]}, 10 + h)
     f = req(s, {"t": "keys"}, 2)
-    print(f"keys on 40 000 keys of 2 KB: {short(f)}; then ping: {short(req(s, {'t':'ping'}, 3))}")
+    print(f"keys on 10 000 keys of 8 KB: {short(f)}; then ping: {short(req(s, {'t':'ping'}, 3))}")
 elif what == "preauth":
     s = conn(p); s.sendall(struct.pack(">I", 64 << 20) + b"{" * 100000)
     f = recv(s); print(f"unauthenticated 64 MiB frame announced: {short(f)}; closed: {closed(s)}")
@@ -95,8 +96,9 @@ elif what == "emfile":
     served = refused = hung = 0; keep = []
     for i in range(int(sys.argv[3])):
         s = conn(p); s.settimeout(5)
-        try: f = req(s, {"t": "ping"}, i)
+        try: send(s, {"t": "ping", "id": i}); f = recv(s)
         except socket.timeout: hung += 1; continue
+        except ConnectionResetError: f = {"t": "err", "message": "reset"}
         if f and f.get("t") == "pong": served += 1; keep.append(s)
         else: refused += 1; last = short(f)
     print(f"{served} served, {refused} refused ({last if refused else '-'}), {hung} hung")
@@ -115,9 +117,9 @@ elif what == "calls":
         x = json.dumps({"t": "call", "name": "slow", "args": [], "id": 10 + i, "timeout": 600000}).encode()
         b += struct.pack(">I", len(x)) + x
     s.sendall(bytes(b)); f = req(s, {"t": "call", "name": "slow", "args": []}, 1)
-    st = req(w, {"t": "stats"}, 5)["value"]
+    o = conn(p); st = req(o, {"t": "stats"}, 5)["value"]
     print(f"{n} calls in flight, then one more: {short(f)}; pendingCalls {st['pendingCalls']}", end="")
-    s.close(); time.sleep(0.5); st = req(w, {"t": "stats"}, 6)["value"]
+    s.close(); time.sleep(0.5); st = req(o, {"t": "stats"}, 6)["value"]
     print(f"; after the caller left: {st['pendingCalls']}")
 elif what == "fanout":
     subs = [conn(p) for _ in range(12)]
@@ -137,7 +139,7 @@ elif what == "stall":
     g = req(s, {"t": "ping"}, 2) if f else None
     print(f"after a 4 s SIGSTOP (heartbeat 1 s): got {short(f)}, then {short(g)}")
 PY
-py() { python3 "$TMP/c.py" "$SOCK" "$@"; }
+py() { timeout 60 python3 -u "$TMP/c.py" "$SOCK" "$@" || echo "(attack client failed or timed out: rc $?)"; }
 
 echo "# procmesh abuse run ($(date -u +%F), $(git rev-parse --short HEAD), $BIN)"
 echo

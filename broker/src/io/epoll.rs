@@ -304,6 +304,15 @@ impl Reactor {
     fn refuse(&mut self, mut stream: UnixStream, why: &str) {
         let frame = self.core.refusal(why);
         let _ = io::Write::write(&mut stream, &frame);
+        // Closing with unread input resets the connection and may destroy the frame
+        // before the peer reads it: drain what already arrived (bounded, nonblocking).
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match io::Read::read(&mut stream, &mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 
     fn accept(&mut self) -> io::Result<()> {
