@@ -141,7 +141,7 @@ impl EffectSink for EffectLog {
         let unix = if expire_at == 0 {
             0
         } else {
-            self.unix_base_ms + expire_at
+            self.unix_base_ms.saturating_add(expire_at)
         };
         encode_set(&mut self.buf, key, codec, value, unix);
     }
@@ -186,12 +186,23 @@ pub enum Record<'a> {
 }
 
 /// What is wrong at some offset of a log or snapshot.
+///
+/// Only the end of a file may be cut without asking: damage is a [`Damage::TornTail`]
+/// only when no valid frame follows it (a crash mid-write leaves an incomplete or
+/// unchecksummed *last* frame). A bad length or checksum with a valid frame after it
+/// is mid-file damage, whatever it looks like.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Damage {
     /// The file ends inside a record (a crash mid-write): safe to cut here.
     TornTail,
-    /// A complete record fails its checksum or does not parse, with data after it.
-    Corrupt(String),
+    /// A frame fails its checksum, has an impossible length or does not parse, and
+    /// a valid frame follows at `resume` (relative to the data read).
+    Corrupt {
+        /// What is wrong.
+        why: String,
+        /// Where the next valid frame starts.
+        resume: usize,
+    },
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -258,50 +269,74 @@ fn parse_entry<'a>(b: &mut &'a [u8]) -> Option<Record<'a>> {
     })
 }
 
+/// Checks the frame at the start of `rest`: its length when it is whole, has the
+/// right checksum and every entry parses.
+fn valid_frame(rest: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(rest.get(4..HEADER)?.try_into().ok()?);
+    if len == 0 || rest.len() - HEADER < len {
+        return None;
+    }
+    let mut body = &rest[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    while !body.is_empty() {
+        parse_entry(&mut body)?;
+    }
+    Some(len)
+}
+
+/// The offset of the first valid frame starting after `from` (resync after damage).
+pub fn next_valid_frame(data: &[u8], from: usize) -> Option<usize> {
+    (from + 1..data.len().saturating_sub(HEADER)).find(|&p| valid_frame(&data[p..]).is_some())
+}
+
 /// Decodes the frames of `data` in order, calling `f` for each record. Returns the
 /// offset where valid data ends and, when it ends early, why. A frame is applied
-/// only when all of it is readable.
+/// only when all of it is readable. Damage is a torn tail only when no valid frame
+/// follows it (see [`Damage`]).
 pub fn read_records<'a>(data: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize, Option<Damage>) {
     let mut off = 0;
     let mut records = Vec::new();
-    while off < data.len() {
+    'frames: while off < data.len() {
         let rest = &data[off..];
-        if rest.len() < HEADER {
-            return (off, Some(Damage::TornTail));
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len == 0 || len > MAX_RECORD {
-            return (
-                off,
-                Some(Damage::Corrupt(format!("frame length {len} is impossible"))),
-            );
-        }
-        if rest.len() < HEADER + len {
-            return (off, Some(Damage::TornTail));
-        }
-        let mut body = &rest[HEADER..HEADER + len];
-        let end = off + HEADER + len;
-        if crc32fast::hash(body) != crc {
-            // A bad checksum on the very last frame is a torn write, not corruption.
-            let damage = if end == data.len() {
-                Damage::TornTail
-            } else {
-                Damage::Corrupt("checksum mismatch".into())
-            };
-            return (off, Some(damage));
-        }
-        records.clear();
-        while !body.is_empty() {
-            match parse_entry(&mut body) {
-                Some(r) => records.push(r),
-                None => return (off, Some(Damage::Corrupt("unreadable record".into()))),
+        let why = 'bad: {
+            if rest.len() < HEADER {
+                break 'bad None;
             }
-        }
-        for r in records.drain(..) {
-            f(r);
-        }
-        off = end;
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if len == 0 {
+                break 'bad Some(format!("frame length {len} is impossible"));
+            }
+            if rest.len() - HEADER < len {
+                break 'bad Some(format!(
+                    "frame length {len} points past the end of the file"
+                ));
+            }
+            let mut body = &rest[HEADER..HEADER + len];
+            if crc32fast::hash(body) != crc {
+                break 'bad Some("checksum mismatch".into());
+            }
+            records.clear();
+            while !body.is_empty() {
+                match parse_entry(&mut body) {
+                    Some(r) => records.push(r),
+                    None => break 'bad Some("unreadable record".into()),
+                }
+            }
+            for r in records.drain(..) {
+                f(r);
+            }
+            off += HEADER + len;
+            continue 'frames;
+        };
+        let damage = match (why, next_valid_frame(data, off)) {
+            (Some(why), Some(at)) => Damage::Corrupt { why, resume: at },
+            _ => Damage::TornTail,
+        };
+        return (off, Some(damage));
     }
     (off, None)
 }
@@ -410,10 +445,41 @@ mod tests {
         flipped[10] ^= 0xff; // inside the first record's body
         let (end, dmg) = read_records(&flipped, |_| {});
         assert_eq!(end, 0);
-        assert!(matches!(dmg, Some(Damage::Corrupt(_))));
+        let second = HEADER + u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        assert!(
+            matches!(dmg, Some(Damage::Corrupt { resume, .. }) if resume == second),
+            "{dmg:?}"
+        );
         let mut last = b.clone();
         let n = last.len();
         last[n - 1] ^= 0xff; // the last record: torn, not corrupt
         assert_eq!(read_records(&last, |_| {}).1, Some(Damage::TornTail));
+    }
+
+    #[test]
+    fn a_bad_length_with_valid_frames_after_it_is_corruption_not_a_torn_tail() {
+        let b = sample();
+        let second = HEADER + u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        for bad in [[0x00, 0x10, 0, 0], [0xff, 0xff, 0xff, 0xff], [0, 0, 0, 0]] {
+            let mut d = b.clone();
+            d[..4].copy_from_slice(&bad);
+            let (end, dmg) = read_records(&d, |_| {});
+            assert_eq!(end, 0);
+            assert!(
+                matches!(dmg, Some(Damage::Corrupt { resume, .. }) if resume == second),
+                "{bad:?}: {dmg:?}"
+            );
+        }
+        // The same length damage in the last frame is a torn tail.
+        let mut frames = Vec::new();
+        let mut off = 0;
+        while off < b.len() {
+            frames.push(off);
+            off += HEADER + u32::from_be_bytes(b[off..off + 4].try_into().unwrap()) as usize;
+        }
+        let last = *frames.last().unwrap();
+        let mut d = b.clone();
+        d[last..last + 4].copy_from_slice(&[0x00, 0x10, 0, 0]);
+        assert_eq!(read_records(&d, |_| {}), (last, Some(Damage::TornTail)));
     }
 }

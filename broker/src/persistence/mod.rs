@@ -314,33 +314,48 @@ impl Persistence {
             }
             last_seq = *seq;
             let data = std::fs::read(path).map_err(|e| ctx("cannot read the log", e))?;
-            let (end, dmg) = aof::read_records(&data, |r| apply(store, r, &mut rec));
-            match dmg {
-                None => {}
-                Some(Damage::TornTail) => {
-                    rec.warnings.push(format!(
-                        "{}: torn record at offset {end} (a crash mid-write); truncated {} bytes",
-                        path.display(),
-                        data.len() - end
-                    ));
-                    truncate(path, end as u64)
+            // Frames are applied in order; mid-file damage either stops recovery or,
+            // with --repair, is skipped (and kept aside) up to the next valid frame.
+            let mut pos = 0;
+            let mut damaged: Vec<(usize, usize, String)> = Vec::new();
+            let kept_end = loop {
+                let (n, dmg) = aof::read_records(&data[pos..], |r| apply(store, r, &mut rec));
+                let end = pos + n;
+                match dmg {
+                    None => break end,
+                    Some(Damage::TornTail) => {
+                        rec.warnings.push(format!(
+                            "{}: torn record at offset {end} (a crash mid-write); truncated {} bytes",
+                            path.display(),
+                            data.len() - end
+                        ));
+                        break end;
+                    }
+                    Some(Damage::Corrupt { why, resume }) if cfg.repair => {
+                        damaged.push((end, pos + resume, why));
+                        pos += resume;
+                    }
+                    Some(Damage::Corrupt { why, resume }) => {
+                        return Err(format!(
+                            "{}: damaged record at offset {end} ({why}) with valid records \
+                             from offset {} on; refusing to start. Restart with --repair to \
+                             move the damaged bytes aside (to {}.damaged-{end}) and keep the rest",
+                            path.display(),
+                            pos + resume,
+                            path.display()
+                        ));
+                    }
+                }
+            };
+            if damaged.is_empty() {
+                if kept_end < data.len() {
+                    truncate(path, kept_end as u64)
                         .map_err(|e| ctx("cannot truncate the torn log tail", e))?;
                 }
-                Some(Damage::Corrupt(why)) if cfg.repair => {
-                    rec.warnings.push(format!(
-                        "{}: corrupt record at offset {end} ({why}); --repair dropped the {} bytes from there",
-                        path.display(),
-                        data.len() - end
-                    ));
-                    truncate(path, end as u64).map_err(|e| ctx("cannot truncate the log", e))?;
-                }
-                Some(Damage::Corrupt(why)) => {
-                    return Err(format!(
-                        "{}: corrupt record at offset {end} ({why}); refusing to start. \
-                         Restart with --repair to drop everything from that offset on",
-                        path.display()
-                    ));
-                }
+            } else {
+                let note = repair(path, &data, &damaged, kept_end)
+                    .map_err(|e| ctx("cannot repair the log", e))?;
+                rec.warnings.push(note);
             }
         }
         rec.keys = store.len();
@@ -537,6 +552,64 @@ impl Persistence {
         }
         Ok(())
     }
+}
+
+/// Rewrites the segment at `path` without its `damaged` byte ranges (and without the
+/// torn tail from `kept_end`), after saving each range to `<path>.damaged-<offset>`.
+/// The new segment replaces the old one atomically (written aside, synced, renamed).
+fn repair(
+    path: &Path,
+    data: &[u8],
+    damaged: &[(usize, usize, String)],
+    kept_end: usize,
+) -> io::Result<String> {
+    use std::io::Write as _;
+    let side = |at: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".damaged-{at}"));
+        PathBuf::from(name)
+    };
+    let mut kept = Vec::with_capacity(data.len());
+    let mut from = 0;
+    let mut dropped = 0;
+    let mut sides = Vec::new();
+    for (a, b, why) in damaged {
+        let (a, b) = (*a, *b);
+        kept.extend_from_slice(&data[from..a]);
+        let p = side(a);
+        let mut f = File::create(&p)?;
+        f.write_all(&data[a..b])?;
+        f.sync_all()?;
+        sides.push(format!("offset {a}: {why}, moved to {}", p.display()));
+        dropped += b - a;
+        from = b;
+    }
+    kept.extend_from_slice(&data[from..kept_end]);
+    let tmp = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".repair");
+        PathBuf::from(name)
+    };
+    let mut f = File::create(&tmp)?;
+    f.write_all(&kept)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(format!(
+        "{}: --repair dropped {} damaged frame(s), {dropped} bytes ({}), and kept the {} \
+         bytes of valid records around them{}",
+        path.display(),
+        damaged.len(),
+        sides.join("; "),
+        kept.len(),
+        if kept_end < data.len() {
+            format!("; cut a torn tail of {} bytes", data.len() - kept_end)
+        } else {
+            String::new()
+        }
+    ))
 }
 
 fn truncate(path: &Path, len: u64) -> io::Result<()> {
