@@ -121,6 +121,9 @@ pub(crate) fn handle<T: Transport>(
             }
             return;
         }
+    } else if m.gate.is_active() {
+        // It may read what this turn wrote: retracted with the writes if they fail.
+        m.gate.observe(from, || out[from].out_len());
     }
     if let Err(f) = route(m, out, io, from, kind, &frame) {
         m.stats.error(f.code);

@@ -155,6 +155,11 @@ impl EffectSink for EffectLog {
     fn clear(&mut self) {
         encode_clear(&mut self.buf);
     }
+
+    #[inline]
+    fn wants_undo(&self) -> bool {
+        true
+    }
 }
 
 /// One decoded record, borrowing from the file's bytes.

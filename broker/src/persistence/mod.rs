@@ -92,8 +92,9 @@ impl PersistConfig {
 
 /// How many fencing tokens one FENCE record reserves.
 pub const FENCE_BLOCK: u64 = 1000;
-/// Unwritten records kept for a retry after a log write failure, at most.
-const RETRY_MAX: usize = 64 << 20;
+/// How often a failing log is probed (with a harmless FENCE record) while no writes
+/// are admitted, to find out that it takes writes again.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Entries a snapshot writes per loop turn.
 const SNAPSHOT_BUDGET: usize = 20_000;
 
@@ -217,6 +218,9 @@ pub struct Persistence {
     bytes_at_snapshot: u64,
     reserved_to: u64,
     unix_base_ms: u64,
+    last_probe: std::time::Instant,
+    /// Size of the last frame the log refused: a probe must fit as much.
+    probe_len: usize,
     /// The last error writing the log, if the log is failing now.
     pub error: Option<String>,
     /// Log write or sync failures since start.
@@ -381,6 +385,8 @@ impl Persistence {
                 bytes_at_snapshot: 0,
                 reserved_to,
                 unix_base_ms,
+                last_probe: std::time::Instant::now(),
+                probe_len: 0,
                 error: None,
                 error_count: 0,
                 snapshots: 0,
@@ -406,13 +412,25 @@ impl Persistence {
 
     /// Writes this turn's records (`buf`, then cleared) and applies the fsync policy.
     /// `force_sync` makes even `no`/`everysec` sync now (fence reservations).
+    ///
+    /// On failure the records are dropped, not retried (the log was cut back to its
+    /// last whole frame): the gate undoes the turn's writes, so a failed write never
+    /// reaches the disk later. While the log is failing, an idle turn probes it every
+    /// [`PROBE_EVERY`] with a FENCE record (idempotent) to notice its recovery.
     pub fn commit(&mut self, buf: &mut Vec<u8>, force_sync: bool) -> Result<(), String> {
         if buf.is_empty() && !force_sync {
-            return Ok(());
+            if self.error.is_none() || self.last_probe.elapsed() < PROBE_EVERY {
+                return Ok(());
+            }
+            self.last_probe = std::time::Instant::now();
+            // As large as the refused frame (a smaller one might squeeze into the
+            // last bytes of a full disk), at most 1 MiB.
+            aof::encode_fence(buf, self.reserved_to);
+            while buf.len() < self.probe_len.min(1 << 20) {
+                aof::encode_fence(buf, self.reserved_to);
+            }
         }
-        // On failure the records stay in `buf` to be retried next turn (the log was
-        // cut back to its last whole record); writes are refused meanwhile.
-        // One frame for the whole turn (re-sealed over everything on a retry).
+        // One frame for the whole turn.
         let r = if aof::seal(buf) {
             self.log
                 .write(buf)
@@ -420,9 +438,11 @@ impl Persistence {
         } else {
             Ok(())
         };
-        if r.is_ok() || buf.len() > RETRY_MAX {
-            buf.clear();
+        match r {
+            Ok(()) => self.probe_len = 0,
+            Err(_) => self.probe_len = self.probe_len.max(buf.len()),
         }
+        buf.clear();
         let r = r.and_then(|_| {
             if self.cfg.fsync == FsyncMode::Always || force_sync {
                 self.log
@@ -543,10 +563,19 @@ impl Persistence {
     }
 
     /// Makes everything written durable (clean shutdown).
+    /// Fails (the broker then exits non-zero) when that sync fails, or when an earlier
+    /// background fsync failed: acknowledged writes may not be on disk.
     pub fn close(&mut self) -> Result<(), String> {
         self.log
             .sync()
-            .map_err(|e| format!("final fsync failed: {e}"))?;
+            .map_err(|e| format!("final fsync of {} failed: {e}", self.log.path().display()))?;
+        if let Some(Some(e)) = self
+            .sync
+            .as_ref()
+            .and_then(|s| s.error.lock().ok().map(|e| e.clone()))
+        {
+            return Err(format!("acknowledged writes may be lost: an earlier {e}"));
+        }
         if let Some(rx) = self.finishing.take() {
             let _ = rx.recv_timeout(Duration::from_secs(30));
         }
