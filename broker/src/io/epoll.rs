@@ -203,9 +203,13 @@ impl Reactor {
 
     /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
     pub fn run(mut self) -> io::Result<()> {
-        let result = self.run_loop();
+        let mut result = self.run_loop();
         if let Err(e) = self.core.shutdown(&mut self.sockets) {
+            // Acknowledged writes may not be durable: the stop must not look clean.
             log_line!("procmesh: {e}");
+            if result.is_ok() {
+                result = Err(io::Error::other(e));
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(lock) = self.lock.take() {

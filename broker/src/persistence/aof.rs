@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_expiry_saturates_instead_of_wrapping() {
+        let mut log = EffectLog::new(1_700_000_000_000);
+        log.set(b"k", Codec::Json, b"1", u64::MAX - 5);
+        assert!(seal(log.buf()));
+        let mut got = Vec::new();
+        read_records(log.buf(), |r| {
+            if let Record::Set { expire_unix_ms, .. } = r {
+                got.push(expire_unix_ms);
+            }
+        });
+        assert_eq!(got, [u64::MAX], "far future, not wrapped into the past");
+    }
+
+    #[test]
     fn a_bad_length_with_valid_frames_after_it_is_corruption_not_a_torn_tail() {
         let b = sample();
         let second = HEADER + u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;

@@ -38,14 +38,17 @@ struct Held {
     conn: ConnId,
     /// Offset of the reply in the connection's output.
     at: usize,
-    /// The request id, raw in the connection's codec.
-    id: Option<Box<[u8]>>,
+    /// The request id, raw in the connection's codec: a range of [`Gate::ids`].
+    id: Option<(usize, usize)>,
 }
 
 /// Admission and commit of writes; see the module doc.
 pub struct Gate {
     log: Option<Persistence>,
     held: Vec<Held>,
+    /// The held requests' ids, back to back (one reused buffer: no allocation per
+    /// write once grown).
+    ids: Vec<u8>,
     /// Where replies of requests after the turn's first write start (connection,
     /// output offset): they are retracted with the writes if the commit fails.
     observed: Vec<(ConnId, usize)>,
@@ -57,6 +60,7 @@ impl Gate {
         Gate {
             log,
             held: Vec::new(),
+            ids: Vec::new(),
             observed: Vec::new(),
         }
     }
@@ -94,7 +98,10 @@ impl Gate {
         self.held.push(Held {
             conn,
             at: reply_at(),
-            id: id.map(|i| Box::<[u8]>::from(i.bytes)),
+            id: id.map(|i| {
+                self.ids.extend_from_slice(i.bytes);
+                (self.ids.len() - i.bytes.len(), i.bytes.len())
+            }),
         });
         Ok(())
     }
@@ -160,11 +167,13 @@ impl Gate {
             }
         }
         self.held.clear();
+        self.ids.clear();
         self.observed.clear();
     }
 
     fn retract(&mut self, why: &str, conns: &mut Conns, stats: &mut Stats) {
         let held = std::mem::take(&mut self.held);
+        let ids = std::mem::take(&mut self.ids);
         let mut cut: Vec<(ConnId, usize)> = Vec::new();
         let marks = held.iter().map(|h| (h.conn, h.at));
         for (conn, at) in marks.chain(self.observed.drain(..)) {
@@ -185,7 +194,7 @@ impl Gate {
                 continue;
             }
             conns.send(h.conn, |codec, out| {
-                let id = h.id.as_deref().map(|b| Raw::new(codec, b));
+                let id = h.id.map(|(at, n)| Raw::new(codec, &ids[at..at + n]));
                 Reply::Err {
                     code: ErrorCode::Broker,
                     message: &msg,

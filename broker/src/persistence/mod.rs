@@ -7,6 +7,10 @@
 //! - with `always`, the writes dispatched in one loop turn share one fsync, and their
 //!   replies leave only after it (the durability gate, [`gate`], calls
 //!   [`Persistence::commit`] before the core flushes);
+//! - a write the log refuses has no effect: its records are dropped (never retried),
+//!   the gate undoes the turn's cache writes and retracts their replies;
+//! - only a real tail is cut: damage with a valid frame after it is refused, or with
+//!   `--repair` moved to `<segment>.damaged-<offset>` while the rest is kept;
 //! - a fencing token is never visible to a client before a FENCE record covering it is
 //!   durable, so tokens issued before a crash are below the floor after it;
 //! - recovery (snapshot, then segments in order) finishes before the socket is bound.
