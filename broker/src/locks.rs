@@ -140,6 +140,12 @@ impl LockTable {
         }
     }
 
+    /// The log could not make the last taken reservation durable: ask again next
+    /// turn (tokens under it must not be trusted across a crash until it is).
+    pub fn reservation_failed(&mut self) {
+        self.reserve_pending = true;
+    }
+
     /// Number of locks held.
     pub fn held(&self) -> usize {
         self.grants.len()

@@ -156,6 +156,9 @@ impl Gate {
                 }
             }
             Err(e) => {
+                if reservation.is_some() {
+                    locks.reservation_failed();
+                }
                 let undone = store.undo_turn();
                 if !was_failing {
                     log_line!(
