@@ -102,6 +102,9 @@ enum Cmd {
         /// Snapshot (and compact the log) after it grows by this many bytes.
         #[arg(long)]
         compact_bytes: Option<u64>,
+        /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
+        #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
+        io: Option<String>,
     },
     /// Say whether a broker (every shard, with --shards) is running.
     Status {
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
             no_persist,
             repair,
             compact_bytes,
+            io,
         } => {
             let mut cfg = BrokerConfig {
                 name: target.name.clone(),
@@ -205,6 +209,12 @@ fn main() -> ExitCode {
             }
             if let Some(n) = max_frame {
                 cfg.max_frame = n;
+            }
+            if let Some(b) = io
+                .as_deref()
+                .and_then(procmesh_broker::config::IoBackend::parse)
+            {
+                cfg.io = b;
             }
             if let (Some(dir), false) = (persist_dir, no_persist) {
                 let mut pc = procmesh_broker::persistence::PersistConfig::new(dir);

@@ -94,6 +94,8 @@ pub struct Gauges<'a> {
     pub core: Option<usize>,
     /// Persistence state, when enabled.
     pub persistence: Option<PersistGauges<'a>>,
+    /// The running I/O driver: `uring` or `epoll`.
+    pub io_backend: &'a str,
 }
 
 impl Stats {
@@ -130,7 +132,7 @@ impl Stats {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(24);
+        w.begin_map(25);
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -225,6 +227,8 @@ impl Stats {
         w.end_map();
         w.key("cpuCoreFraction");
         w.float(g.cpu_core_fraction);
+        w.key("ioBackend");
+        w.str(g.io_backend);
         w.end_map();
     }
 }
@@ -250,7 +254,7 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 24);
+            assert_eq!(m.len(), 25);
             let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
             assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
