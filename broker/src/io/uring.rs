@@ -78,16 +78,22 @@ const TAG_IGNORE: u64 = u64::MAX - 2;
 /// The driver's ring, or why io_uring cannot serve here (for `auto`'s one log line
 /// or `uring`'s error): set up, timed waits, and the opcodes the driver uses.
 pub fn probe() -> Result<IoUring, String> {
-    let mut b = IoUring::builder();
-    if let Some(idle) = std::env::var("PROCMESH_URING_SQPOLL")
+    let sqpoll = std::env::var("PROCMESH_URING_SQPOLL")
         .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        b.setup_sqpoll(idle);
+        .and_then(|v| v.parse::<u32>().ok());
+    let ring = match sqpoll {
+        Some(idle) => IoUring::builder().setup_sqpoll(idle).build(RING_ENTRIES),
+        // Completion work runs only when the loop enters (no interrupts of the loop
+        // between waits), for the one thread that runs it: the ring starts disabled
+        // and `run` enables it on that thread. Older kernels (before 6.1) get a plain ring.
+        None => IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES)),
     }
-    let ring = b
-        .build(RING_ENTRIES)
-        .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    .map_err(|e| format!("io_uring_setup failed: {e}"))?;
     if !ring.params().is_feature_ext_arg() {
         return Err("the kernel's io_uring has no timed wait (IORING_FEAT_EXT_ARG, 5.11)".into());
     }
@@ -416,6 +422,9 @@ impl Reactor {
 
     /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
     pub fn run(mut self) -> io::Result<()> {
+        if self.io.ring.params().is_setup_single_issuer() {
+            self.io.ring.submitter().register_enable_rings()?;
+        }
         let result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
@@ -474,8 +483,9 @@ impl Reactor {
 
     /// Submits the queued entries and waits for a completion (or the timeout).
     fn enter(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        // Every enter asks for completions (a zero timeout when the turn must not
+        // wait): with deferred task running, that is when completions are produced.
         let r = match wait {
-            Some(d) if d.is_zero() => self.io.ring.submit().map(drop),
             Some(d) => {
                 let ts = types::Timespec::new()
                     .sec(d.as_secs())
