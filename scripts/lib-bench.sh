@@ -226,3 +226,34 @@ failed_runs() {
         cat "$FAILS"
     fi
 }
+
+# ------------------------------------------------------------------ callgrind (icount.sh)
+
+# ensure_valgrind: installs valgrind with apt-get unless valgrind and callgrind_control
+# are both on PATH.
+ensure_valgrind() {
+    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+        log "installing valgrind"
+        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind >&2
+    fi
+}
+
+# wait_for_s SECONDS DESCRIPTION COMMAND...: wait_for with a longer limit (a server under
+# valgrind takes seconds to start).
+wait_for_s() {
+    local secs=$1 what=$2
+    shift 2
+    local i
+    for ((i = 0; i < secs * 10; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    log "$what did not come up in $secs s"
+    return 1
+}
+
+# callgrind_total FILE: the instruction total (Ir) of a callgrind out file, from its
+# `summary:` line (or `totals:` when there is none); empty when neither is there.
+callgrind_total() {
+    awk '/^summary:/ { s = $2 } /^totals:/ { t = $2 } END { if (s != "") print s; else if (t != "") print t }' "$1"
+}

@@ -63,11 +63,13 @@ pub fn socket_paths(args: &RunArgs) -> Result<Vec<PathBuf>, String> {
         (None, 1) if args.target == Target::Redis => {
             Err("--target redis needs --socket PATH".into())
         }
-        (None, 1) => Ok(vec![addr::socket_path(&args.name)]),
+        (None, 1) => Ok(vec![
+            addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&args.name)
+        ]),
         (None, n) if args.target == Target::Redis => {
             Err(format!("--shards {n} is for procmesh only"))
         }
-        (None, n) => addr::shard_paths(&args.name, n),
+        (None, n) => addr::AddrEnv::from_lookup(std::env::var_os).shard_paths(&args.name, n),
     }
 }
 

@@ -14,9 +14,10 @@ fn sharded_routing_uses_each_shard() {
     let shards: Vec<_> = (0..2)
         .map(|i| {
             Broker::builder()
-                .socket(procmesh_proto::addr::default_socket_path(&format!(
-                    "bench#{i}"
-                )))
+                .socket(
+                    procmesh_proto::addr::AddrEnv::from_lookup(std::env::var_os)
+                        .default_socket_path(&format!("bench#{i}")),
+                )
                 .max_keys(0)
                 .start()
                 .expect("shard starts")

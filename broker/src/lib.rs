@@ -39,7 +39,7 @@
 //!   durability gate ([`persistence::gate`]).
 //! - [`stats`]: counters and the `stats` reply.
 //! - [`config`](crate::config): configuration.
-//! - `cli`: the `procmesh status|stop|stats` client side.
+//! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
 //! # Example
 //! ```no_run
@@ -117,7 +117,8 @@ impl BrokerBuilder {
     /// Mesh name (also derives the socket path unless `socket` is set after it).
     pub fn name(mut self, name: &str) -> Self {
         self.cfg.name = name.to_string();
-        self.cfg.socket = procmesh_proto::addr::socket_path(name);
+        self.cfg.socket =
+            procmesh_proto::addr::AddrEnv::from_lookup(std::env::var_os).socket_path(name);
         self
     }
 

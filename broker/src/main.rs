@@ -1,52 +1,76 @@
-//! `procmesh`: run a broker (`serve`) or talk to one (`status`, `stop`, `stats`).
+//! `procmesh`: run a broker (`serve`), control one (`status`, `stop`, `stats`), and use
+//! one from the shell (`get`, `set`, `del`, `keys`, `incr`, `cas`, `publish`,
+//! `subscribe`, `call`, `lock`); `completions` and `man` print shell completions and
+//! a man page.
 //!
-//! `status|stop|stats --shards N` cover a sharded mesh (`NAME#0` … `NAME#N-1`, as
-//! `procmesh-launch` starts it): a line or row per shard, and totals.
+//! `--shards N` covers a sharded mesh (`NAME#0` … `NAME#N-1`, as `procmesh-launch`
+//! starts it): the control commands print a line or row per shard and totals, the
+//! shell commands route keys as every client of the mesh does.
 //!
-//! Exit codes: 0 success (also `serve` when another broker already owns the
-//! address), 1 an error (or only some shards of a mesh are running), 3 no broker is
-//! running at the address (no shard of the mesh is).
+//! Exit codes are in [`EXIT_CODES`] (the long `--help`), and in docs/ops.md.
+//!
+//! This file only parses arguments: `serve`'s configuration is resolved in
+//! [`BrokerConfig::resolve`], and the commands and their output live in `commands/`.
 
-use std::path::{Path, PathBuf};
+mod commands;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use procmesh_broker::cli::{human_ms, sharded_stats_table, stats_table, sum_stats};
-use procmesh_broker::cli::{CliConn, CliError};
-use procmesh_broker::{BindError, BrokerConfig, Reactor};
-use procmesh_proto::addr;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use procmesh_broker::config::{parse_duration, ServeArgs, TargetArgs};
+use procmesh_broker::BrokerConfig;
+
+/// The exit codes, shown at the end of `procmesh --help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also `serve` when another broker already owns the address)
+  1  an error (the broker refused, a connection failed, only some shards answered)
+  2  usage: a bad flag or argument (a value that is not JSON, an unknown unit)
+  3  no broker is running at the address (no shard of the mesh is); shell commands
+     never start one
+  4  a negative answer: `get` found no key, `cas` did not swap, `lock` did not
+     acquire the lock within --wait
+  `lock … -- CMD` otherwise exits with CMD's code (128+N when a signal N killed it,
+  127 when it could not be started).
+
+Values are JSON in and out (`set k '{\"a\":1}'`, `get k` prints `{\"a\":1}`); --raw takes
+an argument as a plain string and prints a string value without quotes.
+Durations take units (250ms, 30s, 5m; a plain number is ms), sizes too (64KB, 512MiB;
+a plain number is bytes).";
 
 #[derive(Parser)]
 #[command(
     name = "procmesh",
     version,
-    about = "procmesh broker and control commands"
+    about = "procmesh broker, control and shell commands",
+    after_long_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-#[derive(Args, Clone)]
-struct Target {
-    /// Mesh name (socket `<tmpdir>/procmesh-<name>.sock`).
-    #[arg(long, default_value = addr::DEFAULT_NAME)]
-    name: String,
-    /// Socket path (overrides the name's path; `PROCMESH_SOCKET` also does).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Token for a broker that requires one.
-    #[arg(long, env = "PROCMESH_TOKEN")]
-    token: Option<String>,
+/// Which broker or mesh a shell command talks to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeshArgs {
+    /// The broker.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
+    #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: Option<u16>,
 }
 
-impl Target {
-    fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| addr::socket_path(&self.name))
-    }
+/// How `stats` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// A table for people.
+    Table,
+    /// The raw stats map (with --shards: the sum plus `shards`).
+    Json,
+    /// Prometheus text exposition format 0.0.4.
+    Prometheus,
 }
 
 // Parsed once at startup; the size difference between variants costs nothing.
@@ -56,435 +80,282 @@ enum Cmd {
     /// Run a broker in the foreground.
     Serve {
         #[command(flatten)]
-        target: Target,
-        /// Maximum cache entries (LRU eviction past it; 0 = unbounded).
-        #[arg(long)]
-        max_keys: Option<usize>,
-        /// Maximum bytes of cached values (replaces --max-keys; 0 = unbounded).
-        #[arg(long)]
-        max_bytes: Option<usize>,
-        /// Default TTL in ms for writes without one (0 = none).
-        #[arg(long)]
-        default_ttl: Option<u64>,
-        /// Heartbeat interval in ms (0 = off).
-        #[arg(long)]
-        heartbeat: Option<u64>,
-        /// Exit after this many ms without connections (0 = never).
-        #[arg(long)]
-        idle_timeout: Option<u64>,
-        /// Default RPC call timeout in ms.
-        #[arg(long)]
-        call_timeout: Option<u64>,
-        /// Grace in ms added to a call's timeout before it is reaped (default 5000).
-        #[arg(long)]
-        call_grace: Option<u64>,
-        /// Queued bytes per connection past which pub/sub messages are dropped.
-        #[arg(long)]
-        send_hwm: Option<usize>,
-        /// Queued bytes per connection past which it is disconnected.
-        #[arg(long)]
-        send_hard_limit: Option<usize>,
-        /// Largest accepted frame in bytes.
-        #[arg(long)]
-        max_frame: Option<usize>,
-        /// Persist to this directory (snapshot + append-only log).
-        #[arg(long, env = "PROCMESH_PERSIST_DIR")]
-        persist_dir: Option<PathBuf>,
-        /// When the log is made durable: no, everysec or always.
-        #[arg(long, default_value = "everysec", value_parser = ["no", "everysec", "always"])]
-        fsync: String,
-        /// Keep everything in memory only, even if PROCMESH_PERSIST_DIR is set.
-        #[arg(long)]
-        no_persist: bool,
-        /// Start even when the log is corrupt mid-file, dropping everything from there.
-        #[arg(long)]
-        repair: bool,
-        /// Snapshot (and compact the log) after it grows by this many bytes.
-        #[arg(long)]
-        compact_bytes: Option<u64>,
-        /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
-        #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
-        io: Option<String>,
+        args: ServeArgs,
     },
     /// Say whether a broker (every shard, with --shards) is running.
     Status {
         #[command(flatten)]
-        target: Target,
-        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
-        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
-        shards: Option<u16>,
+        mesh: MeshArgs,
     },
     /// Ask a broker (every shard, with --shards) to shut down and wait until it has.
     Stop {
         #[command(flatten)]
-        target: Target,
-        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
-        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
-        shards: Option<u16>,
+        mesh: MeshArgs,
     },
     /// Print a broker's stats (per shard and totals, with --shards).
     Stats {
         #[command(flatten)]
-        target: Target,
-        /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
-        #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
-        shards: Option<u16>,
-        /// Print the raw stats map as JSON (with --shards: the sum plus `shards`).
-        #[arg(long)]
+        mesh: MeshArgs,
+        /// Print the raw stats map as JSON (the same as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatsFormat::Table)]
+        format: StatsFormat,
+        /// Print again every DURATION (1s, 500ms) until Ctrl-C.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        watch: Option<Duration>,
     },
+    /// Print the value of KEY as JSON (exit 4 when there is none).
+    Get {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+        /// Print a string value without quotes.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Store VALUE (JSON; with --raw a plain string) at KEY.
+    Set {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+        #[arg(allow_negative_numbers = true)]
+        value: String,
+        /// Expire the key after this long (30s, 5m; a plain number is ms).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Take VALUE as a plain string, not JSON.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Delete KEY; prints true when it existed.
+    Del {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+    },
+    /// List live keys, one a line, sorted.
+    ///
+    /// --prefix and --limit filter client-side for now: the broker sends every key
+    /// (a broker-side scan with a cursor is planned).
+    Keys {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        /// Only keys starting with P.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// At most N keys.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Add N (default 1, may be negative) to the integer at KEY; prints the result.
+    Incr {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+        /// The increment.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 1,
+            allow_negative_numbers = true
+        )]
+        by: i64,
+    },
+    /// Compare-and-swap: store NEXT at KEY if its value equals PREV (exit 4 when not).
+    ///
+    /// PREV and NEXT are JSON; `null` as PREV means "no such key", as NEXT "delete it".
+    /// Prints true when swapped, false (exit 4) when not.
+    Cas {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+        #[arg(allow_negative_numbers = true)]
+        prev: String,
+        #[arg(allow_negative_numbers = true)]
+        next: String,
+        /// Take PREV and NEXT as plain strings, not JSON.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Publish PAYLOAD (JSON; --raw: a string) on CHANNEL.
+    ///
+    /// Prints the number of subscribers it reached.
+    Publish {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        channel: String,
+        #[arg(allow_negative_numbers = true)]
+        payload: String,
+        /// Take PAYLOAD as a plain string, not JSON.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Print messages on CHANNELs until Ctrl-C or SIGTERM.
+    ///
+    /// One JSON line `{"channel":…,"payload":…}` per message; patterns like `news.*`
+    /// are allowed. Exits 1 when the broker goes away.
+    Subscribe {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        #[arg(required = true)]
+        channels: Vec<String>,
+    },
+    /// Call the procedure NAME; prints the result as JSON.
+    ///
+    /// ARGS is JSON: an array is the argument list, any other value the one argument,
+    /// none no arguments.
+    Call {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        /// The procedure.
+        #[arg(id = "procedure", value_name = "NAME")]
+        procedure: String,
+        /// Its arguments as JSON.
+        #[arg(allow_negative_numbers = true)]
+        args: Option<String>,
+        /// Fail with ECALLTIMEOUT after this long (default 30s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Print a string result without quotes.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Hold the lock KEY while `-- CMD ARGS...` runs; exit with CMD's code.
+    ///
+    /// CMD gets PROCMESH_LOCK_KEY and PROCMESH_FENCING_TOKEN in its environment (use
+    /// the token for fenced writes). Exit 4 when the lock was not acquired within
+    /// --wait. The grant expires after --ttl even if CMD still runs: pick a ttl longer
+    /// than CMD takes. SIGINT/SIGTERM are passed on to CMD; the lock is released when
+    /// it exits.
+    Lock {
+        #[command(flatten)]
+        mesh: MeshArgs,
+        key: String,
+        /// The grant expires after this long (default 30s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        ttl: Duration,
+        /// Wait up to this long for the lock (default 0: fail at once when held).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+        wait: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of `procmesh`.
+    Man,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    use commands::shell;
     match cli.cmd {
-        Cmd::Serve {
-            target,
-            max_keys,
-            max_bytes,
-            default_ttl,
-            heartbeat,
-            idle_timeout,
-            call_timeout,
-            call_grace,
-            send_hwm,
-            send_hard_limit,
-            max_frame,
-            persist_dir,
-            fsync,
-            no_persist,
-            repair,
-            compact_bytes,
-            io,
-        } => {
-            let mut cfg = BrokerConfig {
-                name: target.name.clone(),
-                socket: target.path(),
-                ..Default::default()
-            };
-            if let Ok(opts) = std::env::var("PROCMESH_BROKER_OPTS") {
-                if let Err(e) = cfg.apply_json(&opts) {
+        Cmd::Serve { args } => {
+            let serve = matches
+                .subcommand_matches("serve")
+                .expect("invariant: the serve subcommand was parsed");
+            let metrics = match args.metrics_listen() {
+                Ok(m) => m,
+                Err(e) => {
                     eprintln!("procmesh: {e}");
-                    return ExitCode::from(1);
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = std::env::var("PROCMESH_BROKER_OPTS").ok();
+            match BrokerConfig::resolve(serve, opts.as_deref()) {
+                Ok(cfg) => commands::serve(cfg, metrics),
+                Err(e) => {
+                    eprintln!("procmesh: {e}");
+                    ExitCode::from(1)
                 }
             }
-            // Flags win over the environment (`--name` only when given: it has a default).
-            let name_given = std::env::args().any(|a| a == "--name" || a.starts_with("--name="));
-            if name_given {
-                cfg.name = target.name.clone();
-                cfg.socket = target.path();
-            }
-            if target.token.is_some() {
-                cfg.token = target.token.clone();
-            }
-            if target.socket.is_some() {
-                cfg.socket = target.path();
-            }
-            if let Some(n) = max_keys {
-                cfg.cache.max_entries = n;
-            }
-            if let Some(n) = max_bytes {
-                cfg.cache.max_bytes = n;
-            }
-            if let Some(n) = default_ttl {
-                cfg.cache.default_ttl_ms = n;
-            }
-            if let Some(n) = heartbeat {
-                cfg.heartbeat = (n > 0).then(|| Duration::from_millis(n));
-            }
-            if let Some(n) = idle_timeout {
-                cfg.idle_timeout = (n > 0).then(|| Duration::from_millis(n));
-            }
-            if let Some(n) = call_timeout {
-                cfg.call_timeout = Duration::from_millis(n);
-            }
-            if let Some(n) = call_grace {
-                cfg.call_grace = Duration::from_millis(n);
-            }
-            if let Some(n) = send_hwm {
-                cfg.send_hwm = n;
-            }
-            if let Some(n) = send_hard_limit {
-                cfg.send_hard_limit = n;
-            }
-            if let Some(n) = max_frame {
-                cfg.max_frame = n;
-            }
-            if let Some(b) = io
-                .as_deref()
-                .and_then(procmesh_broker::config::IoBackend::parse)
-            {
-                cfg.io = b;
-            }
-            if let (Some(dir), false) = (persist_dir, no_persist) {
-                let mut pc = procmesh_broker::persistence::PersistConfig::new(dir);
-                pc.fsync =
-                    procmesh_broker::persistence::FsyncMode::parse(&fsync).unwrap_or(pc.fsync);
-                pc.repair = repair;
-                if let Some(n) = compact_bytes {
-                    pc.compact_bytes = n;
-                }
-                cfg.persist = Some(pc);
-            }
-            serve(cfg)
         }
-        Cmd::Status {
-            target,
-            shards: Some(n),
-        } => mesh_status(&target, n.into()),
-        Cmd::Stop {
-            target,
-            shards: Some(n),
-        } => mesh_stop(&target, n.into()),
+        Cmd::Status { mesh } => commands::status(&mesh.target, mesh.shards),
+        Cmd::Stop { mesh } => commands::stop(&mesh.target, mesh.shards),
         Cmd::Stats {
-            target,
-            shards: Some(n),
+            mesh,
             json,
-        } => mesh_stats(&target, n.into(), json),
-        Cmd::Status {
-            target,
-            shards: None,
+            format,
+            watch,
         } => {
-            let path = target.path();
-            match CliConn::connect(&path, target.token.as_deref())
-                .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
-            {
-                Ok(reply) => {
-                    let v = &reply["value"];
-                    println!(
-                        "procmesh broker `{}` is running at {} (pid {}, up {}, {} connections)",
-                        v["name"].as_str().unwrap_or("?"),
-                        path.display(),
-                        v["pid"],
-                        human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
-                        v["connections"]
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
+            let format = if json { StatsFormat::Json } else { format };
+            commands::stats(&mesh.target, mesh.shards, format, watch)
         }
-        Cmd::Stop {
-            target,
-            shards: None,
-        } => {
-            let path = target.path();
-            match stop(&path, target.token.as_deref()) {
-                Ok(()) => {
-                    println!("procmesh broker at {} stopped", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
+        Cmd::Get { mesh, key, raw } => shell::get(&mesh, &key, raw),
+        Cmd::Set {
+            mesh,
+            key,
+            value,
+            ttl,
+            raw,
+        } => shell::set(&mesh, &key, &value, ttl, raw),
+        Cmd::Del { mesh, key } => shell::del(&mesh, &key),
+        Cmd::Keys {
+            mesh,
+            prefix,
+            limit,
+        } => shell::keys(&mesh, prefix.as_deref(), limit),
+        Cmd::Incr { mesh, key, by } => shell::incr(&mesh, &key, by),
+        Cmd::Cas {
+            mesh,
+            key,
+            prev,
+            next,
+            raw,
+        } => shell::cas(&mesh, &key, &prev, &next, raw),
+        Cmd::Publish {
+            mesh,
+            channel,
+            payload,
+            raw,
+        } => shell::publish(&mesh, &channel, &payload, raw),
+        Cmd::Subscribe { mesh, channels } => shell::subscribe(&mesh, &channels),
+        Cmd::Call {
+            mesh,
+            procedure,
+            args,
+            timeout,
+            raw,
+        } => shell::call(&mesh, &procedure, args.as_deref(), timeout, raw),
+        Cmd::Lock {
+            mesh,
+            key,
+            ttl,
+            wait,
+            cmd,
+        } => shell::lock(&mesh, &key, ttl, wait, &cmd),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "procmesh",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
-        Cmd::Stats {
-            target,
-            shards: None,
-            json,
-        } => {
-            let path = target.path();
-            match CliConn::connect(&path, target.token.as_deref())
-                .and_then(|mut c| c.request(serde_json::json!({"t": "stats"})))
-            {
-                Ok(reply) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&reply["value"]).unwrap_or_default()
-                        );
-                    } else {
-                        print!("{}", stats_table(&reply["value"]));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-    }
-}
-
-/// Asks the broker at `path` to shut down and waits until it has removed its socket.
-fn stop(path: &Path, token: Option<&str>) -> Result<(), CliError> {
-    let mut c = CliConn::connect(path, token)?;
-    c.request(serde_json::json!({"t": "shutdown"}))?;
-    c.wait_closed();
-    // The broker removes its socket as its last step: wait for that.
-    for _ in 0..200 {
-        if !path.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-/// The shards of the mesh `target.name`: `(NAME#i, socket)`.
-fn mesh(target: &Target, n: usize) -> Result<Vec<(String, PathBuf)>, ExitCode> {
-    match addr::shard_paths(&target.name, n) {
-        Ok(paths) => Ok(paths
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (addr::shard_name(&target.name, i), p))
-            .collect()),
-        Err(e) => {
-            eprintln!("procmesh: {e}");
-            Err(ExitCode::from(1))
-        }
-    }
-}
-
-/// 0 when all `n` shards answered, 3 when none did, else 1.
-fn mesh_exit(running: usize, n: usize) -> ExitCode {
-    match running {
-        0 => ExitCode::from(3),
-        r if r == n => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
-    }
-}
-
-fn shard_stats(path: &Path, token: Option<&str>) -> Result<serde_json::Value, CliError> {
-    let mut c = CliConn::connect(path, token)?;
-    Ok(c.request(serde_json::json!({"t": "stats"}))?["value"].take())
-}
-
-fn mesh_status(target: &Target, n: usize) -> ExitCode {
-    let shards = match mesh(target, n) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let mut running = 0;
-    for (name, path) in &shards {
-        match shard_stats(path, target.token.as_deref()) {
-            Ok(v) => {
-                running += 1;
-                let core = v["core"]
-                    .as_u64()
-                    .map_or("not pinned".into(), |c| format!("core {c}"));
-                println!(
-                    "{name}: running at {} (pid {}, {core}, up {}, {} connections)",
-                    path.display(),
-                    v["pid"],
-                    human_ms(v["uptimeMs"].as_u64().unwrap_or(0)),
-                    v["connections"]
-                );
-            }
-            Err(e) => println!("{name}: {e}"),
-        }
-    }
-    println!(
-        "procmesh mesh `{}`: {running} of {n} shards running",
-        target.name
-    );
-    mesh_exit(running, n)
-}
-
-fn mesh_stop(target: &Target, n: usize) -> ExitCode {
-    let shards = match mesh(target, n) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let (mut stopped, mut failed) = (0, false);
-    for (name, path) in &shards {
-        match stop(path, target.token.as_deref()) {
-            Ok(()) => {
-                stopped += 1;
-                println!("{name}: stopped ({})", path.display());
-            }
-            Err(e @ CliError::NotRunning(_)) => println!("{name}: {e}"),
+        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                failed = true;
-                eprintln!("procmesh: {name}: {e}");
+                eprintln!("procmesh: {e}");
+                ExitCode::from(1)
             }
-        }
-    }
-    match (stopped, failed) {
-        (_, true) => ExitCode::from(1),
-        (0, false) => ExitCode::from(3),
-        _ => ExitCode::SUCCESS,
+        },
     }
 }
 
-fn mesh_stats(target: &Target, n: usize, json: bool) -> ExitCode {
-    let shards = match mesh(target, n) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let mut per_shard = Vec::with_capacity(n);
-    for (name, path) in &shards {
-        match shard_stats(path, target.token.as_deref()) {
-            Ok(v) => per_shard.push(Some(v)),
-            Err(e) => {
-                eprintln!("procmesh: {name}: {e}");
-                per_shard.push(None);
-            }
-        }
-    }
-    let running = per_shard.iter().flatten().count();
-    if running > 0 {
-        let sum = sum_stats(&target.name, &per_shard);
-        if json {
-            println!("{}", serde_json::to_string_pretty(&sum).unwrap_or_default());
-        } else {
-            print!("{}", sharded_stats_table(&sum));
-        }
-    }
-    mesh_exit(running, n)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn fail(e: CliError) -> ExitCode {
-    eprintln!("procmesh: {e}");
-    match e {
-        CliError::NotRunning(_) => ExitCode::from(3),
-        _ => ExitCode::from(1),
-    }
-}
-
-fn serve(cfg: BrokerConfig) -> ExitCode {
-    let path = cfg.socket.clone();
-    let mut reactor = match Reactor::bind(cfg) {
-        Ok(r) => r,
-        Err(BindError::AlreadyRunning(p)) => {
-            println!("procmesh: a broker already serves {}; exiting", p.display());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("procmesh: cannot serve at {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
-    };
-    // SIGINT/SIGTERM write to a pipe the loop watches: a clean stop removes the socket.
-    let pipe = std::os::unix::net::UnixStream::pair().and_then(|(rx, tx)| {
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
-        }
-        rx.set_nonblocking(true)?;
-        Ok(rx)
-    });
-    match pipe {
-        Ok(rx) => {
-            if let Err(e) = reactor.watch_signals(mio::net::UnixStream::from_std(rx)) {
-                eprintln!("procmesh: cannot watch signals: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("procmesh: cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    for w in reactor.warnings() {
-        eprintln!("procmesh: warning: {w}");
-    }
-    eprintln!(
-        "procmesh: serving at {} (pid {})",
-        path.display(),
-        std::process::id()
-    );
-    match reactor.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("procmesh: broker loop failed: {e}");
-            ExitCode::from(1)
-        }
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

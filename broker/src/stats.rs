@@ -1,10 +1,12 @@
-//! Broker counters and their export format (PROTOCOL.md §10).
+//! Broker counters and their export (PROTOCOL.md §10).
 //!
 //! `stats` owns counters that no other module owns (ops per kind, errors per code,
-//! drops, reaps) and the layout of the `stats` reply. Other modules' numbers come in
-//! through [`Gauges`]. Counters are fixed arrays indexed by kind and code: an
+//! drops, reaps). Other modules' numbers come in through [`Gauges`]; the reply's
+//! schema (keys, order, sums) is `procmesh_proto::stats::StatsReport`, shared with
+//! the client and the CLI. Counters are fixed arrays indexed by kind and code: an
 //! attacker-chosen type tag never creates state.
 
+use procmesh_proto::stats::{PersistStats, ProcStats, StatsReport};
 use procmesh_proto::{ErrorCode, Kind, Writer};
 
 /// Counters kept by the reactor and dispatcher.
@@ -116,23 +118,114 @@ impl Stats {
         }
     }
 
-    /// Writes the stats map (the `value` of the reply).
+    /// The report of this broker: these counters and the gauges `g`.
+    pub fn report(&self, g: &Gauges<'_>) -> StatsReport {
+        let nonzero = |n: &&u64| **n > 0;
+        StatsReport {
+            name: g.name.to_string(),
+            pid: Some(g.os_pid.into()),
+            core: g.core.map(|c| c as u64),
+            uptime_ms: g.uptime_ms,
+            connections: g.connections as u64,
+            cache_size: g.cache_size as u64,
+            cache_bytes: g.cache_bytes as u64,
+            evicted: g.evicted,
+            expired: g.expired,
+            ops: Kind::ALL
+                .iter()
+                .zip(&self.ops)
+                .filter(|(_, n)| nonzero(n))
+                .map(|(k, n)| (k.tag().to_string(), *n))
+                .collect(),
+            errors: ErrorCode::ALL
+                .iter()
+                .zip(&self.errors)
+                .filter(|(_, n)| nonzero(n))
+                .map(|(c, n)| (c.as_str().to_string(), *n))
+                .collect(),
+            dropped: self.dropped,
+            duplicates: 0,
+            dedup_size: 0,
+            reaped: self.reaped,
+            slow_closed: self.slow_closed,
+            locks: g.locks as u64,
+            lock_waiters: g.lock_waiters as u64,
+            pending_calls: g.pending_calls as u64,
+            subscriptions: g.subscriptions as u64,
+            procs: g
+                .procs
+                .iter()
+                .map(|(name, workers)| ProcStats::new(*name, *workers as u64))
+                .collect(),
+            memory: [("rss".to_string(), g.rss)].into(),
+            cpu_core_fraction: g.cpu_core_fraction,
+            io_backend: g.io_backend.to_string(),
+            persistence: g.persistence.as_ref().map(|p| PersistStats {
+                fsync: p.fsync.to_string(),
+                log_bytes: p.log_bytes,
+                error: p.error.map(str::to_string),
+                errors: p.errors,
+                snapshots: p.snapshots,
+                snapshot_running: p.snapshot_running,
+            }),
+        }
+    }
+
+    /// Writes the stats map (the `value` of the reply): [`report`](Self::report) in
+    /// the schema of [`StatsReport`].
     pub fn encode(&self, g: &Gauges<'_>, w: &mut Writer<'_>) {
-        let ops: Vec<(usize, u64)> = self
+        self.report(g).encode_into(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procmesh_proto::{value::validate, Codec};
+
+    #[test]
+    fn encodes_a_valid_map_in_both_codecs() {
+        let mut s = Stats::default();
+        s.op(Kind::Get);
+        s.op(Kind::Unknown);
+        s.error(ErrorCode::Fenced);
+        let g = Gauges {
+            name: "x",
+            procs: vec![("f", 2)],
+            ..Default::default()
+        };
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let mut out = Vec::new();
+            s.encode(&g, &mut Writer::new(codec, &mut out));
+            let v = validate(codec, &out).unwrap();
+            let m: Vec<_> = v.map().unwrap().collect();
+            assert_eq!(m.len(), 24);
+            let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
+            assert!(core.is_nil(), "no pinned core is encoded as null");
+            let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
+            assert_eq!(ops.map().unwrap().next().unwrap().0, "get");
+        }
+        assert_eq!(s.unknown, 1);
+    }
+
+    /// The encoder before the shared schema, kept to check the wire did not change.
+    fn legacy_encode(s: &Stats, g: &Gauges<'_>, w: &mut Writer<'_>) {
+        let ops: Vec<(usize, u64)> = s
             .ops
             .iter()
             .copied()
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        let errors: Vec<(usize, u64)> = self
+        let errors: Vec<(usize, u64)> = s
             .errors
             .iter()
             .copied()
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(25);
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
+        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -192,15 +285,15 @@ impl Stats {
         }
         w.end_map();
         w.key("dropped");
-        w.uint(self.dropped);
+        w.uint(s.dropped);
         w.key("duplicates");
         w.uint(0);
         w.key("dedupSize");
         w.uint(0);
         w.key("reaped");
-        w.uint(self.reaped);
+        w.uint(s.reaped);
         w.key("slowClosed");
-        w.uint(self.slow_closed);
+        w.uint(s.slow_closed);
         w.key("locks");
         w.uint(g.locks as u64);
         w.key("lockWaiters");
@@ -227,39 +320,73 @@ impl Stats {
         w.end_map();
         w.key("cpuCoreFraction");
         w.float(g.cpu_core_fraction);
-        w.key("ioBackend");
-        w.str(g.io_backend);
+        if !g.io_backend.is_empty() {
+            w.key("ioBackend");
+            w.str(g.io_backend);
+        }
         w.end_map();
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use procmesh_proto::{value::validate, Codec};
-
-    #[test]
-    fn encodes_a_valid_map_in_both_codecs() {
-        let mut s = Stats::default();
-        s.op(Kind::Get);
-        s.op(Kind::Unknown);
-        s.error(ErrorCode::Fenced);
-        let g = Gauges {
-            name: "x",
-            procs: vec![("f", 2)],
-            ..Default::default()
-        };
-        for codec in [Codec::Json, Codec::MsgPack] {
-            let mut out = Vec::new();
-            s.encode(&g, &mut Writer::new(codec, &mut out));
-            let v = validate(codec, &out).unwrap();
-            let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 25);
-            let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
-            assert!(core.is_nil(), "no pinned core is encoded as null");
-            let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
-            assert_eq!(ops.map().unwrap().next().unwrap().0, "get");
+    fn decoded(codec: Codec, bytes: &[u8]) -> serde_json::Value {
+        match codec {
+            Codec::Json => serde_json::from_slice(bytes).unwrap(),
+            Codec::MsgPack => rmp_serde::from_slice(bytes).unwrap(),
         }
-        assert_eq!(s.unknown, 1);
+    }
+
+    /// The shared schema writes the same keys and values as the hand-written encoder
+    /// did (only the order inside `ops` and `errors` may differ).
+    #[test]
+    fn same_wire_map_as_before_the_shared_schema() {
+        let mut s = Stats::default();
+        for k in [Kind::Set, Kind::Get, Kind::Get, Kind::Pub, Kind::Unknown] {
+            s.op(k);
+        }
+        s.error(ErrorCode::Unknown);
+        s.error(ErrorCode::Auth);
+        s.dropped = 3;
+        s.reaped = 4;
+        s.slow_closed = 5;
+        let persistence = PersistGauges {
+            fsync: "always",
+            log_bytes: 77,
+            error: Some("disk full"),
+            errors: 2,
+            snapshots: 1,
+            snapshot_running: true,
+        };
+        let gauges = [
+            Gauges {
+                name: "x",
+                procs: vec![("f", 2), ("g", 1)],
+                core: Some(3),
+                os_pid: 1234,
+                rss: 4096,
+                cpu_core_fraction: 0.125,
+                uptime_ms: 99,
+                connections: 2,
+                cache_size: 7,
+                cache_bytes: 70,
+                evicted: 1,
+                expired: 2,
+                locks: 3,
+                lock_waiters: 4,
+                pending_calls: 5,
+                subscriptions: 6,
+                persistence: Some(persistence),
+                io_backend: "uring",
+            },
+            Gauges::default(),
+        ];
+        for g in &gauges {
+            for codec in [Codec::Json, Codec::MsgPack] {
+                let (mut new, mut old) = (Vec::new(), Vec::new());
+                s.encode(g, &mut Writer::new(codec, &mut new));
+                legacy_encode(&s, g, &mut Writer::new(codec, &mut old));
+                assert_eq!(decoded(codec, &new), decoded(codec, &old), "{codec:?}");
+                let back = StatsReport::decode_slice(codec, &new).unwrap();
+                assert_eq!(back, s.report(g), "{codec:?}");
+            }
+        }
     }
 }

@@ -235,17 +235,18 @@ impl ClientBuilder {
                         .into(),
                 ));
             }
-            let paths = addr::shard_paths(&self.name, n).map_err(ClientError::Config)?;
+            let paths = addr::AddrEnv::from_lookup(std::env::var_os)
+                .shard_paths(&self.name, n)
+                .map_err(ClientError::Config)?;
             return Ok(paths
                 .into_iter()
                 .enumerate()
                 .map(|(i, p)| (p, addr::shard_name(&self.name, i)))
                 .collect());
         }
-        let path = self
-            .address
-            .clone()
-            .unwrap_or_else(|| addr::socket_path(&self.name));
+        let path = self.address.clone().unwrap_or_else(|| {
+            addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name)
+        });
         Ok(vec![(path, self.name.clone())])
     }
 

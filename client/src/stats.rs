@@ -1,140 +1,67 @@
 //! Broker statistics (PROTOCOL.md §10) and their sum over shards.
+//!
+//! The schema, its lenient decoding and the sum are `procmesh_proto::stats`, shared
+//! with the broker and the CLI; this module adds what a client keeps beside them: each
+//! shard's own report and the map as the broker sent it.
 
-use std::collections::BTreeMap;
+use std::ops::Deref;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use procmesh_proto::Codec;
+use serde::{Deserialize, Deserializer};
+
+pub use procmesh_proto::stats::{ProcStats, StatsReport};
 
 /// A broker's statistics, or for a sharded client the sum over its shards with
 /// each shard's own in [`Stats::shards`].
 ///
-/// Counters the broker does not report read as 0. Everything the broker sent,
-/// including fields this type does not name, is in [`Stats::raw`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+/// The typed fields are those of [`StatsReport`] (reached through `Deref`:
+/// `stats.cache_size`, `stats.ops["get"]`); counters the broker does not report read
+/// as 0. Everything the broker sent, including fields the schema does not name, is
+/// in [`Stats::raw`].
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Milliseconds since the broker started (the longest, when summed).
-    #[serde(deserialize_with = "num")]
-    pub uptime_ms: u64,
-    /// Open connections.
-    #[serde(deserialize_with = "num")]
-    pub connections: u64,
-    /// Live cache entries.
-    #[serde(deserialize_with = "num")]
-    pub cache_size: u64,
-    /// Requests handled, by type tag.
-    #[serde(deserialize_with = "num_map")]
-    pub ops: BTreeMap<String, u64>,
-    /// Message frames dropped for slow consumers.
-    #[serde(deserialize_with = "num")]
-    pub dropped: u64,
-    /// Deduplicated publish retries.
-    #[serde(deserialize_with = "num")]
-    pub duplicates: u64,
-    /// Entries in the idempotent-producer table.
-    #[serde(deserialize_with = "num")]
-    pub dedup_size: u64,
-    /// Connections closed for missing heartbeats.
-    #[serde(deserialize_with = "num")]
-    pub reaped: u64,
-    /// Locks held.
-    #[serde(deserialize_with = "num")]
-    pub locks: u64,
-    /// Connections waiting for a lock.
-    #[serde(deserialize_with = "num")]
-    pub lock_waiters: u64,
-    /// RPC calls in flight.
-    #[serde(deserialize_with = "num")]
-    pub pending_calls: u64,
-    /// Subscriptions, over all connections.
-    #[serde(deserialize_with = "num")]
-    pub subscriptions: u64,
-    /// Registered procedures and their worker counts.
-    pub procs: Vec<ProcStats>,
-    /// Memory figures in bytes (at least `rss`).
-    pub memory: BTreeMap<String, f64>,
-    /// Process CPU time over wall time since start.
-    pub cpu_core_fraction: f64,
+    /// The typed report (for a sharded client, [`StatsReport::sum`] of the shards').
+    pub report: StatsReport,
     /// Per-shard statistics (empty for a plain client).
-    #[serde(skip)]
     pub shards: Vec<Stats>,
     /// The map as the broker sent it (null for a sum).
-    #[serde(skip)]
     pub raw: serde_json::Value,
 }
 
-/// One registered procedure in [`Stats::procs`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-#[non_exhaustive]
-pub struct ProcStats {
-    /// The procedure name.
-    pub name: String,
-    /// Connections serving it.
-    #[serde(deserialize_with = "num")]
-    pub workers: u64,
-}
+impl Deref for Stats {
+    type Target = StatsReport;
 
-/// Accepts any JSON number (brokers in JavaScript send integers as doubles).
-fn num<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        U(u64),
-        I(i64),
-        F(f64),
-        Other(serde::de::IgnoredAny),
+    fn deref(&self) -> &StatsReport {
+        &self.report
     }
-    Ok(match N::deserialize(d)? {
-        N::U(u) => u,
-        N::I(i) => i.max(0) as u64,
-        N::F(f) if f.is_finite() && f > 0.0 => f as u64,
-        _ => 0,
-    })
 }
 
-fn num_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
-    #[derive(Deserialize)]
-    struct Count(#[serde(deserialize_with = "num")] u64);
-    let m = BTreeMap::<String, Count>::deserialize(d)?;
-    Ok(m.into_iter().map(|(k, Count(v))| (k, v)).collect())
+impl<'de> Deserialize<'de> for Stats {
+    /// Reads a broker's stats map through [`StatsReport::decode`], keeping the map
+    /// itself in [`Stats::raw`].
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Stats, D::Error> {
+        let raw = serde_json::Value::deserialize(d)?;
+        let bytes = serde_json::to_vec(&raw).map_err(serde::de::Error::custom)?;
+        let report =
+            StatsReport::decode_slice(Codec::Json, &bytes).map_err(serde::de::Error::custom)?;
+        Ok(Stats {
+            report,
+            shards: Vec::new(),
+            raw,
+        })
+    }
 }
 
 impl Stats {
-    /// Sums per-shard statistics: counters add up, uptime is the longest, and
-    /// procedures merge by name.
+    /// Sums per-shard statistics ([`StatsReport::sum`]) and keeps each shard's.
     pub(crate) fn sum(shards: Vec<Stats>) -> Stats {
-        let mut t = Stats::default();
-        let mut procs: BTreeMap<String, u64> = BTreeMap::new();
-        for s in &shards {
-            t.uptime_ms = t.uptime_ms.max(s.uptime_ms);
-            t.connections += s.connections;
-            t.cache_size += s.cache_size;
-            for (k, v) in &s.ops {
-                *t.ops.entry(k.clone()).or_default() += v;
-            }
-            t.dropped += s.dropped;
-            t.duplicates += s.duplicates;
-            t.dedup_size += s.dedup_size;
-            t.reaped += s.reaped;
-            t.locks += s.locks;
-            t.lock_waiters += s.lock_waiters;
-            t.pending_calls += s.pending_calls;
-            t.subscriptions += s.subscriptions;
-            for p in &s.procs {
-                *procs.entry(p.name.clone()).or_default() += p.workers;
-            }
-            for (k, v) in &s.memory {
-                *t.memory.entry(k.clone()).or_default() += v;
-            }
-            t.cpu_core_fraction += s.cpu_core_fraction;
+        let reports: Vec<StatsReport> = shards.iter().map(|s| s.report.clone()).collect();
+        Stats {
+            report: StatsReport::sum(&reports),
+            shards,
+            raw: serde_json::Value::Null,
         }
-        t.procs = procs
-            .into_iter()
-            .map(|(name, workers)| ProcStats { name, workers })
-            .collect();
-        t.shards = shards;
-        t
     }
 }
 
@@ -149,50 +76,31 @@ mod tests {
             "procs": [{"name": "add", "workers": 1}], "memory": {"rss": 1000},
             "cpuCoreFraction": 0.25, "somethingNew": true
         });
-        let s: Stats = serde_json::from_value(v).unwrap();
+        let s: Stats = serde_json::from_value(v.clone()).unwrap();
         assert_eq!((s.uptime_ms, s.connections, s.cache_size), (12, 2, 3));
         assert_eq!(s.ops["get"], 4);
-        assert_eq!(
-            s.procs,
-            vec![ProcStats {
-                name: "add".into(),
-                workers: 1
-            }]
-        );
+        assert_eq!(s.procs, vec![ProcStats::new("add", 1)]);
         assert_eq!(s.lock_waiters, 0);
+        assert_eq!(s.raw, v, "the map as sent, unknown fields included");
     }
 
     #[test]
     fn sums_shards_and_keeps_detail() {
-        let a = Stats {
-            uptime_ms: 5,
-            cache_size: 2,
-            procs: vec![ProcStats {
-                name: "p".into(),
-                workers: 1,
-            }],
-            ops: [("get".to_owned(), 1)].into(),
+        let shard = |uptime_ms, cache_size, workers, ops: &[(&str, u64)]| Stats {
+            report: StatsReport {
+                uptime_ms,
+                cache_size,
+                procs: vec![ProcStats::new("p", workers)],
+                ops: ops.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        let b = Stats {
-            uptime_ms: 9,
-            cache_size: 3,
-            procs: vec![ProcStats {
-                name: "p".into(),
-                workers: 2,
-            }],
-            ops: [("get".to_owned(), 2), ("set".to_owned(), 1)].into(),
-            ..Default::default()
-        };
+        let a = shard(5, 2, 1, &[("get", 1)]);
+        let b = shard(9, 3, 2, &[("get", 2), ("set", 1)]);
         let t = Stats::sum(vec![a, b]);
         assert_eq!((t.uptime_ms, t.cache_size), (9, 5));
-        assert_eq!(
-            t.procs,
-            vec![ProcStats {
-                name: "p".into(),
-                workers: 3
-            }]
-        );
+        assert_eq!(t.procs, vec![ProcStats::new("p", 3)]);
         assert_eq!(t.ops["get"], 3);
         assert_eq!(t.shards.len(), 2);
     }

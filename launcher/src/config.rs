@@ -83,7 +83,7 @@ pub fn shard_specs(
     cores: &[usize],
     persist_dir: Option<&Path>,
 ) -> Result<Vec<ShardSpec>, String> {
-    let paths = addr::shard_paths(name, n)?;
+    let paths = addr::AddrEnv::from_lookup(std::env::var_os).shard_paths(name, n)?;
     Ok(paths
         .into_iter()
         .enumerate()

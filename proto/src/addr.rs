@@ -1,36 +1,81 @@
 //! Address resolution (PROTOCOL.md §1): where the broker of a mesh listens.
+//!
+//! Pure: the environment is passed in as an [`AddrEnv`] (this crate reads no
+//! environment variables). Callers build it once from the process environment with
+//! `AddrEnv::from_lookup(std::env::var_os)`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// The default mesh name.
 pub const DEFAULT_NAME: &str = "default";
 
-/// The temp directory: `$TMPDIR` without a trailing slash, else `/tmp`.
-pub fn tmpdir() -> PathBuf {
-    match std::env::var_os("TMPDIR") {
-        Some(t) if !t.is_empty() => {
-            let s = t.to_string_lossy();
-            let trimmed = s.trim_end_matches('/');
-            PathBuf::from(if trimmed.is_empty() { "/" } else { trimmed })
-        }
-        _ => PathBuf::from("/tmp"),
-    }
+/// The environment that addresses depend on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrEnv {
+    /// `$TMPDIR`, when set.
+    pub tmpdir: Option<OsString>,
+    /// `$PROCMESH_SOCKET`, when set: overrides the derived address for every name.
+    pub socket_override: Option<OsString>,
 }
 
-/// The socket path of the mesh `name`: `PROCMESH_SOCKET` when set, else
-/// `<tmpdir>/procmesh-<name>.sock`.
-pub fn socket_path(name: &str) -> PathBuf {
-    if let Some(s) = std::env::var_os("PROCMESH_SOCKET") {
-        if !s.is_empty() {
-            return PathBuf::from(s);
+impl AddrEnv {
+    /// The variable holding the temp directory.
+    pub const TMPDIR: &'static str = "TMPDIR";
+    /// The variable overriding every mesh's socket path.
+    pub const SOCKET: &'static str = "PROCMESH_SOCKET";
+
+    /// Reads the two variables through `get` (pass `std::env::var_os` for the
+    /// process environment). Empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&'static str) -> Option<OsString>) -> Self {
+        let set = |k: &'static str| get(k).filter(|v| !v.is_empty());
+        AddrEnv {
+            tmpdir: set(Self::TMPDIR),
+            socket_override: set(Self::SOCKET),
         }
     }
-    default_socket_path(name)
-}
 
-/// `<tmpdir>/procmesh-<name>.sock`, ignoring `PROCMESH_SOCKET`.
-pub fn default_socket_path(name: &str) -> PathBuf {
-    tmpdir().join(format!("procmesh-{name}.sock"))
+    /// The temp directory: `$TMPDIR` without a trailing slash, else `/tmp`.
+    pub fn tmpdir(&self) -> PathBuf {
+        match &self.tmpdir {
+            Some(t) if !t.is_empty() => {
+                let s = t.to_string_lossy();
+                let trimmed = s.trim_end_matches('/');
+                PathBuf::from(if trimmed.is_empty() { "/" } else { trimmed })
+            }
+            _ => PathBuf::from("/tmp"),
+        }
+    }
+
+    /// The socket path of the mesh `name`: `PROCMESH_SOCKET` when set, else
+    /// `<tmpdir>/procmesh-<name>.sock`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        match &self.socket_override {
+            Some(s) if !s.is_empty() => PathBuf::from(s),
+            _ => self.default_socket_path(name),
+        }
+    }
+
+    /// `<tmpdir>/procmesh-<name>.sock`, ignoring `PROCMESH_SOCKET`.
+    pub fn default_socket_path(&self, name: &str) -> PathBuf {
+        self.tmpdir().join(format!("procmesh-{name}.sock"))
+    }
+
+    /// The socket paths of an `n`-shard mesh called `name`.
+    ///
+    /// Errors when `PROCMESH_SOCKET` is set: every shard would collapse onto one socket.
+    pub fn shard_paths(&self, name: &str, n: usize) -> Result<Vec<PathBuf>, String> {
+        if self.socket_override.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(
+                "PROCMESH_SOCKET is set, but a numeric shard count needs one socket per shard; \
+                 unset it or pass explicit addresses"
+                    .into(),
+            );
+        }
+        Ok((0..n)
+            .map(|i| self.default_socket_path(&shard_name(name, i)))
+            .collect())
+    }
 }
 
 /// The mesh name of shard `i` of mesh `name`: `name#i`.
@@ -38,30 +83,54 @@ pub fn shard_name(name: &str, i: usize) -> String {
     format!("{name}#{i}")
 }
 
-/// The socket paths of an `n`-shard mesh called `name`.
-///
-/// Errors when `PROCMESH_SOCKET` is set: every shard would collapse onto one socket.
-pub fn shard_paths(name: &str, n: usize) -> Result<Vec<PathBuf>, String> {
-    if std::env::var_os("PROCMESH_SOCKET").is_some_and(|s| !s.is_empty()) {
-        return Err(
-            "PROCMESH_SOCKET is set, but a numeric shard count needs one socket per shard; \
-             unset it or pass explicit addresses"
-                .into(),
-        );
-    }
-    Ok((0..n)
-        .map(|i| default_socket_path(&shard_name(name, i)))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env(tmpdir: Option<&str>, socket: Option<&str>) -> AddrEnv {
+        AddrEnv::from_lookup(|k| match k {
+            AddrEnv::TMPDIR => tmpdir.map(OsString::from),
+            AddrEnv::SOCKET => socket.map(OsString::from),
+            _ => None,
+        })
+    }
+
     #[test]
     fn shard_names() {
         assert_eq!(shard_name("default", 3), "default#3");
-        let p = default_socket_path("x#1");
+        let p = AddrEnv::default().default_socket_path("x#1");
         assert!(p.to_string_lossy().ends_with("/procmesh-x#1.sock"));
+    }
+
+    #[test]
+    fn tmpdir_rules() {
+        assert_eq!(env(None, None).tmpdir(), PathBuf::from("/tmp"));
+        assert_eq!(env(Some(""), None).tmpdir(), PathBuf::from("/tmp"));
+        assert_eq!(env(Some("/var/t/"), None).tmpdir(), PathBuf::from("/var/t"));
+        assert_eq!(env(Some("///"), None).tmpdir(), PathBuf::from("/"));
+        assert_eq!(
+            env(Some("/x"), None).socket_path("m"),
+            PathBuf::from("/x/procmesh-m.sock")
+        );
+    }
+
+    #[test]
+    fn socket_override() {
+        let e = env(Some("/x"), Some("/s.sock"));
+        assert_eq!(e.socket_path("m"), PathBuf::from("/s.sock"));
+        assert_eq!(
+            e.default_socket_path("m"),
+            PathBuf::from("/x/procmesh-m.sock")
+        );
+        assert!(e.shard_paths("m", 2).is_err());
+        let e = env(Some("/x"), Some(""));
+        assert_eq!(e.socket_path("m"), PathBuf::from("/x/procmesh-m.sock"));
+        assert_eq!(
+            e.shard_paths("m", 2).unwrap(),
+            [
+                PathBuf::from("/x/procmesh-m#0.sock"),
+                PathBuf::from("/x/procmesh-m#1.sock")
+            ]
+        );
     }
 }

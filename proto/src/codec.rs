@@ -29,6 +29,22 @@ impl Codec {
         }
     }
 
+    /// Detects a connection's dialect from its first payload: what [`Codec::detect`] accepts,
+    /// plus a msgpackr record (`d4 72 …`, how procmesh-js with `codec: 'msgpack'` writes every
+    /// object) as MessagePack with records. Read such a peer's frames through
+    /// `msgpackr::Normalizer` and write to it through `msgpackr::Encoder`.
+    #[inline]
+    pub fn detect_payload(payload: &[u8]) -> Option<Dialect> {
+        match payload {
+            [0xd4, 0x72, _, ..] => Some(Dialect::MSGPACKR),
+            [first, ..] => Codec::detect(*first).map(|codec| Dialect {
+                codec,
+                records: false,
+            }),
+            [] => None,
+        }
+    }
+
     /// The codec's name as used in options (`"json"`, `"msgpack"`).
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +59,54 @@ impl Codec {
             "json" => Some(Codec::Json),
             "msgpack" | "msgpackr" => Some(Codec::MsgPack),
             _ => None,
+        }
+    }
+}
+
+/// How a peer encodes frames on the wire: a [`Codec`] and, for MessagePack, whether it is
+/// msgpackr's record dialect (maps as record extensions, `undefined`, structured-clone
+/// references). Inside procmesh values are always plain [`Codec`] bytes; the dialect only
+/// says how to convert at the connection's edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dialect {
+    /// The codec of the frames once normalised.
+    pub codec: Codec,
+    /// True for msgpackr records (only with [`Codec::MsgPack`]).
+    pub records: bool,
+}
+
+impl Dialect {
+    /// JSON text.
+    pub const JSON: Dialect = Dialect {
+        codec: Codec::Json,
+        records: false,
+    };
+    /// Plain MessagePack (maps are maps).
+    pub const MSGPACK: Dialect = Dialect {
+        codec: Codec::MsgPack,
+        records: false,
+    };
+    /// msgpackr as procmesh-js writes it (`new Packr({ structuredClone: true })`).
+    pub const MSGPACKR: Dialect = Dialect {
+        codec: Codec::MsgPack,
+        records: true,
+    };
+
+    /// The dialect's name: `"json"`, `"msgpack"`, `"msgpackr"`.
+    pub fn name(self) -> &'static str {
+        if self.records {
+            "msgpackr"
+        } else {
+            self.codec.name()
+        }
+    }
+}
+
+impl From<Codec> for Dialect {
+    fn from(codec: Codec) -> Dialect {
+        Dialect {
+            codec,
+            records: false,
         }
     }
 }
@@ -87,6 +151,19 @@ mod tests {
         assert_eq!(Codec::detect(0xde), Some(Codec::MsgPack));
         assert_eq!(Codec::detect(b'['), None);
         assert_eq!(Codec::detect(0x92), None);
+    }
+
+    #[test]
+    fn detects_dialects() {
+        let hello = [0xd4, 0x72, 0x40, 0x93, 0xa1, b't'];
+        assert_eq!(Codec::detect_payload(&hello), Some(Dialect::MSGPACKR));
+        assert_eq!(Codec::detect_payload(b"{}"), Some(Dialect::JSON));
+        assert_eq!(Codec::detect_payload(&[0x81]), Some(Dialect::MSGPACK));
+        assert_eq!(Codec::detect_payload(&[0xd4, 0x72]), None);
+        assert_eq!(Codec::detect_payload(&[0xd4, 0x00, 0x00]), None);
+        assert_eq!(Codec::detect_payload(&[]), None);
+        assert_eq!(Dialect::MSGPACKR.name(), "msgpackr");
+        assert_eq!(Dialect::from(Codec::Json), Dialect::JSON);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `procmesh-proto`: the procmesh wire format, with no I/O and no threads.
+//! `procmesh-proto`: the procmesh wire format, with no I/O, no threads, no
+//! environment reads and no `unsafe`.
 //!
 //! Every frame is a 4-byte big-endian length and one encoded map, in JSON or
 //! MessagePack (see `docs/protocol.md`). Values travel as bytes: a [`Raw`] is a
@@ -11,6 +12,8 @@
 //! - [`frame`]: length prefix and size limit.
 //! - [`codec`]: the two codecs, detection, and [`Raw`] (a value's bytes in one).
 //! - `json`, `msgpack` (private): reader and writer primitives of each format.
+//! - [`msgpackr`]: procmesh-js's MessagePack dialect (records, `undefined`, structured-clone
+//!   references) to and from plain MessagePack, at a connection's edge.
 //! - [`transcode`]: conversion of a value between the codecs.
 //! - [`value`]: validation, scalar access, structure and equality of raw values.
 //! - [`num`]: [`Num`] and its JavaScript-compatible arithmetic.
@@ -21,7 +24,7 @@
 //! - [`error`]: the stable error codes and [`DecodeError`].
 //! - [`hash`]: FNV-1a over UTF-16 code units, exactly as the Node.js package.
 //! - [`topic`]: channel pattern matching.
-//! - [`addr`]: socket addresses of meshes and shards.
+//! - [`addr`]: socket addresses of meshes and shards, from an environment passed in.
 //!
 //! # Example
 //! ```
@@ -45,6 +48,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod codec;
@@ -55,15 +59,17 @@ pub mod hash;
 mod json;
 pub mod message;
 mod msgpack;
+pub mod msgpackr;
 pub mod num;
 pub mod request;
 pub mod response;
+pub mod stats;
 pub mod topic;
 pub mod transcode;
 pub mod value;
 pub mod writer;
 
-pub use codec::{Codec, Raw};
+pub use codec::{Codec, Dialect, Raw};
 pub use error::{DecodeError, ErrorCode};
 pub use message::{Frame, Kind};
 pub use num::Num;

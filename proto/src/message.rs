@@ -3,7 +3,10 @@
 //!
 //! A decoded [`Frame`] borrows every field from the payload as [`Raw`] bytes; values
 //! are never decoded into a tree here. Field types are checked by the accessors
-//! (`need_str`, `opt_ms`, …), which return a [`DecodeError`] naming the field.
+//! (`need_str`, `opt_ms`, …), which return a [`DecodeError`] naming the field;
+//! `request` builds typed requests from them. The encoders at the end of this file
+//! ([`FrameWriter`], [`ok_bool`], [`err`], …) are the pre-`response` API, kept as
+//! thin wrappers until every caller has switched, then to be removed.
 
 use std::borrow::Cow;
 

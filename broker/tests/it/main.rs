@@ -9,3 +9,4 @@ mod locks;
 mod persistence;
 mod pubsub;
 mod rpc;
+mod shell;
