@@ -4,10 +4,12 @@
 //! [`super::epoll`].
 //!
 //! `uring` owns the ring, the listener, the sockets and their in-flight buffers, and
-//! the loop. The kernel writes into and reads from memory the driver owns (a receive
-//! buffer and a send buffer per socket, boxed so the table may grow), never into a
-//! [`Connection`]'s buffers: received bytes are copied into the connection's read
-//! buffer (the core needs contiguous frames), queued output is copied into the send
+//! the loop. The kernel writes into and reads from memory the driver owns (a provided
+//! buffer ring shared by every connection's multishot receive — or, on kernels
+//! without one, a receive buffer per socket — and a send buffer per socket), never
+//! into a [`Connection`]'s buffers: received bytes are copied into the connection's
+//! read buffer (the core needs contiguous frames) and the ring buffer handed straight
+//! back, queued output is copied into the send
 //! buffer when no send is in flight (at most [`SEND_CAP`] bytes, the rest stays
 //! queued and counted by the connection's slow-consumer marks, as bytes beyond a
 //! socket buffer do with epoll). A socket outlives its connection until its last
@@ -18,8 +20,8 @@
 //! ```text
 //!  submit + wait(timeout = core.next_wake | idle | 0 when work is pending)  ← one enter
 //!   │  read `now` once → core.set_now
-//!   ├─ completions: accept → core.open_conn, arm recv
-//!   │               recv   → copy into Connection.rbuf, re-arm
+//!   ├─ completions: accept → core.open_conn, arm a multishot recv
+//!   │               recv   → copy into Connection.rbuf, give the buffer back
 //!   │               send   → advance (partial: resubmit), done: core.on_writable
 //!   │               wake   → stop flag, signals (a mio poll watched by the ring)
 //!   ├─ core.input for every connection that received (or has frames left)
@@ -63,6 +65,12 @@ pub const SEND_CAP: usize = 256 * 1024;
 /// A socket's first receive buffer; doubled (to [`RECV_MAX`]) when a receive fills it.
 const RECV_MIN: usize = 16 * 1024;
 const RECV_MAX: usize = 256 * 1024;
+/// The provided buffer ring shared by every connection's multishot receive: buffers
+/// and their size (the kernel picks one per completion; the driver copies it into the
+/// connection and hands it straight back).
+const RING_BUFS: u16 = 256;
+const RING_BUF_SIZE: usize = 16 * 1024;
+const BUF_GROUP: u16 = 0;
 /// How long shutdown waits for the last replies to reach their peers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Retry delay for accept after the process ran out of descriptors.
@@ -138,6 +146,9 @@ struct Sock {
 /// The driver's side of the ring: sockets and the submission queue ([`Transport`]).
 struct Ring {
     ring: IoUring,
+    /// The receive buffers, when the kernel has provided buffer rings (else each
+    /// socket receives into its own buffer). Dropped after `ring`.
+    bufs: Option<BufRing>,
     socks: Slab<Sock>,
     by_conn: Vec<Option<usize>>,
     /// Shutting down: every release lets its send finish.
@@ -174,14 +185,15 @@ impl Ring {
             return;
         }
         s.recv_armed = true;
-        let sqe = opcode::Recv::new(
-            types::Fd(s.fd.as_raw_fd()),
-            s.rbuf.as_mut_ptr(),
-            s.rbuf.len() as u32,
-        )
-        .build()
-        .user_data(((key as u64) << 2) | KIND_RECV);
-        self.push(sqe);
+        let fd = types::Fd(s.fd.as_raw_fd());
+        let sqe = if self.bufs.is_some() {
+            // Stays armed across completions (IORING_CQE_F_MORE) until it fails or
+            // runs out of buffers.
+            opcode::RecvMulti::new(fd, BUF_GROUP).build()
+        } else {
+            opcode::Recv::new(fd, s.rbuf.as_mut_ptr(), s.rbuf.len() as u32).build()
+        };
+        self.push(sqe.user_data(((key as u64) << 2) | KIND_RECV));
     }
 
     fn arm_send(&mut self, key: usize) {
@@ -246,6 +258,91 @@ impl Read for Received<'_> {
         out[..n].copy_from_slice(&self.0[..n]);
         self.0 = &self.0[n..];
         Ok(n)
+    }
+}
+
+/// A provided buffer ring (kernel 5.19+): entries in page-aligned memory shared with
+/// the kernel, buffers in one allocation, the tail published with release ordering.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    map_len: usize,
+    bufs: Box<[u8]>,
+    tail: u16,
+}
+
+impl BufRing {
+    /// Maps the ring and registers it with `ring` as [`BUF_GROUP`], every buffer given.
+    fn register(ring: &IoUring) -> io::Result<BufRing> {
+        let map_len = usize::from(RING_BUFS) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping; no existing memory is involved.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut b = BufRing {
+            entries: p.cast(),
+            map_len,
+            bufs: vec![0; usize::from(RING_BUFS) * RING_BUF_SIZE].into_boxed_slice(),
+            tail: 0,
+        };
+        // SAFETY: the mapping is page-aligned, holds RING_BUFS entries and lives as
+        // long as `b`, which the driver drops only after the ring.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(p as u64, RING_BUFS, BUF_GROUP, 0)?
+        };
+        for bid in 0..RING_BUFS {
+            b.give(bid);
+        }
+        Ok(b)
+    }
+
+    /// Hands buffer `bid` (back) to the kernel.
+    fn give(&mut self, bid: u16) {
+        let i = usize::from(self.tail & (RING_BUFS - 1));
+        let addr = self.bufs[usize::from(bid) * RING_BUF_SIZE..].as_ptr() as u64;
+        // SAFETY: `i` < RING_BUFS entries of the mapping; the kernel reads an entry only
+        // once the tail below covers it.
+        unsafe {
+            let e = &mut *self.entries.add(i);
+            e.set_addr(addr);
+            e.set_len(RING_BUF_SIZE as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field lives in the first entry of the mapping; the kernel
+        // reads it with acquire ordering.
+        unsafe {
+            let tail =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buf(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * RING_BUF_SIZE;
+        &self.bufs[start..start + len.min(RING_BUF_SIZE)]
+    }
+}
+
+// SAFETY: the mapping and buffers are owned by the ring's one driver, which moves to
+// the loop's thread before anything is registered and touches them from there only.
+unsafe impl Send for BufRing {}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; the ring that used it is gone (field
+        // order of `Ring`) or never saw it.
+        unsafe { libc::munmap(self.entries.cast(), self.map_len) };
     }
 }
 
@@ -350,6 +447,7 @@ impl Reactor {
         Ok(Reactor {
             io: Ring {
                 ring,
+                bufs: None,
                 socks: Slab::new(),
                 by_conn: Vec::new(),
                 draining: false,
@@ -425,6 +523,8 @@ impl Reactor {
         if self.io.ring.params().is_setup_single_issuer() {
             self.io.ring.submitter().register_enable_rings()?;
         }
+        // Registered on the loop's thread (a single-issuer ring's owner).
+        self.io.bufs = BufRing::register(&self.io.ring).ok();
         let result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
@@ -470,9 +570,9 @@ impl Reactor {
             }
             self.collect();
             for i in 0..self.cqes.len() {
-                let (ud, res, _) = self.cqes[i];
+                let (ud, res, flags) = self.cqes[i];
                 if ud < TAG_IGNORE {
-                    self.on_sock(ud, res);
+                    self.on_sock(ud, res, flags);
                 }
             }
             if cancelled && Instant::now() >= deadline {
@@ -563,7 +663,7 @@ impl Reactor {
                     TAG_ACCEPT => self.on_accept(res, flags)?,
                     TAG_WAKE => self.on_wake(flags),
                     TAG_IGNORE => {}
-                    _ => self.on_sock(ud, res),
+                    _ => self.on_sock(ud, res, flags),
                 }
             }
             let mut pending = std::mem::take(&mut self.pending);
@@ -608,7 +708,11 @@ impl Reactor {
             let key = self.io.socks.insert(Sock {
                 fd,
                 conn: Some(id),
-                rbuf: vec![0; RECV_MIN].into_boxed_slice(),
+                rbuf: if self.io.bufs.is_some() {
+                    Box::default()
+                } else {
+                    vec![0; RECV_MIN].into_boxed_slice()
+                },
                 recv_armed: false,
                 sbuf: Vec::new(),
                 spos: 0,
@@ -679,7 +783,7 @@ impl Reactor {
     }
 
     /// A receive or send completed on socket `key`.
-    fn on_sock(&mut self, ud: u64, res: i32) {
+    fn on_sock(&mut self, ud: u64, res: i32, flags: u32) {
         let key = (ud >> 2) as usize;
         let kind = ud & 3;
         let Some(s) = self.io.socks.get_mut(key) else {
@@ -687,21 +791,36 @@ impl Reactor {
         };
         let conn = s.conn;
         if kind == KIND_RECV {
-            s.recv_armed = false;
+            let multishot = self.io.bufs.is_some();
+            // A multishot receive stays armed while its completions say "more".
+            s.recv_armed = multishot && cqueue::more(flags);
+            let picked = cqueue::buffer_select(flags);
             let Some(id) = conn else {
+                if let (Some(bid), Some(b)) = (picked, self.io.bufs.as_mut()) {
+                    b.give(bid);
+                }
                 self.io.reap(key);
                 return;
             };
             if res > 0 {
                 let n = res as usize;
-                let full = n == s.rbuf.len();
-                if let Some(c) = self.core.conn_mut(id) {
-                    if c.closing == Closing::No {
-                        c.fill(&mut Received(&s.rbuf[..n]), usize::MAX);
+                let c = self.core.conn_mut(id).filter(|c| c.closing == Closing::No);
+                match (picked, self.io.bufs.as_mut()) {
+                    (Some(bid), Some(b)) => {
+                        if let Some(c) = c {
+                            c.fill(&mut Received(b.buf(bid, n)), usize::MAX);
+                        }
+                        b.give(bid);
                     }
-                }
-                if full && s.rbuf.len() < RECV_MAX {
-                    s.rbuf = vec![0; s.rbuf.len() * 2].into_boxed_slice();
+                    _ => {
+                        let full = n == s.rbuf.len();
+                        if let Some(c) = c {
+                            c.fill(&mut Received(&s.rbuf[..n]), usize::MAX);
+                        }
+                        if full && s.rbuf.len() < RECV_MAX {
+                            s.rbuf = vec![0; s.rbuf.len() * 2].into_boxed_slice();
+                        }
+                    }
                 }
                 self.list(key, ReadOutcome::Drained);
                 self.io.arm_recv(key);
