@@ -315,8 +315,8 @@ impl Conns {
 
     /// Appends one frame to `id`'s output with `encode(codec, out)` and marks it
     /// written. Every reply goes through here (and inlines to the same code as
-    /// writing by hand).
-    #[inline]
+    /// writing by hand: forced, since it sits on every reply).
+    #[inline(always)]
     pub fn send<R>(&mut self, id: ConnId, encode: impl FnOnce(Codec, &mut Vec<u8>) -> R) -> R {
         let conn = &mut self.slab[id.0];
         let r = encode(conn.codec, &mut conn.wbuf);

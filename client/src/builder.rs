@@ -1,5 +1,6 @@
 //! [`ClientBuilder`]: every option of a client, with the Node.js package's
-//! defaults, and how they resolve to socket addresses.
+//! defaults, and how they resolve to socket addresses; and the constructors
+//! of [`Client`] (`connect`, `sharded`, `builder`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use procmesh_proto::{addr, Codec};
 
 use crate::conn::{Settings, SpawnSettings};
+use crate::dispatch::EventCallback;
 use crate::error::{ClientError, Result};
 use crate::event::Event;
-use crate::pubsub::EventCallback;
 use crate::Client;
 
 /// Options for a [`Client`]. Start with [`Client::builder`].
@@ -48,6 +49,24 @@ pub struct ClientBuilder {
     broker_bin: Option<PathBuf>,
     handler_threads: usize,
     callbacks: Vec<EventCallback>,
+}
+
+impl Client {
+    /// Connects to the mesh `"default"` with default options, starting a
+    /// broker if none is running.
+    pub fn connect() -> Result<Client> {
+        Client::builder().connect()
+    }
+
+    /// Connects to the default mesh sharded over `n` brokers.
+    pub fn sharded(n: usize) -> Result<Client> {
+        Client::builder().shards(n).connect()
+    }
+
+    /// A builder for every option.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
 }
 
 impl Default for ClientBuilder {

@@ -4,32 +4,32 @@
 //! operations and atomics by key, locks and fenced writes by lock key, RPC by
 //! procedure name, publish and exact subscriptions by channel (FNV-1a over
 //! UTF-16 code units, as the Node.js package); wildcard subscriptions go to
-//! every shard, and `keys`/`clear`/`stats`/`shutdown_broker` fan out. It builds
-//! request frames and decodes replies; sockets and threads belong to `conn`.
+//! every shard, and `keys`/`clear`/`stats`/`shutdown_broker` fan out. Each
+//! method builds a typed [`Request`] (proto encodes it) and decodes the reply's
+//! value; sockets and threads belong to `conn`.
+//!
+//! One command family per file, beside the family's own types: this file has
+//! the shards, routing, the cache, atomics and control (`stats`, `ping`,
+//! `shutdown_broker`); locks and fenced writes are in `lock`, pub/sub in
+//! `pubsub`, RPC in `rpc`; `Client::connect` and the other constructors are
+//! in `builder`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procmesh_proto::{hash, topic, Codec, Raw, Writer};
+use procmesh_proto::request::{EntryList, KeyList};
+use procmesh_proto::{hash, Codec, Num, Raw, Request};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::builder::ClientBuilder;
 use crate::conn::{Conn, Settings, Shared, Ticket};
-use crate::error::{ClientError, HandlerError, Result};
+use crate::dispatch::{Dispatcher, EventCallback};
+use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
-use crate::lock::{FencingToken, LockGuard, LockOptions};
-use crate::pending::lock;
-use crate::pubsub::{Dispatcher, EventCallback, Message, MsgHandler, Subscription};
-use crate::rpc::Registration;
 use crate::stats::Stats;
-use crate::value::{encode, encode_args};
-
-/// Extra time a caller waits for a `call` beyond its timeout, so that the
-/// broker's own `ECALLTIMEOUT` (sent at the timeout) arrives first.
-const CALL_GRACE: Duration = Duration::from_secs(5);
+use crate::value::encode;
 
 /// A duration on the wire: whole milliseconds, rounded up so that a short
 /// non-zero ttl never becomes 0 ("no expiry").
@@ -50,6 +50,10 @@ pub(crate) fn ms(d: Duration) -> u64 {
 /// use one client at once, each with requests in flight (replies are matched by
 /// id). Everything is closed when the last clone, [`Subscription`],
 /// [`Registration`] and [`LockGuard`] is dropped, or at [`Client::close`].
+///
+/// [`Subscription`]: crate::Subscription
+/// [`Registration`]: crate::Registration
+/// [`LockGuard`]: crate::LockGuard
 ///
 /// ```no_run
 /// use procmesh::Client;
@@ -96,29 +100,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-#[derive(Deserialize)]
-struct LockReply {
-    acquired: bool,
-    token: Option<u64>,
-}
-
 impl Client {
-    /// Connects to the mesh `"default"` with default options, starting a
-    /// broker if none is running.
-    pub fn connect() -> Result<Client> {
-        Client::builder().connect()
-    }
-
-    /// Connects to the default mesh sharded over `n` brokers.
-    pub fn sharded(n: usize) -> Result<Client> {
-        Client::builder().shards(n).connect()
-    }
-
-    /// A builder for every option.
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
-    }
-
     pub(crate) fn open(
         settings: Settings,
         callbacks: Vec<EventCallback>,
@@ -171,29 +153,52 @@ impl Client {
         self.inner.shared.settings.codec
     }
 
-    fn route(&self, key: &str) -> &Conn {
+    /// The connection of the shard that owns `key`.
+    pub(crate) fn route(&self, key: &str) -> &Conn {
         &self.inner.conns[hash::shard_index(key, self.inner.conns.len())]
     }
 
-    fn timeout(&self) -> Duration {
+    /// The call timeout.
+    pub(crate) fn timeout(&self) -> Duration {
         self.inner.shared.settings.call_timeout
     }
 
-    fn enc<V: Serialize + ?Sized>(&self, v: &V) -> Result<Vec<u8>> {
+    /// `v` encoded in this client's codec.
+    pub(crate) fn enc<V: Serialize + ?Sized>(&self, v: &V) -> Result<Vec<u8>> {
         encode(self.codec(), v)
     }
 
-    /// Sends `t` to every shard at once, then collects the replies in shard order.
+    /// Encoded bytes (from [`Client::enc`]) as a value of this client's codec.
+    pub(crate) fn raw<'b>(&self, bytes: &'b [u8]) -> Raw<'b> {
+        Raw::new(self.codec(), bytes)
+    }
+
+    /// The connection of shard `s`.
+    pub(crate) fn conn(&self, s: usize) -> &Conn {
+        &self.inner.conns[s]
+    }
+
+    /// What the connections share (settings, dispatch thread, handler pool).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// A new id for a local subscription handler.
+    pub(crate) fn next_sub_id(&self) -> u64 {
+        self.inner.next_sub.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `req` to every shard at once, then collects the replies in shard order.
     fn fan_out<T>(
         &self,
-        t: &'static str,
+        req: &Request<'_>,
         read: impl Fn(crate::conn::Reply) -> Result<T>,
     ) -> Result<Vec<T>> {
         let tickets: Vec<Ticket<'_>> = self
             .inner
             .conns
             .iter()
-            .map(|c| c.start(t, self.timeout(), 0, |_| {}))
+            .map(|c| c.start(req, self.timeout()))
             .collect::<Result<_>>()?;
         tickets
             .into_iter()
@@ -213,10 +218,7 @@ impl Client {
     /// The value of `key`, or `None` when it is missing or expired.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.route(key)
-            .request("get", self.timeout(), 1, |w| {
-                w.key("key");
-                w.str(key);
-            })?
+            .request(&Request::Get { key: key.into() }, self.timeout())?
             .opt()
     }
 
@@ -243,41 +245,38 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<()> {
         let v = self.enc(value)?;
-        self.route(key)
-            .request("set", self.timeout(), 2 + ttl.is_some() as usize, |w| {
-                w.key("key");
-                w.str(key);
-                write_value_ttl(w, &v, ttl);
-            })?;
+        let req = Request::Set {
+            key: key.into(),
+            value: self.raw(&v),
+            ttl_ms: ttl.map(ms),
+        };
+        self.route(key).request(&req, self.timeout())?;
         Ok(())
     }
 
     /// Deletes `key`; true if it existed.
     pub fn del(&self, key: &str) -> Result<bool> {
-        self.key_op("del", key)?.value()
+        self.key_op(&Request::Del { key: key.into() }, key)?.value()
     }
 
     /// Whether `key` holds a live value.
     pub fn has(&self, key: &str) -> Result<bool> {
-        self.key_op("has", key)?.value()
+        self.key_op(&Request::Has { key: key.into() }, key)?.value()
     }
 
-    fn key_op(&self, t: &'static str, key: &str) -> Result<crate::conn::Reply> {
-        self.route(key).request(t, self.timeout(), 1, |w| {
-            w.key("key");
-            w.str(key);
-        })
+    fn key_op(&self, req: &Request<'_>, key: &str) -> Result<crate::conn::Reply> {
+        self.route(key).request(req, self.timeout())
     }
 
     /// Every live key (of every shard).
     pub fn keys(&self) -> Result<Vec<String>> {
-        let per_shard = self.fan_out("keys", |r| r.value::<Vec<String>>())?;
+        let per_shard = self.fan_out(&Request::Keys, |r| r.value::<Vec<String>>())?;
         Ok(per_shard.into_iter().flatten().collect())
     }
 
     /// Deletes every key (on every shard).
     pub fn clear(&self) -> Result<()> {
-        self.fan_out("clear", |_| Ok(()))?;
+        self.fan_out(&Request::Clear, |_| Ok(()))?;
         Ok(())
     }
 
@@ -290,21 +289,18 @@ impl Client {
         }
         let mut tickets = Vec::new();
         for (s, idx) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-            let tk = self.inner.conns[s].start("mget", self.timeout(), 1, |w| {
-                w.key("keys");
-                w.begin_array(idx.len());
-                for &i in idx {
-                    w.str(keys[i].as_ref());
-                }
-                w.end_array();
-            })?;
+            let names: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();
+            let req = Request::Mget {
+                keys: KeyList::from_strs(&names),
+            };
+            let tk = self.inner.conns[s].start(&req, self.timeout())?;
             tickets.push((idx, tk));
         }
         let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
         for (idx, tk) in tickets {
             let reply = tk.wait()?;
             let raw = reply
-                .raw_value()?
+                .raw_value()
                 .ok_or_else(|| ClientError::Decode("mget reply has no value".into()))?;
             let (values, found) = mget_parts(raw)?;
             if values.len() != idx.len() || found.len() != idx.len() {
@@ -330,17 +326,14 @@ impl Client {
         }
         let mut tickets = Vec::new();
         for (s, g) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-            tickets.push(self.inner.conns[s].start("mset", self.timeout(), 1, |w| {
-                w.key("entries");
-                w.begin_array(g.len());
-                for (i, v) in g {
-                    w.begin_array(2);
-                    w.str(entries[*i].0.as_ref());
-                    w.raw_same(v);
-                    w.end_array();
-                }
-                w.end_array();
-            })?);
+            let pairs: Vec<(&str, Raw<'_>)> = g
+                .iter()
+                .map(|(i, v)| (entries[*i].0.as_ref(), self.raw(v)))
+                .collect();
+            let req = Request::Mset {
+                entries: EntryList::from_pairs(&pairs),
+            };
+            tickets.push(self.inner.conns[s].start(&req, self.timeout())?);
         }
         for tk in tickets {
             tk.wait()?;
@@ -355,33 +348,29 @@ impl Client {
     /// number, and with a decode error when the result is not an integer (use
     /// [`Client::incr_float`] for fractional counters).
     pub fn incr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("incr", key, |w| w.int(by))
+        self.add(key, Num::Int(by), false)
     }
 
     /// Subtracts `by` from the number at `key`; see [`Client::incr`].
     pub fn decr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("decr", key, |w| w.int(by))
+        self.add(key, Num::Int(by), true)
     }
 
     /// Adds a fractional `by` to the number at `key`.
     pub fn incr_float(&self, key: &str, by: f64) -> Result<f64> {
-        self.add("incr", key, |w| w.float(by))
+        self.add(key, Num::Float(by), false)
     }
 
-    fn add<N: DeserializeOwned>(
-        &self,
-        t: &'static str,
-        key: &str,
-        by: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<N> {
-        self.route(key)
-            .request(t, self.timeout(), 2, |w| {
-                w.key("key");
-                w.str(key);
-                w.key("by");
-                by(w);
-            })?
-            .value()
+    /// `incr` (or `decr`) `key` by `by`.
+    fn add<N: DeserializeOwned>(&self, key: &str, by: Num, decr: bool) -> Result<N> {
+        let c = self.route(key);
+        let key = key.into();
+        let req = if decr {
+            Request::Decr { key, by }
+        } else {
+            Request::Incr { key, by }
+        };
+        c.request(&req, self.timeout())?.value()
     }
 
     /// Compare-and-swap: if the value at `key` equals `prev` (`None`: the key is
@@ -391,393 +380,12 @@ impl Client {
     pub fn cas<V: Serialize>(&self, key: &str, prev: Option<&V>, next: Option<&V>) -> Result<bool> {
         let p = prev.map(|v| self.enc(v)).transpose()?;
         let n = next.map(|v| self.enc(v)).transpose()?;
-        self.route(key)
-            .request(
-                "cas",
-                self.timeout(),
-                1 + p.is_some() as usize + n.is_some() as usize,
-                |w| {
-                    w.key("key");
-                    w.str(key);
-                    write_opt(w, "prev", p.as_deref());
-                    write_opt(w, "next", n.as_deref());
-                },
-            )?
-            .value()
-    }
-
-    // ------------------------------------------------------------ locks
-
-    /// Tries to take the lock `key`, waiting up to `opts.wait` in FIFO order.
-    /// `Ok(None)` when it was not acquired in time.
-    pub fn lock(&self, key: &str, opts: LockOptions) -> Result<Option<LockGuard>> {
-        let reply = self
-            .route(key)
-            .request("lock", opts.wait + self.timeout(), 3, |w| {
-                w.key("key");
-                w.str(key);
-                w.key("ttl");
-                w.uint(ms(opts.ttl));
-                w.key("wait");
-                w.uint(ms(opts.wait));
-            })?;
-        let r: LockReply = reply.value()?;
-        if !r.acquired {
-            return Ok(None);
-        }
-        let token = r
-            .token
-            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
-        Ok(Some(LockGuard {
-            client: self.clone(),
-            key: key.to_owned(),
-            token: FencingToken(token),
-            held: true,
-        }))
-    }
-
-    /// Runs `f` while holding the lock `key`, then releases it (also when `f`
-    /// fails or panics). Fails with `ELOCKTIMEOUT` when the lock is not
-    /// acquired within `opts.wait`. The guard's `set`/`cas`/`del` are fenced.
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// use std::time::Duration;
-    /// use procmesh::LockOptions;
-    ///
-    /// let opts = LockOptions::new().wait(Duration::from_secs(1));
-    /// client.with_lock("report", opts, |ctx| {
-    ///     ctx.set("report:status", &"running")?;
-    ///     Ok::<_, procmesh::ClientError>(())
-    /// })?;
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn with_lock<T, E, F>(&self, key: &str, opts: LockOptions, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&LockGuard) -> Result<T, E>,
-        E: From<ClientError>,
-    {
-        let guard = self
-            .lock(key, opts)?
-            .ok_or_else(|| ClientError::LockTimeout {
-                key: key.to_owned(),
-                waited: opts.wait,
-            })?;
-        let r = f(&guard);
-        // A failed unlock leaves nothing to undo: the lock then expires or dies
-        // with the connection.
-        let _ = guard.unlock();
-        r
-    }
-
-    pub(crate) fn unlock_key(&self, key: &str, wait: bool) -> Result<bool> {
-        let c = self.route(key);
-        let body = |w: &mut Writer<'_>| {
-            w.key("key");
-            w.str(key);
+        let req = Request::Cas {
+            key: key.into(),
+            prev: p.as_deref().map(|b| self.raw(b)),
+            next: n.as_deref().map(|b| self.raw(b)),
         };
-        if wait {
-            c.request("unlock", self.timeout(), 1, body)?.value()
-        } else {
-            c.request_nowait("unlock", 1, body);
-            Ok(true)
-        }
-    }
-
-    /// Sets `key` to `value` if `token` is not older than the newest token seen
-    /// for the lock `lock_key`; fails with `EFENCED` otherwise.
-    pub fn fenced_set<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-    ) -> Result<()> {
-        self.fset(lock_key, token, key, value, None)
-    }
-
-    /// [`Client::fenced_set`] with an expiry.
-    pub fn fenced_set_with_ttl<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.fset(lock_key, token, key, value, Some(ttl))
-    }
-
-    fn fset<V: Serialize + ?Sized>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        value: &V,
-        ttl: Option<Duration>,
-    ) -> Result<()> {
-        let v = self.enc(value)?;
-        self.route(lock_key)
-            .request("fset", self.timeout(), 4 + ttl.is_some() as usize, |w| {
-                write_fence(w, lock_key, token, key);
-                write_value_ttl(w, &v, ttl);
-            })?;
-        Ok(())
-    }
-
-    /// Fenced [`Client::cas`]: fails with `EFENCED` when `token` is stale.
-    pub fn fenced_cas<V: Serialize>(
-        &self,
-        lock_key: &str,
-        token: FencingToken,
-        key: &str,
-        prev: Option<&V>,
-        next: Option<&V>,
-    ) -> Result<bool> {
-        let p = prev.map(|v| self.enc(v)).transpose()?;
-        let n = next.map(|v| self.enc(v)).transpose()?;
-        self.route(lock_key)
-            .request(
-                "fcas",
-                self.timeout(),
-                3 + p.is_some() as usize + n.is_some() as usize,
-                |w| {
-                    write_fence(w, lock_key, token, key);
-                    write_opt(w, "prev", p.as_deref());
-                    write_opt(w, "next", n.as_deref());
-                },
-            )?
-            .value()
-    }
-
-    /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
-    /// key existed.
-    pub fn fenced_del(&self, lock_key: &str, token: FencingToken, key: &str) -> Result<bool> {
-        self.route(lock_key)
-            .request("fdel", self.timeout(), 3, |w| {
-                write_fence(w, lock_key, token, key)
-            })?
-            .value()
-    }
-
-    // ------------------------------------------------------------ pub/sub
-
-    /// Subscribes `handler` to a channel, or to every channel starting with
-    /// `prefix` when `pattern` is `"prefix*"`. Handlers run on the client's
-    /// dispatch thread, in arrival order. Returns once the broker(s) confirmed.
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// let sub = client.subscribe("orders.*", |msg| {
-    ///     let order: serde_json::Value = msg.payload().unwrap();
-    ///     println!("{}: {order}", msg.channel());
-    /// })?;
-    /// client.publish("orders.created", &serde_json::json!({"id": 1}))?;
-    /// sub.unsubscribe()?;
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn subscribe<F>(&self, pattern: &str, handler: F) -> Result<Subscription>
-    where
-        F: Fn(Message) + Send + Sync + 'static,
-    {
-        let shards: Vec<usize> = if topic::is_pattern(pattern) {
-            (0..self.shard_count()).collect()
-        } else {
-            vec![self.shard_of(pattern).0]
-        };
-        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let h: MsgHandler = Arc::new(handler);
-        // Local handlers go in first, so that no message arriving right after the
-        // broker's confirmation is missed.
-        let mut tickets = Vec::new();
-        let mut first_err = None;
-        for &s in &shards {
-            let c = &self.inner.conns[s];
-            if lock(&c.subs).add(pattern, id, h.clone()) {
-                match c.start("sub", self.timeout(), 1, |w| {
-                    w.key("channel");
-                    w.str(pattern);
-                }) {
-                    Ok(t) => tickets.push(t),
-                    Err(e) => {
-                        first_err = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        for t in tickets {
-            if let Err(e) = t.wait() {
-                first_err.get_or_insert(e);
-            }
-        }
-        let sub = Subscription {
-            client: self.clone(),
-            pattern: pattern.to_owned(),
-            id,
-            shards,
-            active: true,
-        };
-        match first_err {
-            // Dropping the half-made subscription undoes it where it succeeded.
-            Some(e) => Err(e),
-            None => Ok(sub),
-        }
-    }
-
-    pub(crate) fn unsubscribe_shards(
-        &self,
-        pattern: &str,
-        id: u64,
-        shards: &[usize],
-        wait: bool,
-    ) -> Result<()> {
-        let mut tickets = Vec::new();
-        for &s in shards {
-            let c = &self.inner.conns[s];
-            let last = lock(&c.subs).remove(pattern, id);
-            if !last {
-                continue;
-            }
-            let body = |w: &mut Writer<'_>| {
-                w.key("channel");
-                w.str(pattern);
-            };
-            if wait {
-                tickets.push(c.start("unsub", self.timeout(), 1, body)?);
-            } else {
-                c.request_nowait("unsub", 1, body);
-            }
-        }
-        for t in tickets {
-            t.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Publishes `payload` on `channel`; returns how many connections it was
-    /// delivered to (0 for a deduplicated retry).
-    pub fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
-        let p = self.enc(payload)?;
-        let n: Option<u64> = self
-            .route(channel)
-            .request("pub", self.timeout(), 2, |w| {
-                w.key("channel");
-                w.str(channel);
-                w.key("payload");
-                w.raw_same(&p);
-            })?
-            .value()?;
-        Ok(n.unwrap_or(0))
-    }
-
-    /// Publishes without asking for an acknowledgement (`acks: 0`): returns as
-    /// soon as the frame is written, and errors on the broker's side are not
-    /// reported. Fails only when there is no connection.
-    pub fn publish_nowait<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<()> {
-        let p = self.enc(payload)?;
-        self.route(channel).send_oneway("pub", 3, |w| {
-            w.key("channel");
-            w.str(channel);
-            w.key("payload");
-            w.raw_same(&p);
-            w.key("acks");
-            w.int(0);
-        })
-    }
-
-    // ------------------------------------------------------------ RPC
-
-    /// Serves the procedure `name` with `handler` until the returned
-    /// [`Registration`] is dropped. Handlers run on a bounded pool of threads
-    /// (see [`ClientBuilder::handler_threads`]), never on the I/O thread; several
-    /// processes may register one name and calls are spread over them.
-    ///
-    /// The handler takes the call's argument list: a tuple for several
-    /// arguments, or any type for one. A panic or error is returned to the
-    /// caller (code `ECALL` unless the [`HandlerError`] carries one).
-    ///
-    /// A handler may use the client, including `call`; but handlers that wait on
-    /// calls served by this same client can exhaust the pool and wait forever,
-    /// like any bounded pool (raise [`ClientBuilder::handler_threads`] then).
-    ///
-    /// ```no_run
-    /// # let client = procmesh::Client::connect()?;
-    /// let reg = client.register("add", |(a, b): (i64, i64)| Ok(a + b))?;
-    /// let sum: i64 = client.call("add", &(2, 3), None)?;
-    /// assert_eq!(sum, 5);
-    /// # drop(reg);
-    /// # Ok::<(), procmesh::ClientError>(())
-    /// ```
-    pub fn register<A, R, F>(&self, name: &str, handler: F) -> Result<Registration>
-    where
-        A: DeserializeOwned,
-        R: Serialize,
-        F: Fn(A) -> Result<R, HandlerError> + Send + Sync + 'static,
-    {
-        self.inner.shared.pool()?;
-        let c = self.route(name);
-        {
-            let mut regs = lock(&c.regs);
-            if regs.contains_key(name) {
-                return Err(ClientError::Config(format!(
-                    "procedure `{name}` is already registered by this client"
-                )));
-            }
-            regs.insert(name.to_owned(), crate::rpc::wrap(self.codec(), handler));
-        }
-        let r = c.request("reg", self.timeout(), 1, |w| {
-            w.key("name");
-            w.str(name);
-        });
-        if let Err(e) = r {
-            lock(&c.regs).remove(name);
-            return Err(e);
-        }
-        Ok(Registration {
-            client: self.clone(),
-            name: name.to_owned(),
-            active: true,
-        })
-    }
-
-    pub(crate) fn unregister_name(&self, name: &str, wait: bool) -> Result<()> {
-        let c = self.route(name);
-        lock(&c.regs).remove(name);
-        let body = |w: &mut Writer<'_>| {
-            w.key("name");
-            w.str(name);
-        };
-        if wait {
-            c.request("unreg", self.timeout(), 1, body)?;
-        } else {
-            c.request_nowait("unreg", 1, body);
-        }
-        Ok(())
-    }
-
-    /// Calls the procedure `name` with `args` (a tuple for several arguments,
-    /// `()` for none, any other value for one) and decodes its result.
-    /// `timeout` defaults to the client's call timeout; the broker fails the call
-    /// with `ECALLTIMEOUT` when it passes, `ENOHANDLER` when nobody serves
-    /// `name`, and `EHANDLERGONE` when the worker disconnects mid-call.
-    pub fn call<A, R>(&self, name: &str, args: &A, timeout: Option<Duration>) -> Result<R>
-    where
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let a = encode_args(self.codec(), args)?;
-        let t = timeout.unwrap_or_else(|| self.timeout());
-        self.route(name)
-            .request("call", t + CALL_GRACE, 3, |w| {
-                w.key("name");
-                w.str(name);
-                w.key("args");
-                w.raw_same(&a);
-                w.key("timeout");
-                w.uint(ms(t));
-            })?
-            .value()
+        self.route(key).request(&req, self.timeout())?.value()
     }
 
     // ------------------------------------------------------------ control
@@ -785,7 +393,7 @@ impl Client {
     /// Broker statistics; for a sharded client the sum, with each shard's in
     /// [`Stats::shards`].
     pub fn stats(&self) -> Result<Stats> {
-        let mut per = self.fan_out("stats", |r| {
+        let mut per = self.fan_out(&Request::Stats, |r| {
             let mut s: Stats = r.value()?;
             s.raw = r.value()?;
             Ok(s)
@@ -799,14 +407,14 @@ impl Client {
     /// Round-trip time to the slowest shard.
     pub fn ping(&self) -> Result<Duration> {
         let t0 = Instant::now();
-        self.fan_out("ping", |_| Ok(()))?;
+        self.fan_out(&Request::Ping, |_| Ok(()))?;
         Ok(t0.elapsed())
     }
 
     /// Asks every shard's broker to exit, then closes this client (it would
     /// otherwise reconnect, and with auto-spawn start a new broker).
     pub fn shutdown_broker(&self) -> Result<()> {
-        let r = self.fan_out("shutdown", |_| Ok(()));
+        let r = self.fan_out(&Request::Shutdown, |_| Ok(()));
         self.close();
         match r {
             // The broker may close before its reply gets out; it is going down.
@@ -823,33 +431,6 @@ impl Client {
             c.close("the client was closed");
         }
     }
-}
-
-fn write_opt(w: &mut Writer<'_>, key: &str, v: Option<&[u8]>) {
-    if let Some(b) = v {
-        w.key(key);
-        w.raw_same(b);
-    }
-}
-
-/// The `value` (already encoded in the connection's codec) and optional `ttl` fields
-/// of `set` and `fset`.
-fn write_value_ttl(w: &mut Writer<'_>, value: &[u8], ttl: Option<Duration>) {
-    w.key("value");
-    w.raw_same(value);
-    if let Some(t) = ttl {
-        w.key("ttl");
-        w.uint(ms(t));
-    }
-}
-
-fn write_fence(w: &mut Writer<'_>, lock_key: &str, token: FencingToken, key: &str) {
-    w.key("key");
-    w.str(lock_key);
-    w.key("token");
-    w.uint(token.0);
-    w.key("k");
-    w.str(key);
 }
 
 /// Splits an `mget` reply `{"values":[...],"found":[...]}`.

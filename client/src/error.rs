@@ -10,7 +10,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use procmesh_proto::ErrorCode;
+use procmesh_proto::message::opt_str;
+use procmesh_proto::{ErrorCode, Frame};
 
 /// A `Result` whose error is [`ClientError`].
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -123,6 +124,22 @@ impl ClientError {
     pub(crate) fn disconnected(message: impl Into<String>) -> Self {
         ClientError::Disconnected {
             message: message.into(),
+        }
+    }
+
+    /// The error carried by an `err` frame (`EBROKER` when it names no code).
+    pub(crate) fn from_err_frame(f: &Frame<'_>) -> Self {
+        let code = opt_str(f.code, "code")
+            .ok()
+            .flatten()
+            .map(|c| c.into_owned());
+        let message = opt_str(f.message, "message")
+            .ok()
+            .flatten()
+            .map(|m| m.into_owned());
+        ClientError::Remote {
+            code: code.unwrap_or_else(|| ErrorCode::Broker.as_str().to_owned()),
+            message: message.unwrap_or_default(),
         }
     }
 }
@@ -282,6 +299,18 @@ mod tests {
         };
         assert_eq!(l.code_str(), Some("ELOCKTIMEOUT"));
         assert_eq!(ClientError::Encode("x".into()).code(), None);
+    }
+
+    #[test]
+    fn err_frames_become_remote_errors() {
+        let f = Frame::decode(
+            procmesh_proto::Codec::Json,
+            br#"{"t":"err","id":1,"message":"stale","code":"EFENCED"}"#,
+        )
+        .unwrap();
+        let e = ClientError::from_err_frame(&f);
+        assert_eq!(e.code(), Some(procmesh_proto::ErrorCode::Fenced));
+        assert_eq!(e.to_string(), "EFENCED: stale");
     }
 
     #[test]

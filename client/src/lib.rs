@@ -16,18 +16,34 @@
 //! several brokers behind the same API.
 //!
 //! # Layout
-//! - `client`: [`Client`], routing to shards, request building and replies.
-//! - `builder`: [`ClientBuilder`], every option and its default.
-//! - `conn`: one connection: pipelined requests, the reader thread, pings,
-//!   reconnect (documents the lock order).
-//! - `pending`: hand-off of replies between the reader and callers.
-//! - `pubsub`: [`Message`], [`Subscription`] and the dispatch thread.
-//! - `rpc`: [`Registration`], [`HandlerError`] and the handler pool.
-//! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`].
+//! One file per command family, the family's types and its [`Client`] methods
+//! side by side; every request is a typed `procmesh_proto::Request`, encoded by
+//! proto (no message shapes are written by hand here). No two files import
+//! each other.
+//! - `client`: [`Client`]: the shards, routing, the cache, atomics and control
+//!   (`stats`, `ping`, `shutdown_broker`).
+//! - `builder`: [`ClientBuilder`], every option and its default, and the
+//!   constructors (`Client::connect`, `sharded`, `builder`).
+//! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`]; `lock`,
+//!   `with_lock` and the fenced writes.
+//! - `pubsub`: [`Subscription`]; `subscribe` and `publish`.
+//! - `rpc`: [`Registration`]; `register` and `call`.
+//! - `conn`: one connection: pipelined requests and the state shared with its
+//!   reader thread (documents the lock order and a request's path).
+//!   - `conn::link`: connect or spawn, the hello handshake, reconnect and replay.
+//!   - `conn::reader`: the reader thread: decodes each frame once and routes
+//!     replies, messages, invokes and pings; liveness pings.
+//!   - `conn::buf`: the read buffer, consumed by offset, shared with the handshake.
+//! - `pending`: hand-off of replies (the decoded value) between the reader and
+//!   callers.
+//! - `dispatch`: [`Message`], a connection's subscription table and the
+//!   dispatch thread that runs handlers and event callbacks.
+//! - `pool`: the RPC handler pool and the wrapping of typed handlers.
+//! - `value`: serde values to and from the wire codecs.
 //! - `spawn`: finding and starting the broker binary; backoff with jitter.
 //! - `stats`: [`Stats`] and its sum over shards.
 //! - `event`: [`Event`] and [`ShardId`].
-//! - `error`: [`ClientError`] and its stable codes.
+//! - `error`: [`ClientError`], [`HandlerError`] and their stable codes.
 //!
 //! # Example
 //! ```
@@ -89,10 +105,12 @@
 mod builder;
 mod client;
 mod conn;
+mod dispatch;
 mod error;
 mod event;
 mod lock;
 mod pending;
+mod pool;
 mod pubsub;
 mod rpc;
 mod spawn;
@@ -101,11 +119,12 @@ mod value;
 
 pub use builder::ClientBuilder;
 pub use client::Client;
+pub use dispatch::Message;
 pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
 pub use procmesh_proto::{Codec, ErrorCode};
-pub use pubsub::{Message, Subscription};
+pub use pubsub::Subscription;
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
 

@@ -1,6 +1,8 @@
 //! Locks with fencing tokens (PROTOCOL.md §7).
 //!
-//! Owns [`LockGuard`], [`LockOptions`] and [`FencingToken`]. A lock lives on
+//! Owns [`LockGuard`], [`LockOptions`] and [`FencingToken`], and the lock
+//! family of [`Client`] methods: `lock`, `with_lock` and the fenced writes
+//! (`fenced_set`, `fenced_cas`, `fenced_del`), routed by lock key. A lock lives on
 //! the broker of its key's shard and belongs to this client's connection
 //! there: if that connection drops, the broker frees the lock, and writes
 //! fenced with the old token fail with `EFENCED` once anyone has locked the
@@ -9,9 +11,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use procmesh_proto::Request;
+use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::client::ms;
+use crate::error::{ClientError, Result};
 use crate::Client;
 
 /// A fencing token: strictly increasing per broker, so a write carrying an
@@ -143,5 +147,158 @@ impl fmt::Debug for LockGuard {
             .field("key", &self.key)
             .field("token", &self.token)
             .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct LockReply {
+    acquired: bool,
+    token: Option<u64>,
+}
+
+impl Client {
+    /// Tries to take the lock `key`, waiting up to `opts.wait` in FIFO order.
+    /// `Ok(None)` when it was not acquired in time.
+    pub fn lock(&self, key: &str, opts: LockOptions) -> Result<Option<LockGuard>> {
+        let req = Request::Lock {
+            key: key.into(),
+            ttl_ms: Some(ms(opts.ttl)),
+            wait_ms: Some(ms(opts.wait)),
+        };
+        let reply = self.route(key).request(&req, opts.wait + self.timeout())?;
+        let r: LockReply = reply.value()?;
+        if !r.acquired {
+            return Ok(None);
+        }
+        let token = r
+            .token
+            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
+        Ok(Some(LockGuard {
+            client: self.clone(),
+            key: key.to_owned(),
+            token: FencingToken(token),
+            held: true,
+        }))
+    }
+
+    /// Runs `f` while holding the lock `key`, then releases it (also when `f`
+    /// fails or panics). Fails with `ELOCKTIMEOUT` when the lock is not
+    /// acquired within `opts.wait`. The guard's `set`/`cas`/`del` are fenced.
+    ///
+    /// ```no_run
+    /// # let client = procmesh::Client::connect()?;
+    /// use std::time::Duration;
+    /// use procmesh::LockOptions;
+    ///
+    /// let opts = LockOptions::new().wait(Duration::from_secs(1));
+    /// client.with_lock("report", opts, |ctx| {
+    ///     ctx.set("report:status", &"running")?;
+    ///     Ok::<_, procmesh::ClientError>(())
+    /// })?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    pub fn with_lock<T, E, F>(&self, key: &str, opts: LockOptions, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&LockGuard) -> Result<T, E>,
+        E: From<ClientError>,
+    {
+        let guard = self
+            .lock(key, opts)?
+            .ok_or_else(|| ClientError::LockTimeout {
+                key: key.to_owned(),
+                waited: opts.wait,
+            })?;
+        let r = f(&guard);
+        // A failed unlock leaves nothing to undo: the lock then expires or dies
+        // with the connection.
+        let _ = guard.unlock();
+        r
+    }
+
+    pub(crate) fn unlock_key(&self, key: &str, wait: bool) -> Result<bool> {
+        let c = self.route(key);
+        let req = Request::Unlock { key: key.into() };
+        if wait {
+            c.request(&req, self.timeout())?.value()
+        } else {
+            c.request_nowait(&req);
+            Ok(true)
+        }
+    }
+
+    /// Sets `key` to `value` if `token` is not older than the newest token seen
+    /// for the lock `lock_key`; fails with `EFENCED` otherwise.
+    pub fn fenced_set<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+    ) -> Result<()> {
+        self.fset(lock_key, token, key, value, None)
+    }
+
+    /// [`Client::fenced_set`] with an expiry.
+    pub fn fenced_set_with_ttl<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.fset(lock_key, token, key, value, Some(ttl))
+    }
+
+    fn fset<V: Serialize + ?Sized>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let v = self.enc(value)?;
+        let req = Request::Fset {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+            value: self.raw(&v),
+            ttl_ms: ttl.map(ms),
+        };
+        self.route(lock_key).request(&req, self.timeout())?;
+        Ok(())
+    }
+
+    /// Fenced [`Client::cas`]: fails with `EFENCED` when `token` is stale.
+    pub fn fenced_cas<V: Serialize>(
+        &self,
+        lock_key: &str,
+        token: FencingToken,
+        key: &str,
+        prev: Option<&V>,
+        next: Option<&V>,
+    ) -> Result<bool> {
+        let p = prev.map(|v| self.enc(v)).transpose()?;
+        let n = next.map(|v| self.enc(v)).transpose()?;
+        let req = Request::Fcas {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+            prev: p.as_deref().map(|b| self.raw(b)),
+            next: n.as_deref().map(|b| self.raw(b)),
+        };
+        self.route(lock_key).request(&req, self.timeout())?.value()
+    }
+
+    /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
+    /// key existed.
+    pub fn fenced_del(&self, lock_key: &str, token: FencingToken, key: &str) -> Result<bool> {
+        let req = Request::Fdel {
+            key: lock_key.into(),
+            token: Some(token.0),
+            k: key.into(),
+        };
+        self.route(lock_key).request(&req, self.timeout())?.value()
     }
 }

@@ -1,12 +1,17 @@
 //! Requests in flight: one [`Slot`] per request, filled by the reader thread
-//! and waited on by the calling thread.
+//! and waited on by the calling thread, and the [`Reply`] it carries.
 //!
 //! Owns the hand-off of a reply between two threads; knows nothing about
-//! sockets. Invariant: a slot is filled at most once (the first fill wins: a
-//! reply racing a disconnect or a timeout never overwrites the other).
+//! sockets. The reader decodes a reply frame once and hands over only the
+//! `value` field's bytes, so the caller never parses the envelope again.
+//! Invariant: a slot is filled at most once (the first fill wins: a reply
+//! racing a disconnect or a timeout never overwrites the other).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
+
+use procmesh_proto::{Codec, Raw};
+use serde::de::DeserializeOwned;
 
 use crate::error::Result;
 
@@ -17,36 +22,94 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A reply payload (the whole frame's bytes) or the error that replaced it.
-pub(crate) type Outcome = Result<Vec<u8>>;
+/// A reply to a request, already decoded by the reader: the `value` field's
+/// bytes (validated, in the connection's codec), if the reply had one.
+///
+/// Only the value is copied out of the read buffer (a reply without one, such
+/// as `set`'s, allocates nothing); fields are decoded on demand.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    codec: Codec,
+    value: Option<Vec<u8>>,
+}
+
+impl Reply {
+    /// Keeps `value` (borrowed from the reply frame) past the read buffer.
+    pub fn new(codec: Codec, value: Option<Raw<'_>>) -> Reply {
+        Reply {
+            codec,
+            value: value.map(|r| r.bytes.to_vec()),
+        }
+    }
+
+    /// The `value` field, if present.
+    pub fn raw_value(&self) -> Option<Raw<'_>> {
+        self.value.as_deref().map(|b| Raw::new(self.codec, b))
+    }
+
+    /// The `value` field decoded; absent reads as null.
+    pub fn value<T: DeserializeOwned>(&self) -> Result<T> {
+        match self.raw_value() {
+            Some(r) => crate::value::decode(r),
+            None => crate::value::decode(crate::value::null(self.codec)),
+        }
+    }
+
+    /// The `value` field decoded, `None` when absent.
+    pub fn opt<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.raw_value().map(crate::value::decode).transpose()
+    }
+}
+
+/// A reply (by default a [`Reply`]) or the error that replaced it.
+pub(crate) type Outcome<T = Reply> = Result<T>;
 
 /// Where one request's reply goes.
-#[derive(Default)]
-pub(crate) struct Slot {
-    outcome: Mutex<Option<Outcome>>,
+pub(crate) struct Slot<T = Reply> {
+    state: Mutex<State<T>>,
     ready: Condvar,
 }
 
-impl Slot {
+struct State<T> {
+    outcome: Option<Outcome<T>>,
+    /// Set by the first fill, and never cleared: a later fill is ignored even
+    /// after the waiter has taken the first.
+    filled: bool,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            state: Mutex::new(State {
+                outcome: None,
+                filled: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Slot<T> {
     /// Stores the outcome unless one is already there, and wakes the waiter.
-    pub fn fill(&self, o: Outcome) {
-        let mut g = lock(&self.outcome);
-        if g.is_none() {
-            *g = Some(o);
+    pub fn fill(&self, o: Outcome<T>) {
+        let mut g = lock(&self.state);
+        if !g.filled {
+            g.filled = true;
+            g.outcome = Some(o);
             self.ready.notify_all();
         }
     }
 
     /// Takes the outcome if it has arrived.
-    pub fn take(&self) -> Option<Outcome> {
-        lock(&self.outcome).take()
+    pub fn take(&self) -> Option<Outcome<T>> {
+        lock(&self.state).outcome.take()
     }
 
     /// Waits until the outcome arrives or `deadline` passes.
-    pub fn wait_until(&self, deadline: Instant) -> Option<Outcome> {
-        let mut g = lock(&self.outcome);
+    pub fn wait_until(&self, deadline: Instant) -> Option<Outcome<T>> {
+        let mut g = lock(&self.state);
         loop {
-            if let Some(o) = g.take() {
+            if let Some(o) = g.outcome.take() {
                 return Some(o);
             }
             let now = Instant::now();
@@ -91,8 +154,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_keeps_only_its_value() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let v = crate::value::encode(codec, &[1, 2]).unwrap();
+            let r = Reply::new(codec, Some(Raw::new(codec, &v)));
+            assert_eq!(r.raw_value().unwrap().bytes, &v[..]);
+            assert_eq!(r.value::<Vec<i32>>().unwrap(), vec![1, 2]);
+            assert_eq!(r.opt::<Vec<i32>>().unwrap(), Some(vec![1, 2]));
+            // No value (a `set`'s `ok`): nothing kept, reads as null or `None`.
+            let none = Reply::new(codec, None);
+            assert!(none.value.is_none() && none.raw_value().is_none());
+            assert_eq!(none.value::<Option<u64>>().unwrap(), None);
+            assert_eq!(none.opt::<u64>().unwrap(), None);
+        }
+    }
+
+    #[test]
     fn deadline_passes_without_a_fill() {
-        let s = Slot::default();
+        let s: Slot = Slot::default();
         assert!(s.wait_until(Instant::now()).is_none());
     }
 }

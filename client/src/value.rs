@@ -1,7 +1,7 @@
 //! Serde values to and from the wire codecs.
 //!
 //! Owns the mapping between user types and encoded bytes: MessagePack through
-//! `rmp_serde::to_vec_named` (structs become maps, as a JSON peer expects) and
+//! `rmp_serde`'s named encoding (structs become maps, as a JSON peer expects) and
 //! JSON through `serde_json`. Encoded bytes are embedded into request frames as
 //! they are; replies are decoded straight from the reply's bytes.
 
@@ -11,14 +11,21 @@ use serde::Serialize;
 
 use crate::error::{ClientError, Result};
 
+/// First capacity of an encoded value: most values fit, and a larger one
+/// grows from here instead of from 8 bytes (`rmp_serde::to_vec_named` starts
+/// empty).
+const VALUE_CAPACITY: usize = 128;
+
 /// Encodes `v` as one value in `codec`.
 pub(crate) fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Vec<u8>> {
-    let bytes = match codec {
-        Codec::Json => serde_json::to_vec(v).map_err(|e| ClientError::Encode(e.to_string()))?,
-        Codec::MsgPack => {
-            rmp_serde::to_vec_named(v).map_err(|e| ClientError::Encode(e.to_string()))?
+    let mut bytes = Vec::with_capacity(VALUE_CAPACITY);
+    match codec {
+        Codec::Json => {
+            serde_json::to_writer(&mut bytes, v).map_err(|e| ClientError::Encode(e.to_string()))?
         }
-    };
+        Codec::MsgPack => rmp_serde::encode::write_named(&mut bytes, v)
+            .map_err(|e| ClientError::Encode(e.to_string()))?,
+    }
     // The broker accepts only values both codecs can carry (no MessagePack ext,
     // string map keys); check here so the error names the cause, not the broker.
     procmesh_proto::value::validate(codec, &bytes)
@@ -35,6 +42,22 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: Raw<'_>) -> Result<T> {
         Codec::MsgPack => {
             rmp_serde::from_slice(raw.bytes).map_err(|e| ClientError::Decode(e.to_string()))
         }
+    }
+}
+
+/// Encoded null in `codec`.
+pub(crate) fn null(codec: Codec) -> Raw<'static> {
+    match codec {
+        Codec::Json => Raw::new(Codec::Json, b"null"),
+        Codec::MsgPack => Raw::new(Codec::MsgPack, &[0xc0]),
+    }
+}
+
+/// Encoded empty array in `codec` (an absent argument list).
+pub(crate) fn empty_array(codec: Codec) -> Raw<'static> {
+    match codec {
+        Codec::Json => Raw::new(Codec::Json, b"[]"),
+        Codec::MsgPack => Raw::new(Codec::MsgPack, &[0x90]),
     }
 }
 
@@ -75,11 +98,7 @@ pub(crate) fn decode_args<A: DeserializeOwned>(args: Raw<'_>) -> Result<A> {
                 }
             }
             (None, _) => {
-                let null: &[u8] = match args.codec {
-                    Codec::Json => b"null",
-                    Codec::MsgPack => &[0xc0],
-                };
-                if let Ok(v) = decode::<A>(Raw::new(args.codec, null)) {
+                if let Ok(v) = decode::<A>(null(args.codec)) {
                     return Ok(v);
                 }
             }

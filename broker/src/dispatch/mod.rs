@@ -113,7 +113,7 @@ pub(crate) fn handle<T: Transport>(
         return;
     }
     m.stats.op(kind);
-    if is_write(kind) {
+    if m.gate.is_active() && is_write(kind) {
         if let Err(msg) = m.gate.admit(from, id, || out[from].out_len()) {
             m.stats.error(ErrorCode::Broker);
             if id.is_some() {

@@ -52,6 +52,13 @@ impl Gate {
         self.log.as_ref()
     }
 
+    /// Whether a log is attached: only then can [`Gate::admit`] refuse or hold a
+    /// write (so an in-memory broker skips admission with one check).
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.log.is_some()
+    }
+
     /// Admits a write request from `conn` whose reply will start at `reply_at()` in
     /// its output (asked only when the reply is held). `Err` carries the refusal's
     /// message (the log is failing).

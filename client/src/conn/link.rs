@@ -1,0 +1,381 @@
+//! The socket's life for one [`Conn`]: connect (spawning a broker when allowed),
+//! the hello handshake, and after a disconnect, failing what was in flight and
+//! reconnecting with replay.
+//!
+//! Owns the connect/spawn polling and reconnect backoff schedules and the
+//! order of a reconnect: the link comes up and the subscriptions and
+//! registrations are replayed under `io`, before any caller may write, so a
+//! subscription is back before requests that rely on it. It reads only the
+//! handshake's frames; after `welcome` the same [`ReadBuf`] (with any bytes read
+//! past the welcome) goes to the reader thread.
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use procmesh_proto::message::opt_str;
+use procmesh_proto::{Frame, Kind, Request};
+
+use super::buf::ReadBuf;
+use super::{fail_all, frame, Conn, Link};
+use crate::error::{ClientError, Result};
+use crate::event::Event;
+use crate::pending::{lock, Pending};
+use crate::spawn::{self, Backoff, SpawnConfig};
+
+/// First and largest delay between reconnect attempts (jittered).
+const RECONNECT_BASE: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Delays between connect attempts while a freshly spawned broker starts.
+const SPAWN_POLL_BASE: Duration = Duration::from_millis(5);
+const SPAWN_POLL_MAX: Duration = Duration::from_millis(200);
+
+impl Conn {
+    /// Connects (spawning if allowed) and completes the hello exchange.
+    pub(super) fn establish(&self) -> Result<(UnixStream, ReadBuf)> {
+        let s = self.connect_or_spawn()?;
+        self.handshake(s)
+    }
+
+    fn connect_or_spawn(&self) -> Result<UnixStream> {
+        let first = match UnixStream::connect(&self.path) {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        let nobody_listens = matches!(
+            first.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        );
+        let Some(sp) = self
+            .shared
+            .settings
+            .spawn
+            .as_ref()
+            .filter(|_| nobody_listens)
+        else {
+            return Err(ClientError::Connect {
+                path: self.path.clone(),
+                source: first,
+            });
+        };
+        let program = match &sp.program {
+            Some(p) => p.clone(),
+            None => spawn::locate_broker()?,
+        };
+        spawn::spawn_broker(
+            &program,
+            &SpawnConfig {
+                name: self.name.clone(),
+                socket: self.path.clone(),
+                idle_timeout: sp.idle_timeout,
+                token: self.shared.settings.token.clone(),
+                max_keys: sp.max_keys,
+                opts: sp.opts.clone(),
+            },
+        )?;
+        self.emit(Event::Spawned {
+            shard: self.shard,
+            path: self.path.clone(),
+            program,
+        });
+        // Whichever broker wins a spawn race owns the socket; poll until it is there.
+        let deadline = Instant::now() + self.shared.settings.connect_timeout;
+        let mut backoff = Backoff::new(SPAWN_POLL_BASE, SPAWN_POLL_MAX);
+        loop {
+            std::thread::sleep(backoff.next_delay());
+            match UnixStream::connect(&self.path) {
+                Ok(s) => return Ok(s),
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(ClientError::Connect {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Sends `hello` and reads until `welcome` (answering pings meanwhile).
+    /// Returns the socket and the read buffer, holding any bytes read past the
+    /// welcome.
+    fn handshake(&self, mut s: UnixStream) -> Result<(UnixStream, ReadBuf)> {
+        let io_err = |source: std::io::Error| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        };
+        let timeout = self.shared.settings.connect_timeout;
+        s.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        let id = self.next_id();
+        let pid = lock(&self.io).pid.clone();
+        let codec = self.codec();
+        // {"t":"hello","id":ID,"name":NAME,"token"?:T,"pid"?:P}
+        let hello = Request::Hello {
+            name: Some(self.name.as_str().into()),
+            token: self.shared.settings.token.as_deref().map(Into::into),
+            pid: pid.as_deref().map(Into::into),
+        };
+        s.write_all(&frame(codec, &hello, Some(id))?)
+            .map_err(io_err)?;
+        let mut buf = ReadBuf::new();
+        loop {
+            let mut welcomed = false;
+            while let Some(payload) = buf
+                .next_frame()
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+            {
+                let f = Frame::decode(codec, payload)
+                    .map_err(|e| ClientError::Decode(e.message().to_owned()))?;
+                let is_ours = f.id.and_then(|r| r.as_i64()) == Some(id as i64);
+                match f.kind() {
+                    Kind::Welcome | Kind::Ok if is_ours => {
+                        if let Ok(Some(p)) = opt_str(f.pid, "pid") {
+                            lock(&self.io).pid = Some(p.into_owned());
+                        }
+                        welcomed = true;
+                        break;
+                    }
+                    Kind::Err if is_ours => return Err(ClientError::from_err_frame(&f)),
+                    Kind::Ping => {
+                        s.write_all(&frame(codec, &Request::Pong, None)?)
+                            .map_err(io_err)?;
+                    }
+                    _ => {}
+                }
+            }
+            if welcomed {
+                // A broker that accepts no bytes for a whole call timeout is
+                // treated as dead (the write fails and the socket is shut down),
+                // so a writer never blocks forever holding `io`.
+                s.set_write_timeout(Some(
+                    self.shared
+                        .settings
+                        .call_timeout
+                        .max(Duration::from_secs(1)),
+                ))
+                .map_err(io_err)?;
+                return Ok((s, buf));
+            }
+            match buf.fill_from(&mut s) {
+                Ok(0) => {
+                    return Err(ClientError::disconnected(format!(
+                        "the broker at {} closed the connection during hello",
+                        self.path.display()
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout {
+                        op: "hello",
+                        after: timeout,
+                    })
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+    }
+
+    /// After the reader saw the socket die: fail what was in flight, tell
+    /// observers, and reconnect (unless closed or reconnect is off). Returns the
+    /// new socket and read buffer for the reader, or `None` when the reader
+    /// should exit.
+    pub(super) fn after_disconnect(&self, reason: String) -> Option<(UnixStream, ReadBuf)> {
+        let mut io = lock(&self.io);
+        if let Some(s) = io.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        io.generation += 1;
+        let was_closed = io.link == Link::Closed;
+        if !was_closed {
+            if self.shared.settings.reconnect {
+                io.link = Link::Reconnecting;
+            } else {
+                io.link = Link::Closed;
+                io.closed_reason = format!(
+                    "disconnected from {} ({reason}); reconnect is off",
+                    self.path.display()
+                );
+            }
+        }
+        let drained = std::mem::take(&mut *lock(&self.pending));
+        self.link_changed.notify_all();
+        let closed = io.link == Link::Closed;
+        drop(io);
+        fail_all(
+            drained,
+            &format!(
+                "connection to the broker at {} lost: {reason}",
+                self.path.display()
+            ),
+        );
+        if was_closed {
+            return None;
+        }
+        self.emit(Event::Disconnected {
+            shard: self.shard,
+            path: self.path.clone(),
+            reason,
+        });
+        if closed {
+            return None;
+        }
+        self.reconnect()
+    }
+
+    fn reconnect(&self) -> Option<(UnixStream, ReadBuf)> {
+        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
+        let mut attempts = 0u32;
+        loop {
+            // Sleep for the backoff, but wake at once when the client is closed.
+            {
+                let deadline = Instant::now() + backoff.next_delay();
+                let mut io = lock(&self.io);
+                loop {
+                    if io.link == Link::Closed {
+                        return None;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    io = self
+                        .link_changed
+                        .wait_timeout(io, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            attempts += 1;
+            let (stream, buf) = match self.establish() {
+                Ok(x) => x,
+                Err(e) => {
+                    self.emit(Event::Error {
+                        shard: self.shard,
+                        message: format!("reconnect attempt {attempts} failed: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let Ok(writer) = stream.try_clone() else {
+                continue;
+            };
+            let mut io = lock(&self.io);
+            if io.link == Link::Closed {
+                let _ = stream.shutdown(Shutdown::Both);
+                return None;
+            }
+            io.stream = Some(writer);
+            io.link = Link::Up;
+            // Replay before anyone else may write, so a subscription is back before
+            // requests that rely on it.
+            let patterns = lock(&self.subs).patterns();
+            let names: Vec<String> = lock(&self.regs).keys().cloned().collect();
+            // Names and patterns are plain strings: encoding cannot fail.
+            for p in patterns {
+                let id = self.next_id();
+                let sub = Request::Sub {
+                    channel: p.as_str().into(),
+                };
+                let _ = self.write_locked(&mut io, id, &sub, Pending::Background("resubscribe"));
+            }
+            for n in names {
+                let id = self.next_id();
+                let reg = Request::Reg {
+                    name: n.as_str().into(),
+                };
+                let _ = self.write_locked(&mut io, id, &reg, Pending::Background("re-register"));
+            }
+            self.link_changed.notify_all();
+            drop(io);
+            self.emit(Event::Reconnected {
+                shard: self.shard,
+                path: self.path.clone(),
+                attempts,
+            });
+            return Some((stream, buf));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+    use std::sync::Arc;
+
+    use procmesh_proto::response::{Push, Reply as Response};
+    use procmesh_proto::Codec;
+
+    use super::*;
+    use crate::conn::{Settings, Shared};
+    use crate::dispatch::Dispatcher;
+    use crate::event::ShardId;
+
+    /// Reads one frame from `s` into `buf` and returns its kind and id.
+    fn read_one(s: &mut UnixStream, buf: &mut ReadBuf, codec: Codec) -> (Kind, Option<u64>) {
+        loop {
+            if let Some(p) = buf.next_frame().unwrap() {
+                let f = Frame::decode(codec, p).unwrap();
+                return (f.kind(), f.id.and_then(|i| i.as_i64()).map(|i| i as u64));
+            }
+            assert!(buf.fill_from(s).unwrap() > 0, "client hung up");
+        }
+    }
+
+    /// Bytes that arrive in the same read as the `welcome` are not lost: the
+    /// handshake's buffer goes on to the reader thread, which answers the ping.
+    #[test]
+    fn bytes_after_the_welcome_reach_the_reader() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fake.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let broker = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = ReadBuf::new();
+                let (kind, id) = read_one(&mut s, &mut buf, codec);
+                assert_eq!(kind, Kind::Hello);
+                let id_bytes = match codec {
+                    Codec::Json => id.unwrap().to_string().into_bytes(),
+                    Codec::MsgPack => vec![id.unwrap() as u8],
+                };
+                let mut out = Vec::new();
+                Response::Welcome {
+                    broker: "fake",
+                    pid: "p1",
+                }
+                .encode_into(
+                    codec,
+                    Some(procmesh_proto::Raw::new(codec, &id_bytes)),
+                    &mut out,
+                );
+                Push::Ping.encode_into(codec, &mut out).unwrap();
+                s.write_all(&out).unwrap(); // one write: welcome and ping together
+                read_one(&mut s, &mut buf, codec).0
+            });
+            let settings = Settings {
+                codec,
+                token: None,
+                call_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(10),
+                ping_interval: None,
+                reconnect: false,
+                spawn: None,
+                handler_threads: 1,
+            };
+            let shared = Arc::new(Shared::new(settings, Dispatcher::start(vec![]).unwrap()));
+            let conn = Conn::open(ShardId(0), path, "t".into(), shared).unwrap();
+            assert_eq!(broker.join().unwrap(), Kind::Pong);
+            assert_eq!(lock(&conn.io).pid.as_deref(), Some("p1"));
+            conn.close("test over");
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! One connection to one broker (one shard): sending requests and the state
+//! they share with the reader thread.
+//!
+//! Owns the socket's write half, the requests in flight (`pending`), and this
+//! connection's subscription and registration tables (replayed after a
+//! reconnect). It does not know about shards or serde types: `client` builds
+//! the requests and decodes the replies' values.
+//!
+//! The methods of [`Conn`] are split by concern, each file one side of it:
+//! - this file: the callers' side: send a request, wait for its reply
+//!   ([`Ticket`]), close;
+//! - `link`: the socket's life: connect or spawn, the hello handshake,
+//!   disconnect and reconnect with replay;
+//! - `reader`: the reader thread: read frames, route replies to `pending`,
+//!   `msg` to subscriptions, `invoke` to the handler pool, answer pings;
+//! - `buf`: the read buffer, shared by the handshake and the reader.
+//!
+//! A request goes one way: `client` builds a typed `Request` → encoded (by
+//! proto) under `io` into this connection's one write buffer → socket. A reply
+//! goes one way back: socket → `ReadBuf` → `reader` decodes the frame once →
+//! the `value` bytes in a [`Reply`] → the request's `Slot` → the caller.
+//!
+//! # Threads
+//! Any number of caller threads send requests; one reader thread per
+//! connection reads every frame (replies, `msg`, `invoke`, broker `ping`) and,
+//! when the socket dies, fails what is in flight and reconnects. Subscription
+//! handlers run on the dispatch thread, RPC handlers on the pool.
+//!
+//! # Lock order
+//! `io` → `pending`, `io` → `subs`, `io` → `regs`. `pending`, `subs`, `regs`,
+//! each request's `Slot` and the pool's queue are leaves: nothing else is
+//! locked while one is held,
+//! and no user code ever runs under any of them. A request is entered into
+//! `pending` only while `io` is held and the link is up, and a disconnect marks
+//! the link down and drains `pending` under `io` too; so every request in
+//! flight is either answered or failed with `EDISCONNECTED`, never lost.
+
+mod buf;
+mod link;
+mod reader;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use procmesh_proto::{Codec, Request};
+
+use crate::dispatch::{Dispatcher, Subs};
+use crate::error::{ClientError, Result};
+use crate::event::{Event, ShardId};
+pub(crate) use crate::pending::Reply;
+use crate::pending::{lock, Pending, Slot};
+use crate::pool::{Pool, RpcHandler};
+
+/// Auto-spawn settings (present when auto-spawn is on).
+#[derive(Debug, Clone)]
+pub(crate) struct SpawnSettings {
+    /// An explicit broker binary, else it is searched for.
+    pub program: Option<PathBuf>,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--max-keys`.
+    pub max_keys: Option<u64>,
+    /// `PROCMESH_BROKER_OPTS`.
+    pub opts: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Settings common to every connection of one client.
+pub(crate) struct Settings {
+    pub codec: Codec,
+    pub token: Option<String>,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ping_interval: Option<Duration>,
+    pub reconnect: bool,
+    pub spawn: Option<SpawnSettings>,
+    pub handler_threads: usize,
+}
+
+/// What the connections of one client share.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub dispatch: Dispatcher,
+    pool: Mutex<Option<Arc<Pool>>>,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, dispatch: Dispatcher) -> Self {
+        Shared {
+            settings,
+            dispatch,
+            pool: Mutex::new(None),
+        }
+    }
+
+    /// The handler pool, started on first use (a client that never registers a
+    /// procedure has no worker threads).
+    pub fn pool(&self) -> Result<Arc<Pool>> {
+        let mut g = lock(&self.pool);
+        if let Some(p) = &*g {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            Pool::new(self.settings.handler_threads)
+                .map_err(|e| ClientError::Config(format!("cannot start handler threads: {e}")))?,
+        );
+        *g = Some(p.clone());
+        Ok(p)
+    }
+
+    fn pool_if_started(&self) -> Option<Arc<Pool>> {
+        lock(&self.pool).clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    Reconnecting,
+    Closed,
+}
+
+struct Io {
+    /// The write half (a clone of the reader's socket) while the link is up.
+    stream: Option<UnixStream>,
+    link: Link,
+    /// Bumped at every disconnect: results computed for an older connection
+    /// are dropped.
+    generation: u64,
+    /// The producer id the broker gave us, presented again after a reconnect.
+    pid: Option<String>,
+    /// Why the link is closed.
+    closed_reason: String,
+    /// Every outbound frame is encoded here, under `io`, then written: one
+    /// buffer per connection, reused, instead of one allocation per request.
+    wbuf: Vec<u8>,
+}
+
+/// Capacity the write buffer returns to after a large request.
+const WRITE_BUF_TARGET: usize = 64 * 1024;
+
+impl Io {
+    /// Encodes `req` (with `id`) as the one frame in the write buffer.
+    fn encode(&mut self, codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<()> {
+        self.wbuf.clear();
+        req.encode_into(codec, id, &mut self.wbuf)
+            .map_err(|e| ClientError::Encode(e.message().to_owned()))
+    }
+
+    /// Writes the encoded frame. On a write error the socket is shut down: the
+    /// reader then sees it die and fails `pending`.
+    fn write_encoded(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            if s.write_all(&self.wbuf).is_err() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        if self.wbuf.capacity() > WRITE_BUF_TARGET {
+            self.wbuf.clear();
+            self.wbuf.shrink_to(WRITE_BUF_TARGET);
+        }
+    }
+}
+
+/// Encodes `req` as one whole frame (length prefix included) into a new buffer,
+/// for writes outside a connection's `io` (the handshake).
+pub(crate) fn frame(codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    req.encode_into(codec, id, &mut out)
+        .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+    Ok(out)
+}
+
+/// A request in flight.
+pub(crate) struct Ticket<'c> {
+    conn: &'c Conn,
+    id: u64,
+    slot: Arc<Slot>,
+    deadline: Instant,
+    op: &'static str,
+    timeout: Duration,
+}
+
+impl Ticket<'_> {
+    /// Waits for the reply until the request's deadline.
+    pub fn wait(self) -> Result<Reply> {
+        match self.slot.wait_until(self.deadline) {
+            Some(o) => o,
+            None => {
+                lock(&self.conn.pending).remove(&self.id);
+                // The reply may have landed between the timeout and the removal.
+                match self.slot.take() {
+                    Some(o) => o,
+                    None => Err(ClientError::Timeout {
+                        op: self.op,
+                        after: self.timeout,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// One connection to one broker.
+pub(crate) struct Conn {
+    pub shard: ShardId,
+    pub path: PathBuf,
+    /// The mesh name of this shard (`hello` name, spawned broker's `--name`).
+    pub name: String,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    io: Mutex<Io>,
+    /// Signalled when the link changes state.
+    link_changed: Condvar,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// This connection's subscriptions (local handlers by pattern).
+    pub subs: Mutex<Subs>,
+    /// This connection's registered procedures.
+    pub regs: Mutex<HashMap<String, RpcHandler>>,
+}
+
+impl Conn {
+    /// Connects (spawning a broker when allowed and none listens), says hello,
+    /// and starts the reader thread.
+    pub fn open(
+        shard: ShardId,
+        path: PathBuf,
+        name: String,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Conn>> {
+        let conn = Arc::new(Conn {
+            shard,
+            path,
+            name,
+            shared,
+            next_id: AtomicU64::new(1),
+            io: Mutex::new(Io {
+                stream: None,
+                link: Link::Reconnecting,
+                generation: 0,
+                pid: None,
+                closed_reason: String::new(),
+                wbuf: Vec::new(),
+            }),
+            link_changed: Condvar::new(),
+            pending: Mutex::new(HashMap::new()),
+            subs: Mutex::new(Subs::default()),
+            regs: Mutex::new(HashMap::new()),
+        });
+        let (stream, buf) = conn.establish()?;
+        let writer = stream.try_clone().map_err(|source| ClientError::Connect {
+            path: conn.path.clone(),
+            source,
+        })?;
+        {
+            let mut io = lock(&conn.io);
+            io.stream = Some(writer);
+            io.link = Link::Up;
+        }
+        conn.emit(Event::Connected {
+            shard,
+            path: conn.path.clone(),
+        });
+        let c = conn.clone();
+        std::thread::Builder::new()
+            .name(format!("procmesh-io-{}", shard.0))
+            .spawn(move || reader::run(c, stream, buf))
+            .map_err(|e| ClientError::Config(format!("cannot start the I/O thread: {e}")))?;
+        Ok(conn)
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.shared.settings.codec
+    }
+
+    fn emit(&self, e: Event) {
+        self.shared.dispatch.event(e);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `req` and waits up to `timeout` for its reply.
+    pub fn request(&self, req: &Request<'_>, timeout: Duration) -> Result<Reply> {
+        self.start(req, timeout)?.wait()
+    }
+
+    /// Sends `req`; the reply is waited for with [`Ticket::wait`], so a caller
+    /// can have requests to several shards in flight at once.
+    pub fn start(&self, req: &Request<'_>, timeout: Duration) -> Result<Ticket<'_>> {
+        let id = self.next_id();
+        let deadline = Instant::now() + timeout;
+        let slot = Arc::new(Slot::default());
+        let mut io = self.wait_up(deadline)?;
+        self.write_locked(&mut io, id, req, Pending::Waiter(slot.clone()))?;
+        drop(io);
+        Ok(Ticket {
+            conn: self,
+            id,
+            slot,
+            deadline,
+            op: req.kind().tag(),
+            timeout,
+        })
+    }
+
+    /// Sends `req` without waiting; an error reply becomes an `Event::Error`.
+    /// Does nothing while the link is down (what it would undo, such as a lock
+    /// or a subscription, died with the old connection).
+    pub fn request_nowait(&self, req: &Request<'_>) {
+        let id = self.next_id();
+        let mut io = lock(&self.io);
+        if io.link != Link::Up {
+            return;
+        }
+        let what = req.kind().tag();
+        if let Err(e) = self.write_locked(&mut io, id, req, Pending::Background(what)) {
+            drop(io);
+            self.emit(Event::Error {
+                shard: self.shard,
+                message: format!("{what}: {e}"),
+            });
+        }
+    }
+
+    /// Sends `req` without an id, which the broker never answers. Waits for a
+    /// reconnect like a request would.
+    pub fn send_oneway(&self, req: &Request<'_>) -> Result<()> {
+        let deadline = Instant::now() + self.shared.settings.call_timeout;
+        let mut io = self.wait_up(deadline)?;
+        io.encode(self.codec(), req, None)?;
+        io.write_encoded();
+        Ok(())
+    }
+
+    /// Locks `io` once the link is up, waiting for a reconnect until `deadline`.
+    fn wait_up(&self, deadline: Instant) -> Result<std::sync::MutexGuard<'_, Io>> {
+        let mut io = lock(&self.io);
+        loop {
+            match io.link {
+                Link::Up => return Ok(io),
+                Link::Closed => return Err(ClientError::disconnected(io.closed_reason.clone())),
+                Link::Reconnecting => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ClientError::disconnected(format!(
+                            "not connected to the broker at {} (reconnecting)",
+                            self.path.display()
+                        )));
+                    }
+                    io = self
+                        .link_changed
+                        .wait_timeout(io, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Encodes `req` as request `id`, enters it in `pending` and writes it,
+    /// with the link up. A write error fails it later (the reader sees the
+    /// socket die); an encoding error fails it now, before anything is sent.
+    fn write_locked(&self, io: &mut Io, id: u64, req: &Request<'_>, p: Pending) -> Result<()> {
+        io.encode(self.codec(), req, Some(id))?;
+        lock(&self.pending).insert(id, p);
+        io.write_encoded();
+        Ok(())
+    }
+
+    /// Writes a frame that expects no reply (a `pong`, a `result`) if the link
+    /// is up and still the connection of `generation` (any, when `None`).
+    fn write_oneway(&self, req: &Request<'_>, generation: Option<u64>) {
+        let mut io = lock(&self.io);
+        if io.link != Link::Up || generation.is_some_and(|g| g != io.generation) {
+            return;
+        }
+        // The values in `req` are in this connection's codec: encoding cannot fail.
+        if io.encode(self.codec(), req, None).is_ok() {
+            io.write_encoded();
+        }
+    }
+
+    /// Closes the connection for good: no reconnect; requests in flight fail
+    /// with `EDISCONNECTED`.
+    pub fn close(&self, reason: &str) {
+        let mut io = lock(&self.io);
+        if io.link == Link::Closed {
+            return;
+        }
+        io.link = Link::Closed;
+        io.closed_reason = reason.to_owned();
+        if let Some(s) = io.stream.take() {
+            // Wakes the reader, which fails what is in flight and exits.
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let drained = std::mem::take(&mut *lock(&self.pending));
+        self.link_changed.notify_all();
+        drop(io);
+        fail_all(drained, reason);
+    }
+}
+
+/// Fails every request of `drained` with `EDISCONNECTED` and `reason`.
+fn fail_all(drained: HashMap<u64, Pending>, reason: &str) {
+    for p in drained.into_values() {
+        if let Pending::Waiter(slot) = p {
+            slot.fill(Err(ClientError::disconnected(reason)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procmesh_proto::message::opt_u64;
+    use procmesh_proto::{Frame, Kind};
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(&b[4..]).unwrap()
+    }
+
+    #[test]
+    fn built_frames_have_counted_fields() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let value = crate::value::encode(codec, &1).unwrap();
+            let set = Request::Set {
+                key: "k".into(),
+                value: procmesh_proto::Raw::new(codec, &value),
+                ttl_ms: Some(5),
+            };
+            let b = frame(codec, &set, Some(7)).unwrap();
+            let f = Frame::decode(codec, &b[4..]).unwrap();
+            assert_eq!(f.kind(), Kind::Set);
+            assert_eq!(f.id.unwrap().as_i64(), Some(7));
+            assert_eq!(opt_u64(f.ttl, "ttl").unwrap(), Some(5));
+        }
+        assert_eq!(
+            json(&frame(Codec::Json, &Request::Pong, None).unwrap()),
+            serde_json::json!({"t":"pong"})
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The reader thread of one [`Conn`]: reads every inbound frame and routes it.
+//!
+//! Owns liveness (pings when the broker is quiet, a deadline for any inbound
+//! byte) and the routing of frames: a reply goes to its request's slot in
+//! `pending`, `msg` to the matching subscriptions (on the dispatch thread),
+//! `invoke` to the handler pool, a broker `ping` is answered at once. Each
+//! frame is decoded once, here: a waiting caller receives only the reply's
+//! `value` bytes ([`Reply`]), never the frame to parse again. When the socket
+//! dies, `link` fails what is in flight and reconnects, and reading resumes on
+//! the new socket.
+
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use procmesh_proto::message::{opt_str, opt_u64};
+use procmesh_proto::{Codec, Frame, Kind, Raw, Request, Writer};
+
+use super::buf::ReadBuf;
+use super::Conn;
+use crate::dispatch::Message;
+use crate::error::{ClientError, HandlerError};
+use crate::event::Event;
+use crate::pending::{lock, Pending, Reply};
+
+/// The reader thread's body: read until the socket dies, then let `link`
+/// reconnect; exit when the connection is closed for good.
+pub(super) fn run(conn: Arc<Conn>, mut stream: UnixStream, mut buf: ReadBuf) {
+    loop {
+        let generation = lock(&conn.io).generation;
+        let reason = conn.read_loop(&mut stream, &mut buf, generation);
+        let _ = stream.shutdown(Shutdown::Both);
+        match conn.after_disconnect(reason) {
+            Some((s, b)) => {
+                stream = s;
+                buf = b;
+            }
+            None => return,
+        }
+    }
+}
+
+impl Conn {
+    /// Reads and handles frames until the connection dies; returns why.
+    fn read_loop(
+        self: &Arc<Self>,
+        s: &mut UnixStream,
+        buf: &mut ReadBuf,
+        generation: u64,
+    ) -> String {
+        let interval = self.shared.settings.ping_interval.filter(|d| !d.is_zero());
+        let _ = s.set_read_timeout(interval.map(|d| (d / 2).max(Duration::from_millis(1))));
+        let mut last_inbound = Instant::now();
+        let mut ping_sent = false;
+        loop {
+            loop {
+                match buf.next_frame() {
+                    Ok(Some(payload)) => self.handle(payload, generation),
+                    Ok(None) => break,
+                    Err(e) => return format!("bad frame from the broker: {e}"),
+                }
+            }
+            match buf.fill_from(s) {
+                Ok(0) => return "the broker closed the connection".into(),
+                Ok(_) => {
+                    last_inbound = Instant::now();
+                    ping_sent = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let Some(iv) = interval else { continue };
+                    let idle = last_inbound.elapsed();
+                    if idle >= iv * 2 {
+                        return format!("no answer from the broker for {} ms", idle.as_millis());
+                    }
+                    if idle >= iv && !ping_sent {
+                        // Any inbound frame proves liveness; the pong itself is ignored.
+                        self.request_nowait(&Request::Ping);
+                        ping_sent = true;
+                    }
+                }
+                Err(e) => return format!("read error: {e}"),
+            }
+        }
+    }
+
+    /// Handles one inbound frame.
+    fn handle(self: &Arc<Self>, payload: &[u8], generation: u64) {
+        let codec = self.codec();
+        let f = match Frame::decode(codec, payload) {
+            Ok(f) => f,
+            Err(e) => {
+                self.emit(Event::Error {
+                    shard: self.shard,
+                    message: format!("undecodable frame: {e}"),
+                });
+                return;
+            }
+        };
+        match f.kind() {
+            Kind::Ok | Kind::Err | Kind::Pong | Kind::Welcome => {
+                let Some(id) = f.id.and_then(|r| opt_u64(Some(r), "id").ok().flatten()) else {
+                    if f.kind() == Kind::Err {
+                        self.emit(Event::Error {
+                            shard: self.shard,
+                            message: ClientError::from_err_frame(&f).to_string(),
+                        });
+                    }
+                    return;
+                };
+                let p = lock(&self.pending).remove(&id);
+                match p {
+                    Some(Pending::Waiter(slot)) => slot.fill(if f.kind() == Kind::Err {
+                        Err(ClientError::from_err_frame(&f))
+                    } else {
+                        Ok(Reply::new(codec, f.value))
+                    }),
+                    Some(Pending::Background(what)) if f.kind() == Kind::Err => {
+                        self.emit(Event::Error {
+                            shard: self.shard,
+                            message: format!("{what}: {}", ClientError::from_err_frame(&f)),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            Kind::Ping => {
+                self.write_oneway(&Request::Pong, None);
+            }
+            Kind::Msg => self.on_msg(&f),
+            Kind::Invoke => self.on_invoke(&f, generation),
+            _ => {}
+        }
+    }
+
+    fn on_msg(&self, f: &Frame<'_>) {
+        let Ok(Some(channel)) = opt_str(f.channel, "channel") else {
+            return;
+        };
+        let handlers = lock(&self.subs).matching(&channel);
+        if handlers.is_empty() {
+            return;
+        }
+        let codec = self.codec();
+        let payload = f
+            .payload
+            .unwrap_or(crate::value::null(codec))
+            .bytes
+            .to_vec();
+        let offset = opt_u64(f.offset, "offset").ok().flatten();
+        self.shared.dispatch.msg(
+            handlers,
+            Message::new(channel.into_owned(), payload, codec, offset),
+        );
+    }
+
+    fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, generation: u64) {
+        let codec = self.codec();
+        // The broker numbers its invokes; a `result` must carry that number.
+        let Ok(Some(id)) = opt_u64(f.id, "id") else {
+            return;
+        };
+        let name = match opt_str(f.name, "name") {
+            Ok(Some(n)) => n.into_owned(),
+            _ => return,
+        };
+        let args = f.args.map(|a| a.bytes.to_vec());
+        let handler = lock(&self.regs).get(&name).cloned();
+        let (Some(handler), Some(pool)) = (handler, self.shared.pool_if_started()) else {
+            let e = HandlerError::new(format!("no handler for `{name}` on this client"))
+                .with_code(procmesh_proto::ErrorCode::NoHandler.as_str());
+            let (e, mut scratch) = (Err(e), Vec::new());
+            let result = result_request(codec, id, &e, &mut scratch);
+            self.write_oneway(&result, Some(generation));
+            return;
+        };
+        let conn = self.clone();
+        pool.submit(Box::new(move || {
+            let args = match &args {
+                Some(a) => Raw::new(codec, a),
+                None => crate::value::empty_array(codec),
+            };
+            let r = crate::pool::run_handler(&handler, args);
+            let mut scratch = Vec::new();
+            let result = result_request(codec, id, &r, &mut scratch);
+            conn.write_oneway(&result, Some(generation));
+        }));
+    }
+}
+
+/// The `result` answering invoke `id`: `{"t":"result","id":ID,"result":R}` or
+/// `{"t":"result","id":ID,"error":{"message":M,"code":C}}`. An error's map is
+/// encoded into `scratch`.
+fn result_request<'a>(
+    codec: Codec,
+    id: u64,
+    r: &'a Result<Vec<u8>, HandlerError>,
+    scratch: &'a mut Vec<u8>,
+) -> Request<'a> {
+    match r {
+        Ok(bytes) => Request::Result {
+            id,
+            result: Some(Raw::new(codec, bytes)),
+            error: None,
+        },
+        Err(e) => {
+            let mut w = Writer::new(codec, scratch);
+            w.begin_map(2);
+            w.key("message");
+            w.str(e.message());
+            w.key("code");
+            w.str(e.code());
+            w.end_map();
+            let scratch: &'a Vec<u8> = scratch;
+            Request::Result {
+                id,
+                result: None,
+                error: Some(Raw::new(codec, scratch)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(&b[4..]).unwrap()
+    }
+
+    fn result_frame(codec: Codec, id: u64, r: Result<Vec<u8>, HandlerError>) -> Vec<u8> {
+        let mut scratch = Vec::new();
+        super::super::frame(codec, &result_request(codec, id, &r, &mut scratch), None).unwrap()
+    }
+
+    #[test]
+    fn result_frames_match_the_protocol() {
+        let ok = result_frame(Codec::Json, 12, Ok(b"[1,2]".to_vec()));
+        assert_eq!(
+            json(&ok),
+            serde_json::json!({"t":"result","id":12,"result":[1,2]})
+        );
+        let e = HandlerError::new("nope").with_code("EINVAL");
+        let err = result_frame(Codec::Json, 3, Err(e));
+        assert_eq!(
+            json(&err),
+            serde_json::json!({"t":"result","id":3,"error":{"message":"nope","code":"EINVAL"}})
+        );
+        let mp = result_frame(Codec::MsgPack, 5, Ok(vec![0xc3]));
+        let v: serde_json::Value = rmp_serde::from_slice(&mp[4..]).unwrap();
+        assert_eq!(v, serde_json::json!({"t":"result","id":5,"result":true}));
+    }
+}
