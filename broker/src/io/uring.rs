@@ -525,10 +525,14 @@ impl Reactor {
         }
         // Registered on the loop's thread (a single-issuer ring's owner).
         self.io.bufs = BufRing::register(&self.io.ring).ok();
-        let result = self.run_loop();
+        let mut result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
+            // Acknowledged writes may not be durable: the stop must not look clean.
             log_line!("procmesh: {e}");
+            if result.is_ok() {
+                result = Err(io::Error::other(e));
+            }
         }
         self.drain();
         let _ = std::fs::remove_file(&self.socket);
