@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod control;
 mod locks;
+mod msgpackr;
 mod persistence;
 mod pubsub;
 mod rpc;
