@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::{opt_str, opt_u64};
-use procmesh_proto::{Codec, Frame, Kind, Raw, Request, Writer};
+use procmesh_proto::msgpackr::Normalizer;
+use procmesh_proto::{frame as wire_frame, Codec, DecodeError, Frame, Kind, Raw, Request, Writer};
 
 use super::buf::ReadBuf;
 use super::Conn;
@@ -53,10 +54,11 @@ impl Conn {
         let _ = s.set_read_timeout(interval.map(|d| (d / 2).max(Duration::from_millis(1))));
         let mut last_inbound = Instant::now();
         let mut ping_sent = false;
+        let mut records = Records::default();
         loop {
             loop {
                 match buf.next_frame() {
-                    Ok(Some(payload)) => self.handle(payload, generation),
+                    Ok(Some(payload)) => self.handle(payload, generation, &mut records),
                     Ok(None) => break,
                     Err(e) => return format!("bad frame from the broker: {e}"),
                 }
@@ -91,9 +93,8 @@ impl Conn {
     }
 
     /// Handles one inbound frame.
-    fn handle(self: &Arc<Self>, payload: &[u8], generation: u64) {
-        let codec = self.codec();
-        let f = match Frame::decode(codec, payload) {
+    fn handle(self: &Arc<Self>, payload: &[u8], generation: u64, records: &mut Records) {
+        let (codec, f) = match records.decode(payload) {
             Ok(f) => f,
             Err(e) => {
                 self.emit(Event::Error {
@@ -133,13 +134,13 @@ impl Conn {
             Kind::Ping => {
                 self.write_oneway(&Request::Pong, None);
             }
-            Kind::Msg => self.on_msg(&f),
-            Kind::Invoke => self.on_invoke(&f, generation),
+            Kind::Msg => self.on_msg(&f, codec),
+            Kind::Invoke => self.on_invoke(&f, codec, generation),
             _ => {}
         }
     }
 
-    fn on_msg(&self, f: &Frame<'_>) {
+    fn on_msg(&self, f: &Frame<'_>, codec: Codec) {
         let Ok(Some(channel)) = opt_str(f.channel, "channel") else {
             return;
         };
@@ -147,7 +148,6 @@ impl Conn {
         if handlers.is_empty() {
             return;
         }
-        let codec = self.codec();
         let payload = f
             .payload
             .unwrap_or(crate::value::null(codec))
@@ -160,8 +160,9 @@ impl Conn {
         );
     }
 
-    fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, generation: u64) {
-        let codec = self.codec();
+    fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, codec: Codec, generation: u64) {
+        // Handlers return values in the client's codec; the request transcodes them.
+        let vcodec = self.shared.settings.codec;
         // The broker numbers its invokes; a `result` must carry that number.
         let Ok(Some(id)) = opt_u64(f.id, "id") else {
             return;
@@ -176,7 +177,7 @@ impl Conn {
             let e = HandlerError::new(format!("no handler for `{name}` on this client"))
                 .with_code(procmesh_proto::ErrorCode::NoHandler.as_str());
             let (e, mut scratch) = (Err(e), Vec::new());
-            let result = result_request(codec, id, &e, &mut scratch);
+            let result = result_request(vcodec, id, &e, &mut scratch);
             self.write_oneway(&result, Some(generation));
             return;
         };
@@ -188,9 +189,44 @@ impl Conn {
             };
             let r = crate::pool::run_handler(&handler, args);
             let mut scratch = Vec::new();
-            let result = result_request(codec, id, &r, &mut scratch);
+            let result = result_request(vcodec, id, &r, &mut scratch);
             conn.write_oneway(&result, Some(generation));
         }));
+    }
+}
+
+/// Decodes inbound frames in whichever dialect each is written (the first bytes tell:
+/// a JSON object, a MessagePack map, or a msgpackr record), so frames a broker sent
+/// before a negotiated switch still read. Records are normalised into `plain` (reused;
+/// bounded by the frame limit).
+#[derive(Default)]
+pub(super) struct Records {
+    norm: Option<Box<Normalizer>>,
+    plain: Vec<u8>,
+}
+
+impl Records {
+    /// The frame of one payload, and the codec its values are in.
+    pub(super) fn decode<'a>(
+        &'a mut self,
+        payload: &'a [u8],
+    ) -> std::result::Result<(Codec, Frame<'a>), DecodeError> {
+        match Codec::detect_payload(payload) {
+            Some(d) if d.records => {
+                self.plain.clear();
+                self.norm
+                    .get_or_insert_with(Default::default)
+                    .normalize_into(payload, wire_frame::MAX_FRAME_LEN, &mut self.plain)?;
+                if self.plain.capacity() > 1 << 20 && self.plain.len() < 1 << 16 {
+                    self.plain.shrink_to(1 << 16);
+                }
+                Ok((Codec::MsgPack, Frame::decode(Codec::MsgPack, &self.plain)?))
+            }
+            Some(d) => Ok((d.codec, Frame::decode(d.codec, payload)?)),
+            None => Err(DecodeError::new(
+                "frame is not a JSON object or a MessagePack map",
+            )),
+        }
     }
 }
 
