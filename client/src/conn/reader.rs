@@ -217,6 +217,7 @@ impl Records {
                 self.norm
                     .get_or_insert_with(Default::default)
                     .normalize_into(payload, wire_frame::MAX_FRAME_LEN, &mut self.plain)?;
+                ints_from_js(&mut self.plain, 0, 0)?;
                 if self.plain.capacity() > 1 << 20 && self.plain.len() < 1 << 16 {
                     self.plain.shrink_to(1 << 16);
                 }
@@ -228,6 +229,71 @@ impl Records {
             )),
         }
     }
+}
+
+/// msgpackr writes every JavaScript number beyond the 32-bit ranges as a float64; a
+/// safe integer among them (|v| < 2^53, no fraction) is the integer JSON would have
+/// carried, so it is rewritten in place as one (`cb` + 8 bytes → `d3`/`cf` + 8 bytes:
+/// the same length). Walks one plain value starting at `pos`; returns its end.
+fn ints_from_js(b: &mut [u8], pos: usize, depth: usize) -> std::result::Result<usize, DecodeError> {
+    let bad = || DecodeError::new("truncated MessagePack value");
+    if depth > procmesh_proto::codec::MAX_DEPTH {
+        return Err(DecodeError::new("value nested too deeply"));
+    }
+    let c = *b.get(pos).ok_or_else(bad)?;
+    let be = |b: &[u8], at: usize, n: usize| -> std::result::Result<usize, DecodeError> {
+        let s = b.get(at..at + n).ok_or_else(bad)?;
+        Ok(s.iter().fold(0usize, |a, &x| (a << 8) | x as usize))
+    };
+    let p = pos + 1;
+    let (skip, items) = match c {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (p, 0),
+        0x80..=0x8f => (p, 2 * (c as usize & 0x0f)),
+        0x90..=0x9f => (p, c as usize & 0x0f),
+        0xa0..=0xbf => (p + (c as usize & 0x1f), 0),
+        0xcc | 0xd0 => (p + 1, 0),
+        0xcd | 0xd1 => (p + 2, 0),
+        0xca | 0xce | 0xd2 => (p + 4, 0),
+        0xcf | 0xd3 => (p + 8, 0),
+        0xcb => {
+            let bits = b.get(p..p + 8).ok_or_else(bad)?;
+            let v = f64::from_be_bytes(bits.try_into().expect("8 bytes"));
+            if v.fract() == 0.0 && v.abs() < 9.007_199_254_740_992e15 {
+                let (tag, bytes) = if v < 0.0 {
+                    (0xd3, (v as i64).to_be_bytes())
+                } else {
+                    (0xcf, (v as u64).to_be_bytes())
+                };
+                b[pos] = tag;
+                b[p..p + 8].copy_from_slice(&bytes);
+            }
+            (p + 8, 0)
+        }
+        0xc4 | 0xd9 => (p + 1 + be(b, p, 1)?, 0),
+        0xc5 | 0xda => (p + 2 + be(b, p, 2)?, 0),
+        0xc6 | 0xdb => (p + 4 + be(b, p, 4)?, 0),
+        0xd4 => (p + 2, 0),
+        0xd5 => (p + 3, 0),
+        0xd6 => (p + 5, 0),
+        0xd7 => (p + 9, 0),
+        0xd8 => (p + 17, 0),
+        0xc7 => (p + 2 + be(b, p, 1)?, 0),
+        0xc8 => (p + 3 + be(b, p, 2)?, 0),
+        0xc9 => (p + 5 + be(b, p, 4)?, 0),
+        0xdc => (p + 2, be(b, p, 2)?),
+        0xdd => (p + 4, be(b, p, 4)?),
+        0xde => (p + 2, 2 * be(b, p, 2)?),
+        0xdf => (p + 4, 2 * be(b, p, 4)?),
+        0xc1 => return Err(DecodeError::new("reserved MessagePack byte 0xc1")),
+    };
+    if skip > b.len() || items > b.len() {
+        return Err(bad());
+    }
+    let mut at = skip;
+    for _ in 0..items {
+        at = ints_from_js(b, at, depth + 1)?;
+    }
+    Ok(at)
 }
 
 /// The `result` answering invoke `id`: `{"t":"result","id":ID,"result":R}` or
@@ -274,6 +340,24 @@ mod tests {
     fn result_frame(codec: Codec, id: u64, r: Result<Vec<u8>, HandlerError>) -> Vec<u8> {
         let mut scratch = Vec::new();
         super::super::frame(codec, &result_request(codec, id, &r, &mut scratch), None).unwrap()
+    }
+
+    #[test]
+    fn msgpackr_safe_integers_read_as_integers() {
+        // {"a":[2^40 as float64, -2^40 as float64, 1.5]}
+        let mut b = vec![0x81, 0xa1, b'a', 0x93, 0xcb];
+        b.extend_from_slice(&((1u64 << 40) as f64).to_be_bytes());
+        b.push(0xcb);
+        b.extend_from_slice(&(-((1i64 << 40) as f64)).to_be_bytes());
+        b.push(0xcb);
+        b.extend_from_slice(&1.5f64.to_be_bytes());
+        let end = ints_from_js(&mut b, 0, 0).unwrap();
+        assert_eq!(end, b.len());
+        let v: serde_json::Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": [1u64 << 40, -(1i64 << 40), 1.5]})
+        );
     }
 
     #[test]
