@@ -143,6 +143,8 @@ pub struct Frame<'a> {
     pub version: Option<Raw<'a>>,
     pub broker: Option<Raw<'a>>,
     pub seq: Option<Raw<'a>>,
+    /// `welcome`'s list of codecs the broker reads (ours).
+    pub codecs: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -205,6 +207,7 @@ impl<'a> Frame<'a> {
                 b"version" => &mut f.version,
                 b"broker" => &mut f.broker,
                 b"seq" => &mut f.seq,
+                b"codecs" => &mut f.codecs,
                 _ => return,
             };
             *slot = Some(v);
@@ -341,7 +344,12 @@ pub fn ping(codec: Codec, out: &mut Vec<u8>) {
 
 /// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}` (see [`Reply::Welcome`]).
 pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
-    Reply::Welcome { broker, pid }.encode_into(codec, id, out);
+    Reply::Welcome {
+        broker,
+        pid,
+        codecs: &[],
+    }
+    .encode_into(codec, id, out);
 }
 
 /// `{"t":"msg","channel":CH,"payload":P}` (see [`Push::Msg`]).

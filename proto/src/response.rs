@@ -69,6 +69,9 @@ pub enum Reply<'a> {
         broker: &'a str,
         /// The producer id of the connection.
         pid: &'a str,
+        /// The codecs the broker reads, as `"codecs":[…]` (ours: a broker that lists
+        /// them re-detects the codec from the frame after `welcome`); omitted when empty.
+        codecs: &'a [&'a str],
     },
     /// `pong` (answers `ping`).
     Pong,
@@ -138,10 +141,22 @@ impl Reply<'_> {
                 m.key("message").str(message);
                 m.key("code").str(code);
             }
-            Reply::Welcome { broker, pid } => {
+            Reply::Welcome {
+                broker,
+                pid,
+                codecs,
+            } => {
                 m.key("version").int(PROTOCOL_VERSION);
                 m.key("broker").str(broker);
                 m.key("pid").str(pid);
+                if !codecs.is_empty() {
+                    let w = m.key("codecs");
+                    w.begin_array(codecs.len());
+                    for c in codecs {
+                        w.str(c);
+                    }
+                    w.end_array();
+                }
             }
             _ => {}
         }
@@ -474,6 +489,7 @@ mod tests {
                 Reply::Welcome {
                     broker: "default",
                     pid: "p1",
+                    codecs: &[],
                 }
                 .encode_into(c, id, o)
             },

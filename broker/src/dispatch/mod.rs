@@ -62,9 +62,10 @@ pub(crate) fn handle<T: Transport>(
     payload: &[u8],
 ) {
     let conn = &mut out[from];
-    if !conn.is_codec_known() {
-        match payload.first().copied().and_then(Codec::detect) {
-            Some(c) => conn.set_codec(c),
+    let first = !conn.is_codec_known();
+    if first {
+        match Codec::detect_payload(payload) {
+            Some(d) => conn.set_dialect(d),
             None => {
                 // Without a codec there is no way to answer in kind: say why in JSON
                 // and close this one connection.
@@ -81,6 +82,48 @@ pub(crate) fn handle<T: Transport>(
             }
         }
     }
+    let conn = &out[from];
+    if conn.dialect().records {
+        // msgpackr → plain MessagePack, into the loop's one scratch buffer (bounded by
+        // the frame limit), so the families only ever see plain values.
+        let mut plain = std::mem::take(&mut m.mpr_plain);
+        plain.clear();
+        let max = m.cfg.max_frame;
+        match m.mpr_in.normalize_into(payload, max, &mut plain) {
+            Ok(()) => handle_plain(m, out, io, from, &plain, first),
+            Err(e) => {
+                m.stats.error(ErrorCode::Broker);
+                // The id is unknown before normalising: a leading record of an
+                // envelope gives it away only when the frame is readable.
+                send_err(
+                    out,
+                    from,
+                    None,
+                    ErrorCode::Broker,
+                    &format!("malformed msgpackr frame: {}", e.message()),
+                );
+            }
+        }
+        if plain.capacity() > 4 * crate::connection::BUF_TARGET {
+            plain = Vec::new();
+        }
+        m.mpr_plain = plain;
+        return;
+    }
+    handle_plain(m, out, io, from, payload, first);
+}
+
+/// Handles one frame in the connection's codec (plain MessagePack for msgpackr peers).
+/// `first`: it fixed the codec.
+fn handle_plain<T: Transport>(
+    m: &mut Mesh,
+    out: &mut Conns,
+    io: &mut T,
+    from: ConnId,
+    payload: &[u8],
+    first: bool,
+) {
+    let conn = &out[from];
     let codec = conn.codec();
     let authed = conn.authed;
     // Decoded in place: a `Frame` moved out of a return costs a 700-byte memcpy.
@@ -132,6 +175,12 @@ pub(crate) fn handle<T: Transport>(
         if id.is_some() && kind != Kind::Result {
             send_err(out, from, id, f.code, &f.message);
         }
+    }
+    // A JSON hello as the first frame was answered with our codec list: the client
+    // may write its next frame in another codec (PROTOCOL §3, ours).
+    let c = &mut out[from];
+    if first && kind == Kind::Hello && codec == Codec::Json && c.closing == Closing::No {
+        c.redetect_codec();
     }
 }
 

@@ -11,7 +11,7 @@ use procmesh_proto::{Acks, Codec, Push, Raw, Reply};
 
 use super::{reply, Fail, Res};
 use crate::connection::{Closing, ConnId, Conns, Transport};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, FANOUT_RECORDS};
 
 /// `sub`.
 pub(super) fn sub(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, channel: &str) {
@@ -69,14 +69,28 @@ pub(super) fn publish<T: Transport>(
         if conn.closing != Closing::No {
             continue;
         }
-        let codec = conn.codec();
-        let slot = codec as usize;
-        if enc[slot].is_empty() {
-            if let Err(e) = (Push::Msg { channel, payload }).encode_into(codec, &mut enc[slot]) {
+        let d = conn.dialect();
+        let codec = d.codec;
+        let plain = codec as usize;
+        if enc[plain].is_empty() {
+            if let Err(e) = (Push::Msg { channel, payload }).encode_into(codec, &mut enc[plain]) {
                 failed = Some(e.into());
                 break;
             }
         }
+        let slot = if d.records {
+            // Converted once per publish, like the other dialects.
+            if enc[FANOUT_RECORDS].is_empty() {
+                let (plain_msg, rec) = enc.split_at_mut(FANOUT_RECORDS);
+                if let Err(e) = m.mpr_enc.encode_frames_into(&plain_msg[plain], &mut rec[0]) {
+                    failed = Some(e.into());
+                    break;
+                }
+            }
+            FANOUT_RECORDS
+        } else {
+            plain
+        };
         if droppable && conn.queued() > hwm {
             // Bytes queued this turn are not yet offered to the socket: offer them
             // now, so only what the peer's socket does not take counts against the

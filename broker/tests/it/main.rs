@@ -7,6 +7,7 @@ mod cache;
 mod control;
 mod durability;
 mod locks;
+mod msgpackr;
 mod persistence;
 mod pubsub;
 mod rpc;
