@@ -226,6 +226,10 @@ pub struct BrokerConfig {
     pub max_frame: usize,
     /// Durability; `None` keeps everything in memory only.
     pub persist: Option<PersistConfig>,
+    /// Idempotent-producer dedup (`dedup{…}`).
+    pub dedup: crate::dedup::DedupConfig,
+    /// Retained pub/sub and durable acks (`pubsub{…}`).
+    pub pubsub: crate::retain::RetainConfig,
 }
 
 /// Default grace added to an RPC call's timeout before the broker reaps it.
@@ -246,6 +250,8 @@ impl Default for BrokerConfig {
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,
             persist: None,
+            dedup: Default::default(),
+            pubsub: Default::default(),
         }
     }
 }
