@@ -149,7 +149,11 @@ impl Wire for Procmesh {
                         timeout_ms: None,
                     }
                 }
-                Op::Sub(ch) => Request::Sub { channel: ch.into() },
+                Op::Sub(ch) => Request::Sub {
+                    channel: ch.into(),
+                    replay: None,
+                    since: None,
+                },
                 Op::Reg(name) => Request::Reg { name: name.into() },
             };
             req.encode_into(codec, Some(id), out)
