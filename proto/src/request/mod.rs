@@ -1149,6 +1149,36 @@ mod tests {
     }
 
     #[test]
+    fn sub_replay_and_since_are_tolerant() {
+        let sub = |p: &str| match Request::decode(Codec::Json, p.as_bytes()).unwrap() {
+            Request::Sub { replay, since, .. } => (replay, since),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sub(r#"{"t":"sub","channel":"c"}"#), (None, None));
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":true}"#),
+            (Some(REPLAY_ALL), None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":false}"#),
+            (None, None)
+        );
+        assert_eq!(sub(r#"{"t":"sub","channel":"c","replay":0}"#), (None, None));
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":3}"#),
+            (Some(3), None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":"x","since":-1}"#),
+            (None, None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":null,"since":0}"#),
+            (None, Some(0))
+        );
+    }
+
+    #[test]
     fn tolerant_and_defaulted_fields() {
         let r = Request::decode(
             Codec::Json,
