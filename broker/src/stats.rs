@@ -100,6 +100,8 @@ pub struct Gauges<'a> {
     pub core: Option<usize>,
     /// Persistence state, when enabled.
     pub persistence: Option<PersistGauges<'a>>,
+    /// The running I/O driver: `uring` or `epoll`.
+    pub io_backend: &'a str,
 }
 
 impl Stats {
@@ -161,6 +163,7 @@ impl Stats {
                 .collect(),
             memory: [("rss".to_string(), g.rss)].into(),
             cpu_core_fraction: g.cpu_core_fraction,
+            io_backend: g.io_backend.to_string(),
             persistence: g.persistence.as_ref().map(|p| PersistStats {
                 fsync: p.fsync.to_string(),
                 log_bytes: p.log_bytes,
@@ -225,7 +228,8 @@ mod tests {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(24);
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
+        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -320,6 +324,10 @@ mod tests {
         w.end_map();
         w.key("cpuCoreFraction");
         w.float(g.cpu_core_fraction);
+        if !g.io_backend.is_empty() {
+            w.key("ioBackend");
+            w.str(g.io_backend);
+        }
         w.end_map();
     }
 
@@ -372,6 +380,7 @@ mod tests {
                 duplicates: 8,
                 dedup_size: 9,
                 persistence: Some(persistence),
+                io_backend: "uring",
             },
             Gauges::default(),
         ];
