@@ -145,6 +145,8 @@ pub struct Frame<'a> {
     pub seq: Option<Raw<'a>>,
     /// `welcome`'s list of codecs the broker reads (ours).
     pub codecs: Option<Raw<'a>>,
+    pub replay: Option<Raw<'a>>,
+    pub since: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -208,6 +210,8 @@ impl<'a> Frame<'a> {
                 b"broker" => &mut f.broker,
                 b"seq" => &mut f.seq,
                 b"codecs" => &mut f.codecs,
+                b"replay" => &mut f.replay,
+                b"since" => &mut f.since,
                 _ => return,
             };
             *slot = Some(v);
@@ -359,7 +363,12 @@ pub fn msg(
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    Push::Msg { channel, payload }.encode_into(codec, out)
+    Push::Msg {
+        channel,
+        payload,
+        offset: None,
+    }
+    .encode_into(codec, out)
 }
 
 /// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).

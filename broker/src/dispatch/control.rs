@@ -91,6 +91,8 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),
         subscriptions: m.pubsub.len(),
+        duplicates: m.dedup.duplicates,
+        dedup_size: m.dedup.len(),
         procs: m.rpc.procs().collect(),
         rss: sys::rss_bytes(),
         cpu_core_fraction: cpu / uptime as f64,

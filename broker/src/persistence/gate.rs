@@ -52,6 +52,8 @@ pub struct Gate {
     /// Where replies of requests after the turn's first write start (connection,
     /// output offset): they are retracted with the writes if the commit fails.
     observed: Vec<(ConnId, usize)>,
+    /// A durable ack (or an offset reservation) needs this turn's commit synced.
+    sync: bool,
 }
 
 impl Gate {
@@ -62,6 +64,7 @@ impl Gate {
             held: Vec::new(),
             ids: Vec::new(),
             observed: Vec::new(),
+            sync: false,
         }
     }
 
@@ -116,6 +119,12 @@ impl Gate {
         self.observed.push((conn, reply_at()));
     }
 
+    /// Makes this turn's commit fsync whatever the policy (an offset reservation, or a
+    /// durable-ack publish whose reply `admit` holds until then).
+    pub fn sync_this_turn(&mut self) {
+        self.sync = true;
+    }
+
     /// Whether `conn` has a reply held for this turn's commit (its output must not
     /// be flushed early).
     #[inline]
@@ -147,7 +156,8 @@ impl Gate {
             p.reserve(buf, r);
         }
         let was_failing = p.error.is_some();
-        let result = p.commit(buf, reservation.is_some());
+        let force = reservation.is_some() || std::mem::take(&mut self.sync);
+        let result = p.commit(buf, force);
         match result {
             Ok(()) => {
                 store.commit_turn();
@@ -209,9 +219,14 @@ impl Gate {
     }
 
     /// Starts, advances or completes a snapshot (once per turn, after the commit).
-    pub fn tick(&mut self, store: &Store<Option<EffectLog>>, now: u64) {
+    pub fn tick(
+        &mut self,
+        store: &Store<Option<EffectLog>>,
+        now: u64,
+        carry: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(p) = self.log.as_mut() {
-            p.tick(store, now);
+            p.tick(store, now, carry);
         }
     }
 
