@@ -383,10 +383,11 @@ impl LockTable {
     }
 
     /// Checks a fenced write's token against `key`'s high mark and, when it passes,
-    /// raises the mark. Absent or lower tokens fail.
+    /// raises the mark. Absent or lower tokens fail, and so do tokens this broker
+    /// never issued (above the counter): a forged token must not fence real holders out.
     pub fn fence(&mut self, key: &str, token: Option<FencingToken>) -> bool {
         let Some(token) = token else { return false };
-        if token.0 < self.floor {
+        if token.0 < self.floor || token.0 > self.last_token {
             return false;
         }
         match self.high.get_mut(key) {
@@ -496,6 +497,25 @@ mod tests {
         assert_eq!(l.take_reservation(), Some(1501 + RESERVE_BLOCK));
         assert_eq!(l.take_reservation(), None);
         assert!(l.fence("other", Some(tok)));
+    }
+
+    #[test]
+    fn a_token_never_issued_is_fenced_and_leaves_the_mark() {
+        let mut t = Timers::default();
+        let mut l = LockTable::default();
+        assert!(!l.fence("never", Some(FencingToken(u64::MAX))));
+        assert!(
+            !l.fence("never", Some(FencingToken(1))),
+            "nothing issued yet"
+        );
+        let tok = granted(l.lock("k", ConnId(1), 100, 0, None, 0, &mut t));
+        assert!(!l.fence("k", Some(FencingToken(u64::MAX))));
+        assert!(!l.fence("k", Some(FencingToken(tok.0 + 1))));
+        assert!(
+            l.fence("k", Some(tok)),
+            "the forged token did not raise the mark"
+        );
+        assert!(l.fence("never", Some(tok)));
     }
 
     #[test]
@@ -809,7 +829,8 @@ mod tests {
                     Op::Fence { key, delta } => {
                         let base = m.high.get(&key).copied().unwrap_or(m.last) as i64;
                         let tok = (base + i64::from(delta)).max(0) as u64;
-                        let pass = m.high.get(&key).is_none_or(|h| tok >= *h);
+                        // Only issued tokens (≤ the counter) at or above the mark pass.
+                        let pass = tok <= m.last && m.high.get(&key).is_none_or(|h| tok >= *h);
                         prop_assert_eq!(l.fence(KEYS[key], Some(FencingToken(tok))), pass);
                         prop_assert!(!l.fence(KEYS[key], None));
                         if pass {

@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cache;
 mod control;
+mod hardening_misc;
 mod locks;
 mod persistence;
 mod pubsub;
