@@ -1,9 +1,11 @@
 //! Issue 12 hardening over real sockets: forged fencing tokens, many lock waiters
 //! timing out, non-finite numbers, invalid UTF-8 frames, large values.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
-use crate::support::TestBroker;
+use crate::support::{encode, wait_until, Codec, TestBroker};
 
 #[test]
 fn a_forged_fencing_token_is_fenced_and_does_not_raise_the_mark() {
@@ -31,4 +33,45 @@ fn a_forged_fencing_token_is_fenced_and_does_not_raise_the_mark() {
         json!(true)
     );
     assert_eq!(c.ok(json!({"t":"get","key":"v"})), json!(3));
+}
+
+#[test]
+fn many_lock_waits_running_out_in_reverse_order_stay_cheap() {
+    // Each wait that ran out used to scan the key's queue (twice); with the newest
+    // waiter timing out first that is quadratic in the queue length.
+    const WAITERS: u64 = 40_000;
+    let b = TestBroker::start(&[]);
+    let mut h = b.client();
+    let mut w = b.client();
+    let mut o = b.client();
+    assert_eq!(
+        h.ok(json!({"t":"lock","key":"k","ttl":600_000}))["acquired"],
+        json!(true)
+    );
+    // Without ids: nothing to read back. Later requests wait less, so they run out first.
+    let batch: Vec<u8> = (0..WAITERS)
+        .flat_map(|i| {
+            let wait = 1_000 + (WAITERS - i) / 40;
+            encode(
+                Codec::Json,
+                &json!({"t":"lock","key":"k","ttl":1000,"wait":wait}),
+            )
+        })
+        .collect();
+    w.send_raw(&batch).expect("write waiters");
+    assert_eq!(w.request(json!({"t":"ping"}))["t"], "pong");
+    let queued = Instant::now();
+    assert_eq!(o.stats()["lockWaiters"], json!(WAITERS));
+    wait_until(Duration::from_secs(30), "all waits run out", || {
+        o.stats()["lockWaiters"] == json!(0)
+    });
+    // The last wait runs out 2 s after queueing; quadratic expiry took far longer.
+    let took = queued.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "{WAITERS} waits running out took {took:?}"
+    );
+    // The holder is unaffected and the lock is still its own.
+    assert_eq!(h.ok(json!({"t":"unlock","key":"k"})), json!(true));
+    assert_eq!(o.stats()["locks"], json!(0));
 }
