@@ -75,3 +75,57 @@ fn many_lock_waits_running_out_in_reverse_order_stay_cheap() {
     assert_eq!(h.ok(json!({"t":"unlock","key":"k"})), json!(true));
     assert_eq!(o.stats()["locks"], json!(0));
 }
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn a_json_frame_with_invalid_utf8_and_an_id_gets_an_error_reply() {
+    let b = TestBroker::start(&[]);
+    let mut c = b.client();
+    let mut payload = br#"{"t":"set","id":41,"key":"a","value":"x"#.to_vec();
+    payload.extend_from_slice(&[0xff, 0xfe]);
+    payload.extend_from_slice(br#""}"#);
+    c.send_raw(&frame(&payload)).unwrap();
+    let r = c.read_frame().expect("an answer, not a disconnect");
+    assert_eq!(r["t"], "err", "{r}");
+    assert_eq!(r["id"], json!(41), "{r}");
+    assert_eq!(r["code"], "EBROKER");
+    assert!(r["message"].as_str().unwrap().contains("UTF-8"), "{r}");
+    assert_eq!(c.ok(json!({"t":"get","key":"a"})), json!(null));
+}
+
+#[test]
+fn incr_by_a_non_finite_number_is_refused() {
+    let b = TestBroker::start(&[]);
+    let mut c = b.client();
+    c.ok(json!({"t":"set","key":"n","value":5}));
+    for (i, by) in ["1e400", "-1e400"].iter().enumerate() {
+        let p = format!(r#"{{"t":"incr","id":{},"key":"n","by":{by}}}"#, 100 + i);
+        c.send_raw(&frame(p.as_bytes())).unwrap();
+        let r = c.read_frame().expect("an answer");
+        assert_eq!(r["t"], "err", "{r}");
+        assert_eq!(r["code"], "EBROKER");
+        assert!(r["message"].as_str().unwrap().contains("finite"), "{r}");
+    }
+    // MessagePack can carry NaN itself.
+    let mut m = crate::support::TestClient::hello(&b.path, Codec::MsgPack, None);
+    let mut p = vec![
+        0x84, 0xa1, b't', 0xa4, b'i', b'n', b'c', b'r', 0xa2, b'i', b'd', 0x07,
+    ];
+    p.extend_from_slice(&[0xa3, b'k', b'e', b'y', 0xa1, b'n', 0xa2, b'b', b'y', 0xcb]);
+    p.extend_from_slice(&f64::NAN.to_be_bytes());
+    m.send_raw(&frame(&p)).unwrap();
+    let r = m.read_frame().expect("an answer");
+    assert_eq!(r["t"], "err", "{r}");
+    assert_eq!(r["id"], json!(7), "{r}");
+    assert!(r["message"].as_str().unwrap().contains("finite"), "{r}");
+    assert_eq!(
+        c.ok(json!({"t":"get","key":"n"})),
+        json!(5),
+        "the value was changed"
+    );
+}
