@@ -183,6 +183,9 @@ pub struct ServeArgs {
     /// Allow --metrics-addr on a non-loopback address (metrics are not authenticated).
     #[arg(long, requires = "metrics_addr")]
     pub metrics_allow_remote: bool,
+    /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
+    #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
+    pub io: Option<String>,
 }
 
 impl ServeArgs {
@@ -226,6 +229,41 @@ pub struct BrokerConfig {
     pub max_frame: usize,
     /// Durability; `None` keeps everything in memory only.
     pub persist: Option<PersistConfig>,
+    /// Which I/O driver runs the loop (after start: the one that runs).
+    pub io: IoBackend,
+}
+
+/// The I/O driver choice: `auto` tries io_uring and falls back to epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it, else epoll (one log line says why).
+    #[default]
+    Auto,
+    /// io_uring or a startup error.
+    Uring,
+    /// The mio (epoll) loop.
+    Epoll,
+}
+
+impl IoBackend {
+    /// `auto`, `uring` or `epoll`.
+    pub fn parse(s: &str) -> Option<IoBackend> {
+        match s {
+            "auto" => Some(IoBackend::Auto),
+            "uring" | "io_uring" => Some(IoBackend::Uring),
+            "epoll" => Some(IoBackend::Epoll),
+            _ => None,
+        }
+    }
+
+    /// The name `stats` reports (`ioBackend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Uring => "uring",
+            IoBackend::Epoll => "epoll",
+        }
+    }
 }
 
 /// Default grace added to an RPC call's timeout before the broker reaps it.
@@ -246,6 +284,7 @@ impl Default for BrokerConfig {
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,
             persist: None,
+            io: IoBackend::Auto,
         }
     }
 }
@@ -326,6 +365,9 @@ impl BrokerConfig {
         if let Some(n) = a.max_frame {
             cfg.max_frame = n;
         }
+        if let Some(b) = a.io.as_deref().and_then(IoBackend::parse) {
+            cfg.io = b;
+        }
         if let (Some(dir), false) = (a.persist_dir, a.no_persist) {
             let mut pc = PersistConfig::new(dir);
             pc.fsync = FsyncMode::parse(&a.fsync).unwrap_or(pc.fsync);
@@ -341,7 +383,7 @@ impl BrokerConfig {
     /// Applies a JSON object of Node.js-style options (`PROCMESH_BROKER_OPTS`):
     /// `name` (also derives the socket path), `address` (or `socketPath`), `token`, `cache: {max, ttl, maxSize}`,
     /// `heartbeatInterval`, `idleTimeout`, `callTimeout`, `sendHighWaterMark`,
-    /// `sendHardLimit`, `maxFrameSize`. Unknown options are ignored, as in Node.
+    /// `sendHardLimit`, `maxFrameSize`, `ioBackend` (`auto`|`uring`|`epoll`). Unknown options are ignored, as in Node.
     pub fn apply_json(&mut self, text: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| format!("PROCMESH_BROKER_OPTS is not valid JSON: {e}"))?;
@@ -372,6 +414,12 @@ impl BrokerConfig {
                 "sendHighWaterMark" => self.send_hwm = ms(v).ok_or_else(|| bad(k))? as usize,
                 "sendHardLimit" => self.send_hard_limit = ms(v).ok_or_else(|| bad(k))? as usize,
                 "maxFrameSize" => self.max_frame = ms(v).ok_or_else(|| bad(k))? as usize,
+                "ioBackend" => {
+                    self.io = v
+                        .as_str()
+                        .and_then(IoBackend::parse)
+                        .ok_or_else(|| bad(k))?
+                }
                 "cache" => {
                     let Value::Object(c) = v else {
                         return Err(bad(k));
@@ -438,6 +486,9 @@ mod tests {
             addr::AddrEnv::from_lookup(std::env::var_os).socket_path("mesh")
         );
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
+        c.apply_json(r#"{"ioBackend":"epoll"}"#).unwrap();
+        assert_eq!(c.io, IoBackend::Epoll);
+        assert!(c.apply_json(r#"{"ioBackend":"kqueue"}"#).is_err());
     }
 
     /// `procmesh serve ARGS` with `PROCMESH_BROKER_OPTS` = `opts`.

@@ -18,8 +18,10 @@
 //! ```
 //!
 //! # Layout
-//! - [`io`]: drivers: the address lock and listener; [`io::epoll`], the mio loop
-//!   (poll, accept, read, flush, loop order, idle exit). Feeds `core`.
+//! - [`io`]: drivers: the address lock and listener, the driver choice
+//!   (`--io auto|uring|epoll`); [`io::uring`], the io_uring loop (multishot accept,
+//!   receives and sends in one submission per turn), and [`io::epoll`], the mio loop
+//!   (poll, accept, read, flush, loop order, idle exit). Either feeds `core`.
 //! - `core`: the state machine: mesh state plus the connections' output, advanced one
 //!   turn at a time; reaches sockets only through [`connection::Transport`].
 //! - `mesh`: the state modules gathered for the command families.
@@ -189,6 +191,12 @@ impl BrokerBuilder {
     /// Persist to a directory (snapshot + append-only log); `None` = in memory only.
     pub fn persistence(mut self, p: Option<persistence::PersistConfig>) -> Self {
         self.cfg.persist = p;
+        self
+    }
+
+    /// The I/O driver (default `Auto`: io_uring where the kernel allows it).
+    pub fn io(mut self, io: config::IoBackend) -> Self {
+        self.cfg.io = io;
         self
     }
 

@@ -96,6 +96,8 @@ pub struct Gauges<'a> {
     pub core: Option<usize>,
     /// Persistence state, when enabled.
     pub persistence: Option<PersistGauges<'a>>,
+    /// The running I/O driver: `uring` or `epoll`.
+    pub io_backend: &'a str,
 }
 
 impl Stats {
@@ -157,6 +159,7 @@ impl Stats {
                 .collect(),
             memory: [("rss".to_string(), g.rss)].into(),
             cpu_core_fraction: g.cpu_core_fraction,
+            io_backend: g.io_backend.to_string(),
             persistence: g.persistence.as_ref().map(|p| PersistStats {
                 fsync: p.fsync.to_string(),
                 log_bytes: p.log_bytes,
@@ -221,7 +224,8 @@ mod tests {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(24);
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
+        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -316,6 +320,10 @@ mod tests {
         w.end_map();
         w.key("cpuCoreFraction");
         w.float(g.cpu_core_fraction);
+        if !g.io_backend.is_empty() {
+            w.key("ioBackend");
+            w.str(g.io_backend);
+        }
         w.end_map();
     }
 
@@ -366,6 +374,7 @@ mod tests {
                 pending_calls: 5,
                 subscriptions: 6,
                 persistence: Some(persistence),
+                io_backend: "uring",
             },
             Gauges::default(),
         ];

@@ -76,17 +76,19 @@ pub enum Reply<'a> {
 
 impl Reply<'_> {
     /// Appends the reply frame; `id` is the request's, echoed (omitted when `None`).
+    ///
+    /// Inlined: the `ok` shapes (every hot reply) are written with `t` and the keys
+    /// known at the call site; `err`, `welcome` and `pong` go out of line.
+    #[inline]
     pub fn encode_into(&self, codec: Codec, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
-        let t = match self {
-            Reply::Err { .. } | Reply::ErrCode { .. } => "err",
-            Reply::Welcome { .. } => "welcome",
-            Reply::Pong => "pong",
-            _ => "ok",
+        let mut m = match self {
+            Reply::Err { .. } | Reply::ErrCode { .. } | Reply::Welcome { .. } | Reply::Pong => {
+                return self.encode_other(codec, id, out)
+            }
+            _ => MapEnc::begin(codec, out, "ok"),
         };
-        let mut m = MapEnc::begin(codec, out, t);
         m.id(id);
         match *self {
-            Reply::Ok | Reply::Pong => {}
             Reply::Null => m.key("value").nil(),
             Reply::Bool(b) => m.key("value").bool(b),
             Reply::UInt(u) => m.key("value").uint(u),
@@ -112,6 +114,22 @@ impl Reply<'_> {
                 w.uint(offset);
                 w.end_map();
             }
+            _ => {}
+        }
+        m.finish();
+    }
+
+    /// The replies that are not `ok`.
+    #[inline(never)]
+    fn encode_other(&self, codec: Codec, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
+        let t = match self {
+            Reply::Welcome { .. } => "welcome",
+            Reply::Pong => "pong",
+            _ => "err",
+        };
+        let mut m = MapEnc::begin(codec, out, t);
+        m.id(id);
+        match *self {
             Reply::Err { code, message } => {
                 m.key("message").str(message);
                 m.key("code").str(code.as_str());
@@ -125,6 +143,7 @@ impl Reply<'_> {
                 m.key("broker").str(broker);
                 m.key("pid").str(pid);
             }
+            _ => {}
         }
         m.finish();
     }
@@ -132,6 +151,7 @@ impl Reply<'_> {
 
 /// `{"t":"ok","id":ID,"value":V}` with an encoded value, transcoded when `v.codec`
 /// differs; on a conversion failure nothing is appended.
+#[inline]
 pub fn ok_value(
     codec: Codec,
     id: Option<Raw<'_>>,

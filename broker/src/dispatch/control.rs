@@ -100,6 +100,7 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
             snapshots: p.snapshots,
             snapshot_running: p.snapshot_running(),
         }),
+        io_backend: m.cfg.io.name(),
     };
     let stats = &m.stats;
     out.send(from, |codec, buf| {

@@ -83,7 +83,9 @@ pub(crate) fn handle<T: Transport>(
     }
     let codec = conn.codec();
     let authed = conn.authed;
-    let (frame, decoded) = Frame::decode_partial(codec, payload);
+    // Decoded in place: a `Frame` moved out of a return costs a 700-byte memcpy.
+    let mut frame = Frame::default();
+    let decoded = frame.decode_in_place(codec, payload);
     let id = frame.id;
     if let Err(e) = decoded {
         m.stats.error(ErrorCode::Broker);
