@@ -286,6 +286,9 @@ impl<'a> Request<'a> {
             Kind::Incr | Kind::Decr => {
                 let key = need_str(f.key, "key")?;
                 let by = opt_num(f.by, "by")?.unwrap_or(Num::Int(1));
+                if !by.is_finite() {
+                    return Err(DecodeError::new("field `by` must be a finite number"));
+                }
                 if kind == Kind::Incr {
                     Request::Incr { key, by }
                 } else {
