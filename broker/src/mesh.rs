@@ -56,4 +56,6 @@ pub struct Mesh {
     pub fanout: [Vec<u8>; 2],
     /// Scratch: a publish's matching connections.
     pub targets: Vec<ConnId>,
+    /// Broker events for an embedder (off unless one listens).
+    pub events: crate::events::Events,
 }

@@ -11,6 +11,7 @@ use procmesh_proto::{Acks, Codec, Push, Raw, Reply};
 
 use super::{reply, Fail, Res};
 use crate::connection::{Closing, ConnId, Conns, Transport};
+use crate::events::{BrokerEvent, ConnSerial};
 use crate::mesh::Mesh;
 
 /// `sub`.
@@ -89,6 +90,11 @@ pub(super) fn publish<T: Transport>(
         }
         if droppable && conn.queued() > hwm {
             m.stats.dropped += 1;
+            let serial = ConnSerial(conn.serial);
+            m.events.emit(|| BrokerEvent::Drop {
+                channel: channel.to_string(),
+                conn: serial,
+            });
             continue;
         }
         conn.out().extend_from_slice(&enc[slot]);
