@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::events::EventSink;
 use crate::persistence::{FsyncMode, PersistConfig};
+use crate::retain::DurableAcks;
 use crate::store::StoreConfig;
 
 /// Which broker a command means: `--name`, `--socket`, `--token` or `--token-file`.
@@ -180,6 +181,21 @@ pub struct ServeArgs {
     /// or `debug` (also every broker event: connect, disconnect, drop, reap, stats).
     #[arg(long, value_enum, default_value = "info", env = "PROCMESH_LOG")]
     pub log: LogLevel,
+    /// Turn idempotent-producer dedup off (`dedup.enabled: false`).
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Most (producer, channel) dedup entries kept, LRU (`dedup.max`).
+    #[arg(long, value_name = "N")]
+    pub dedup_max: Option<usize>,
+    /// Forget a producer's dedup state after this long idle (0 = never): ms or 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub dedup_ttl: Option<u64>,
+    /// Retained pub/sub: offsets, a per-channel backlog, replay (`pubsub.persist`).
+    #[arg(long)]
+    pub pubsub_persist: bool,
+    /// Messages retained per channel (0 = none; `pubsub.retention`).
+    #[arg(long, value_name = "N")]
+    pub pubsub_retention: Option<usize>,
     /// Persist to this directory (snapshot + append-only log).
     #[arg(long, env = "PROCMESH_PERSIST_DIR")]
     pub persist_dir: Option<PathBuf>,
@@ -254,6 +270,10 @@ pub struct BrokerConfig {
     /// Notes for the operator from resolving the options (unknown keys), printed by
     /// `procmesh serve` at startup.
     pub warnings: Vec<String>,
+    /// Idempotent-producer dedup (`dedup{…}`).
+    pub dedup: crate::dedup::DedupConfig,
+    /// Retained pub/sub and durable acks (`pubsub{…}`).
+    pub pubsub: crate::retain::RetainConfig,
 }
 
 /// Default grace added to an RPC call's timeout before the broker reaps it.
@@ -277,6 +297,8 @@ impl Default for BrokerConfig {
             stats_interval: None,
             events: None,
             warnings: Vec::new(),
+            dedup: Default::default(),
+            pubsub: Default::default(),
         }
     }
 }
@@ -294,10 +316,18 @@ impl BrokerConfig {
     /// | `--socket` | the socket |
     /// | `--token-file` (or `PROCMESH_TOKEN_FILE`), else `--token` or `PROCMESH_TOKEN` | the token |
     /// | every other flag given | its setting |
-    /// | `--persist-dir` or `PROCMESH_PERSIST_DIR`, unless `--no-persist` | persistence, with `--fsync`, `--repair`, `--compact-bytes` |
     ///
-    /// Fails when the flags do not match [`ServeArgs`], the token file cannot be read,
-    /// or `opts` is not a JSON object of well-typed options.
+    /// Persistence, highest first: `--no-persist` (off); a typed `--persist-dir`
+    /// (with the options' `persist.mode`, unless it is `off`, which a typed dir
+    /// overrides); the options' `persist` (`persist.dir`, else `PROCMESH_PERSIST_DIR`,
+    /// else `<tmpdir>/procmesh-<name>`; `mode: "off"` turns it off);
+    /// `PROCMESH_PERSIST_DIR` alone (on, even with `persist: false`, as in
+    /// procmesh-js). A typed `--fsync` wins over `persist.mode`; `--repair` and
+    /// `--compact-bytes` apply to whichever directory results.
+    ///
+    /// Unknown option keys end up in [`BrokerConfig::warnings`]. Fails when the flags
+    /// do not match [`ServeArgs`], the token file cannot be read, or `opts` is not a
+    /// JSON object or has a known key of the wrong type (the error names both).
     pub fn resolve(matches: &ArgMatches, opts: Option<&str>) -> Result<BrokerConfig, String> {
         let a = ServeArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
         let t = &a.target;
@@ -356,6 +386,21 @@ impl BrokerConfig {
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));
+        }
+        if a.no_dedup {
+            cfg.dedup.enabled = false;
+        }
+        if let Some(n) = a.dedup_max {
+            cfg.dedup.max = n;
+        }
+        if let Some(n) = a.dedup_ttl {
+            cfg.dedup.ttl_ms = n;
+        }
+        if a.pubsub_persist {
+            cfg.pubsub.persist = true;
+        }
+        if let Some(n) = a.pubsub_retention {
+            cfg.pubsub.retention = n;
         }
         cfg.persist = if a.no_persist {
             None
@@ -452,8 +497,47 @@ impl BrokerConfig {
         self.apply_delivery_opts(o);
     }
 
-    /// `dedup{…}` and `pubsub{…}`.
-    fn apply_delivery_opts(&mut self, _o: &NodeOpts) {}
+    /// `dedup{…}` and `pubsub{…}`, with procmesh-js 0.1.1's rules: `dedup.enabled`
+    /// and `pubsub.persist` switch only on `false`/`true`; a falsy `dedup.max`,
+    /// `dedup.window` or `pubsub.maxChannels` keeps the default; `dedup.ttl: 0` and
+    /// `pubsub.retention: 0` are kept (no idle expiry; retain nothing).
+    fn apply_delivery_opts(&mut self, o: &NodeOpts) {
+        if let Some(d) = &o.dedup {
+            if let Some(e) = d.enabled {
+                self.dedup.enabled = e;
+            }
+            if let Some(n) = d.max.filter(|&n| n > 0) {
+                self.dedup.max = n;
+            }
+            if let Some(n) = d.ttl {
+                self.dedup.ttl_ms = n;
+            }
+            if let Some(n) = d.window.filter(|&n| n > 0) {
+                self.dedup.window = n;
+            }
+        }
+        if let Some(p) = &o.pubsub {
+            if let Some(b) = p.persist {
+                self.pubsub.persist = b;
+            }
+            if let Some(n) = p.retention {
+                self.pubsub.retention = n;
+            }
+            if let Some(n) = p.retention_ms {
+                self.pubsub.retention_ms = n;
+            }
+            if let Some(a) = p.durable_acks {
+                self.pubsub.durable_acks = match a {
+                    DurableAcksOpt::All => DurableAcks::All,
+                    DurableAcksOpt::One => DurableAcks::One,
+                    DurableAcksOpt::Off => DurableAcks::Off,
+                };
+            }
+            if let Some(n) = p.max_channels.filter(|&n| n > 0) {
+                self.pubsub.max_channels = n;
+            }
+        }
+    }
 }
 
 /// `PROCMESH_BROKER_OPTS`: every broker option procmesh-js 0.1.1 takes, by its name,
@@ -835,6 +919,115 @@ mod tests {
             addr::AddrEnv::from_lookup(std::env::var_os).socket_path("mesh")
         );
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn every_procmesh_js_option_is_typed_and_unknown_keys_are_named() {
+        let mut c = BrokerConfig::default();
+        let w = c
+            .apply_json(
+                r#"{"name":"m","address":"/x.sock","codec":"msgpack","token":null,
+                "cache":{"max":3,"ttl":4,"maxSize":5,"foo":1},"callTimeout":0,
+                "callTimeoutGrace":0,"heartbeatInterval":null,"sendHighWaterMark":0,
+                "sendHardLimit":7,"idleTimeout":0,"statsInterval":250,
+                "persist":{"dir":"/p","mode":"always"},
+                "dedup":{"enabled":false,"max":0,"ttl":0,"window":8},
+                "pubsub":{"persist":true,"retention":0,"retentionMs":9,"durableAcks":1,
+                  "maxChannels":0,"acks":"all","idempotent":true,"retries":3,
+                  "retryBackoff":1,"retryMaxDelay":2,"producerId":"p-1","sequences":{"a":3}},
+                "ioBackend":"epoll","bogus":1}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            w,
+            ["PROCMESH_BROKER_OPTS: unknown options `bogus`, `cache.foo`, ignored"],
+            "one line naming every unknown key; the Node client's producer keys in \
+             `pubsub` are not unknown"
+        );
+        let d = BrokerConfig::default();
+        assert_eq!((c.name.as_str(), c.socket.to_str()), ("m", Some("/x.sock")));
+        assert_eq!(c.token, None);
+        assert_eq!(
+            (
+                c.cache.max_entries,
+                c.cache.default_ttl_ms,
+                c.cache.max_bytes
+            ),
+            (3, 4, 5)
+        );
+        assert_eq!(c.call_timeout, d.call_timeout, "callTimeout 0 = default");
+        assert_eq!(c.call_grace, Duration::ZERO, "callTimeoutGrace 0 is kept");
+        assert_eq!(c.heartbeat, d.heartbeat, "heartbeatInterval null = default");
+        assert_eq!((c.send_hwm, c.send_hard_limit), (d.send_hwm, 7));
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.stats_interval, Some(Duration::from_millis(250)));
+        let p = c.persist.as_ref().unwrap();
+        assert_eq!((p.dir.to_str(), p.fsync), (Some("/p"), FsyncMode::Always));
+        assert!(!c.dedup.enabled);
+        assert_eq!(
+            (c.dedup.max, c.dedup.ttl_ms, c.dedup.window),
+            (d.dedup.max, 0, 8)
+        );
+        assert!(c.pubsub.persist);
+        assert_eq!(
+            (
+                c.pubsub.retention,
+                c.pubsub.retention_ms,
+                c.pubsub.max_channels
+            ),
+            (0, 9, d.pubsub.max_channels)
+        );
+        assert_eq!(c.pubsub.durable_acks, DurableAcks::One);
+
+        // What a Node.js client passes when it spawns a broker: no warning.
+        let w = BrokerConfig::default()
+            .apply_json(
+                r#"{"address":"/tmp/x.sock","name":"default","codec":"json","token":null,"idleTimeout":60000}"#,
+            )
+            .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+
+        // persist: true / false / mode off.
+        let pc = |o: &str| {
+            let mut c = BrokerConfig::default();
+            c.apply_json(o).unwrap();
+            c.persist
+        };
+        let tmp = addr::AddrEnv::from_lookup(std::env::var_os).tmpdir();
+        assert_eq!(
+            pc(r#"{"name":"q","persist":true}"#).map(|p| p.dir),
+            Some(tmp.join("procmesh-q"))
+        );
+        assert!(pc(r#"{"persist":false}"#).is_none());
+        assert!(pc(r#"{"persist":{"dir":"/p","mode":"off"}}"#).is_none());
+        assert_eq!(
+            pc(r#"{"persist":{"dir":"/p","mode":"no"}}"#).map(|p| p.fsync),
+            Some(FsyncMode::No)
+        );
+
+        // Wrong types: the error names the key (by path) and the value.
+        for (o, want) in [
+            (r#"{"token":5}"#, "`token` = 5"),
+            (r#"{"cache":{"max":"lots"}}"#, "`cache.max` = \"lots\""),
+            (r#"{"callTimeoutGrace":-1}"#, "`callTimeoutGrace` = -1"),
+            (r#"{"codec":"xml"}"#, "`codec` = \"xml\""),
+            (
+                r#"{"persist":{"mode":"sometimes"}}"#,
+                "`persist.mode` = \"sometimes\"",
+            ),
+            (r#"{"persist":"yes"}"#, "`persist` = \"yes\""),
+            (r#"{"dedup":{"enabled":"no"}}"#, "`dedup.enabled` = \"no\""),
+            (
+                r#"{"pubsub":{"durableAcks":"most"}}"#,
+                "`pubsub.durableAcks` = \"most\"",
+            ),
+            (r#"{"statsInterval":"1s"}"#, "`statsInterval` = \"1s\""),
+            (r#"{"cache":7}"#, "`cache` = 7"),
+        ] {
+            let e = BrokerConfig::default().apply_json(o).unwrap_err();
+            assert!(e.contains(want), "{o}: {e}");
+            assert!(!e.contains("line 1 column"), "{e}");
+        }
     }
 
     /// `procmesh serve ARGS` with `PROCMESH_BROKER_OPTS` = `opts`.
