@@ -1189,9 +1189,62 @@ mod tests {
         assert!(serve(&[], Some("{")).is_err());
         assert!(serve(&["--fsync", "sometimes"], None).is_err());
 
+        // Persistence from the options, and the flags over them.
+        let po = Some(r#"{"persist":{"dir":"/o","mode":"always"}}"#);
+        let p = ok(&[], po).persist.unwrap();
+        assert_eq!((p.dir.to_str(), p.fsync), (Some("/o"), FsyncMode::Always));
+        let p = ok(&["--fsync", "no"], po).persist.unwrap();
+        assert_eq!(
+            p.fsync,
+            FsyncMode::No,
+            "a typed --fsync wins over persist.mode"
+        );
+        let p = ok(&["--persist-dir", "/f"], po).persist.unwrap();
+        assert_eq!(
+            (p.dir.to_str(), p.fsync),
+            (Some("/f"), FsyncMode::Always),
+            "a typed --persist-dir keeps the options' mode"
+        );
+        let off = Some(r#"{"persist":{"dir":"/o","mode":"off"}}"#);
+        assert!(ok(&[], off).persist.is_none());
+        assert!(ok(&["--persist-dir", "/f"], off).persist.is_some());
+        assert!(ok(&["--no-persist"], po).persist.is_none());
+        // The delivery flags.
+        let c = ok(
+            &[
+                "--stats-interval",
+                "1s",
+                "--no-dedup",
+                "--dedup-max",
+                "7",
+                "--dedup-ttl",
+                "5s",
+                "--pubsub-persist",
+                "--pubsub-retention",
+                "0",
+            ],
+            Some(r#"{"statsInterval":5,"dedup":{"max":9},"pubsub":{"retention":4}}"#),
+        );
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(1)));
+        assert_eq!(
+            (c.dedup.enabled, c.dedup.max, c.dedup.ttl_ms),
+            (false, 7, 5000)
+        );
+        assert_eq!((c.pubsub.persist, c.pubsub.retention), (true, 0));
+
         // The flags' environment variables count as given flags.
         std::env::set_var("PROCMESH_TOKEN", "env");
         std::env::set_var("PROCMESH_PERSIST_DIR", "/e");
+        assert_eq!(
+            ok(&[], po).persist.map(|p| p.dir),
+            Some("/o".into()),
+            "persist.dir wins over PROCMESH_PERSIST_DIR, as in procmesh-js"
+        );
+        assert_eq!(
+            ok(&[], Some(r#"{"persist":false}"#)).persist.map(|p| p.dir),
+            Some("/e".into()),
+            "PROCMESH_PERSIST_DIR persists even with persist: false"
+        );
         let c = ok(&[], Some(r#"{"token":"o"}"#));
         assert_eq!(
             c.token.as_deref(),
