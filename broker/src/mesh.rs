@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use crate::config::BrokerConfig;
 use crate::connection::ConnId;
+use crate::dedup::Dedup;
 use crate::locks::{LockEvent, LockTable};
 use crate::persistence::aof::EffectLog;
 use crate::persistence::gate::Gate;
 use crate::pubsub::PubSub;
+use crate::retain::Retain;
 use crate::rpc::Rpc;
 use crate::stats::Stats;
 use crate::store::Store;
@@ -32,6 +34,13 @@ pub struct Mesh {
     pub store: MeshStore,
     /// Subscriptions.
     pub pubsub: PubSub,
+    /// Idempotent-producer dedup.
+    pub dedup: Dedup,
+    /// Offsets and retained messages.
+    pub retain: Retain,
+    /// Wall-clock ms (Unix epoch) at broker time 0: `epoch0 + now` stamps retained
+    /// messages, so their age survives a restart.
+    pub epoch0: u64,
     /// Worker pools and pending calls.
     pub rpc: Rpc,
     /// Locks and fencing tokens.

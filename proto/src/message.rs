@@ -134,6 +134,8 @@ pub struct Frame<'a> {
     pub version: Option<Raw<'a>>,
     pub broker: Option<Raw<'a>>,
     pub seq: Option<Raw<'a>>,
+    pub replay: Option<Raw<'a>>,
+    pub since: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -186,6 +188,8 @@ impl<'a> Frame<'a> {
                 b"version" => &mut f.version,
                 b"broker" => &mut f.broker,
                 b"seq" => &mut f.seq,
+                b"replay" => &mut f.replay,
+                b"since" => &mut f.since,
                 _ => return,
             };
             *slot = Some(v);
@@ -332,7 +336,12 @@ pub fn msg(
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    Push::Msg { channel, payload }.encode_into(codec, out)
+    Push::Msg {
+        channel,
+        payload,
+        offset: None,
+    }
+    .encode_into(codec, out)
 }
 
 /// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).

@@ -303,6 +303,8 @@ pub enum Push<'a> {
         channel: &'a str,
         /// The payload.
         payload: Raw<'a>,
+        /// The retained message's offset (`pubsub.persist`); absent otherwise.
+        offset: Option<u64>,
     },
     /// `{"t":"invoke","id":N,"name":S,"args":A}`: an RPC call for a worker.
     Invoke {
@@ -324,10 +326,17 @@ impl Push<'_> {
                 MapEnc::begin(codec, out, "ping").finish();
                 return Ok(());
             }
-            Push::Msg { channel, payload } => {
+            Push::Msg {
+                channel,
+                payload,
+                offset,
+            } => {
                 let mut m = MapEnc::begin(codec, out, "msg");
                 m.key("channel").str(channel);
                 let r = m.raw("payload", payload);
+                if let Some(o) = offset {
+                    m.key("offset").uint(o);
+                }
                 (m, r)
             }
             Push::Invoke { id, name, args } => {
@@ -506,11 +515,28 @@ mod tests {
                 Push::Msg {
                     channel: "news",
                     payload: v,
+                    offset: None,
                 }
                 .encode_into(c, o)
                 .unwrap()
             },
             r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]}}"#,
+        );
+        one(
+            &|o| {
+                Push::Msg {
+                    channel: "news",
+                    payload: v,
+                    offset: Some(42),
+                }
+                .encode_into(c, o)
+                .unwrap()
+            },
+            r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]},"offset":42}"#,
+        );
+        one(
+            &|o| Reply::Sub { offset: 7 }.encode_into(c, id, o),
+            r#"{"t":"ok","id":12,"value":{"ok":true,"offset":7}}"#,
         );
         one(
             &|o| {
@@ -552,6 +578,8 @@ mod tests {
     "83a174a26f6ba269640ca576616c756582a676616c7565739381a1619201a178c081a1619201a178a5666f756e6493c3c2c3",
     "81a174a470696e67",
     "83a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178",
+    "84a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178a66f66667365742a",
+    "83a174a26f6ba269640ca576616c756582a26f6bc3a66f666673657407",
     "84a174a6696e766f6b65a2696403a46e616d65a3616464a46172677381a1619201a178",
     ];
 
@@ -600,7 +628,8 @@ mod tests {
         assert!(ok_value(Codec::Json, None, bad, &mut out).is_err());
         assert!(Push::Msg {
             channel: "c",
-            payload: bad
+            payload: bad,
+            offset: None,
         }
         .encode_into(Codec::Json, &mut out)
         .is_err());

@@ -128,6 +128,7 @@ fn encoding_replies_into_a_buffer_with_room_allocates_nothing() {
             Push::Msg {
                 channel: "c",
                 payload: v,
+                offset: None,
             }
             .encode_into(codec, &mut out)
             .unwrap();

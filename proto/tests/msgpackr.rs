@@ -268,6 +268,7 @@ fn our_frames() -> Vec<(&'static str, Vec<u8>)> {
     Push::Msg {
         channel: "orders",
         payload: Raw::new(Codec::MsgPack, &payload),
+        offset: None,
     }
     .encode_into(Codec::MsgPack, &mut out)
     .unwrap();

@@ -108,6 +108,8 @@ fn with_gauges<R>(
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),
         subscriptions: m.pubsub.len(),
+        duplicates: m.dedup.duplicates,
+        dedup_size: m.dedup.len(),
         procs: m.rpc.procs().collect(),
         rss: sys::rss_bytes(),
         cpu_core_fraction: cpu / uptime as f64,

@@ -184,14 +184,22 @@ fn route<T: Transport>(
         Request::Fdel { key, token, k } => {
             locks::fenced(m, out, from, id, &key, token, &k, Fenced::Del)?
         }
-        Request::Sub { channel } => pubsub::sub(m, out, from, id, &channel),
+        Request::Sub {
+            channel,
+            replay,
+            since,
+        } => pubsub::sub(m, out, from, id, &channel, replay, since)?,
         Request::Unsub { channel } => pubsub::unsub(m, out, from, id, &channel),
         Request::Pub {
             channel,
             payload,
             acks,
-            ..
-        } => pubsub::publish(m, out, io, from, id, &channel, payload, acks)?,
+            pid,
+            seq,
+        } => {
+            let idem = pid.as_deref().zip(seq);
+            pubsub::publish(m, out, io, from, id, &channel, payload, acks, idem)?
+        }
         Request::Reg { name } => rpc::reg(m, out, from, id, &name),
         Request::Unreg { name } => rpc::unreg(m, out, from, id, &name),
         Request::Call {

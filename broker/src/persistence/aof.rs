@@ -13,6 +13,13 @@
 //!              | 2 DEL   key_len:varint key
 //!              | 3 CLEAR
 //!              | 4 FENCE reserved_to:u64be   (tokens ≤ reserved_to may have been issued)
+//!              | 5 PUB   ch_len:varint ch  offset:u64be  ts_unix_ms:u64be
+//!                        [pid_len:varint pid  seq:varint if tag & 0x10]
+//!                        payload_len:varint payload   codec: MessagePack if tag & 0x08
+//!                        (a retained message; its pid/seq also feed dedup)
+//!              | 6 DEDUP pid_len:varint pid  ch_len:varint ch  seq:varint
+//!                        (an accepted idempotent publish on a channel not retained)
+//!              | 7 OFFSET reserved_to:u64be  (pub/sub offsets ≤ reserved_to may have been issued)
 //! varint  := LEB128 (7 bits per byte, low first)
 //! ```
 //!
@@ -31,6 +38,10 @@ const SET: u8 = 1;
 const DEL: u8 = 2;
 const CLEAR: u8 = 3;
 const FENCE: u8 = 4;
+const PUB: u8 = 5;
+const DEDUP: u8 = 6;
+const OFFSET: u8 = 7;
+const HAS_PID: u8 = 0x10;
 const OP_MASK: u8 = 0x07;
 const MSGPACK: u8 = 0x08;
 const EXPIRES: u8 = 0x10;
@@ -111,6 +122,57 @@ pub fn encode_fence(out: &mut Vec<u8>, reserved_to: u64) {
     out.extend_from_slice(&reserved_to.to_be_bytes());
 }
 
+/// Appends a PUB entry (a retained message).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_pub(
+    out: &mut Vec<u8>,
+    channel: &str,
+    offset: u64,
+    ts_unix_ms: u64,
+    idem: Option<(&str, u64)>,
+    codec: Codec,
+    payload: &[u8],
+) {
+    open(out);
+    let mut tag = PUB;
+    if codec == Codec::MsgPack {
+        tag |= MSGPACK;
+    }
+    if idem.is_some() {
+        tag |= HAS_PID;
+    }
+    out.push(tag);
+    varint(out, channel.len() as u64);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&ts_unix_ms.to_be_bytes());
+    if let Some((pid, seq)) = idem {
+        varint(out, pid.len() as u64);
+        out.extend_from_slice(pid.as_bytes());
+        varint(out, seq);
+    }
+    varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a DEDUP entry.
+pub fn encode_dedup(out: &mut Vec<u8>, pid: &str, channel: &str, seq: u64) {
+    open(out);
+    out.push(DEDUP);
+    varint(out, pid.len() as u64);
+    out.extend_from_slice(pid.as_bytes());
+    varint(out, channel.len() as u64);
+    out.extend_from_slice(channel.as_bytes());
+    varint(out, seq);
+}
+
+/// Appends an OFFSET reservation entry.
+pub fn encode_offset(out: &mut Vec<u8>, reserved_to: u64) {
+    open(out);
+    out.push(OFFSET);
+    out.extend_from_slice(&reserved_to.to_be_bytes());
+}
+
 /// The store's effects of this turn, encoded as log entries as they happen (one
 /// reused buffer: no allocation per write once it has grown).
 #[derive(Debug)]
@@ -183,6 +245,40 @@ pub enum Record<'a> {
         /// The reservation.
         reserved_to: u64,
     },
+    /// A retained pub/sub message.
+    Pub {
+        /// Channel.
+        channel: &'a str,
+        /// Its offset.
+        offset: u64,
+        /// Publish time, Unix ms.
+        ts_unix_ms: u64,
+        /// The idempotent producer's (pid, seq), when it had them.
+        idem: Option<(&'a str, u64)>,
+        /// Codec of `payload`.
+        codec: Codec,
+        /// Encoded payload.
+        payload: &'a [u8],
+    },
+    /// An accepted idempotent publish (channel not retained).
+    Dedup {
+        /// Producer id.
+        pid: &'a str,
+        /// Channel.
+        channel: &'a str,
+        /// Sequence.
+        seq: u64,
+    },
+    /// Pub/sub offsets up to this may have been issued.
+    Offset {
+        /// The reservation.
+        reserved_to: u64,
+    },
+}
+
+fn str_field<'a>(b: &mut &'a [u8]) -> Option<&'a str> {
+    let l = usize::try_from(read_varint(b)?).ok()?;
+    std::str::from_utf8(take(b, l)?).ok()
 }
 
 /// What is wrong at some offset of a log or snapshot.
@@ -252,6 +348,39 @@ fn parse_entry<'a>(b: &mut &'a [u8]) -> Option<Record<'a>> {
         }
         CLEAR if tag == CLEAR => Record::Clear,
         FENCE if tag == FENCE => Record::Fence {
+            reserved_to: u64be(b)?,
+        },
+        PUB if tag & !(MSGPACK | HAS_PID) == PUB => {
+            let channel = str_field(b)?;
+            let offset = u64be(b)?;
+            let ts_unix_ms = u64be(b)?;
+            let idem = if tag & HAS_PID != 0 {
+                Some((str_field(b)?, read_varint(b)?))
+            } else {
+                None
+            };
+            let pl = usize::try_from(read_varint(b)?).ok()?;
+            let payload = take(b, pl)?;
+            let codec = if tag & MSGPACK != 0 {
+                Codec::MsgPack
+            } else {
+                Codec::Json
+            };
+            Record::Pub {
+                channel,
+                offset,
+                ts_unix_ms,
+                idem,
+                codec,
+                payload,
+            }
+        }
+        DEDUP if tag == DEDUP => Record::Dedup {
+            pid: str_field(b)?,
+            channel: str_field(b)?,
+            seq: read_varint(b)?,
+        },
+        OFFSET if tag == OFFSET => Record::Offset {
             reserved_to: u64be(b)?,
         },
         _ => return None,
@@ -379,6 +508,36 @@ mod tests {
         frame(&|b| encode_clear(b));
         frame(&|b| encode_fence(b, 9));
         out
+    }
+
+    #[test]
+    fn pubsub_records_round_trip() {
+        let mut b = Vec::new();
+        encode_pub(
+            &mut b,
+            "ch",
+            7,
+            1234,
+            Some(("p-1", 3)),
+            Codec::MsgPack,
+            &[0x01],
+        );
+        encode_pub(&mut b, "ch2", 8, 1235, None, Codec::Json, b"\"x\"");
+        encode_dedup(&mut b, "p-2", "c", 99);
+        encode_offset(&mut b, 2048);
+        assert!(seal(&mut b));
+        let mut got = Vec::new();
+        let (end, dmg) = read_records(&b, |r| got.push(format!("{r:?}")));
+        assert_eq!((end, dmg), (b.len(), None));
+        assert_eq!(
+            got,
+            [
+                r#"Pub { channel: "ch", offset: 7, ts_unix_ms: 1234, idem: Some(("p-1", 3)), codec: MsgPack, payload: [1] }"#,
+                r#"Pub { channel: "ch2", offset: 8, ts_unix_ms: 1235, idem: None, codec: Json, payload: [34, 120, 34] }"#,
+                r#"Dedup { pid: "p-2", channel: "c", seq: 99 }"#,
+                "Offset { reserved_to: 2048 }",
+            ]
+        );
     }
 
     #[test]

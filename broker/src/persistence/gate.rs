@@ -36,6 +36,8 @@ struct Held {
 pub struct Gate {
     log: Option<Persistence>,
     held: Vec<Held>,
+    /// A durable ack (or an offset reservation) needs this turn's commit synced.
+    sync: bool,
 }
 
 impl Gate {
@@ -44,6 +46,7 @@ impl Gate {
         Gate {
             log,
             held: Vec::new(),
+            sync: false,
         }
     }
 
@@ -87,6 +90,26 @@ impl Gate {
         Ok(())
     }
 
+    /// Makes this turn's commit fsync whatever the policy (an offset reservation).
+    pub fn sync_this_turn(&mut self) {
+        self.sync = true;
+    }
+
+    /// Holds the reply to a durable-ack publish (starting at `at` in `conn`'s output)
+    /// until this turn's commit is fsynced, whatever the policy; under `always`
+    /// [`Gate::admit`] held it already.
+    pub fn hold_durable(&mut self, conn: ConnId, id: Option<Raw<'_>>, at: usize) {
+        let Some(p) = &self.log else { return };
+        self.sync = true;
+        if p.mode() != FsyncMode::Always {
+            self.held.push(Held {
+                conn,
+                at,
+                id: id.map(|i| Box::<[u8]>::from(i.bytes)),
+            });
+        }
+    }
+
     /// Whether `conn` has a reply held for this turn's commit (its output must not
     /// be flushed early).
     #[inline]
@@ -116,7 +139,9 @@ impl Gate {
             p.reserve(buf, r);
         }
         let was_failing = p.error.is_some();
-        let result = p.commit(buf, reservation.is_some());
+        let force = reservation.is_some() || std::mem::take(&mut self.sync);
+        let had_held = !self.held.is_empty();
+        let result = p.commit(buf, force);
         let mode = p.mode();
         match result {
             Ok(()) => {
@@ -130,7 +155,7 @@ impl Gate {
                         "procmesh: persistence error: {e}; refusing writes until it recovers"
                     );
                 }
-                if mode == FsyncMode::Always {
+                if mode == FsyncMode::Always || had_held {
                     self.retract(&e, conns, stats);
                 }
             }
@@ -171,9 +196,14 @@ impl Gate {
     }
 
     /// Starts, advances or completes a snapshot (once per turn, after the commit).
-    pub fn tick(&mut self, store: &Store<Option<EffectLog>>, now: u64) {
+    pub fn tick(
+        &mut self,
+        store: &Store<Option<EffectLog>>,
+        now: u64,
+        carry: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(p) = self.log.as_mut() {
-            p.tick(store, now);
+            p.tick(store, now, carry);
         }
     }
 

@@ -30,6 +30,8 @@ use procmesh_proto::Raw;
 
 use self::aof::{AppendLog, Damage, Record};
 use self::snapshot::Snapshot;
+use crate::dedup::Dedup;
+use crate::retain::{Retain, Retained};
 use crate::store::{EffectSink, Store};
 
 /// When written data is made durable.
@@ -230,11 +232,33 @@ pub type RecoveryError = String;
 
 impl Persistence {
     /// Locks the directory, loads the snapshot and replays the log into `store`.
-    /// `unix_base_ms` is the wall-clock time of the store's time 0.
+    /// `unix_base_ms` is the wall-clock time of the store's time 0. Retained pub/sub
+    /// and dedup records are read and dropped: use [`Persistence::open_with`] to keep
+    /// them.
     pub fn open<E: EffectSink>(
         cfg: PersistConfig,
         store: &mut Store<E>,
         unix_base_ms: u64,
+    ) -> Result<(Persistence, Recovered), RecoveryError> {
+        let mut retain = Retain::new(crate::retain::RetainConfig {
+            retention: 0,
+            ..Default::default()
+        });
+        let mut dedup = Dedup::new(crate::dedup::DedupConfig {
+            max: 1,
+            ..Default::default()
+        });
+        Persistence::open_with(cfg, store, unix_base_ms, &mut retain, &mut dedup)
+    }
+
+    /// [`Persistence::open`], also restoring retained messages, the offset reservation
+    /// (`retain`) and accepted idempotent seqs (`dedup`).
+    pub fn open_with<E: EffectSink>(
+        cfg: PersistConfig,
+        store: &mut Store<E>,
+        unix_base_ms: u64,
+        retain: &mut Retain,
+        dedup: &mut Dedup,
     ) -> Result<(Persistence, Recovered), RecoveryError> {
         let dir = &cfg.dir;
         let ctx = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
@@ -256,7 +280,7 @@ impl Persistence {
         }
         let mut rec = Recovered::default();
         let now_unix = unix_ms();
-        let apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
+        let mut apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
             Record::Set {
                 key,
                 codec,
@@ -280,6 +304,31 @@ impl Persistence {
             Record::Clear => store.clear(),
             Record::Fence { reserved_to } => {
                 rec.fence_reserved = rec.fence_reserved.max(reserved_to)
+            }
+            Record::Pub {
+                channel,
+                offset,
+                ts_unix_ms,
+                idem,
+                codec,
+                payload,
+            } => {
+                if let Some((pid, seq)) = idem {
+                    dedup.observe(pid, channel, seq, 0);
+                }
+                let msg = Retained {
+                    offset,
+                    ts: ts_unix_ms,
+                    codec,
+                    payload: payload.into(),
+                };
+                retain.restore(channel, msg, now_unix);
+            }
+            Record::Dedup { pid, channel, seq } => {
+                dedup.observe(pid, channel, seq, 0);
+            }
+            Record::Offset { reserved_to } => {
+                retain.reserved_to = retain.reserved_to.max(reserved_to);
             }
         };
         // Snapshot.
@@ -343,6 +392,7 @@ impl Persistence {
                 }
             }
         }
+        retain.recovered();
         rec.keys = store.len();
         let log = AppendLog::open(&dir.join(segment_name(last_seq)))
             .map_err(|e| ctx("cannot open the log", e))?;
@@ -445,8 +495,16 @@ impl Persistence {
         aof::encode_fence(buf, reserved_to);
     }
 
-    /// Starts, advances or completes a snapshot (called once per loop turn).
-    pub fn tick<E: EffectSink>(&mut self, store: &Store<E>, now: u64) {
+    /// Starts, advances or completes a snapshot (called once per loop turn). When a
+    /// snapshot starts, `carry` writes the state kept outside the store (retained
+    /// messages, offset reservation, dedup) into the new segment, so it survives the
+    /// removal of the old ones.
+    pub fn tick<E: EffectSink>(
+        &mut self,
+        store: &Store<E>,
+        now: u64,
+        carry: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(rx) = &self.finishing {
             match rx.try_recv() {
                 Ok(Ok(_)) => {
@@ -467,7 +525,7 @@ impl Persistence {
             if grown < self.cfg.compact_bytes {
                 return;
             }
-            if let Err(e) = self.start_snapshot() {
+            if let Err(e) = self.start_snapshot(carry) {
                 self.error_count += 1;
                 self.error = Some(format!("cannot start a snapshot: {e}"));
                 // Do not retry every turn: wait for as much growth again.
@@ -503,7 +561,7 @@ impl Persistence {
     }
 
     /// Rotates the log to a new segment and begins a snapshot continuing in it.
-    fn start_snapshot(&mut self) -> io::Result<()> {
+    fn start_snapshot(&mut self, carry: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let seq = self.seq + 1;
         let log = AppendLog::open(&self.cfg.dir.join(segment_name(seq)))?;
         let snap = Snapshot::begin(&self.cfg.dir, seq)?;
@@ -520,6 +578,7 @@ impl Persistence {
         // A new segment starts with the current reservation so it stands alone.
         let mut fence = Vec::new();
         aof::encode_fence(&mut fence, self.reserved_to);
+        carry(&mut fence);
         aof::seal(&mut fence);
         self.log.write(&fence)?;
         self.bytes_at_snapshot = 0;

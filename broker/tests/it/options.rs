@@ -490,3 +490,110 @@ fn what_a_node_client_passes_when_it_spawns_a_broker_gives_no_warning() {
     );
     assert!(b.warnings.is_empty(), "{:?}", b.warnings);
 }
+
+/// Publishes `seq` of producer `pid` on `ch`; the reply's value (`null` = duplicate).
+fn pub_seq(c: &mut TestClient, ch: &str, pid: &str, seq: u64) -> Value {
+    c.ok(json!({"t":"pub","channel":ch,"payload":seq,"pid":pid,"seq":seq}))
+}
+
+#[test]
+fn option_dedup_enabled_false_delivers_retries() {
+    let on = start(json!({}), &[]);
+    let mut c = on.client();
+    assert_eq!(pub_seq(&mut c, "d", "p", 1), json!(0));
+    assert_eq!(
+        pub_seq(&mut c, "d", "p", 1),
+        Value::Null,
+        "dedup is on by default"
+    );
+    let off = start(json!({"dedup":{"enabled":false}}), &[]);
+    let mut c = off.client();
+    assert_eq!(pub_seq(&mut c, "d", "p", 1), json!(0));
+    assert_eq!(
+        pub_seq(&mut c, "d", "p", 1),
+        json!(0),
+        "a retry is not dropped"
+    );
+}
+
+#[test]
+fn option_dedup_window_bounds_gap_filling() {
+    let wide = start(json!({}), &[]);
+    let mut c = wide.client();
+    pub_seq(&mut c, "d", "p", 10);
+    assert_eq!(
+        pub_seq(&mut c, "d", "p", 5),
+        json!(0),
+        "a gap inside 1024 is filled"
+    );
+    let narrow = start(json!({"dedup":{"window":4}}), &[]);
+    let mut c = narrow.client();
+    pub_seq(&mut c, "d", "p", 10);
+    assert_eq!(
+        pub_seq(&mut c, "d", "p", 5),
+        Value::Null,
+        "below the window"
+    );
+}
+
+#[test]
+fn option_dedup_max_bounds_the_producers_remembered() {
+    let b = start(json!({"dedup":{"max":1}}), &[]);
+    let mut c = b.client();
+    pub_seq(&mut c, "d", "p1", 1);
+    pub_seq(&mut c, "d", "p2", 1);
+    assert!(c.stats()["dedupSize"].as_u64().unwrap() <= 1);
+    assert_eq!(
+        pub_seq(&mut c, "d", "p1", 1),
+        json!(0),
+        "p1 was evicted by p2: its retry is no longer recognised"
+    );
+}
+
+/// Subscribes to `ch` with `replay: true`; the offsets of the backlog delivered.
+fn replayed(b: &Served, ch: &str) -> Vec<u64> {
+    let mut s = b.client();
+    let r = s.request(json!({"t":"sub","channel":ch,"replay":true}));
+    assert_eq!(r["t"], "ok", "{r}");
+    s.inbox
+        .iter()
+        .filter(|f| f["t"] == "msg")
+        .map(|f| f["offset"].as_u64().expect("an offset"))
+        .collect()
+}
+
+#[test]
+fn option_pubsub_persist_and_retention_bound_the_backlog() {
+    let b = start(json!({"pubsub":{"persist":true,"retention":2}}), &[]);
+    let mut p = b.client();
+    for i in 0..3 {
+        p.ok(json!({"t":"pub","channel":"r","payload":i}));
+    }
+    let got = replayed(&b, "r");
+    assert_eq!(got.len(), 2, "retention 2: {got:?}");
+    assert!(got[0] < got[1]);
+    let none = start(json!({"pubsub":{"persist":true,"retention":0}}), &[]);
+    let mut p = none.client();
+    p.ok(json!({"t":"pub","channel":"r","payload":1}));
+    assert!(
+        replayed(&none, "r").is_empty(),
+        "retention 0 retains nothing"
+    );
+    let off = start(json!({}), &[]);
+    let mut p = off.client();
+    p.ok(json!({"t":"pub","channel":"r","payload":1}));
+    assert!(
+        replayed(&off, "r").is_empty(),
+        "pubsub.persist is off by default"
+    );
+}
+
+#[test]
+fn option_pubsub_max_channels_bounds_the_retained_channels() {
+    let b = start(json!({"pubsub":{"persist":true,"maxChannels":1}}), &[]);
+    let mut p = b.client();
+    p.ok(json!({"t":"pub","channel":"a","payload":1}));
+    p.ok(json!({"t":"pub","channel":"b","payload":2}));
+    assert!(replayed(&b, "a").is_empty(), "a was evicted by b");
+    assert_eq!(replayed(&b, "b").len(), 1);
+}

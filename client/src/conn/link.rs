@@ -283,6 +283,8 @@ impl Conn {
                 let id = self.next_id();
                 let sub = Request::Sub {
                     channel: p.as_str().into(),
+                    replay: None,
+                    since: None,
                 };
                 let _ = self.write_locked(&mut io, id, &sub, Pending::Background("resubscribe"));
             }
