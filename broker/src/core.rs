@@ -28,6 +28,7 @@ use crate::config::BrokerConfig;
 use crate::connection::{Closing, ConnId, Connection, Conns, ReadOutcome, Transport};
 use crate::dedup::Dedup;
 use crate::dispatch;
+use crate::events::{BrokerEvent, ConnSerial, Events};
 use crate::locks::LockTable;
 use crate::mesh::{Mesh, MeshStore};
 use crate::persistence::gate::Gate;
@@ -52,6 +53,8 @@ pub struct Core {
     conns: Conns,
     next_serial: u64,
     next_heartbeat: u64,
+    /// When the next `stats` event is due (`u64::MAX`: never).
+    next_stats: u64,
     expiry_busy: bool,
 }
 
@@ -66,6 +69,12 @@ impl Core {
     ) -> Core {
         let next_heartbeat = cfg.heartbeat.map_or(u64::MAX, |h| h.as_millis() as u64);
         let conns = Conns::new(cfg.send_hard_limit);
+        let events = Events::new(cfg.events.clone());
+        // Stats events are built only for a listener.
+        let next_stats = match (cfg.stats_interval, events.is_on()) {
+            (Some(iv), true) => iv.as_millis() as u64,
+            _ => u64::MAX,
+        };
         Core {
             mesh: Mesh {
                 store,
@@ -91,10 +100,12 @@ impl Core {
                 mpr_plain: Vec::new(),
                 mpr_enc: Default::default(),
                 targets: Vec::new(),
+                events,
             },
             conns,
             next_serial: 0,
             next_heartbeat,
+            next_stats,
             expiry_busy: false,
         }
     }
@@ -134,7 +145,7 @@ impl Core {
     /// The earliest time (ms on the broker clock) the core needs a turn without any
     /// event: a timer, the heartbeat, or periodic expiry. `now` is the current clock.
     pub fn next_wake(&self, now: u64) -> Option<u64> {
-        let mut next = self.next_heartbeat;
+        let mut next = self.next_heartbeat.min(self.next_stats);
         if let Some(d) = self.mesh.timers.next_deadline() {
             next = next.min(d);
         }
@@ -156,8 +167,12 @@ impl Core {
         self.next_serial += 1;
         let authed = self.mesh.cfg.token.is_none();
         self.mesh.stats.accepted += 1;
+        let serial = self.next_serial;
+        self.mesh
+            .events
+            .emit(|| BrokerEvent::Connect(ConnSerial(serial)));
         self.conns
-            .insert(Connection::new(self.next_serial, authed, self.mesh.now))
+            .insert(Connection::new(serial, authed, self.mesh.now))
     }
 
     /// A connection's state, for the driver to read into (or flag).
@@ -247,11 +262,53 @@ impl Core {
         self.heartbeat();
         self.expiry_busy = self.mesh.store.reclaim(self.mesh.now, EXPIRE_BUDGET);
         self.compact_timers();
+        let errors = self.persist_errors();
         self.commit();
         let m = &mut self.mesh;
         let (retain, dedup) = (&m.retain, &m.dedup);
         m.gate
             .tick(&m.store, m.now, |buf| carry(retain, dedup, buf));
+        if self.mesh.events.is_on() {
+            self.emit_persist_error(errors);
+            self.emit_stats();
+        }
+    }
+
+    /// Log and snapshot failures so far (0 without persistence).
+    fn persist_errors(&self) -> u64 {
+        self.mesh.gate.log().map_or(0, |p| p.error_count)
+    }
+
+    /// `persist-error` when the turn's commit or snapshot step failed anew.
+    fn emit_persist_error(&mut self, before: u64) {
+        let Some(p) = self.mesh.gate.log() else {
+            return;
+        };
+        if p.error_count > before {
+            let why = p
+                .error
+                .clone()
+                .unwrap_or_else(|| "persistence failed".into());
+            self.mesh.events.emit(|| BrokerEvent::PersistError(why));
+        }
+    }
+
+    /// The periodic `stats` event, when due.
+    fn emit_stats(&mut self) {
+        let now = self.mesh.now;
+        if now < self.next_stats {
+            return;
+        }
+        let iv = self
+            .mesh
+            .cfg
+            .stats_interval
+            .map_or(u64::MAX, |d| d.as_millis() as u64);
+        self.next_stats = now.saturating_add(iv.max(1));
+        let report = dispatch::control::report(&mut self.mesh, &mut self.conns);
+        self.mesh
+            .events
+            .emit(|| BrokerEvent::Stats(Box::new(report)));
     }
 
     /// Replaces the pub/sub retention and dedup state with what recovery restored
@@ -334,6 +391,8 @@ impl Core {
         }
         for k in reap {
             self.mesh.stats.reaped += 1;
+            let serial = ConnSerial(self.conns[k].serial);
+            self.mesh.events.emit(|| BrokerEvent::Reap(serial));
             self.conns.close_later(k, Closing::Now);
         }
     }
@@ -372,9 +431,11 @@ impl Core {
     /// Closes `id`: its socket goes back to the driver, its subscriptions, locks
     /// (handed to waiters) and calls (failed to their callers) go with it.
     fn close<T: Transport>(&mut self, id: ConnId, io: &mut T) {
-        if self.conns.remove(id).is_none() {
+        let Some(conn) = self.conns.remove(id) else {
             return;
-        }
+        };
+        let serial = ConnSerial(conn.serial);
+        self.mesh.events.emit(|| BrokerEvent::Disconnect(serial));
         io.release(id);
         let m = &mut self.mesh;
         m.pubsub.remove_conn(id);

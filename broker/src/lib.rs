@@ -38,6 +38,8 @@
 //! - [`persistence`]: snapshot + append-only log, fsync policy, recovery, and the
 //!   durability gate ([`persistence::gate`]).
 //! - [`stats`]: counters and the `stats` reply.
+//! - [`events`]: broker events for an embedder (connect, disconnect, drop, reap,
+//!   stats, persist-error) on a bounded channel ([`BrokerBuilder::events`]).
 //! - [`config`](crate::config): configuration.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
@@ -69,6 +71,7 @@ pub mod connection;
 mod core;
 pub mod dedup;
 mod dispatch;
+pub mod events;
 pub mod io;
 pub mod locks;
 mod mesh;
@@ -83,11 +86,13 @@ pub mod timers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::BrokerConfig;
+pub use events::BrokerEvent;
 pub use io::{BindError, Reactor};
 pub use store::StoreConfig;
 
@@ -99,6 +104,7 @@ impl Broker {
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             cfg: BrokerConfig::default(),
+            events: None,
         }
     }
 }
@@ -107,6 +113,7 @@ impl Broker {
 #[derive(Debug, Clone)]
 pub struct BrokerBuilder {
     cfg: BrokerConfig,
+    events: Option<usize>,
 }
 
 impl BrokerBuilder {
@@ -220,8 +227,31 @@ impl BrokerBuilder {
         self
     }
 
+    /// Emit a [`BrokerEvent::Stats`] snapshot this often (`None` = never).
+    pub fn stats_interval(mut self, every: Option<Duration>) -> Self {
+        self.cfg.stats_interval = every;
+        self
+    }
+
+    /// Deliver broker events to [`BrokerHandle::events`], holding at most `capacity`
+    /// undelivered ones: when the receiver lags further, events are dropped (and
+    /// counted in [`BrokerHandle::events_dropped`]); the loop never waits for it.
+    /// Without this call no event is built at all.
+    pub fn events(mut self, capacity: usize) -> Self {
+        self.events = Some(capacity);
+        self
+    }
+
     /// Binds the socket and runs the broker on its own thread.
-    pub fn start(self) -> Result<BrokerHandle, BindError> {
+    pub fn start(mut self) -> Result<BrokerHandle, BindError> {
+        let mut events = None;
+        let mut events_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(cap) = self.events {
+            let (sink, rx) = events::channel(cap);
+            events_dropped = sink.dropped();
+            self.cfg.events = Some(sink);
+            events = Some(rx);
+        }
         let reactor = Reactor::bind(self.cfg)?;
         let path = reactor.socket().to_path_buf();
         let (stop, waker) = reactor.stopper();
@@ -234,6 +264,8 @@ impl BrokerBuilder {
             stop,
             waker,
             thread: Some(thread),
+            events,
+            events_dropped,
         })
     }
 }
@@ -244,12 +276,26 @@ pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    events: Option<Receiver<BrokerEvent>>,
+    events_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BrokerHandle {
     /// The socket path clients connect to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The broker's events (once: later calls return `None`; also `None` unless
+    /// the builder asked for [`events`](BrokerBuilder::events)). The channel closes
+    /// when the broker stops.
+    pub fn events(&mut self) -> Option<Receiver<BrokerEvent>> {
+        self.events.take()
+    }
+
+    /// Events dropped so far because the receiver lagged.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// Whether the loop has exited (after `shutdown` from a client or idle timeout).

@@ -77,4 +77,6 @@ pub struct Mesh {
     pub mpr_enc: Encoder,
     /// Scratch: a publish's matching connections.
     pub targets: Vec<ConnId>,
+    /// Broker events for an embedder (off unless one listens).
+    pub events: crate::events::Events,
 }

@@ -5,6 +5,7 @@
 //! stops after the turn).
 
 use procmesh_proto::response;
+use procmesh_proto::stats::StatsReport;
 use procmesh_proto::{ErrorCode, Raw, Reply};
 
 use super::{reply, send_err};
@@ -74,15 +75,35 @@ pub(super) fn ping(out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
 /// `stats`: counters and gauges of every module.
 pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
     let Some(id) = id else { return };
+    let open = (out.len(), out.slow_closed);
+    with_gauges(m, open, |stats, g| {
+        out.send(from, |codec, buf| {
+            response::ok_with(codec, Some(id), buf, |w| stats.encode(g, w))
+        })
+    });
+}
+
+/// The stats report of this moment (the periodic `stats` event).
+pub(crate) fn report(m: &mut Mesh, out: &mut Conns) -> StatsReport {
+    with_gauges(m, (out.len(), out.slow_closed), |stats, g| stats.report(g))
+}
+
+/// Gathers the gauges of every module and hands them, with the counters, to `f`;
+/// `open` is the connection table's (open connections, hard-limit closes).
+fn with_gauges<R>(
+    m: &mut Mesh,
+    open: (usize, u64),
+    f: impl FnOnce(&crate::stats::Stats, &Gauges<'_>) -> R,
+) -> R {
     let uptime = m.now.max(1);
     let cpu = sys::cpu_time().saturating_sub(m.cpu_start).as_secs_f64() * 1000.0;
     let counters = m.store.counters();
     // The connection table counts hard-limit closes; stats exports them.
-    m.stats.slow_closed = out.slow_closed;
+    m.stats.slow_closed = open.1;
     let g = Gauges {
         name: &m.cfg.name,
         uptime_ms: m.now,
-        connections: out.len(),
+        connections: open.0,
         cache_size: m.store.len(),
         cache_bytes: m.store.value_bytes(),
         evicted: counters.evicted,
@@ -108,10 +129,7 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
         }),
         io_backend: m.cfg.io.name(),
     };
-    let stats = &m.stats;
-    out.send(from, |codec, buf| {
-        response::ok_with(codec, Some(id), buf, |w| stats.encode(&g, w))
-    });
+    f(&m.stats, &g)
 }
 
 /// `shutdown`: answered, then the driver stops after this turn.

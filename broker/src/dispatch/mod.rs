@@ -14,7 +14,7 @@
 //! back up into `core` or `io`.
 
 mod cache;
-mod control;
+pub(crate) mod control;
 pub(crate) mod locks;
 mod pubsub;
 pub(crate) mod rpc;

@@ -12,6 +12,7 @@ use procmesh_proto::{Acks, Codec, ErrorCode, Push, Raw, Reply, REPLAY_ALL};
 use super::{reply, Fail, Res};
 use crate::connection::{Closing, ConnId, Conns, Transport};
 use crate::dedup::Verdict;
+use crate::events::{BrokerEvent, ConnSerial};
 use crate::mesh::{Mesh, FANOUT_RECORDS};
 use crate::persistence::aof;
 use crate::retain::DurableAcks;
@@ -207,6 +208,11 @@ pub(super) fn publish<T: Transport>(
         }
         if droppable && conn.queued() > hwm {
             m.stats.dropped += 1;
+            let serial = ConnSerial(conn.serial);
+            m.events.emit(|| BrokerEvent::Drop {
+                channel: channel.to_string(),
+                conn: serial,
+            });
             continue;
         }
         conn.out().extend_from_slice(&enc[slot]);
