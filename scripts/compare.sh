@@ -12,9 +12,16 @@
 # row runs the client on CPU 0 too (same core), and a second latency row on CPU 1
 # (cross core) is shown for reference.
 #
-# Environment knobs: ROUNDS (3), N (requests per pipelined run, 2000000),
+# The 50 connections x 1 in flight rows run against the broker on both I/O drivers (the
+# main broker on `--io auto`, i.e. io_uring where the kernel allows it, and a second one
+# on `--io epoll`) and Redis, and record each server's CPU per request (utime + stime
+# from /proc/PID/stat over the run, divided by the requests).
+#
+# Environment knobs: ROUNDS (3), N (requests per pipelined run, 2000000), N_MANY
+# (requests per 50x1 run, 300000),
 # PUB_DURATION (3s), MEM_KEYS (1000000), PROFILE (1: strace -c syscalls per request),
 # OUT (results file; default bench/results/<date>-compare.md), SKIP_BUILD (0),
+# ONLY (empty; `many` = only the 50x1 rows and their syscall profile),
 # SNAPSHOT (0; 1 = build the committed HEAD from `git archive` instead of the working
 # tree, so the results name exactly one commit), QUIET_WAIT (180 s).
 set -euo pipefail
@@ -26,6 +33,7 @@ ROUNDS=${ROUNDS:-3}
 N=${N:-2000000}
 N_LAT=${N_LAT:-50000}
 N_LAT_CROSS=${N_LAT_CROSS:-10000}
+N_MANY=${N_MANY:-300000}
 PUB_DURATION=${PUB_DURATION:-3s}
 CALL_DURATION=${CALL_DURATION:-3s}
 MEM_KEYS=${MEM_KEYS:-1000000}
@@ -60,8 +68,8 @@ start_redis() { # SOCKET
     PIDS+=("$START_PID")
     wait_for "redis-server" redis-cli -s "$1" ping
 }
-start_broker() { # SOCKET
-    taskset -c "$SERVER_CPU" "$BROKER" serve --socket "$1" --max-keys 0 >>"$WORK/broker.log" 2>&1 &
+start_broker() { # SOCKET [IO]
+    taskset -c "$SERVER_CPU" "$BROKER" serve --socket "$1" --max-keys 0 --io "${2:-auto}" >>"$WORK/broker.log" 2>&1 &
     START_PID=$!
     PIDS+=("$START_PID")
     wait_for "procmesh broker" "$BROKER" status --socket "$1"
@@ -77,14 +85,22 @@ start_redis "$RSOCK"
 REDIS_PID=$START_PID
 start_broker "$PSOCK"
 BROKER_PID=$START_PID
-log "redis pid $REDIS_PID, broker pid $BROKER_PID, both on CPU $SERVER_CPU"
+# The driver `auto` chose (uring, or epoll where io_uring is refused).
+IO_MAIN=$("$BROKER" stats --socket "$PSOCK" --json | grep -o '"ioBackend": *"[a-z]*"' | grep -o '[a-z]*"$' | tr -d '"')
+ESOCK=$WORK/procmesh-epoll.sock
+EPOLL_PID=
+if [[ $IO_MAIN != epoll ]]; then
+    start_broker "$ESOCK" epoll
+    EPOLL_PID=$START_PID
+fi
+log "redis pid $REDIS_PID, broker pid $BROKER_PID ($IO_MAIN)${EPOLL_PID:+, epoll broker pid $EPOLL_PID}, all on CPU $SERVER_CPU"
 
 # CPU accounting (lib-bench.sh), to say how much other processes ran during the measurements:
 # machine-wide busy time (/proc/stat) minus our servers' and our reaped children's.
 T0=$(date +%s.%N)
 BUSY0=$(machine_busy_s)
 snap_children_cpu
-OURS0=$(awk -v a="$CHILD_CPU" -v b="$(pid_cpu_s "$REDIS_PID" "$BROKER_PID")" 'BEGIN { printf "%.2f", a + b }')
+OURS0=$(awk -v a="$CHILD_CPU" -v b="$(pid_cpu_s "$REDIS_PID" "$BROKER_PID" $EPOLL_PID)" 'BEGIN { printf "%.2f", a + b }')
 
 mkdir -p "$(dirname "$OUT")"
 : >"$RUNS"
@@ -141,6 +157,9 @@ rb() {
 log "prefilling $KEYSPACE keys on both systems"
 "$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
 "$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+if [[ -n $EPOLL_PID ]]; then
+    "$BENCH" --socket "$ESOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+fi
 
 PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" --threads 1)
 RB_PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" -d 3)
@@ -171,12 +190,70 @@ one_system() { # SYSTEM ROUND
     fi
 }
 
+# cpu_run SOCKET PID ARGS...: one procmesh-bench run on the client core; sets CPU_CMD and
+# CPU_JSON (its --json result plus cpu_us_per_req: the server PID's utime + stime over
+# the run, in µs, divided by the requests), CPU_JSON empty when it failed.
+cpu_run() {
+    local sock=$1 pid=$2
+    shift 2
+    CPU_CMD="taskset -c $CLIENT_CPU $BENCH --socket $sock $* --json; server CPU from /proc/$pid/stat"
+    CPU_JSON=
+    local c0 c1 out reqs
+    c0=$(pid_cpu_s "$pid")
+    if client "$WORK/out" taskset -c "$CLIENT_CPU" "$BENCH" --socket "$sock" "$@" --json && out=$(<"$WORK/out"); then
+        c1=$(pid_cpu_s "$pid")
+        reqs=$(grep -o '"requests":[0-9]*' <<<"$out" | cut -d: -f2)
+        local cpu
+        cpu=$(awk -v a="$c0" -v b="$c1" -v n="$reqs" 'BEGIN { printf "%.3f", (b - a) * 1e6 / n }')
+        CPU_JSON=$(sed -E 's/\}[[:space:]]*$/,"cpu_us_per_req":'"$cpu"'}/' <<<"$out")
+    else
+        echo "- 50x1: \`$CPU_CMD\` failed: $(head -c 300 "$WORK/err")" >>"$FAILS"
+    fi
+}
+
+# many ROUND: GET and SET over 50 connections x 1 in flight against Redis and the broker
+# on each driver. Each run is recorded twice, under an ops/s row and a CPU-per-request
+# row (targets: ops/s >= 1.8x Redis, CPU per request <= 0.5x); Redis's run of the round
+# stands in both drivers' rows.
+many() {
+    local r=$1 w b
+    local drivers=("$IO_MAIN")
+    [[ -n $EPOLL_PID ]] && drivers+=(epoll)
+    for w in get set; do
+        local args=(-t "$w" -c 50 -P 1 -n "$N_MANY" -r "$KEYSPACE" --threads 1)
+        local runs=()
+        if ((r % 2 == 0)); then runs=(redis "${drivers[@]}"); else runs=("${drivers[@]}" redis); fi
+        local redis_cmd='' redis_json='' ours_cmd=() ours_json=()
+        for b in "${runs[@]}"; do
+            case $b in
+            redis) cpu_run "$RSOCK" "$REDIS_PID" --target redis "${args[@]}"; redis_cmd=$CPU_CMD; redis_json=$CPU_JSON ;;
+            epoll) cpu_run "$ESOCK" "$EPOLL_PID" "${args[@]}"; ours_cmd+=("epoll" "$CPU_CMD"); ours_json+=("$CPU_JSON") ;;
+            *) cpu_run "$PSOCK" "$BROKER_PID" "${args[@]}"; ours_cmd+=("$b" "$CPU_CMD"); ours_json+=("$CPU_JSON") ;;
+            esac
+        done
+        local i
+        for i in "${!ours_json[@]}"; do
+            b=${ours_cmd[$((2 * i))]}
+            local row="${w^^} 50 conn x 1 in flight [$b]" cmd=${ours_cmd[$((2 * i + 1))]} json=${ours_json[$i]}
+            [[ -n $json ]] && record "$row" procmesh procmesh-bench "$r" "ops_per_sec>=1.8" "$cmd" "$json"
+            [[ -n $redis_json ]] && record "$row" redis procmesh-bench "$r" "ops_per_sec>=1.8" "$redis_cmd" "$redis_json"
+            row="${w^^} 50 conn x 1 [$b]: server CPU per request"
+            [[ -n $json ]] && record "$row" procmesh procmesh-bench "$r" "cpu_us_per_req<=0.5" "$cmd" "$json"
+            [[ -n $redis_json ]] && record "$row" redis procmesh-bench "$r" "cpu_us_per_req<=0.5" "$redis_cmd" "$redis_json"
+        done
+    done
+}
+
+ONLY=${ONLY:-}
 for r in $(seq "$ROUNDS"); do
     if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
     log "round $r/$ROUNDS: ${order[*]}"
-    for sys in "${order[@]}"; do
-        one_system "$sys" "$r"
-    done
+    if [[ $ONLY != many ]]; then
+        for sys in "${order[@]}"; do
+            one_system "$sys" "$r"
+        done
+    fi
+    many "$r"
 done
 
 # ------------------------------------------------------------------ memory
@@ -185,6 +262,7 @@ rss_bytes() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
 log "memory: $MEM_KEYS keys of 16 B with 32 B values, fresh servers"
 MEM_ROW="RSS with $MEM_KEYS keys (16 B keys, 32 B values)"
 for r in $(seq "$ROUNDS"); do
+    [[ $ONLY == many ]] && break
     if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
     for sys in "${order[@]}"; do
         sock=$WORK/mem-$sys-$r.sock
@@ -219,6 +297,7 @@ if strace_profile; then
         shift 4
         local extra=() sock=$PSOCK
         [[ $sys == redis ]] && extra=(--target redis) && sock=$RSOCK
+        [[ $sys == procmesh-epoll ]] && sock=$ESOCK
         local st=$WORK/strace-$sys.txt
         traced_client "$st" "-c -f" "$pid" taskset -c "$cpu" "$BENCH" "${extra[@]}" --socket "$sock" "$@" --json
         local reqs=$TRACED_REQS
@@ -248,18 +327,25 @@ if strace_profile; then
         echo "| run | server | syscalls per request | per request, by call (EAGAIN etc. in parentheses) |"
         echo "|---|---|---|---|"
     } >>"$PROFILE_MD"
-    for sys in procmesh redis; do
+    for sys in procmesh procmesh-epoll redis; do
         pid=$BROKER_PID
         [[ $sys == redis ]] && pid=$REDIS_PID
-        profile_one "$sys" "$pid" "GET 1x1, same core, 20k requests" "$SERVER_CPU" -t get -c 1 -P 1 -n 20000 -r "$KEYSPACE"
-        profile_one "$sys" "$pid" "GET 4x64, 400k requests" "$CLIENT_CPU" -t get -c 4 -P 64 -n 400000 -r "$KEYSPACE" --threads 1
+        if [[ $sys == procmesh-epoll ]]; then
+            [[ -z $EPOLL_PID ]] && continue
+            pid=$EPOLL_PID
+        fi
+        if [[ $ONLY != many ]]; then
+            profile_one "$sys" "$pid" "GET 1x1, same core, 20k requests" "$SERVER_CPU" -t get -c 1 -P 1 -n 20000 -r "$KEYSPACE"
+            profile_one "$sys" "$pid" "GET 4x64, 400k requests" "$CLIENT_CPU" -t get -c 4 -P 64 -n 400000 -r "$KEYSPACE" --threads 1
+        fi
+        profile_one "$sys" "$pid" "GET 50x1, 100k requests" "$CLIENT_CPU" -t get -c 50 -P 1 -n 100000 -r "$KEYSPACE" --threads 1
     done
 fi
 
 # Where the broker's time goes on the pipelined GET and INCR rows (perf, if it works here).
 PERF_MD=$WORK/perf.md
 : >"$PERF_MD"
-if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
+if [[ $PROFILE == 1 && $ONLY != many ]] && command -v perf >/dev/null; then
     for w in get incr; do
         log "profile: perf record of the broker during ${w^^} 4x64"
         pd=$WORK/perf-$w.data
@@ -284,7 +370,7 @@ if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
 fi
 
 # ------------------------------------------------------------------ report
-other_cpu "$REDIS_PID" "$BROKER_PID"
+other_cpu "$REDIS_PID" "$BROKER_PID" $EPOLL_PID
 machine_facts
 {
     echo "# procmesh vs Redis — $DATE"

@@ -196,6 +196,7 @@ const METRICS: &[(&str, bool)] = &[
     ("p50", false),
     ("p99", false),
     ("rss_bytes", false),
+    ("cpu_us_per_req", false),
 ];
 
 fn metric(v: &Value, name: &str) -> Option<f64> {
@@ -223,6 +224,7 @@ fn fmt_metric(name: &str, v: f64) -> String {
     match name {
         "rss_bytes" => format!("{:.1} MiB", v / (1 << 20) as f64),
         "p50" | "p99" | "p999" => format!("{v:.1} µs"),
+        "cpu_us_per_req" => format!("{v:.2} µs"),
         _ => group(v),
     }
 }
@@ -372,11 +374,15 @@ pub fn render_markdown(input: &str) -> Result<String, String> {
                 )
             };
             let get = |m: &str| med.get(&(sys.clone(), tool.clone(), m)).copied();
-            let other = [("delivered_per_sec", "msg/s"), ("rss_bytes", "RSS")]
-                .iter()
-                .filter_map(|(m, label)| get(m).map(|v| format!("{label} {}", fmt_metric(m, v))))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let other = [
+                ("delivered_per_sec", "msg/s"),
+                ("rss_bytes", "RSS"),
+                ("cpu_us_per_req", "server CPU/req"),
+            ]
+            .iter()
+            .filter_map(|(m, label)| get(m).map(|v| format!("{label} {}", fmt_metric(m, v))))
+            .collect::<Vec<_>>()
+            .join(", ");
             let lat = |m: &str| get(m).map_or("–".to_string(), |v| format!("{v:.1}"));
             let _ = writeln!(
                 detail,

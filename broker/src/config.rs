@@ -6,16 +6,20 @@
 //! weighed against each other: [`BrokerConfig::resolve`]. It reads no environment
 //! itself except through clap's `env` attributes; the caller passes the options text.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use procmesh_proto::{addr, frame};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::events::EventSink;
 use crate::persistence::{FsyncMode, PersistConfig};
+use crate::retain::DurableAcks;
 use crate::store::StoreConfig;
 
 /// Which broker a command means: `--name`, `--socket`, `--token` or `--token-file`.
@@ -125,6 +129,15 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|n| usize::try_from(n).map_err(|_| format!("`{s}` is too large")))
 }
 
+/// How much `procmesh serve` logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Startup, warnings, persistence errors.
+    Info,
+    /// Also every broker event.
+    Debug,
+}
+
 /// The flags of `procmesh serve`; [`BrokerConfig::resolve`] turns them into a config.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -164,10 +177,33 @@ pub struct ServeArgs {
     /// Hardening limits (issue 12): connection cap, handshake deadline, per-connection caps.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Emit a `stats` event this often (0 = never; logged with --log debug): ms or 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub stats_interval: Option<u64>,
+    /// What `serve` logs to stderr: `info` (startup, warnings, persistence errors)
+    /// or `debug` (also every broker event: connect, disconnect, drop, reap, stats).
+    #[arg(long, value_enum, default_value = "info", env = "PROCMESH_LOG")]
+    pub log: LogLevel,
+    /// Turn idempotent-producer dedup off (`dedup.enabled: false`).
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Most (producer, channel) dedup entries kept, LRU (`dedup.max`).
+    #[arg(long, value_name = "N")]
+    pub dedup_max: Option<usize>,
+    /// Forget a producer's dedup state after this long idle (0 = never): ms or 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub dedup_ttl: Option<u64>,
+    /// Retained pub/sub: offsets, a per-channel backlog, replay (`pubsub.persist`).
+    #[arg(long)]
+    pub pubsub_persist: bool,
+    /// Messages retained per channel (0 = none; `pubsub.retention`).
+    #[arg(long, value_name = "N")]
+    pub pubsub_retention: Option<usize>,
     /// Persist to this directory (snapshot + append-only log).
     #[arg(long, env = "PROCMESH_PERSIST_DIR")]
     pub persist_dir: Option<PathBuf>,
-    /// When the log is made durable: no, everysec or always.
+    /// When the log is made durable: no, everysec or always (default everysec, or
+    /// the options' `persist.mode`).
     #[arg(long, default_value = "everysec", value_parser = ["no", "everysec", "always"])]
     pub fsync: String,
     /// Keep everything in memory only, even if PROCMESH_PERSIST_DIR is set.
@@ -186,6 +222,9 @@ pub struct ServeArgs {
     /// Allow --metrics-addr on a non-loopback address (metrics are not authenticated).
     #[arg(long, requires = "metrics_addr")]
     pub metrics_allow_remote: bool,
+    /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
+    #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
+    pub io: Option<String>,
 }
 
 impl ServeArgs {
@@ -229,8 +268,55 @@ pub struct BrokerConfig {
     pub max_frame: usize,
     /// Durability; `None` keeps everything in memory only.
     pub persist: Option<PersistConfig>,
+    /// How often a `stats` event is emitted (`statsInterval`); `None` = never.
+    pub stats_interval: Option<Duration>,
+    /// Where broker events go ([`crate::events`]); `None` = nowhere, at no cost.
+    /// Set by [`BrokerBuilder::events`](crate::BrokerBuilder::events), not by options.
+    pub events: Option<EventSink>,
+    /// Notes for the operator from resolving the options (unknown keys), printed by
+    /// `procmesh serve` at startup.
+    pub warnings: Vec<String>,
+    /// Idempotent-producer dedup (`dedup{…}`).
+    pub dedup: crate::dedup::DedupConfig,
+    /// Retained pub/sub and durable acks (`pubsub{…}`).
+    pub pubsub: crate::retain::RetainConfig,
+    /// Which I/O driver runs the loop (after start: the one that runs).
+    pub io: IoBackend,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
+}
+
+/// The I/O driver choice: `auto` tries io_uring and falls back to epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it, else epoll (one log line says why).
+    #[default]
+    Auto,
+    /// io_uring or a startup error.
+    Uring,
+    /// The mio (epoll) loop.
+    Epoll,
+}
+
+impl IoBackend {
+    /// `auto`, `uring` or `epoll`.
+    pub fn parse(s: &str) -> Option<IoBackend> {
+        match s {
+            "auto" => Some(IoBackend::Auto),
+            "uring" | "io_uring" => Some(IoBackend::Uring),
+            "epoll" => Some(IoBackend::Epoll),
+            _ => None,
+        }
+    }
+
+    /// The name `stats` reports (`ioBackend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Uring => "uring",
+            IoBackend::Epoll => "epoll",
+        }
+    }
 }
 
 // ------------------------------------------------------------ limits (issue 12)
@@ -323,26 +409,22 @@ impl Limits {
         }
     }
 
-    /// Applies one `PROCMESH_BROKER_OPTS` option; false when `k` is not a limit.
-    /// `Err` (the message) when the value is not a non-negative number.
-    pub fn apply(&mut self, k: &str, v: &Value) -> Result<bool, String> {
-        let bad = || format!("PROCMESH_BROKER_OPTS: `{k}` has the wrong type");
-        let dst = match k {
-            "maxConnections" => &mut self.max_connections,
-            "maxSubscriptions" => &mut self.max_subscriptions,
-            "maxRegistrations" => &mut self.max_registrations,
-            "maxLockWaiters" => &mut self.max_lock_waiters,
-            "maxPendingCalls" => &mut self.max_pending_calls,
-            "maxOutputBytes" => &mut self.max_output_bytes,
-            "handshakeTimeout" => {
-                let m = ms(v).ok_or_else(bad)?;
-                self.handshake_timeout = (m > 0).then(|| Duration::from_millis(m));
-                return Ok(true);
+    /// Applies the `PROCMESH_BROKER_OPTS` limits (ours; 0 = unbounded).
+    pub fn apply_opts(&mut self, o: &NodeOpts) {
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(n) = v {
+                *dst = cap(n);
             }
-            _ => return Ok(false),
         };
-        *dst = cap(ms(v).ok_or_else(bad)? as usize);
-        Ok(true)
+        set(&mut self.max_connections, o.max_connections);
+        set(&mut self.max_subscriptions, o.max_subscriptions);
+        set(&mut self.max_registrations, o.max_registrations);
+        set(&mut self.max_lock_waiters, o.max_lock_waiters);
+        set(&mut self.max_pending_calls, o.max_pending_calls);
+        set(&mut self.max_output_bytes, o.max_output_bytes);
+        if let Some(n) = o.handshake_timeout {
+            self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
+        }
     }
 }
 
@@ -365,14 +447,14 @@ impl Default for BrokerConfig {
             max_frame: frame::MAX_FRAME_LEN,
             persist: None,
             limits: Limits::default(),
+            stats_interval: None,
+            events: None,
+            warnings: Vec::new(),
+            dedup: Default::default(),
+            pubsub: Default::default(),
+            io: IoBackend::Auto,
         }
     }
-}
-
-fn ms(v: &Value) -> Option<u64> {
-    v.as_f64()
-        .filter(|f| f.is_finite() && *f >= 0.0)
-        .map(|f| f as u64)
 }
 
 impl BrokerConfig {
@@ -388,10 +470,18 @@ impl BrokerConfig {
     /// | `--socket` | the socket |
     /// | `--token-file` (or `PROCMESH_TOKEN_FILE`), else `--token` or `PROCMESH_TOKEN` | the token |
     /// | every other flag given | its setting |
-    /// | `--persist-dir` or `PROCMESH_PERSIST_DIR`, unless `--no-persist` | persistence, with `--fsync`, `--repair`, `--compact-bytes` |
     ///
-    /// Fails when the flags do not match [`ServeArgs`], the token file cannot be read,
-    /// or `opts` is not a JSON object of well-typed options.
+    /// Persistence, highest first: `--no-persist` (off); a typed `--persist-dir`
+    /// (with the options' `persist.mode`, unless it is `off`, which a typed dir
+    /// overrides); the options' `persist` (`persist.dir`, else `PROCMESH_PERSIST_DIR`,
+    /// else `<tmpdir>/procmesh-<name>`; `mode: "off"` turns it off);
+    /// `PROCMESH_PERSIST_DIR` alone (on, even with `persist: false`, as in
+    /// procmesh-js). A typed `--fsync` wins over `persist.mode`; `--repair` and
+    /// `--compact-bytes` apply to whichever directory results.
+    ///
+    /// Unknown option keys end up in [`BrokerConfig::warnings`]. Fails when the flags
+    /// do not match [`ServeArgs`], the token file cannot be read, or `opts` is not a
+    /// JSON object or has a known key of the wrong type (the error names both).
     pub fn resolve(matches: &ArgMatches, opts: Option<&str>) -> Result<BrokerConfig, String> {
         let a = ServeArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
         let t = &a.target;
@@ -400,9 +490,12 @@ impl BrokerConfig {
             socket: t.path(),
             ..Default::default()
         };
-        if let Some(opts) = opts {
-            cfg.apply_json(opts)?;
-        }
+        let node = match opts {
+            Some(text) => NodeOpts::parse(text)?,
+            None => NodeOpts::default(),
+        };
+        cfg.apply_opts(&node);
+        cfg.warnings = node.warnings();
         // `--name` has a default, so only a name typed on the command line wins.
         if matches.value_source("name") == Some(ValueSource::CommandLine) {
             cfg.name = t.name.clone();
@@ -446,80 +539,529 @@ impl BrokerConfig {
             cfg.max_frame = n;
         }
         cfg.limits.apply_args(&a.limits);
-        if let (Some(dir), false) = (a.persist_dir, a.no_persist) {
+        if let Some(b) = a.io.as_deref().and_then(IoBackend::parse) {
+            cfg.io = b;
+        }
+        if let Some(n) = a.stats_interval {
+            cfg.stats_interval = (n > 0).then(|| ms(n));
+        }
+        if a.no_dedup {
+            cfg.dedup.enabled = false;
+        }
+        if let Some(n) = a.dedup_max {
+            cfg.dedup.max = n;
+        }
+        if let Some(n) = a.dedup_ttl {
+            cfg.dedup.ttl_ms = n;
+        }
+        if a.pubsub_persist {
+            cfg.pubsub.persist = true;
+        }
+        if let Some(n) = a.pubsub_retention {
+            cfg.pubsub.retention = n;
+        }
+        cfg.persist = if a.no_persist {
+            None
+        } else if let (Some(dir), Some(ValueSource::CommandLine)) =
+            (&a.persist_dir, matches.value_source("persist_dir"))
+        {
+            // A typed --persist-dir wins over the options, `mode: "off"` included.
             let mut pc = PersistConfig::new(dir);
-            pc.fsync = FsyncMode::parse(&a.fsync).unwrap_or(pc.fsync);
+            if let Some(m) = node.persist_mode().and_then(PersistMode::fsync) {
+                pc.fsync = m;
+            }
+            Some(pc)
+        } else {
+            // PROCMESH_PERSIST_DIR turns persistence on, below the options' own dir.
+            node.persist_config(&cfg.name, a.persist_dir.as_deref())
+        };
+        if let Some(pc) = cfg.persist.as_mut() {
+            if matches.value_source("fsync") == Some(ValueSource::CommandLine) {
+                pc.fsync = FsyncMode::parse(&a.fsync).unwrap_or(pc.fsync);
+            }
             pc.repair = a.repair;
             if let Some(n) = a.compact_bytes {
                 pc.compact_bytes = n;
             }
-            cfg.persist = Some(pc);
         }
         Ok(cfg)
     }
 
-    /// Applies a JSON object of Node.js-style options (`PROCMESH_BROKER_OPTS`):
-    /// `name` (also derives the socket path), `address` (or `socketPath`), `token`, `cache: {max, ttl, maxSize}`,
-    /// `heartbeatInterval`, `idleTimeout`, `callTimeout`, `sendHighWaterMark`,
-    /// `sendHardLimit`, `maxFrameSize`. Unknown options are ignored, as in Node.
-    pub fn apply_json(&mut self, text: &str) -> Result<(), String> {
+    /// Applies a JSON object of procmesh-js 0.1.1 broker options
+    /// (`PROCMESH_BROKER_OPTS`, see [`NodeOpts`]) and returns the warnings for the
+    /// operator: one line naming every unknown key (with its path, e.g. `cache.foo`),
+    /// one naming accepted options this broker does not implement. A known key with a
+    /// wrong type fails, naming the key and its value.
+    pub fn apply_json(&mut self, text: &str) -> Result<Vec<String>, String> {
+        let o = NodeOpts::parse(text)?;
+        self.apply_opts(&o);
+        Ok(o.warnings())
+    }
+
+    /// Applies parsed options with procmesh-js's defaulting rules: a falsy `name`,
+    /// `address`, `token`, `callTimeout`, `sendHighWaterMark` or `sendHardLimit`
+    /// keeps the default; `null` keeps the default everywhere; `heartbeatInterval: 0`
+    /// turns heartbeats off, `idleTimeout: 0` never exits. `persist` is weighed against
+    /// the flags in [`resolve`](Self::resolve); here it is applied as if no flag were given.
+    fn apply_opts(&mut self, o: &NodeOpts) {
+        let ms = Duration::from_millis;
+        if let Some(n) = o.name.as_deref().filter(|n| !n.is_empty()) {
+            self.name = n.to_string();
+            self.socket = addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name);
+        }
+        // An explicit address wins over the one derived from `name`.
+        if let Some(a) = o.address() {
+            self.socket = PathBuf::from(a);
+        }
+        if let Some(t) = o.token.as_deref() {
+            self.token = (!t.is_empty()).then(|| t.to_string());
+        }
+        if let Some(c) = &o.cache {
+            if let Some(n) = c.max {
+                self.cache.max_entries = n;
+            }
+            if let Some(n) = c.ttl {
+                self.cache.default_ttl_ms = n;
+            }
+            if let Some(n) = c.max_size {
+                self.cache.max_bytes = n;
+            }
+        }
+        if let Some(n) = o.call_timeout.filter(|&n| n > 0) {
+            self.call_timeout = ms(n);
+        }
+        if let Some(n) = o.call_timeout_grace {
+            self.call_grace = ms(n);
+        }
+        if let Some(n) = o.heartbeat_interval {
+            self.heartbeat = (n > 0).then(|| ms(n));
+        }
+        if let Some(n) = o.idle_timeout {
+            self.idle_timeout = (n > 0).then(|| ms(n));
+        }
+        if let Some(n) = o.stats_interval {
+            self.stats_interval = (n > 0).then(|| ms(n));
+        }
+        if let Some(n) = o.send_high_water_mark.filter(|&n| n > 0) {
+            self.send_hwm = n;
+        }
+        if let Some(n) = o.send_hard_limit.filter(|&n| n > 0) {
+            self.send_hard_limit = n;
+        }
+        if let Some(n) = o.max_frame_size.filter(|&n| n > 0) {
+            self.max_frame = n;
+        }
+        if let Some(b) = o.io_backend.as_deref().and_then(IoBackend::parse) {
+            self.io = b;
+        }
+        self.limits.apply_opts(o);
+        self.persist = o.persist_config(&self.name, None);
+        self.apply_delivery_opts(o);
+    }
+
+    /// `dedup{…}` and `pubsub{…}`, with procmesh-js 0.1.1's rules: `dedup.enabled`
+    /// and `pubsub.persist` switch only on `false`/`true`; a falsy `dedup.max`,
+    /// `dedup.window` or `pubsub.maxChannels` keeps the default; `dedup.ttl: 0` and
+    /// `pubsub.retention: 0` are kept (no idle expiry; retain nothing).
+    fn apply_delivery_opts(&mut self, o: &NodeOpts) {
+        if let Some(d) = &o.dedup {
+            if let Some(e) = d.enabled {
+                self.dedup.enabled = e;
+            }
+            if let Some(n) = d.max.filter(|&n| n > 0) {
+                self.dedup.max = n;
+            }
+            if let Some(n) = d.ttl {
+                self.dedup.ttl_ms = n;
+            }
+            if let Some(n) = d.window.filter(|&n| n > 0) {
+                self.dedup.window = n;
+            }
+        }
+        if let Some(p) = &o.pubsub {
+            if let Some(b) = p.persist {
+                self.pubsub.persist = b;
+            }
+            if let Some(n) = p.retention {
+                self.pubsub.retention = n;
+            }
+            if let Some(n) = p.retention_ms {
+                self.pubsub.retention_ms = n;
+            }
+            if let Some(a) = p.durable_acks {
+                self.pubsub.durable_acks = match a {
+                    DurableAcksOpt::All => DurableAcks::All,
+                    DurableAcksOpt::One => DurableAcks::One,
+                    DurableAcksOpt::Off => DurableAcks::Off,
+                };
+            }
+            if let Some(n) = p.max_channels.filter(|&n| n > 0) {
+                self.pubsub.max_channels = n;
+            }
+        }
+    }
+}
+
+/// `PROCMESH_BROKER_OPTS`: every broker option procmesh-js 0.1.1 takes, by its name,
+/// plus ours (`maxFrameSize`, `ioBackend`, and `socketPath`/`socket`/`path` as
+/// aliases of `address`). `null` means "not given" for every key (the Node.js client
+/// sends `token: null`). Keys it does not know are collected, not rejected: Node
+/// ignores them, and we warn ([`NodeOpts::warnings`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeOpts {
+    /// Mesh name; derives the socket `<tmpdir>/procmesh-<name>.sock` (`""` = default).
+    pub name: Option<String>,
+    /// Socket path (`""` = derived from the name).
+    pub address: Option<String>,
+    /// Alias of `address` (ours).
+    pub socket_path: Option<String>,
+    /// Alias of `address` (ours).
+    pub socket: Option<String>,
+    /// Alias of `address` (ours).
+    pub path: Option<String>,
+    /// `json`, `msgpack` or `msgpackr`. Accepted and checked only: this broker
+    /// detects each connection's codec from its first frame, so it serves all of them.
+    pub codec: Option<CodecOpt>,
+    /// Shared secret for `hello` (`""` = none).
+    pub token: Option<String>,
+    /// Cache bounds.
+    pub cache: Option<CacheOpts>,
+    /// Default RPC timeout, ms (0 = default 30000, as in Node).
+    pub call_timeout: Option<u64>,
+    /// Grace after a call's timeout before it is reaped, ms (0 allowed).
+    pub call_timeout_grace: Option<u64>,
+    /// Heartbeat interval, ms (0 = off).
+    pub heartbeat_interval: Option<u64>,
+    /// Queued bytes past which best-effort frames are dropped (0 = default).
+    pub send_high_water_mark: Option<usize>,
+    /// Queued bytes past which a connection is closed (0 = default).
+    pub send_hard_limit: Option<usize>,
+    /// Exit after this long without connections, ms (0 = never).
+    pub idle_timeout: Option<u64>,
+    /// Emit a `stats` event this often, ms (0 = off).
+    pub stats_interval: Option<u64>,
+    /// Largest accepted frame, bytes (ours; procmesh-js 0.1.2).
+    pub max_frame_size: Option<usize>,
+    /// Persistence: `true`, `false`, or `{dir, mode, snapshotInterval, aofRewriteOps}`.
+    pub persist: Option<PersistOpt>,
+    /// Idempotent-producer dedup.
+    pub dedup: Option<DedupOpts>,
+    /// Retained pub/sub; also carries the Node client's producer-side keys.
+    pub pubsub: Option<PubsubOpts>,
+    /// The I/O driver (ours); read by the driver selection.
+    pub io_backend: Option<String>,
+    /// Most open connections (ours, [`Limits`]; 0 = unbounded).
+    pub max_connections: Option<usize>,
+    /// Handshake deadline, ms (ours; 0 = never).
+    pub handshake_timeout: Option<u64>,
+    /// Most subscriptions per connection (ours; 0 = unbounded).
+    pub max_subscriptions: Option<usize>,
+    /// Most registrations per connection (ours; 0 = unbounded).
+    pub max_registrations: Option<usize>,
+    /// Most waiting lock requests per connection (ours; 0 = unbounded).
+    pub max_lock_waiters: Option<usize>,
+    /// Most calls in flight per caller (ours; 0 = unbounded).
+    pub max_pending_calls: Option<usize>,
+    /// Total queued output cap, bytes (ours; 0 = unbounded).
+    pub max_output_bytes: Option<usize>,
+    /// Keys this broker does not know.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// `codec`: the names procmesh-js accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecOpt {
+    /// JSON.
+    Json,
+    /// MessagePack as msgpackr writes it.
+    Msgpack,
+    /// The same as `msgpack`.
+    Msgpackr,
+}
+
+/// `cache{max, ttl, maxSize}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheOpts {
+    /// Most entries (LRU past it; 0 = unbounded).
+    pub max: Option<usize>,
+    /// Default TTL, ms (0 = none).
+    pub ttl: Option<u64>,
+    /// Most value bytes (replaces `max`; 0 = unbounded).
+    pub max_size: Option<usize>,
+    /// Unknown keys.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// `persist`: `true`/`false`, or the object form.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PersistOpt {
+    /// `true`: persist with defaults; `false`: do not (unless `PROCMESH_PERSIST_DIR`).
+    On(bool),
+    /// `{dir, mode, …}`.
+    With(PersistOpts),
+}
+
+/// `persist{dir, mode, snapshotInterval, aofRewriteOps}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistOpts {
+    /// Directory (default `PROCMESH_PERSIST_DIR`, else `<tmpdir>/procmesh-<name>`).
+    pub dir: Option<String>,
+    /// `no`, `everysec` (default), `always`, or `off` (no persistence).
+    pub mode: Option<PersistMode>,
+    /// Periodic compaction in Node, ms. Not implemented here (we compact by log size).
+    pub snapshot_interval: Option<u64>,
+    /// Compaction after this many appends in Node. Not implemented here.
+    pub aof_rewrite_ops: Option<u64>,
+    /// Unknown keys.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+impl PersistMode {
+    /// The fsync policy; `None` for `off`.
+    pub fn fsync(self) -> Option<FsyncMode> {
+        match self {
+            PersistMode::No => Some(FsyncMode::No),
+            PersistMode::Everysec => Some(FsyncMode::EverySec),
+            PersistMode::Always => Some(FsyncMode::Always),
+            PersistMode::Off => None,
+        }
+    }
+}
+
+/// `persist.mode`: procmesh-js's fsync modes, plus `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistMode {
+    /// [`FsyncMode::No`].
+    No,
+    /// [`FsyncMode::EverySec`].
+    Everysec,
+    /// [`FsyncMode::Always`].
+    Always,
+    /// Persistence disabled.
+    Off,
+}
+
+/// `dedup{enabled, max, ttl, window}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct DedupOpts {
+    /// Only `false` disables.
+    pub enabled: Option<bool>,
+    /// Most (pid, channel) entries (0 = default).
+    pub max: Option<usize>,
+    /// Idle expiry, ms (0 = never).
+    pub ttl: Option<u64>,
+    /// Gap window (0 = default).
+    pub window: Option<u64>,
+    /// Unknown keys.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// `pubsub{persist, retention, retentionMs, durableAcks, maxChannels}`, and the keys
+/// the Node.js client puts there for its own producer (ignored by any broker).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PubsubOpts {
+    /// Only `true` enables retained pub/sub.
+    pub persist: Option<bool>,
+    /// Messages retained per channel (0 = none).
+    pub retention: Option<usize>,
+    /// Age bound, ms (0 = none).
+    pub retention_ms: Option<u64>,
+    /// `"all"`, `1` or `false`.
+    pub durable_acks: Option<DurableAcksOpt>,
+    /// Retained channels, LRU (0 = default).
+    pub max_channels: Option<usize>,
+    /// Client-side (procmesh-js producer): acknowledgement level.
+    pub acks: Option<Value>,
+    /// Client-side: idempotent publishing.
+    pub idempotent: Option<Value>,
+    /// Client-side: publish retries.
+    pub retries: Option<Value>,
+    /// Client-side: retry backoff.
+    pub retry_backoff: Option<Value>,
+    /// Client-side: retry backoff cap.
+    pub retry_max_delay: Option<Value>,
+    /// Client-side: stable producer id.
+    pub producer_id: Option<Value>,
+    /// Client-side: seeded sequences.
+    pub sequences: Option<Value>,
+    /// Unknown keys.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// `pubsub.durableAcks`: `"all"`, `1` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableAcksOpt {
+    /// `"all"`.
+    All,
+    /// `1`.
+    One,
+    /// `false`.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for DurableAcksOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "all" => Ok(DurableAcksOpt::All),
+            Value::Number(n) if n.as_u64() == Some(1) => Ok(DurableAcksOpt::One),
+            Value::Bool(false) => Ok(DurableAcksOpt::Off),
+            _ => Err(serde::de::Error::custom("expected \"all\", 1 or false")),
+        }
+    }
+}
+
+/// The nested option objects, for naming a wrong-typed key by its path.
+const NESTED: [&str; 4] = ["cache", "persist", "dedup", "pubsub"];
+
+impl NodeOpts {
+    /// Parses `PROCMESH_BROKER_OPTS`. A wrong type is reported with the key's path
+    /// and the value given: ``PROCMESH_BROKER_OPTS: `cache.max` = "lots": invalid type…``.
+    pub fn parse(text: &str) -> Result<NodeOpts, String> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| format!("PROCMESH_BROKER_OPTS is not valid JSON: {e}"))?;
-        let Value::Object(o) = v else {
+        let Value::Object(o) = &v else {
             return Err("PROCMESH_BROKER_OPTS must be a JSON object".into());
         };
-        let bad = |k: &str| format!("PROCMESH_BROKER_OPTS: `{k}` has the wrong type");
-        for (k, v) in &o {
-            if self.limits.apply(k, v)? {
-                continue;
+        let opts = serde_json::from_value::<NodeOpts>(v.clone()).map_err(|e| Self::locate(o, e))?;
+        if let Some(b) = opts.io_backend.as_deref() {
+            if IoBackend::parse(b).is_none() {
+                return Err(format!(
+                    "PROCMESH_BROKER_OPTS: `ioBackend` = {b:?}: expected auto, uring or epoll"
+                ));
             }
-            match k.as_str() {
-                "name" => {
-                    self.name = v.as_str().ok_or_else(|| bad(k))?.to_string();
-                    self.socket =
-                        addr::AddrEnv::from_lookup(std::env::var_os).socket_path(&self.name);
-                }
-                "address" | "socketPath" | "socket" | "path" => {}
-                "token" => self.token = v.as_str().map(str::to_string),
-                "heartbeatInterval" => {
-                    let m = ms(v).ok_or_else(|| bad(k))?;
-                    self.heartbeat = (m > 0).then(|| Duration::from_millis(m));
-                }
-                "idleTimeout" => {
-                    let m = ms(v).ok_or_else(|| bad(k))?;
-                    self.idle_timeout = (m > 0).then(|| Duration::from_millis(m));
-                }
-                "callTimeout" => {
-                    self.call_timeout = Duration::from_millis(ms(v).ok_or_else(|| bad(k))?)
-                }
-                "sendHighWaterMark" => self.send_hwm = ms(v).ok_or_else(|| bad(k))? as usize,
-                "sendHardLimit" => self.send_hard_limit = ms(v).ok_or_else(|| bad(k))? as usize,
-                "maxFrameSize" => self.max_frame = ms(v).ok_or_else(|| bad(k))? as usize,
-                "cache" => {
-                    let Value::Object(c) = v else {
-                        return Err(bad(k));
-                    };
-                    for (ck, cv) in c {
-                        let n = ms(cv).ok_or_else(|| bad(ck))?;
-                        match ck.as_str() {
-                            "max" => self.cache.max_entries = n as usize,
-                            "ttl" => self.cache.default_ttl_ms = n,
-                            "maxSize" => self.cache.max_bytes = n as usize,
-                            _ => {}
-                        }
+        }
+        Ok(opts)
+    }
+
+    /// Finds the key that failed: the first whose value alone fails (inside a nested
+    /// object, the first nested key that does).
+    fn locate(o: &serde_json::Map<String, Value>, whole: serde_json::Error) -> String {
+        let fails = |v: Value| serde_json::from_value::<NodeOpts>(v).err();
+        for (k, v) in o {
+            let Some(e) = fails(serde_json::json!({ k: v })) else {
+                continue;
+            };
+            if let (true, Value::Object(inner)) = (NESTED.contains(&k.as_str()), v) {
+                for (ik, iv) in inner {
+                    if let Some(e) = fails(serde_json::json!({ k: { ik: iv } })) {
+                        return wrong(&format!("{k}.{ik}"), iv, &e);
                     }
                 }
-                _ => {}
             }
+            return wrong(k, v, &e);
         }
-        // An explicit address wins over the one derived from `name`, whatever the order.
-        for k in ["address", "socketPath", "socket", "path"] {
-            if let Some(v) = o.get(k) {
-                self.socket = PathBuf::from(v.as_str().ok_or_else(|| bad(k))?);
-            }
-        }
-        Ok(())
+        format!("PROCMESH_BROKER_OPTS: {whole}")
     }
+
+    /// The socket path given: `address`, else an alias (`""` = not given).
+    fn address(&self) -> Option<&str> {
+        [&self.address, &self.socket_path, &self.socket, &self.path]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .find(|a| !a.is_empty())
+    }
+
+    /// Whether the options ask for no persistence at all: `persist: false` (or
+    /// absent) or `mode: "off"`; `env_dir` (`PROCMESH_PERSIST_DIR`) turns it on
+    /// anyway unless `mode` is `off`, as in procmesh-js.
+    fn persist_config(&self, name: &str, env_dir: Option<&Path>) -> Option<PersistConfig> {
+        let (dir, mode) = match &self.persist {
+            None | Some(PersistOpt::On(false)) => (None, None),
+            Some(PersistOpt::On(true)) => (Some(None), None),
+            Some(PersistOpt::With(p)) => (Some(p.dir.as_deref().filter(|d| !d.is_empty())), p.mode),
+        };
+        let fsync = match mode {
+            Some(m) => m.fsync()?,
+            None => FsyncMode::EverySec,
+        };
+        let dir: PathBuf = match (dir, env_dir) {
+            (Some(Some(d)), _) => d.into(),
+            (_, Some(e)) => e.to_path_buf(),
+            (Some(None), None) => addr::AddrEnv::from_lookup(std::env::var_os)
+                .tmpdir()
+                .join(format!("procmesh-{name}")),
+            (None, None) => return None,
+        };
+        let mut pc = PersistConfig::new(dir);
+        pc.fsync = fsync;
+        Some(pc)
+    }
+
+    /// Whether `persist.mode` was given.
+    fn persist_mode(&self) -> Option<PersistMode> {
+        match &self.persist {
+            Some(PersistOpt::With(p)) => p.mode,
+            _ => None,
+        }
+    }
+
+    /// The operator's warnings: one line naming every unknown key by its path, one
+    /// naming the accepted options this broker does not implement.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut unknown: Vec<String> = self.unknown.keys().cloned().collect();
+        let mut nested = |prefix: &str, keys: &BTreeMap<String, Value>| {
+            unknown.extend(keys.keys().map(|k| format!("{prefix}.{k}")));
+        };
+        if let Some(c) = &self.cache {
+            nested("cache", &c.unknown);
+        }
+        if let Some(PersistOpt::With(p)) = &self.persist {
+            nested("persist", &p.unknown);
+        }
+        if let Some(d) = &self.dedup {
+            nested("dedup", &d.unknown);
+        }
+        if let Some(p) = &self.pubsub {
+            nested("pubsub", &p.unknown);
+        }
+        let mut out = Vec::new();
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown.iter().map(|k| format!("`{k}`")).collect();
+            out.push(format!(
+                "PROCMESH_BROKER_OPTS: unknown option{} {}, ignored",
+                if unknown.len() == 1 { "" } else { "s" },
+                list.join(", ")
+            ));
+        }
+        let mut unsupported = Vec::new();
+        if let Some(PersistOpt::With(p)) = &self.persist {
+            if p.snapshot_interval.is_some() {
+                unsupported.push("`persist.snapshotInterval`");
+            }
+            if p.aof_rewrite_ops.is_some() {
+                unsupported.push("`persist.aofRewriteOps`");
+            }
+        }
+        if !unsupported.is_empty() {
+            out.push(format!(
+                "PROCMESH_BROKER_OPTS: {} not supported by this broker, ignored \
+                 (the log is compacted by size: --compact-bytes)",
+                unsupported.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// The error for a known key of the wrong type.
+fn wrong(path: &str, v: &Value, e: &serde_json::Error) -> String {
+    // serde_json's message ends with "at line 1 column N", which means nothing here.
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg);
+    format!("PROCMESH_BROKER_OPTS: `{path}` = {v}: {msg}")
 }
 
 #[cfg(test)]
@@ -561,6 +1103,118 @@ mod tests {
             addr::AddrEnv::from_lookup(std::env::var_os).socket_path("mesh")
         );
         assert!(c.apply_json(r#"{"idleTimeout":"x"}"#).is_err());
+        c.apply_json(r#"{"ioBackend":"epoll"}"#).unwrap();
+        assert_eq!(c.io, IoBackend::Epoll);
+        assert!(c.apply_json(r#"{"ioBackend":"kqueue"}"#).is_err());
+    }
+
+    #[test]
+    fn every_procmesh_js_option_is_typed_and_unknown_keys_are_named() {
+        let mut c = BrokerConfig::default();
+        let w = c
+            .apply_json(
+                r#"{"name":"m","address":"/x.sock","codec":"msgpack","token":null,
+                "cache":{"max":3,"ttl":4,"maxSize":5,"foo":1},"callTimeout":0,
+                "callTimeoutGrace":0,"heartbeatInterval":null,"sendHighWaterMark":0,
+                "sendHardLimit":7,"idleTimeout":0,"statsInterval":250,
+                "persist":{"dir":"/p","mode":"always"},
+                "dedup":{"enabled":false,"max":0,"ttl":0,"window":8},
+                "pubsub":{"persist":true,"retention":0,"retentionMs":9,"durableAcks":1,
+                  "maxChannels":0,"acks":"all","idempotent":true,"retries":3,
+                  "retryBackoff":1,"retryMaxDelay":2,"producerId":"p-1","sequences":{"a":3}},
+                "ioBackend":"epoll","bogus":1}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            w,
+            ["PROCMESH_BROKER_OPTS: unknown options `bogus`, `cache.foo`, ignored"],
+            "one line naming every unknown key; the Node client's producer keys in \
+             `pubsub` are not unknown"
+        );
+        let d = BrokerConfig::default();
+        assert_eq!((c.name.as_str(), c.socket.to_str()), ("m", Some("/x.sock")));
+        assert_eq!(c.token, None);
+        assert_eq!(
+            (
+                c.cache.max_entries,
+                c.cache.default_ttl_ms,
+                c.cache.max_bytes
+            ),
+            (3, 4, 5)
+        );
+        assert_eq!(c.call_timeout, d.call_timeout, "callTimeout 0 = default");
+        assert_eq!(c.call_grace, Duration::ZERO, "callTimeoutGrace 0 is kept");
+        assert_eq!(c.heartbeat, d.heartbeat, "heartbeatInterval null = default");
+        assert_eq!((c.send_hwm, c.send_hard_limit), (d.send_hwm, 7));
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.stats_interval, Some(Duration::from_millis(250)));
+        let p = c.persist.as_ref().unwrap();
+        assert_eq!((p.dir.to_str(), p.fsync), (Some("/p"), FsyncMode::Always));
+        assert!(!c.dedup.enabled);
+        assert_eq!(
+            (c.dedup.max, c.dedup.ttl_ms, c.dedup.window),
+            (d.dedup.max, 0, 8)
+        );
+        assert!(c.pubsub.persist);
+        assert_eq!(
+            (
+                c.pubsub.retention,
+                c.pubsub.retention_ms,
+                c.pubsub.max_channels
+            ),
+            (0, 9, d.pubsub.max_channels)
+        );
+        assert_eq!(c.pubsub.durable_acks, DurableAcks::One);
+
+        // What a Node.js client passes when it spawns a broker: no warning.
+        let w = BrokerConfig::default()
+            .apply_json(
+                r#"{"address":"/tmp/x.sock","name":"default","codec":"json","token":null,"idleTimeout":60000}"#,
+            )
+            .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+
+        // persist: true / false / mode off.
+        let pc = |o: &str| {
+            let mut c = BrokerConfig::default();
+            c.apply_json(o).unwrap();
+            c.persist
+        };
+        let tmp = addr::AddrEnv::from_lookup(std::env::var_os).tmpdir();
+        assert_eq!(
+            pc(r#"{"name":"q","persist":true}"#).map(|p| p.dir),
+            Some(tmp.join("procmesh-q"))
+        );
+        assert!(pc(r#"{"persist":false}"#).is_none());
+        assert!(pc(r#"{"persist":{"dir":"/p","mode":"off"}}"#).is_none());
+        assert_eq!(
+            pc(r#"{"persist":{"dir":"/p","mode":"no"}}"#).map(|p| p.fsync),
+            Some(FsyncMode::No)
+        );
+
+        // Wrong types: the error names the key (by path) and the value.
+        for (o, want) in [
+            (r#"{"token":5}"#, "`token` = 5"),
+            (r#"{"cache":{"max":"lots"}}"#, "`cache.max` = \"lots\""),
+            (r#"{"callTimeoutGrace":-1}"#, "`callTimeoutGrace` = -1"),
+            (r#"{"codec":"xml"}"#, "`codec` = \"xml\""),
+            (
+                r#"{"persist":{"mode":"sometimes"}}"#,
+                "`persist.mode` = \"sometimes\"",
+            ),
+            (r#"{"persist":"yes"}"#, "`persist` = \"yes\""),
+            (r#"{"dedup":{"enabled":"no"}}"#, "`dedup.enabled` = \"no\""),
+            (
+                r#"{"pubsub":{"durableAcks":"most"}}"#,
+                "`pubsub.durableAcks` = \"most\"",
+            ),
+            (r#"{"statsInterval":"1s"}"#, "`statsInterval` = \"1s\""),
+            (r#"{"cache":7}"#, "`cache` = 7"),
+        ] {
+            let e = BrokerConfig::default().apply_json(o).unwrap_err();
+            assert!(e.contains(want), "{o}: {e}");
+            assert!(!e.contains("line 1 column"), "{e}");
+        }
     }
 
     /// `procmesh serve ARGS` with `PROCMESH_BROKER_OPTS` = `opts`.
@@ -722,9 +1376,62 @@ mod tests {
         assert!(serve(&[], Some("{")).is_err());
         assert!(serve(&["--fsync", "sometimes"], None).is_err());
 
+        // Persistence from the options, and the flags over them.
+        let po = Some(r#"{"persist":{"dir":"/o","mode":"always"}}"#);
+        let p = ok(&[], po).persist.unwrap();
+        assert_eq!((p.dir.to_str(), p.fsync), (Some("/o"), FsyncMode::Always));
+        let p = ok(&["--fsync", "no"], po).persist.unwrap();
+        assert_eq!(
+            p.fsync,
+            FsyncMode::No,
+            "a typed --fsync wins over persist.mode"
+        );
+        let p = ok(&["--persist-dir", "/f"], po).persist.unwrap();
+        assert_eq!(
+            (p.dir.to_str(), p.fsync),
+            (Some("/f"), FsyncMode::Always),
+            "a typed --persist-dir keeps the options' mode"
+        );
+        let off = Some(r#"{"persist":{"dir":"/o","mode":"off"}}"#);
+        assert!(ok(&[], off).persist.is_none());
+        assert!(ok(&["--persist-dir", "/f"], off).persist.is_some());
+        assert!(ok(&["--no-persist"], po).persist.is_none());
+        // The delivery flags.
+        let c = ok(
+            &[
+                "--stats-interval",
+                "1s",
+                "--no-dedup",
+                "--dedup-max",
+                "7",
+                "--dedup-ttl",
+                "5s",
+                "--pubsub-persist",
+                "--pubsub-retention",
+                "0",
+            ],
+            Some(r#"{"statsInterval":5,"dedup":{"max":9},"pubsub":{"retention":4}}"#),
+        );
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(1)));
+        assert_eq!(
+            (c.dedup.enabled, c.dedup.max, c.dedup.ttl_ms),
+            (false, 7, 5000)
+        );
+        assert_eq!((c.pubsub.persist, c.pubsub.retention), (true, 0));
+
         // The flags' environment variables count as given flags.
         std::env::set_var("PROCMESH_TOKEN", "env");
         std::env::set_var("PROCMESH_PERSIST_DIR", "/e");
+        assert_eq!(
+            ok(&[], po).persist.map(|p| p.dir),
+            Some("/o".into()),
+            "persist.dir wins over PROCMESH_PERSIST_DIR, as in procmesh-js"
+        );
+        assert_eq!(
+            ok(&[], Some(r#"{"persist":false}"#)).persist.map(|p| p.dir),
+            Some("/e".into()),
+            "PROCMESH_PERSIST_DIR persists even with persist: false"
+        );
         let c = ok(&[], Some(r#"{"token":"o"}"#));
         assert_eq!(
             c.token.as_deref(),

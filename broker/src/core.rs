@@ -26,12 +26,15 @@ use procmesh_proto::{frame, ErrorCode, Push};
 
 use crate::config::BrokerConfig;
 use crate::connection::{Closing, ConnId, Connection, Conns, ReadOutcome, Transport};
+use crate::dedup::Dedup;
 use crate::dispatch;
+use crate::events::{BrokerEvent, ConnSerial, Events};
 use crate::locks::LockTable;
 use crate::mesh::{Mesh, MeshStore};
 use crate::persistence::gate::Gate;
 use crate::persistence::Persistence;
 use crate::pubsub::PubSub;
+use crate::retain::Retain;
 use crate::rpc::Rpc;
 use crate::stats::Stats;
 use crate::sys;
@@ -62,6 +65,8 @@ pub struct Core {
     /// The previous turn's time: a gap longer than the heartbeat's check period
     /// means the broker itself stalled, and that silence is not the clients'.
     last_turn: u64,
+    /// When the next `stats` event is due (`u64::MAX`: never).
+    next_stats: u64,
     expiry_busy: bool,
     /// Connections refused at `maxConnections` (or for lack of descriptors).
     pub refused: u64,
@@ -80,11 +85,21 @@ impl Core {
     ) -> Core {
         let next_heartbeat = cfg.heartbeat.map_or(u64::MAX, |h| h.as_millis() as u64);
         let conns = Conns::new(cfg.send_hard_limit, cfg.limits.max_output_bytes);
+        let events = Events::new(cfg.events.clone());
+        // Stats events are built only for a listener.
+        let next_stats = match (cfg.stats_interval, events.is_on()) {
+            (Some(iv), true) => iv.as_millis() as u64,
+            _ => u64::MAX,
+        };
         Core {
             mesh: Mesh {
-                cfg,
                 store,
                 pubsub: PubSub::new(),
+                dedup: Dedup::new(cfg.dedup.clone()),
+                retain: Retain::new(cfg.pubsub.clone()),
+                epoch0: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
                 rpc: Rpc::new(),
                 locks,
                 timers: Timers::default(),
@@ -93,16 +108,22 @@ impl Core {
                 now: 0,
                 cpu_start: sys::cpu_time(),
                 next_pid: 0,
+                cfg,
                 shutdown: false,
                 lock_events: Vec::new(),
-                fanout: [Vec::new(), Vec::new()],
+                fanout: Default::default(),
+                mpr_in: Default::default(),
+                mpr_plain: Vec::new(),
+                mpr_enc: Default::default(),
                 targets: Vec::new(),
+                events,
             },
             conns,
             next_serial: 0,
             next_heartbeat,
             next_sweep: SWEEP_PERIOD_MS,
             last_turn: 0,
+            next_stats,
             expiry_busy: false,
             refused: 0,
             handshake_closed: 0,
@@ -144,7 +165,7 @@ impl Core {
     /// The earliest time (ms on the broker clock) the core needs a turn without any
     /// event: a timer, the heartbeat, or periodic expiry. `now` is the current clock.
     pub fn next_wake(&self, now: u64) -> Option<u64> {
-        let mut next = self.next_heartbeat;
+        let mut next = self.next_heartbeat.min(self.next_stats);
         if let Some(d) = self.mesh.timers.next_deadline() {
             next = next.min(d);
         }
@@ -199,8 +220,12 @@ impl Core {
         self.next_serial += 1;
         let authed = self.mesh.cfg.token.is_none();
         self.mesh.stats.accepted += 1;
+        let serial = self.next_serial;
+        self.mesh
+            .events
+            .emit(|| BrokerEvent::Connect(ConnSerial(serial)));
         self.conns
-            .insert(Connection::new(self.next_serial, authed, self.mesh.now))
+            .insert(Connection::new(serial, authed, self.mesh.now))
     }
 
     /// A connection's state, for the driver to read into (or flag).
@@ -301,9 +326,61 @@ impl Core {
         self.sweep();
         self.expiry_busy = self.mesh.store.reclaim(self.mesh.now, EXPIRE_BUDGET);
         self.compact_timers();
+        let errors = self.persist_errors();
         self.commit();
         let m = &mut self.mesh;
-        m.gate.tick(&m.store, m.now);
+        let (retain, dedup) = (&m.retain, &m.dedup);
+        m.gate
+            .tick(&m.store, m.now, |buf| carry(retain, dedup, buf));
+        if self.mesh.events.is_on() {
+            self.emit_persist_error(errors);
+            self.emit_stats();
+        }
+    }
+
+    /// Log and snapshot failures so far (0 without persistence).
+    fn persist_errors(&self) -> u64 {
+        self.mesh.gate.log().map_or(0, |p| p.error_count)
+    }
+
+    /// `persist-error` when the turn's commit or snapshot step failed anew.
+    fn emit_persist_error(&mut self, before: u64) {
+        let Some(p) = self.mesh.gate.log() else {
+            return;
+        };
+        if p.error_count > before {
+            let why = p
+                .error
+                .clone()
+                .unwrap_or_else(|| "persistence failed".into());
+            self.mesh.events.emit(|| BrokerEvent::PersistError(why));
+        }
+    }
+
+    /// The periodic `stats` event, when due.
+    fn emit_stats(&mut self) {
+        let now = self.mesh.now;
+        if now < self.next_stats {
+            return;
+        }
+        let iv = self
+            .mesh
+            .cfg
+            .stats_interval
+            .map_or(u64::MAX, |d| d.as_millis() as u64);
+        self.next_stats = now.saturating_add(iv.max(1));
+        let report = dispatch::control::report(&mut self.mesh, &mut self.conns);
+        self.mesh
+            .events
+            .emit(|| BrokerEvent::Stats(Box::new(report)));
+    }
+
+    /// Replaces the pub/sub retention and dedup state with what recovery restored
+    /// ([`crate::persistence::Persistence::open_with`]).
+    pub fn restore(mut self, retain: Retain, dedup: Dedup) -> Core {
+        self.mesh.retain = retain;
+        self.mesh.dedup = dedup;
+        self
     }
 
     /// Commits the turn's log records through the durability gate.
@@ -442,6 +519,8 @@ impl Core {
         }
         for k in reap {
             self.mesh.stats.reaped += 1;
+            let serial = ConnSerial(self.conns[k].serial);
+            self.mesh.events.emit(|| BrokerEvent::Reap(serial));
             self.conns.close_later(k, Closing::Now);
         }
     }
@@ -482,9 +561,11 @@ impl Core {
     /// Closes `id`: its socket goes back to the driver, its subscriptions, locks
     /// (handed to waiters) and calls (failed to their callers) go with it.
     fn close<T: Transport>(&mut self, id: ConnId, io: &mut T) {
-        if self.conns.remove(id).is_none() {
+        let Some(conn) = self.conns.remove(id) else {
             return;
-        }
+        };
+        let serial = ConnSerial(conn.serial);
+        self.mesh.events.emit(|| BrokerEvent::Disconnect(serial));
         io.release(id);
         let m = &mut self.mesh;
         m.pubsub.remove_conn(id);
@@ -511,4 +592,18 @@ impl Core {
         }
         self.mesh.gate.close()
     }
+}
+
+/// Writes the state kept outside the store into a new log segment (see
+/// [`crate::persistence::Persistence::tick`]): the offset reservation, every retained
+/// message, every accepted idempotent seq of channels not retained.
+fn carry(retain: &Retain, dedup: &Dedup, buf: &mut Vec<u8>) {
+    use crate::persistence::aof;
+    if retain.reserved_to > 0 {
+        aof::encode_offset(buf, retain.reserved_to);
+    }
+    for (ch, r) in retain.iter() {
+        aof::encode_pub(buf, ch, r.offset, r.ts, None, r.codec, &r.payload);
+    }
+    dedup.for_each(|pid, ch, seq| aof::encode_dedup(buf, pid, ch, seq));
 }

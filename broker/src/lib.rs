@@ -18,8 +18,10 @@
 //! ```
 //!
 //! # Layout
-//! - [`io`]: drivers: the address lock and listener; [`io::epoll`], the mio loop
-//!   (poll, accept, read, flush, loop order, idle exit). Feeds `core`.
+//! - [`io`]: drivers: the address lock and listener, the driver choice
+//!   (`--io auto|uring|epoll`); [`io::uring`], the io_uring loop (multishot accept,
+//!   receives and sends in one submission per turn), and [`io::epoll`], the mio loop
+//!   (poll, accept, read, flush, loop order, idle exit). Either feeds `core`.
 //! - `core`: the state machine: mesh state plus the connections' output, advanced one
 //!   turn at a time; reaches sockets only through [`connection::Transport`].
 //! - `mesh`: the state modules gathered for the command families.
@@ -36,6 +38,8 @@
 //! - [`persistence`]: snapshot + append-only log, fsync policy, recovery, and the
 //!   durability gate ([`persistence::gate`]).
 //! - [`stats`]: counters and the `stats` reply.
+//! - [`events`]: broker events for an embedder (connect, disconnect, drop, reap,
+//!   stats, persist-error) on a bounded channel ([`BrokerBuilder::events`]).
 //! - [`config`](crate::config): configuration.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
@@ -65,12 +69,15 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 mod core;
+pub mod dedup;
 mod dispatch;
+pub mod events;
 pub mod io;
 pub mod locks;
 mod mesh;
 pub mod persistence;
 pub mod pubsub;
+pub mod retain;
 pub mod rpc;
 pub mod stats;
 pub mod store;
@@ -79,11 +86,13 @@ pub mod timers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::BrokerConfig;
+pub use events::BrokerEvent;
 pub use io::{BindError, Reactor};
 pub use store::StoreConfig;
 
@@ -95,6 +104,7 @@ impl Broker {
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             cfg: BrokerConfig::default(),
+            events: None,
         }
     }
 }
@@ -103,6 +113,7 @@ impl Broker {
 #[derive(Debug, Clone)]
 pub struct BrokerBuilder {
     cfg: BrokerConfig,
+    events: Option<usize>,
 }
 
 impl BrokerBuilder {
@@ -192,14 +203,55 @@ impl BrokerBuilder {
         self
     }
 
+    /// Idempotent-producer dedup settings.
+    pub fn dedup(mut self, cfg: dedup::DedupConfig) -> Self {
+        self.cfg.dedup = cfg;
+        self
+    }
+
+    /// Retained pub/sub and durable-ack settings.
+    pub fn pubsub(mut self, cfg: retain::RetainConfig) -> Self {
+        self.cfg.pubsub = cfg;
+        self
+    }
+
+    /// The I/O driver (default `Auto`: io_uring where the kernel allows it).
+    pub fn io(mut self, io: config::IoBackend) -> Self {
+        self.cfg.io = io;
+        self
+    }
+
     /// Largest frame payload accepted.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.cfg.max_frame = bytes;
         self
     }
 
+    /// Emit a [`BrokerEvent::Stats`] snapshot this often (`None` = never).
+    pub fn stats_interval(mut self, every: Option<Duration>) -> Self {
+        self.cfg.stats_interval = every;
+        self
+    }
+
+    /// Deliver broker events to [`BrokerHandle::events`], holding at most `capacity`
+    /// undelivered ones: when the receiver lags further, events are dropped (and
+    /// counted in [`BrokerHandle::events_dropped`]); the loop never waits for it.
+    /// Without this call no event is built at all.
+    pub fn events(mut self, capacity: usize) -> Self {
+        self.events = Some(capacity);
+        self
+    }
+
     /// Binds the socket and runs the broker on its own thread.
-    pub fn start(self) -> Result<BrokerHandle, BindError> {
+    pub fn start(mut self) -> Result<BrokerHandle, BindError> {
+        let mut events = None;
+        let mut events_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(cap) = self.events {
+            let (sink, rx) = events::channel(cap);
+            events_dropped = sink.dropped();
+            self.cfg.events = Some(sink);
+            events = Some(rx);
+        }
         let reactor = Reactor::bind(self.cfg)?;
         let path = reactor.socket().to_path_buf();
         let (stop, waker) = reactor.stopper();
@@ -212,6 +264,8 @@ impl BrokerBuilder {
             stop,
             waker,
             thread: Some(thread),
+            events,
+            events_dropped,
         })
     }
 }
@@ -222,12 +276,26 @@ pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    events: Option<Receiver<BrokerEvent>>,
+    events_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BrokerHandle {
     /// The socket path clients connect to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The broker's events (once: later calls return `None`; also `None` unless
+    /// the builder asked for [`events`](BrokerBuilder::events)). The channel closes
+    /// when the broker stops.
+    pub fn events(&mut self) -> Option<Receiver<BrokerEvent>> {
+        self.events.take()
+    }
+
+    /// Events dropped so far because the receiver lagged.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// Whether the loop has exited (after `shutdown` from a client or idle timeout).

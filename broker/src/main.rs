@@ -270,7 +270,7 @@ fn main() -> ExitCode {
             };
             let opts = std::env::var("PROCMESH_BROKER_OPTS").ok();
             match BrokerConfig::resolve(serve, opts.as_deref()) {
-                Ok(cfg) => commands::serve(cfg, metrics),
+                Ok(cfg) => commands::serve(cfg, metrics, args.log),
                 Err(e) => {
                     eprintln!("procmesh: {e}");
                     ExitCode::from(1)

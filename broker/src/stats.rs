@@ -84,6 +84,10 @@ pub struct Gauges<'a> {
     pub pending_calls: usize,
     /// Subscriptions held.
     pub subscriptions: usize,
+    /// Publishes dropped as idempotent-producer duplicates.
+    pub duplicates: u64,
+    /// Dedup entries held, (producer, channel) pairs.
+    pub dedup_size: usize,
     /// `(name, workers)` per registered procedure.
     pub procs: Vec<(&'a str, usize)>,
     /// Resident set size in bytes.
@@ -96,6 +100,8 @@ pub struct Gauges<'a> {
     pub core: Option<usize>,
     /// Persistence state, when enabled.
     pub persistence: Option<PersistGauges<'a>>,
+    /// The running I/O driver: `uring` or `epoll`.
+    pub io_backend: &'a str,
 }
 
 impl Stats {
@@ -142,8 +148,8 @@ impl Stats {
                 .map(|(c, n)| (c.as_str().to_string(), *n))
                 .collect(),
             dropped: self.dropped,
-            duplicates: 0,
-            dedup_size: 0,
+            duplicates: g.duplicates,
+            dedup_size: g.dedup_size as u64,
             reaped: self.reaped,
             slow_closed: self.slow_closed,
             locks: g.locks as u64,
@@ -157,6 +163,7 @@ impl Stats {
                 .collect(),
             memory: [("rss".to_string(), g.rss)].into(),
             cpu_core_fraction: g.cpu_core_fraction,
+            io_backend: g.io_backend.to_string(),
             persistence: g.persistence.as_ref().map(|p| PersistStats {
                 fsync: p.fsync.to_string(),
                 log_bytes: p.log_bytes,
@@ -221,7 +228,8 @@ mod tests {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        w.begin_map(24);
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
+        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -283,9 +291,9 @@ mod tests {
         w.key("dropped");
         w.uint(s.dropped);
         w.key("duplicates");
-        w.uint(0);
+        w.uint(g.duplicates);
         w.key("dedupSize");
-        w.uint(0);
+        w.uint(g.dedup_size as u64);
         w.key("reaped");
         w.uint(s.reaped);
         w.key("slowClosed");
@@ -316,6 +324,10 @@ mod tests {
         w.end_map();
         w.key("cpuCoreFraction");
         w.float(g.cpu_core_fraction);
+        if !g.io_backend.is_empty() {
+            w.key("ioBackend");
+            w.str(g.io_backend);
+        }
         w.end_map();
     }
 
@@ -365,7 +377,10 @@ mod tests {
                 lock_waiters: 4,
                 pending_calls: 5,
                 subscriptions: 6,
+                duplicates: 8,
+                dedup_size: 9,
                 persistence: Some(persistence),
+                io_backend: "uring",
             },
             Gauges::default(),
         ];

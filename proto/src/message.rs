@@ -36,7 +36,16 @@ macro_rules! kinds {
             #[inline]
             pub fn parse(tag: &[u8]) -> Kind {
                 match std::str::from_utf8(tag) {
-                    $(Ok($tag) => Kind::$variant,)*
+                    Ok(s) => Kind::parse_str(s),
+                    _ => Kind::Unknown,
+                }
+            }
+
+            /// Parses a tag already known to be a string (no second UTF-8 check).
+            #[inline]
+            pub fn parse_str(tag: &str) -> Kind {
+                match tag {
+                    $($tag => Kind::$variant,)*
                     _ => Kind::Unknown,
                 }
             }
@@ -134,6 +143,10 @@ pub struct Frame<'a> {
     pub version: Option<Raw<'a>>,
     pub broker: Option<Raw<'a>>,
     pub seq: Option<Raw<'a>>,
+    /// `welcome`'s list of codecs the broker reads (ours).
+    pub codecs: Option<Raw<'a>>,
+    pub replay: Option<Raw<'a>>,
+    pub since: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -150,11 +163,21 @@ impl<'a> Frame<'a> {
     /// so that an error reply can carry the request's id.
     pub fn decode_partial(codec: Codec, payload: &'a [u8]) -> (Frame<'a>, Result<(), DecodeError>) {
         let mut f = Frame::default();
+        let r = f.decode_in_place(codec, payload);
+        (f, r)
+    }
+
+    /// Like [`Frame::decode_partial`], into a frame the caller owns (which must be
+    /// `Frame::default()`): a `Frame` is some 700 bytes, and the broker's per-request
+    /// path decodes into one on its stack rather than have it moved out of a return.
+    #[inline]
+    pub fn decode_in_place(&mut self, codec: Codec, payload: &'a [u8]) -> Result<(), DecodeError> {
+        let f = self;
         let r = for_each_field(codec, payload, |k, v| {
             let slot = match k {
                 b"t" => {
                     f.kind = Some(match v.as_str() {
-                        Some(s) => Kind::parse(s.as_bytes()),
+                        Some(s) => Kind::parse_str(&s),
                         None => Kind::Unknown,
                     });
                     &mut f.t
@@ -186,6 +209,9 @@ impl<'a> Frame<'a> {
                 b"version" => &mut f.version,
                 b"broker" => &mut f.broker,
                 b"seq" => &mut f.seq,
+                b"codecs" => &mut f.codecs,
+                b"replay" => &mut f.replay,
+                b"since" => &mut f.since,
                 _ => return,
             };
             *slot = Some(v);
@@ -198,7 +224,7 @@ impl<'a> Frame<'a> {
         if f.id.is_some_and(|i| i.is_nil()) {
             f.id = None;
         }
-        (f, r)
+        r
     }
 
     /// The frame's kind (`Unknown` when `t` was missing or not a string).
@@ -322,7 +348,12 @@ pub fn ping(codec: Codec, out: &mut Vec<u8>) {
 
 /// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}` (see [`Reply::Welcome`]).
 pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
-    Reply::Welcome { broker, pid }.encode_into(codec, id, out);
+    Reply::Welcome {
+        broker,
+        pid,
+        codecs: &[],
+    }
+    .encode_into(codec, id, out);
 }
 
 /// `{"t":"msg","channel":CH,"payload":P}` (see [`Push::Msg`]).
@@ -332,7 +363,12 @@ pub fn msg(
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    Push::Msg { channel, payload }.encode_into(codec, out)
+    Push::Msg {
+        channel,
+        payload,
+        offset: None,
+    }
+    .encode_into(codec, out)
 }
 
 /// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).

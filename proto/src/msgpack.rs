@@ -231,8 +231,9 @@ pub(crate) fn mp_len(out: &mut Vec<u8>, n: usize, fix: u8, fixmax: usize, m16: u
     }
 }
 
-/// Appends a MessagePack string.
-#[inline]
+/// Appends a MessagePack string (always inlined: most strings written are
+/// constants, whose header and bytes then fold into a few stores).
+#[inline(always)]
 pub(crate) fn mp_str(out: &mut Vec<u8>, s: &str) {
     let n = s.len();
     if n < 32 {

@@ -69,6 +69,9 @@ pub enum Reply<'a> {
         broker: &'a str,
         /// The producer id of the connection.
         pid: &'a str,
+        /// The codecs the broker reads, as `"codecs":[…]` (ours: a broker that lists
+        /// them re-detects the codec from the frame after `welcome`); omitted when empty.
+        codecs: &'a [&'a str],
     },
     /// `pong` (answers `ping`).
     Pong,
@@ -76,17 +79,19 @@ pub enum Reply<'a> {
 
 impl Reply<'_> {
     /// Appends the reply frame; `id` is the request's, echoed (omitted when `None`).
+    ///
+    /// Inlined: the `ok` shapes (every hot reply) are written with `t` and the keys
+    /// known at the call site; `err`, `welcome` and `pong` go out of line.
+    #[inline]
     pub fn encode_into(&self, codec: Codec, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
-        let t = match self {
-            Reply::Err { .. } | Reply::ErrCode { .. } => "err",
-            Reply::Welcome { .. } => "welcome",
-            Reply::Pong => "pong",
-            _ => "ok",
+        let mut m = match self {
+            Reply::Err { .. } | Reply::ErrCode { .. } | Reply::Welcome { .. } | Reply::Pong => {
+                return self.encode_other(codec, id, out)
+            }
+            _ => MapEnc::begin(codec, out, "ok"),
         };
-        let mut m = MapEnc::begin(codec, out, t);
         m.id(id);
         match *self {
-            Reply::Ok | Reply::Pong => {}
             Reply::Null => m.key("value").nil(),
             Reply::Bool(b) => m.key("value").bool(b),
             Reply::UInt(u) => m.key("value").uint(u),
@@ -112,6 +117,22 @@ impl Reply<'_> {
                 w.uint(offset);
                 w.end_map();
             }
+            _ => {}
+        }
+        m.finish();
+    }
+
+    /// The replies that are not `ok`.
+    #[inline(never)]
+    fn encode_other(&self, codec: Codec, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
+        let t = match self {
+            Reply::Welcome { .. } => "welcome",
+            Reply::Pong => "pong",
+            _ => "err",
+        };
+        let mut m = MapEnc::begin(codec, out, t);
+        m.id(id);
+        match *self {
             Reply::Err { code, message } => {
                 m.key("message").str(message);
                 m.key("code").str(code.as_str());
@@ -120,11 +141,24 @@ impl Reply<'_> {
                 m.key("message").str(message);
                 m.key("code").str(code);
             }
-            Reply::Welcome { broker, pid } => {
+            Reply::Welcome {
+                broker,
+                pid,
+                codecs,
+            } => {
                 m.key("version").int(PROTOCOL_VERSION);
                 m.key("broker").str(broker);
                 m.key("pid").str(pid);
+                if !codecs.is_empty() {
+                    let w = m.key("codecs");
+                    w.begin_array(codecs.len());
+                    for c in codecs {
+                        w.str(c);
+                    }
+                    w.end_array();
+                }
             }
+            _ => {}
         }
         m.finish();
     }
@@ -132,6 +166,7 @@ impl Reply<'_> {
 
 /// `{"t":"ok","id":ID,"value":V}` with an encoded value, transcoded when `v.codec`
 /// differs; on a conversion failure nothing is appended.
+#[inline]
 pub fn ok_value(
     codec: Codec,
     id: Option<Raw<'_>>,
@@ -317,6 +352,8 @@ pub enum Push<'a> {
         channel: &'a str,
         /// The payload.
         payload: Raw<'a>,
+        /// The retained message's offset (`pubsub.persist`); absent otherwise.
+        offset: Option<u64>,
     },
     /// `{"t":"invoke","id":N,"name":S,"args":A}`: an RPC call for a worker.
     Invoke {
@@ -338,10 +375,17 @@ impl Push<'_> {
                 MapEnc::begin(codec, out, "ping").finish();
                 return Ok(());
             }
-            Push::Msg { channel, payload } => {
+            Push::Msg {
+                channel,
+                payload,
+                offset,
+            } => {
                 let mut m = MapEnc::begin(codec, out, "msg");
                 m.key("channel").str(channel);
                 let r = m.raw("payload", payload);
+                if let Some(o) = offset {
+                    m.key("offset").uint(o);
+                }
                 (m, r)
             }
             Push::Invoke { id, name, args } => {
@@ -468,6 +512,7 @@ mod tests {
                 Reply::Welcome {
                     broker: "default",
                     pid: "p1",
+                    codecs: &[],
                 }
                 .encode_into(c, id, o)
             },
@@ -520,11 +565,28 @@ mod tests {
                 Push::Msg {
                     channel: "news",
                     payload: v,
+                    offset: None,
                 }
                 .encode_into(c, o)
                 .unwrap()
             },
             r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]}}"#,
+        );
+        one(
+            &|o| {
+                Push::Msg {
+                    channel: "news",
+                    payload: v,
+                    offset: Some(42),
+                }
+                .encode_into(c, o)
+                .unwrap()
+            },
+            r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]},"offset":42}"#,
+        );
+        one(
+            &|o| Reply::Sub { offset: 7 }.encode_into(c, id, o),
+            r#"{"t":"ok","id":12,"value":{"ok":true,"offset":7}}"#,
         );
         one(
             &|o| {
@@ -566,6 +628,8 @@ mod tests {
     "83a174a26f6ba269640ca576616c756582a676616c7565739381a1619201a178c081a1619201a178a5666f756e6493c3c2c3",
     "81a174a470696e67",
     "83a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178",
+    "84a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178a66f66667365742a",
+    "83a174a26f6ba269640ca576616c756582a26f6bc3a66f666673657407",
     "84a174a6696e766f6b65a2696403a46e616d65a3616464a46172677381a1619201a178",
     ];
 
@@ -614,7 +678,8 @@ mod tests {
         assert!(ok_value(Codec::Json, None, bad, &mut out).is_err());
         assert!(Push::Msg {
             channel: "c",
-            payload: bad
+            payload: bad,
+            offset: None,
         }
         .encode_into(Codec::Json, &mut out)
         .is_err());

@@ -23,6 +23,8 @@
 //! procs        [{name: str, workers: uint}]
 //! memory       {rss: uint, …}
 //! cpuCoreFraction float      CPU time over wall time since start
+//! ioBackend    str           the broker's I/O driver, `uring` or `epoll` (a 25th key;
+//!                            absent from a sum and from reports that name none)
 //! ```
 
 use std::collections::BTreeMap;
@@ -79,6 +81,9 @@ pub struct StatsReport {
     pub memory: BTreeMap<String, u64>,
     /// Process CPU time over wall time since start (cores' worth, when summed).
     pub cpu_core_fraction: f64,
+    /// The broker's I/O driver (`uring` or `epoll`); empty for a sum or a broker that
+    /// does not say, and then not on the wire.
+    pub io_backend: String,
     /// Persistence state; `None` when the broker keeps everything in memory.
     pub persistence: Option<PersistStats>,
 }
@@ -163,7 +168,8 @@ impl StatsReport {
     /// Writes the report as one map (the `value` of the `stats` reply), in the key
     /// order of the module docs.
     pub fn encode_into(&self, w: &mut Writer<'_>) {
-        w.begin_map(if self.pid.is_some() { 24 } else { 22 });
+        let io = usize::from(!self.io_backend.is_empty());
+        w.begin_map(if self.pid.is_some() { 24 } else { 22 } + io);
         w.key("persistence");
         match &self.persistence {
             Some(p) => {
@@ -244,6 +250,10 @@ impl StatsReport {
         write_counts(w, &self.memory);
         w.key("cpuCoreFraction");
         w.float(self.cpu_core_fraction);
+        if io == 1 {
+            w.key("ioBackend");
+            w.str(&self.io_backend);
+        }
         w.end_map();
     }
 
@@ -296,6 +306,7 @@ impl StatsReport {
                 }
                 "memory" => s.memory = counts(x),
                 "cpuCoreFraction" => s.cpu_core_fraction = x.as_num().map_or(0.0, Num::as_f64),
+                "ioBackend" => s.io_backend = text(x).unwrap_or_default(),
                 "persistence" => {
                     s.persistence = x.map().map(|m| {
                         let mut p = PersistStats::default();
@@ -415,6 +426,7 @@ mod tests {
             procs: vec![ProcStats::new("f", 2)],
             memory: [("rss".to_string(), 4096)].into(),
             cpu_core_fraction: 0.25,
+            io_backend: String::new(),
             persistence: Some(PersistStats {
                 fsync: "everysec".into(),
                 log_bytes: 100,
@@ -532,5 +544,19 @@ mod tests {
         assert_eq!(p.error.as_deref(), Some("disk full"));
         assert!(p.snapshot_running);
         assert_eq!(StatsReport::sum(&[]), StatsReport::default());
+    }
+
+    #[test]
+    fn io_backend_is_a_25th_key_when_named() {
+        let mut s = sample();
+        s.io_backend = "uring".into();
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = encode(codec, &s);
+            assert_eq!(StatsReport::decode_slice(codec, &bytes).unwrap(), s);
+        }
+        let json = String::from_utf8(encode(Codec::Json, &s)).unwrap();
+        assert!(json.ends_with(r#","ioBackend":"uring"}"#), "{json}");
+        assert_eq!(encode(Codec::MsgPack, &s)[..3], [0xde, 0x00, 25]);
+        assert_eq!(StatsReport::sum(&[s.clone(), s]).io_backend, "");
     }
 }

@@ -41,6 +41,22 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// A writer appending to `out` inside a map whose opening (`{` in JSON; the
+    /// MessagePack header is the caller's) and first entry the caller has written
+    /// already: the next call is a `key`.
+    #[inline]
+    pub(crate) fn in_map(codec: Codec, out: &'a mut Vec<u8>) -> Self {
+        let mut need_comma = [false; MAX_NEST];
+        need_comma[0] = true;
+        Writer {
+            codec,
+            out,
+            need_comma,
+            depth: 1,
+            after_key: false,
+        }
+    }
+
     /// Gives back the output vector.
     #[inline]
     pub fn into_out(self) -> &'a mut Vec<u8> {
@@ -60,7 +76,7 @@ impl<'a> Writer<'a> {
         self.codec
     }
 
-    #[inline]
+    #[inline(always)]
     fn sep(&mut self) {
         if self.codec == Codec::Json {
             if self.after_key {
@@ -127,7 +143,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes a map key; the next call writes its value.
-    #[inline]
+    #[inline(always)]
     pub fn key(&mut self, k: &str) {
         self.str(k);
         if self.codec == Codec::Json {
@@ -137,7 +153,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes a string.
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, s: &str) {
         self.sep();
         match self.codec {

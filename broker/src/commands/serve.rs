@@ -5,11 +5,36 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use procmesh_broker::config::LogLevel;
+use procmesh_broker::events::{self, BrokerEvent};
 use procmesh_broker::{BindError, BrokerConfig, Reactor};
+
+/// Undelivered events the logging thread may fall behind by before events are dropped.
+const EVENT_LOG_CAPACITY: usize = 4096;
 
 /// Runs a broker in the foreground until it is stopped; exit 0 also when another
 /// broker already owns the address. With `metrics`, serves `GET /metrics` there.
-pub fn serve(cfg: BrokerConfig, metrics: Option<SocketAddr>) -> ExitCode {
+/// Persistence errors are logged at every level (by the broker); with
+/// `LogLevel::Debug` every broker event is logged too.
+pub fn serve(mut cfg: BrokerConfig, metrics: Option<SocketAddr>, log: LogLevel) -> ExitCode {
+    for w in std::mem::take(&mut cfg.warnings) {
+        eprintln!("procmesh: warning: {w}");
+    }
+    if log == LogLevel::Debug {
+        let (sink, rx) = events::channel(EVENT_LOG_CAPACITY);
+        cfg.events = Some(sink);
+        // The thread ends when the broker drops its sink (the channel closes).
+        let spawned = std::thread::Builder::new()
+            .name("procmesh-events".into())
+            .spawn(move || {
+                for ev in rx {
+                    log_event(&ev);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("procmesh: warning: cannot log events: {e}");
+        }
+    }
     let path = cfg.socket.clone();
     let token = cfg.token.clone();
     let mut reactor = match Reactor::bind(cfg) {
@@ -98,4 +123,33 @@ fn notify(state: &str) {
     if let Err(e) = sent {
         eprintln!("procmesh: warning: cannot notify systemd ({state}): {e}");
     }
+}
+
+/// One stderr line per event (`--log debug`); a closed stderr is ignored.
+fn log_event(ev: &BrokerEvent) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = match ev {
+        BrokerEvent::Connect(c) => writeln!(err, "procmesh: debug: connect conn={}", c.0),
+        BrokerEvent::Disconnect(c) => writeln!(err, "procmesh: debug: disconnect conn={}", c.0),
+        BrokerEvent::Reap(c) => writeln!(err, "procmesh: debug: reap conn={}", c.0),
+        BrokerEvent::Drop { channel, conn } => {
+            writeln!(
+                err,
+                "procmesh: debug: drop channel={channel} conn={}",
+                conn.0
+            )
+        }
+        BrokerEvent::Stats(s) => writeln!(
+            err,
+            "procmesh: debug: stats connections={} cacheSize={} ops={} dropped={} reaped={}",
+            s.connections,
+            s.cache_size,
+            s.ops.values().sum::<u64>(),
+            s.dropped,
+            s.reaped
+        ),
+        BrokerEvent::PersistError(e) => writeln!(err, "procmesh: debug: persist-error {e}"),
+        other => writeln!(err, "procmesh: debug: {}", other.name()),
+    };
 }

@@ -5,6 +5,7 @@
 //! stops after the turn).
 
 use procmesh_proto::response;
+use procmesh_proto::stats::StatsReport;
 use procmesh_proto::{ErrorCode, Raw, Reply};
 
 use super::{reply, send_err};
@@ -12,6 +13,9 @@ use crate::connection::{Closing, ConnId, Conns};
 use crate::mesh::Mesh;
 use crate::stats::{Gauges, PersistGauges};
 use crate::sys;
+
+/// The codecs this broker reads, listed in `welcome` (ours; Node.js clients ignore it).
+const CODECS: &[&str] = &["json", "msgpack", "msgpackr"];
 
 /// Constant-time comparison of two secrets (time depends only on their lengths).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -58,6 +62,7 @@ pub(super) fn hello(
     let r = Reply::Welcome {
         broker: &m.cfg.name,
         pid: &pid,
+        codecs: CODECS,
     };
     out.send(from, |codec, buf| r.encode_into(codec, id, buf));
 }
@@ -70,15 +75,35 @@ pub(super) fn ping(out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
 /// `stats`: counters and gauges of every module.
 pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
     let Some(id) = id else { return };
+    let open = (out.len(), out.slow_closed);
+    with_gauges(m, open, |stats, g| {
+        out.send(from, |codec, buf| {
+            response::ok_with(codec, Some(id), buf, |w| stats.encode(g, w))
+        })
+    });
+}
+
+/// The stats report of this moment (the periodic `stats` event).
+pub(crate) fn report(m: &mut Mesh, out: &mut Conns) -> StatsReport {
+    with_gauges(m, (out.len(), out.slow_closed), |stats, g| stats.report(g))
+}
+
+/// Gathers the gauges of every module and hands them, with the counters, to `f`;
+/// `open` is the connection table's (open connections, hard-limit closes).
+fn with_gauges<R>(
+    m: &mut Mesh,
+    open: (usize, u64),
+    f: impl FnOnce(&crate::stats::Stats, &Gauges<'_>) -> R,
+) -> R {
     let uptime = m.now.max(1);
     let cpu = sys::cpu_time().saturating_sub(m.cpu_start).as_secs_f64() * 1000.0;
     let counters = m.store.counters();
     // The connection table counts hard-limit closes; stats exports them.
-    m.stats.slow_closed = out.slow_closed;
+    m.stats.slow_closed = open.1;
     let g = Gauges {
         name: &m.cfg.name,
         uptime_ms: m.now,
-        connections: out.len(),
+        connections: open.0,
         cache_size: m.store.len(),
         cache_bytes: m.store.value_bytes(),
         evicted: counters.evicted,
@@ -87,6 +112,8 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),
         subscriptions: m.pubsub.len(),
+        duplicates: m.dedup.duplicates,
+        dedup_size: m.dedup.len(),
         procs: m.rpc.procs().collect(),
         rss: sys::rss_bytes(),
         cpu_core_fraction: cpu / uptime as f64,
@@ -100,11 +127,9 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
             snapshots: p.snapshots,
             snapshot_running: p.snapshot_running(),
         }),
+        io_backend: m.cfg.io.name(),
     };
-    let stats = &m.stats;
-    out.send(from, |codec, buf| {
-        response::ok_with(codec, Some(id), buf, |w| stats.encode(&g, w))
-    });
+    f(&m.stats, &g)
 }
 
 /// `shutdown`: answered, then the driver stops after this turn.

@@ -1,12 +1,14 @@
 //! I/O drivers: what feeds the state machine (`core`) from sockets.
 //!
 //! `io` owns everything that touches the operating system on a client's behalf: the
-//! address lock and the listening socket (shared by every driver, here), and per
-//! driver the poll or ring, tokens, accept, reads, flushes and the loop order. Today
-//! there is one driver, [`epoll`] (mio); an io_uring driver would sit beside it and
-//! drive the same `Core` through [`crate::connection::Transport`].
+//! address lock and the listening socket (shared by every driver, here), the choice
+//! of driver ([`Reactor::bind`] on [`IoBackend`]), and per driver the poll or ring,
+//! tokens, accept, reads, flushes and the loop order. Two drivers drive the same
+//! `Core` through [`crate::connection::Transport`]: [`uring`] (io_uring, the default
+//! where the kernel allows it) and [`epoll`] (mio, the fallback).
 
 pub mod epoll;
+pub mod uring;
 
 use std::fs::File;
 use std::io;
@@ -14,9 +16,97 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use mio::net::UnixListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-pub use epoll::Reactor;
+use mio::net::{UnixListener, UnixStream};
+
+use crate::config::{BrokerConfig, IoBackend};
+
+/// A bound broker on the chosen driver, ready to run its loop on the calling thread.
+pub enum Reactor {
+    /// The io_uring driver.
+    Uring(Box<uring::Reactor>),
+    /// The mio (epoll) driver.
+    Epoll(Box<epoll::Reactor>),
+}
+
+impl Reactor {
+    /// Picks the driver `cfg.io` asks for (`auto`: io_uring when the kernel allows
+    /// it, else epoll with one log line saying why; `uring` where it is refused is
+    /// an error), then binds the socket of `cfg` and prepares the loop.
+    pub fn bind(mut cfg: BrokerConfig) -> Result<Reactor, BindError> {
+        let ring = match cfg.io {
+            IoBackend::Epoll => None,
+            IoBackend::Uring => Some(uring::probe().map_err(|why| {
+                BindError::Io(io::Error::other(format!(
+                    "io_uring was asked for (--io uring) but is refused: {why}"
+                )))
+            })?),
+            IoBackend::Auto => match uring::probe() {
+                Ok(ring) => Some(ring),
+                Err(why) => {
+                    log_line!("procmesh: io_uring unavailable ({why}); using epoll");
+                    None
+                }
+            },
+        };
+        if let Some(ring) = ring {
+            Ok(Reactor::Uring(Box::new(uring::Reactor::bind(cfg, ring)?)))
+        } else {
+            cfg.io = IoBackend::Epoll;
+            Ok(Reactor::Epoll(Box::new(epoll::Reactor::bind(cfg)?)))
+        }
+    }
+
+    /// The running backend: [`IoBackend::Uring`] or [`IoBackend::Epoll`].
+    pub fn backend(&self) -> IoBackend {
+        match self {
+            Reactor::Uring(_) => IoBackend::Uring,
+            Reactor::Epoll(_) => IoBackend::Epoll,
+        }
+    }
+
+    /// Notes from recovery (torn log tails cut, repairs) for the operator.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            Reactor::Uring(r) => r.warnings(),
+            Reactor::Epoll(r) => r.warnings(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        match self {
+            Reactor::Uring(r) => r.socket(),
+            Reactor::Epoll(r) => r.socket(),
+        }
+    }
+
+    /// A flag and waker that stop the loop from another thread.
+    pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<mio::Waker>) {
+        match self {
+            Reactor::Uring(r) => r.stopper(),
+            Reactor::Epoll(r) => r.stopper(),
+        }
+    }
+
+    /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
+    pub fn watch_signals(&mut self, stream: UnixStream) -> io::Result<()> {
+        match self {
+            Reactor::Uring(r) => r.watch_signals(stream),
+            Reactor::Epoll(r) => r.watch_signals(stream),
+        }
+    }
+
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
+    pub fn run(self) -> io::Result<()> {
+        match self {
+            Reactor::Uring(r) => r.run(),
+            Reactor::Epoll(r) => r.run(),
+        }
+    }
+}
 
 /// Why a broker could not start.
 #[derive(Debug)]
@@ -109,12 +199,50 @@ pub(crate) fn lock_address(socket: &Path) -> Result<AddressLock, BindError> {
 pub(crate) fn bind(socket: &Path) -> Result<UnixListener, BindError> {
     if socket.exists() {
         // A broker that does not use our lock (the Node.js one) may be alive.
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(BindError::AlreadyRunning(socket.to_path_buf()));
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(socket) {
+            if listener_alive(&s) {
+                return Err(BindError::AlreadyRunning(socket.to_path_buf()));
+            }
         }
         std::fs::remove_file(socket)?;
     }
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Whether the process that listens behind `s` is alive. A broker killed while its
+/// io_uring still held an accept keeps its listener open until the kernel has torn
+/// the ring down (shortly after the process died), so a connect can succeed to a dead
+/// broker: its listener's owner (`SO_PEERCRED`) tells. Unknown owners count as alive.
+fn listener_alive(s: &std::os::unix::net::UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{}/stat", cred.pid)) {
+        // The state follows the parenthesised command name: Z (zombie) and X (dead)
+        // no longer serve.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
 }

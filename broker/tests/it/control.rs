@@ -277,3 +277,23 @@ fn node_style_spawn_options_choose_the_address_and_name() {
     assert!(line.contains(&*path.to_string_lossy()), "{line}");
     assert_eq!(welcome["broker"], "nodemesh");
 }
+
+#[test]
+fn io_backend_is_chosen_by_flag_and_reported_in_stats() {
+    for io in ["epoll", "uring"] {
+        let b = TestBroker::start(&["--io", io]);
+        let mut c = b.client();
+        assert_eq!(c.stats()["ioBackend"], io);
+    }
+    // `auto` runs one of them and says which.
+    let b = TestBroker::start(&["--io", "auto"]);
+    let v = b.client().stats()["ioBackend"].clone();
+    assert!(v == "uring" || v == "epoll", "{v}");
+    // An unknown driver is refused at startup.
+    let out = Command::new(BIN)
+        .args(["serve", "--io", "kqueue", "--socket"])
+        .arg(b.dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

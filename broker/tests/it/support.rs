@@ -80,6 +80,10 @@ pub fn spawn_serve(path: &Path, args: &[&str]) -> Child {
     if !args.contains(&"--heartbeat") {
         cmd.args(["--heartbeat", "0"]);
     }
+    // The suite runs once per I/O driver: PROCMESH_TEST_IO=epoll|uring|auto.
+    if let (Ok(io), false) = (std::env::var("PROCMESH_TEST_IO"), args.contains(&"--io")) {
+        cmd.args(["--io", &io]);
+    }
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,6 +96,8 @@ pub fn spawn_serve(path: &Path, args: &[&str]) -> Child {
         match lines.next() {
             Some(Ok(line)) if line.contains("serving at") => break,
             Some(Ok(line)) if line.contains("warning") => continue,
+            // `--io auto` falling back to epoll says why, once.
+            Some(Ok(line)) if line.contains("io_uring unavailable") => continue,
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
