@@ -151,6 +151,11 @@ pub struct RunArgs {
     #[arg(short = 's', long = "subscribers", default_value_t = 4)]
     pub subscribers: usize,
 
+    /// `acks` of each `publish`: `0` (no reply; not measurable here), `1`, or `all`
+    /// (durable on a retained channel of a persisting broker).
+    #[arg(long = "acks", value_enum, default_value_t = AcksArg::One)]
+    pub acks: AcksArg,
+
     /// Worker connections of `call`.
     #[arg(short = 'w', long = "workers", default_value_t = 1)]
     pub workers: usize,
@@ -232,5 +237,24 @@ mod tests {
         assert_eq!(a.time_limit(), None);
         let b = Cli::parse_from(["x", "report", "runs.jsonl"]);
         assert!(matches!(b.command, Some(Command::Report(_))));
+    }
+}
+
+/// `--acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcksArg {
+    /// `acks: 1` (the default; not sent).
+    #[value(name = "1")]
+    One,
+    /// `acks: "all"`.
+    All,
+}
+
+impl From<AcksArg> for procmesh_proto::Acks {
+    fn from(a: AcksArg) -> procmesh_proto::Acks {
+        match a {
+            AcksArg::One => procmesh_proto::Acks::One,
+            AcksArg::All => procmesh_proto::Acks::All,
+        }
     }
 }

@@ -86,6 +86,7 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
             args,
             Procmesh {
                 codec: codec_of(args.codec),
+                acks: args.acks.into(),
             },
         ),
         Target::Redis => {
@@ -197,7 +198,15 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         let path = &paths[shard_index(PROCEDURE, nshards)];
         let codec = codec_of(args.codec);
         for _ in 0..args.workers.max(1) {
-            let mut s = Stream::connect(path, Procmesh { codec }, 1).map_err(io_err)?;
+            let mut s = Stream::connect(
+                path,
+                Procmesh {
+                    codec,
+                    acks: procmesh_proto::Acks::One,
+                },
+                1,
+            )
+            .map_err(io_err)?;
             let r = s.roundtrip(&Op::Reg(PROCEDURE)).map_err(io_err)?;
             if let ReplyKind::Err(m) = r.kind {
                 return Err(format!("register failed: {m}"));

@@ -97,6 +97,8 @@ fn encode_str(codec: Codec, out: &mut Vec<u8>, s: &str, in_array: bool) {
 pub struct Procmesh {
     /// Codec of the connection.
     pub codec: Codec,
+    /// `acks` of the `publish` workload's publishes.
+    pub acks: Acks,
 }
 
 impl Wire for Procmesh {
@@ -136,7 +138,7 @@ impl Wire for Procmesh {
                     Request::Pub {
                         channel: ch.into(),
                         payload: Some(Raw::new(codec, scratch)),
-                        acks: Acks::One,
+                        acks: self.acks,
                         pid: None,
                         seq: None,
                     }
@@ -149,7 +151,11 @@ impl Wire for Procmesh {
                         timeout_ms: None,
                     }
                 }
-                Op::Sub(ch) => Request::Sub { channel: ch.into() },
+                Op::Sub(ch) => Request::Sub {
+                    channel: ch.into(),
+                    replay: None,
+                    since: None,
+                },
                 Op::Reg(name) => Request::Reg { name: name.into() },
             };
             req.encode_into(codec, Some(id), out)
@@ -323,7 +329,10 @@ mod tests {
     #[test]
     fn procmesh_round_trip_both_codecs() {
         for codec in [Codec::Json, Codec::MsgPack] {
-            let p = Procmesh { codec };
+            let p = Procmesh {
+                codec,
+                acks: Acks::One,
+            };
             let mut out = Vec::new();
             p.encode(&Op::Set("key:000000000001", "xxx"), 77, &mut out);
             let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)

@@ -229,6 +229,10 @@ pub struct BrokerConfig {
     pub max_frame: usize,
     /// Durability; `None` keeps everything in memory only.
     pub persist: Option<PersistConfig>,
+    /// Idempotent-producer dedup (`dedup{…}`).
+    pub dedup: crate::dedup::DedupConfig,
+    /// Retained pub/sub and durable acks (`pubsub{…}`).
+    pub pubsub: crate::retain::RetainConfig,
     /// Which I/O driver runs the loop (after start: the one that runs).
     pub io: IoBackend,
 }
@@ -284,6 +288,8 @@ impl Default for BrokerConfig {
             send_hard_limit: 64 << 20,
             max_frame: frame::MAX_FRAME_LEN,
             persist: None,
+            dedup: Default::default(),
+            pubsub: Default::default(),
             io: IoBackend::Auto,
         }
     }

@@ -15,7 +15,9 @@
 
 use std::io::{self, Read, Write};
 
-use procmesh_proto::Codec;
+use procmesh_proto::msgpackr::Encoder;
+use procmesh_proto::response::Reply;
+use procmesh_proto::{Codec, Dialect, ErrorCode};
 use slab::Slab;
 
 /// Capacity a connection's buffers return to after a spike.
@@ -86,6 +88,9 @@ pub struct Connection {
     wpos: usize,
     codec: Codec,
     codec_known: bool,
+    /// The peer writes msgpackr records (procmesh-js's MessagePack): its frames are
+    /// normalised on the way in and every frame to it is converted on the way out.
+    records: bool,
     /// Passed `hello` with the right token (or no token is required).
     pub authed: bool,
     /// Last inbound frame, ms on the broker clock.
@@ -112,6 +117,7 @@ impl Connection {
             wpos: 0,
             codec: Codec::Json,
             codec_known: false,
+            records: false,
             authed,
             last_in: now,
             last_ping: now,
@@ -138,8 +144,32 @@ impl Connection {
     /// Fixes the codec (from the first frame).
     #[inline]
     pub fn set_codec(&mut self, codec: Codec) {
-        self.codec = codec;
+        self.set_dialect(codec.into());
+    }
+
+    /// Fixes the codec and whether the peer writes msgpackr records.
+    #[inline]
+    pub fn set_dialect(&mut self, d: Dialect) {
+        self.codec = d.codec;
+        self.records = d.records;
         self.codec_known = true;
+    }
+
+    /// The connection's dialect (codec, and msgpackr records or not).
+    #[inline]
+    pub fn dialect(&self) -> Dialect {
+        Dialect {
+            codec: self.codec,
+            records: self.records,
+        }
+    }
+
+    /// Lets the next frame fix the codec again (after a JSON `hello` answered with our
+    /// codec list: the client may switch without another round trip). Replies until
+    /// then stay in the current codec.
+    #[inline]
+    pub fn redetect_codec(&mut self) {
+        self.codec_known = false;
     }
 
     /// Reads from `src` until it would block or `budget` bytes were read.
@@ -256,6 +286,10 @@ pub struct Conns {
     hard_limit: usize,
     /// Connections closed for passing the hard limit since start.
     pub slow_closed: u64,
+    /// Converts frames to msgpackr records for connections that write them, through
+    /// `scratch` (one frame's size at most; shrunk back after a spike).
+    records_enc: Encoder,
+    scratch: Vec<u8>,
 }
 
 impl Conns {
@@ -266,6 +300,8 @@ impl Conns {
             dirty: Vec::new(),
             hard_limit,
             slow_closed: 0,
+            records_enc: Encoder::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -319,9 +355,43 @@ impl Conns {
     #[inline(always)]
     pub fn send<R>(&mut self, id: ConnId, encode: impl FnOnce(Codec, &mut Vec<u8>) -> R) -> R {
         let conn = &mut self.slab[id.0];
+        let start = conn.wbuf.len();
         let r = encode(conn.codec, &mut conn.wbuf);
+        if conn.records {
+            self.convert_to_records(id, start);
+        }
         self.wrote(id);
         r
+    }
+
+    /// Converts the plain MessagePack frames appended to `id`'s output from `start` on
+    /// into msgpackr records (so procmesh-js decodes objects, not `Map`s). Our builders
+    /// write valid frames; should one not convert, it is replaced by an `err`.
+    #[cold]
+    #[inline(never)]
+    fn convert_to_records(&mut self, id: ConnId, start: usize) {
+        let conn = &mut self.slab[id.0];
+        self.scratch.clear();
+        let res = self
+            .records_enc
+            .encode_frames_into(&conn.wbuf[start..], &mut self.scratch);
+        if res.is_err() {
+            self.scratch.clear();
+            let mut plain = Vec::new();
+            Reply::Err {
+                code: ErrorCode::Broker,
+                message: "reply could not be converted to msgpackr",
+            }
+            .encode_into(Codec::MsgPack, None, &mut plain);
+            let _ = self
+                .records_enc
+                .encode_frames_into(&plain, &mut self.scratch);
+        }
+        conn.wbuf.truncate(start);
+        conn.wbuf.extend_from_slice(&self.scratch);
+        if self.scratch.capacity() > 4 * BUF_TARGET {
+            self.scratch = Vec::new();
+        }
     }
 
     /// Marks `id` as having output; closes it at the end of the turn when its queue

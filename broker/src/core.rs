@@ -26,12 +26,14 @@ use procmesh_proto::{frame, ErrorCode, Push};
 
 use crate::config::BrokerConfig;
 use crate::connection::{Closing, ConnId, Connection, Conns, ReadOutcome, Transport};
+use crate::dedup::Dedup;
 use crate::dispatch;
 use crate::locks::LockTable;
 use crate::mesh::{Mesh, MeshStore};
 use crate::persistence::gate::Gate;
 use crate::persistence::Persistence;
 use crate::pubsub::PubSub;
+use crate::retain::Retain;
 use crate::rpc::Rpc;
 use crate::stats::Stats;
 use crate::sys;
@@ -66,9 +68,13 @@ impl Core {
         let conns = Conns::new(cfg.send_hard_limit);
         Core {
             mesh: Mesh {
-                cfg,
                 store,
                 pubsub: PubSub::new(),
+                dedup: Dedup::new(cfg.dedup.clone()),
+                retain: Retain::new(cfg.pubsub.clone()),
+                epoch0: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
                 rpc: Rpc::new(),
                 locks,
                 timers: Timers::default(),
@@ -77,9 +83,13 @@ impl Core {
                 now: 0,
                 cpu_start: sys::cpu_time(),
                 next_pid: 0,
+                cfg,
                 shutdown: false,
                 lock_events: Vec::new(),
-                fanout: [Vec::new(), Vec::new()],
+                fanout: Default::default(),
+                mpr_in: Default::default(),
+                mpr_plain: Vec::new(),
+                mpr_enc: Default::default(),
                 targets: Vec::new(),
             },
             conns,
@@ -239,7 +249,17 @@ impl Core {
         self.compact_timers();
         self.commit();
         let m = &mut self.mesh;
-        m.gate.tick(&m.store, m.now);
+        let (retain, dedup) = (&m.retain, &m.dedup);
+        m.gate
+            .tick(&m.store, m.now, |buf| carry(retain, dedup, buf));
+    }
+
+    /// Replaces the pub/sub retention and dedup state with what recovery restored
+    /// ([`crate::persistence::Persistence::open_with`]).
+    pub fn restore(mut self, retain: Retain, dedup: Dedup) -> Core {
+        self.mesh.retain = retain;
+        self.mesh.dedup = dedup;
+        self
     }
 
     /// Commits the turn's log records through the durability gate.
@@ -381,4 +401,18 @@ impl Core {
         }
         self.mesh.gate.close()
     }
+}
+
+/// Writes the state kept outside the store into a new log segment (see
+/// [`crate::persistence::Persistence::tick`]): the offset reservation, every retained
+/// message, every accepted idempotent seq of channels not retained.
+fn carry(retain: &Retain, dedup: &Dedup, buf: &mut Vec<u8>) {
+    use crate::persistence::aof;
+    if retain.reserved_to > 0 {
+        aof::encode_offset(buf, retain.reserved_to);
+    }
+    for (ch, r) in retain.iter() {
+        aof::encode_pub(buf, ch, r.offset, r.ts, None, r.codec, &r.payload);
+    }
+    dedup.for_each(|pid, ch, seq| aof::encode_dedup(buf, pid, ch, seq));
 }

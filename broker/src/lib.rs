@@ -67,12 +67,14 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 mod core;
+pub mod dedup;
 mod dispatch;
 pub mod io;
 pub mod locks;
 mod mesh;
 pub mod persistence;
 pub mod pubsub;
+pub mod retain;
 pub mod rpc;
 pub mod stats;
 pub mod store;
@@ -191,6 +193,18 @@ impl BrokerBuilder {
     /// Persist to a directory (snapshot + append-only log); `None` = in memory only.
     pub fn persistence(mut self, p: Option<persistence::PersistConfig>) -> Self {
         self.cfg.persist = p;
+        self
+    }
+
+    /// Idempotent-producer dedup settings.
+    pub fn dedup(mut self, cfg: dedup::DedupConfig) -> Self {
+        self.cfg.dedup = cfg;
+        self
+    }
+
+    /// Retained pub/sub and durable-ack settings.
+    pub fn pubsub(mut self, cfg: retain::RetainConfig) -> Self {
+        self.cfg.pubsub = cfg;
         self
     }
 

@@ -7,13 +7,14 @@
 //! freed) and fenced writes below it are refused.
 //!
 //! Invariants: a lock has at most one holder; `grants` maps each live grant's token to
-//! its key; `waiting` maps each queued waiter's id to its key; a lock entry with no
-//! holder and no waiters is removed.
-
-use std::collections::VecDeque;
+//! its key; `waiting` maps each queued waiter's id to its slot in `nodes`; a lock's
+//! waiters are a doubly linked list through `nodes` (head = next to be served), so a
+//! wait that runs out is unlinked in O(1); `by_conn` counts, per connection and key,
+//! the holds and waits it has there; a lock entry with no holder and no waiters is
+//! removed.
 
 use ahash::RandomState;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 use crate::connection::ConnId;
 use crate::timers::{TimerKind, Timers};
@@ -38,10 +39,37 @@ struct Holder {
     token: FencingToken,
 }
 
-#[derive(Default)]
+/// No slot.
+const NIL: usize = usize::MAX;
+
+/// A queued waiter in the slab, linked into its lock's FIFO.
+struct Node {
+    waiter: Option<Waiter>,
+    key: Box<str>,
+    prev: usize,
+    next: usize,
+}
+
 struct Lock {
     holder: Option<Holder>,
-    waiters: VecDeque<Waiter>,
+    head: usize,
+    tail: usize,
+}
+
+impl Default for Lock {
+    fn default() -> Self {
+        Lock {
+            holder: None,
+            head: NIL,
+            tail: NIL,
+        }
+    }
+}
+
+impl Lock {
+    fn has_waiters(&self) -> bool {
+        self.head != NIL
+    }
 }
 
 /// Something the dispatcher must tell a client.
@@ -81,10 +109,14 @@ pub struct LockTable {
     locks: HashMap<Box<str>, Lock, RandomState>,
     high: HashMap<Box<str>, FencingToken, RandomState>,
     grants: HashMap<u64, Box<str>, RandomState>,
-    waiting: HashMap<u64, Box<str>, RandomState>,
-    /// Keys each connection holds or awaits (a set: a connection with many locks
-    /// does not make each lock or unlock linear).
-    by_conn: HashMap<ConnId, HashSet<Box<str>, RandomState>, RandomState>,
+    waiting: HashMap<u64, usize, RandomState>,
+    /// Waiter slab (bounded by the most waiters queued at once; slots are reused).
+    nodes: Vec<Node>,
+    free: Vec<usize>,
+    /// Keys each connection holds or awaits, with how many holds + waits it has on
+    /// each (a map: a connection with many locks does not make each lock or unlock
+    /// linear, and forgetting one wait needs no scan of the queue).
+    by_conn: HashMap<ConnId, HashMap<Box<str>, u32, RandomState>, RandomState>,
     last_token: u64,
     next_waiter: u64,
     waiter_count: usize,
@@ -112,6 +144,8 @@ impl LockTable {
             high: HashMap::default(),
             grants: HashMap::default(),
             waiting: HashMap::default(),
+            nodes: Vec::new(),
+            free: Vec::new(),
             by_conn: HashMap::default(),
             last_token,
             next_waiter: 0,
@@ -138,6 +172,12 @@ impl LockTable {
         } else {
             None
         }
+    }
+
+    /// The log could not make the last taken reservation durable: ask again next
+    /// turn (tokens under it must not be trusted across a crash until it is).
+    pub fn reservation_failed(&mut self) {
+        self.reserve_pending = true;
     }
 
     /// Number of locks held.
@@ -192,9 +232,59 @@ impl LockTable {
 
     fn note_conn(&mut self, conn: ConnId, key: &str) {
         let v = self.by_conn.entry(conn).or_default();
-        if !v.contains(key) {
-            v.insert(key.into());
+        *v.entry_ref(key).or_insert(0) += 1;
+    }
+
+    /// Links a waiter at the tail of `key`'s queue; returns its slot.
+    fn push_waiter(&mut self, key: &str, w: Waiter) -> usize {
+        let lock = self.locks.entry_ref(key).or_default();
+        let tail = lock.tail;
+        let node = Node {
+            waiter: Some(w),
+            key: key.into(),
+            prev: tail,
+            next: NIL,
+        };
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        if tail == NIL {
+            lock.head = slot;
+        } else {
+            self.nodes[tail].next = slot;
         }
+        lock.tail = slot;
+        slot
+    }
+
+    /// Unlinks the waiter in `slot` from `lock` in O(1) and frees the slot.
+    fn unlink(nodes: &mut [Node], free: &mut Vec<usize>, lock: &mut Lock, slot: usize) -> Waiter {
+        let n = &mut nodes[slot];
+        let (prev, next) = (n.prev, n.next);
+        let w = n
+            .waiter
+            .take()
+            .expect("invariant: a linked slot holds a waiter");
+        n.key = Box::from("");
+        if prev == NIL {
+            lock.head = next;
+        } else {
+            nodes[prev].next = next;
+        }
+        if next == NIL {
+            lock.tail = prev;
+        } else {
+            nodes[next].prev = prev;
+        }
+        free.push(slot);
+        w
     }
 
     /// A `lock` request from `conn`.
@@ -220,16 +310,18 @@ impl LockTable {
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
-        let lock = self.locks.entry_ref(key).or_default();
         // Only a queued request keeps its id (an immediate answer needs no copy).
-        lock.waiters.push_back(Waiter {
-            id,
-            conn,
-            reply_to: reply_to.map(Box::from),
-            ttl_ms,
-        });
+        let slot = self.push_waiter(
+            key,
+            Waiter {
+                id,
+                conn,
+                reply_to: reply_to.map(Box::from),
+                ttl_ms,
+            },
+        );
         self.waiter_count += 1;
-        self.waiting.insert(id, key.into());
+        self.waiting.insert(id, slot);
         timers.add(now.saturating_add(wait_ms), TimerKind::LockWait(id));
         self.note_conn(conn, key);
         LockOutcome::Queued
@@ -256,17 +348,16 @@ impl LockTable {
         held
     }
 
+    /// One hold or wait of `conn` on `key` ended; O(1). The key stays listed while
+    /// the connection still holds or waits on it.
     fn forget_conn_key(&mut self, conn: ConnId, key: &str) {
-        // Keep the key listed while the connection still waits on it.
-        let still_waiting = self.locks.get(key).is_some_and(|l| {
-            l.waiters.iter().any(|w| w.conn == conn)
-                || l.holder.as_ref().is_some_and(|h| h.conn == conn)
-        });
-        if still_waiting {
-            return;
-        }
         if let Some(v) = self.by_conn.get_mut(&conn) {
-            v.remove(key);
+            if let Some(n) = v.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    v.remove(key);
+                }
+            }
             if v.is_empty() {
                 self.by_conn.remove(&conn);
             }
@@ -281,7 +372,12 @@ impl LockTable {
         if let Some(h) = lock.holder.take() {
             self.grants.remove(&h.token.0);
         }
-        let next = lock.waiters.pop_front();
+        let next = if lock.has_waiters() {
+            let head = lock.head;
+            Some(Self::unlink(&mut self.nodes, &mut self.free, lock, head))
+        } else {
+            None
+        };
         match next {
             Some(w) => {
                 self.waiter_count -= 1;
@@ -323,24 +419,23 @@ impl LockTable {
                 }
             }
             TimerKind::LockWait(id) => {
-                let Some(key) = self.waiting.remove(&id) else {
+                let Some(slot) = self.waiting.remove(&id) else {
                     return;
                 };
+                let key = std::mem::take(&mut self.nodes[slot].key);
                 let Some(lock) = self.locks.get_mut(&*key) else {
                     return;
                 };
-                if let Some(pos) = lock.waiters.iter().position(|w| w.id == id) {
-                    let w = lock
-                        .waiters
-                        .remove(pos)
-                        .expect("invariant: position is in range");
-                    self.waiter_count -= 1;
-                    events.push(LockEvent::TimedOut {
-                        conn: w.conn,
-                        reply_to: w.reply_to,
-                    });
-                    self.forget_conn_key(w.conn, &key);
+                let w = Self::unlink(&mut self.nodes, &mut self.free, lock, slot);
+                if lock.holder.is_none() && !lock.has_waiters() {
+                    self.locks.remove(&*key);
                 }
+                self.waiter_count -= 1;
+                events.push(LockEvent::TimedOut {
+                    conn: w.conn,
+                    reply_to: w.reply_to,
+                });
+                self.forget_conn_key(w.conn, &key);
             }
             TimerKind::CallDeadline(_) => {}
         }
@@ -357,25 +452,28 @@ impl LockTable {
         let Some(keys) = self.by_conn.remove(&conn) else {
             return;
         };
-        for key in keys.iter() {
+        for key in keys.keys() {
             if let Some(lock) = self.locks.get_mut(&**key) {
-                let mut gone = Vec::new();
-                lock.waiters.retain(|w| {
-                    let mine = w.conn == conn;
-                    if mine {
-                        gone.push(w.id);
+                // Unlink this connection's waiters (one walk of this key's queue).
+                let mut slot = lock.head;
+                while slot != NIL {
+                    let next = self.nodes[slot].next;
+                    if self.nodes[slot]
+                        .waiter
+                        .as_ref()
+                        .is_some_and(|w| w.conn == conn)
+                    {
+                        let w = Self::unlink(&mut self.nodes, &mut self.free, lock, slot);
+                        self.waiter_count -= 1;
+                        // Its timer then finds nothing in `waiting` and does nothing.
+                        self.waiting.remove(&w.id);
                     }
-                    !mine
-                });
-                self.waiter_count -= gone.len();
-                for id in gone {
-                    // Its timer then finds nothing in `waiting` and does nothing.
-                    self.waiting.remove(&id);
+                    slot = next;
                 }
                 let holds = lock.holder.as_ref().is_some_and(|h| h.conn == conn);
                 if holds {
                     self.release(key, now, timers, events);
-                } else if lock.holder.is_none() && lock.waiters.is_empty() {
+                } else if lock.holder.is_none() && !lock.has_waiters() {
                     self.locks.remove(&**key);
                 }
             }
@@ -383,10 +481,11 @@ impl LockTable {
     }
 
     /// Checks a fenced write's token against `key`'s high mark and, when it passes,
-    /// raises the mark. Absent or lower tokens fail.
+    /// raises the mark. Absent or lower tokens fail, and so do tokens this broker
+    /// never issued (above the counter): a forged token must not fence real holders out.
     pub fn fence(&mut self, key: &str, token: Option<FencingToken>) -> bool {
         let Some(token) = token else { return false };
-        if token.0 < self.floor {
+        if token.0 < self.floor || token.0 > self.last_token {
             return false;
         }
         match self.high.get_mut(key) {
@@ -496,6 +595,25 @@ mod tests {
         assert_eq!(l.take_reservation(), Some(1501 + RESERVE_BLOCK));
         assert_eq!(l.take_reservation(), None);
         assert!(l.fence("other", Some(tok)));
+    }
+
+    #[test]
+    fn a_token_never_issued_is_fenced_and_leaves_the_mark() {
+        let mut t = Timers::default();
+        let mut l = LockTable::default();
+        assert!(!l.fence("never", Some(FencingToken(u64::MAX))));
+        assert!(
+            !l.fence("never", Some(FencingToken(1))),
+            "nothing issued yet"
+        );
+        let tok = granted(l.lock("k", ConnId(1), 100, 0, None, 0, &mut t));
+        assert!(!l.fence("k", Some(FencingToken(u64::MAX))));
+        assert!(!l.fence("k", Some(FencingToken(tok.0 + 1))));
+        assert!(
+            l.fence("k", Some(tok)),
+            "the forged token did not raise the mark"
+        );
+        assert!(l.fence("never", Some(tok)));
     }
 
     #[test]
@@ -809,7 +927,8 @@ mod tests {
                     Op::Fence { key, delta } => {
                         let base = m.high.get(&key).copied().unwrap_or(m.last) as i64;
                         let tok = (base + i64::from(delta)).max(0) as u64;
-                        let pass = m.high.get(&key).is_none_or(|h| tok >= *h);
+                        // Only issued tokens (≤ the counter) at or above the mark pass.
+                        let pass = tok <= m.last && m.high.get(&key).is_none_or(|h| tok >= *h);
                         prop_assert_eq!(l.fence(KEYS[key], Some(FencingToken(tok))), pass);
                         prop_assert!(!l.fence(KEYS[key], None));
                         if pass {

@@ -10,16 +10,23 @@
 
 use std::time::Duration;
 
+use procmesh_proto::msgpackr::{Encoder, Normalizer};
+
 use crate::config::BrokerConfig;
 use crate::connection::ConnId;
+use crate::dedup::Dedup;
 use crate::locks::{LockEvent, LockTable};
 use crate::persistence::aof::EffectLog;
 use crate::persistence::gate::Gate;
 use crate::pubsub::PubSub;
+use crate::retain::Retain;
 use crate::rpc::Rpc;
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::timers::Timers;
+
+/// The fan-out slot of connections that write msgpackr records.
+pub const FANOUT_RECORDS: usize = 2;
 
 /// The broker's cache: effects are logged once persistence is switched on.
 pub type MeshStore = Store<Option<EffectLog>>;
@@ -32,6 +39,13 @@ pub struct Mesh {
     pub store: MeshStore,
     /// Subscriptions.
     pub pubsub: PubSub,
+    /// Idempotent-producer dedup.
+    pub dedup: Dedup,
+    /// Offsets and retained messages.
+    pub retain: Retain,
+    /// Wall-clock ms (Unix epoch) at broker time 0: `epoch0 + now` stamps retained
+    /// messages, so their age survives a restart.
+    pub epoch0: u64,
     /// Worker pools and pending calls.
     pub rpc: Rpc,
     /// Locks and fencing tokens.
@@ -52,8 +66,15 @@ pub struct Mesh {
     pub shutdown: bool,
     /// Scratch: lock events to deliver (reused, never shrunk).
     pub lock_events: Vec<LockEvent>,
-    /// Scratch: one encoded `msg` frame per codec for a fan-out.
-    pub fanout: [Vec<u8>; 2],
+    /// Scratch: one encoded `msg` frame per dialect for a fan-out (JSON, MessagePack,
+    /// msgpackr records: `[FANOUT_RECORDS]`).
+    pub fanout: [Vec<u8>; 3],
+    /// msgpackr input: the normaliser and the plain frame it writes (one frame, at most
+    /// the frame limit; reused, shrunk back after a spike).
+    pub mpr_in: Normalizer,
+    pub mpr_plain: Vec<u8>,
+    /// msgpackr output for fan-outs (converted once per publish).
+    pub mpr_enc: Encoder,
     /// Scratch: a publish's matching connections.
     pub targets: Vec<ConnId>,
 }

@@ -84,6 +84,10 @@ pub struct Gauges<'a> {
     pub pending_calls: usize,
     /// Subscriptions held.
     pub subscriptions: usize,
+    /// Publishes dropped as idempotent-producer duplicates.
+    pub duplicates: u64,
+    /// Dedup entries held, (producer, channel) pairs.
+    pub dedup_size: usize,
     /// `(name, workers)` per registered procedure.
     pub procs: Vec<(&'a str, usize)>,
     /// Resident set size in bytes.
@@ -144,8 +148,8 @@ impl Stats {
                 .map(|(c, n)| (c.as_str().to_string(), *n))
                 .collect(),
             dropped: self.dropped,
-            duplicates: 0,
-            dedup_size: 0,
+            duplicates: g.duplicates,
+            dedup_size: g.dedup_size as u64,
             reaped: self.reaped,
             slow_closed: self.slow_closed,
             locks: g.locks as u64,
@@ -287,9 +291,9 @@ mod tests {
         w.key("dropped");
         w.uint(s.dropped);
         w.key("duplicates");
-        w.uint(0);
+        w.uint(g.duplicates);
         w.key("dedupSize");
-        w.uint(0);
+        w.uint(g.dedup_size as u64);
         w.key("reaped");
         w.uint(s.reaped);
         w.key("slowClosed");
@@ -373,6 +377,8 @@ mod tests {
                 lock_waiters: 4,
                 pending_calls: 5,
                 subscriptions: 6,
+                duplicates: 8,
+                dedup_size: 9,
                 persistence: Some(persistence),
                 io_backend: "uring",
             },

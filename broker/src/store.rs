@@ -101,6 +101,12 @@ pub trait EffectSink {
     fn del(&mut self, key: &[u8]);
     /// Everything was removed.
     fn clear(&mut self);
+    /// Whether the store should keep before-images of this turn's writes so that
+    /// [`Store::undo_turn`] can take them back (a log that may refuse them).
+    #[inline]
+    fn wants_undo(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that drops every effect (a store without persistence).
@@ -136,6 +142,27 @@ impl<E: EffectSink> EffectSink for Option<E> {
             e.clear();
         }
     }
+    #[inline]
+    fn wants_undo(&self) -> bool {
+        self.as_ref().is_some_and(E::wants_undo)
+    }
+}
+
+/// The state of one key before a write of this turn: `value` is `None` when the key
+/// was absent. Ranges index [`Undo::bytes`].
+struct Before {
+    key: (usize, usize),
+    value: Option<(usize, usize, Codec, u64)>,
+}
+
+/// Before-images of the current turn's writes, oldest first (reused buffers: no
+/// allocation per write once grown). Bound: one turn's writes (a `clear` copies the
+/// whole store); emptied by [`Store::commit_turn`] / [`Store::undo_turn`].
+#[derive(Default)]
+struct Undo {
+    bytes: Vec<u8>,
+    before: Vec<Before>,
+    replaying: bool,
 }
 
 /// The cache, reporting its effects to `E`.
@@ -154,6 +181,7 @@ pub struct Store<E = NoEffects> {
     rng: u64,
     counters: StoreCounters,
     scratch: Vec<u8>,
+    undo: Undo,
     effects: E,
 }
 
@@ -185,6 +213,7 @@ impl<E: EffectSink> Store<E> {
             rng: 0x9e37_79b9_7f4a_7c15,
             counters: StoreCounters::default(),
             scratch: Vec::new(),
+            undo: Undo::default(),
             effects,
         }
     }
@@ -328,6 +357,9 @@ impl<E: EffectSink> Store<E> {
         value: &[u8],
         expire_at: u64,
     ) -> u32 {
+        if !self.undo.replaying && self.effects.wants_undo() {
+            self.remember(found, key);
+        }
         let slot = match found {
             Some(slot) => {
                 let e = &mut self.entries[slot as usize];
@@ -381,9 +413,76 @@ impl<E: EffectSink> Store<E> {
                 slot
             }
         };
+        if self.undo.replaying {
+            // Restoring the turn's starting state, which was within bounds.
+            return slot;
+        }
         self.effects.set(key, codec, value, expire_at);
         self.enforce_bounds(slot);
         slot
+    }
+
+    /// Records the state of `key` (at `slot`, or absent) before a write changes it.
+    fn remember(&mut self, slot: Option<u32>, key: &[u8]) {
+        let u = &mut self.undo;
+        let k = u.bytes.len();
+        u.bytes.extend_from_slice(key);
+        let value = slot.map(|s| {
+            let e = &self.entries[s as usize];
+            let v = u.bytes.len();
+            u.bytes.extend_from_slice(e.value());
+            (v, e.value().len(), e.codec, e.expire_at)
+        });
+        u.before.push(Before {
+            key: (k, key.len()),
+            value,
+        });
+    }
+
+    /// Records the entry at `slot` before a write removes it.
+    fn remember_slot(&mut self, slot: u32) {
+        let u = &mut self.undo;
+        let e = &self.entries[slot as usize];
+        let k = u.bytes.len();
+        u.bytes.extend_from_slice(e.key());
+        let v = u.bytes.len();
+        u.bytes.extend_from_slice(e.value());
+        u.before.push(Before {
+            key: (k, e.key().len()),
+            value: Some((v, e.value().len(), e.codec, e.expire_at)),
+        });
+    }
+
+    /// Forgets the before-images of this turn: its writes are committed.
+    pub fn commit_turn(&mut self) {
+        self.undo.bytes.clear();
+        self.undo.before.clear();
+    }
+
+    /// Takes back every write of this turn (they were not persisted): each key
+    /// touched returns to its state at the start of the turn, newest write undone
+    /// first. The undo is not reported to the effect sink. Returns the writes undone.
+    pub fn undo_turn(&mut self) -> usize {
+        let mut u = std::mem::take(&mut self.undo);
+        self.undo.replaying = true;
+        let n = u.before.len();
+        for b in u.before.iter().rev() {
+            let key = &u.bytes[b.key.0..b.key.0 + b.key.1];
+            match b.value {
+                Some((v, len, codec, expire_at)) => {
+                    self.put(key, codec, &u.bytes[v..v + len], expire_at);
+                }
+                None => {
+                    if let Some(slot) = self.find(key) {
+                        self.remove_slot(slot);
+                    }
+                }
+            }
+        }
+        u.bytes.clear();
+        u.before.clear();
+        self.undo = u;
+        n
     }
 
     fn enforce_bounds(&mut self, keep: u32) {
@@ -450,6 +549,9 @@ impl<E: EffectSink> Store<E> {
     /// Removes a slot as an effect worth logging (delete, eviction); expiry is not
     /// logged because records carry absolute deadlines.
     fn remove_logged(&mut self, slot: u32) {
+        if !self.undo.replaying && self.effects.wants_undo() {
+            self.remember_slot(slot);
+        }
         self.effects.del(self.entries[slot as usize].key());
         self.remove_slot(slot);
     }
@@ -490,6 +592,13 @@ impl<E: EffectSink> Store<E> {
 
     /// Removes everything.
     pub fn clear(&mut self) {
+        if self.effects.wants_undo() {
+            let mut s = self.head;
+            while s != NIL {
+                self.remember_slot(s);
+                s = self.entries[s as usize].next;
+            }
+        }
         self.effects.clear();
         self.table.clear();
         self.entries.clear();
@@ -708,6 +817,65 @@ mod tests {
         s.set("c", j("1"), None, 0);
         assert!(!s.has("a", 0));
         assert_eq!(s.value_bytes(), 6);
+    }
+
+    /// A sink that asks for undo, counting what reaches it.
+    #[derive(Default)]
+    struct Undoable(usize);
+
+    impl EffectSink for Undoable {
+        fn set(&mut self, _: &[u8], _: Codec, _: &[u8], _: u64) {
+            self.0 += 1;
+        }
+        fn del(&mut self, _: &[u8]) {
+            self.0 += 1;
+        }
+        fn clear(&mut self) {
+            self.0 += 1;
+        }
+        fn wants_undo(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn undo_turn_restores_every_key_to_the_start_of_the_turn() {
+        let cfg = StoreConfig {
+            max_entries: 3,
+            ..StoreConfig::default()
+        };
+        let mut s = Store::with_effects(cfg, Undoable::default());
+        s.set("a", j("1"), Some(500), 0);
+        s.set("b", j("\"two\""), None, 0);
+        s.set("c", j("3"), None, 0);
+        s.commit_turn();
+        let logged = s.effects_mut().0;
+        // A turn: update in place, resize, delete, a new key evicting the LRU one,
+        // an incr, then a clear and a write after it.
+        s.set("a", j("9"), None, 10);
+        s.set("b", j("\"a longer value\""), None, 10);
+        assert!(s.del("c", 10));
+        s.set("d", j("4"), None, 10);
+        s.set("e", j("5"), None, 10);
+        assert_eq!(s.incr("n", Num::Int(1), 10), Ok(Num::Int(1)));
+        s.clear();
+        s.set("z", j("0"), None, 10);
+        assert!(s.undo_turn() > 0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(text(s.get("a", 20)).as_deref(), Some("1"));
+        assert_eq!(s.ttl_left("a", 20), Some(480), "the deadline is restored");
+        assert_eq!(text(s.get("b", 20)).as_deref(), Some("\"two\""));
+        assert_eq!(text(s.get("c", 20)).as_deref(), Some("3"));
+        for k in ["d", "e", "n", "z"] {
+            assert!(!s.has(k, 20), "{k} was written in the undone turn");
+        }
+        assert_eq!(s.value_bytes(), 1 + 5 + 1);
+        assert_eq!(
+            s.effects_mut().0 - logged,
+            10,
+            "the undo itself is not logged"
+        );
+        assert_eq!(s.undo_turn(), 0, "nothing left to undo");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct ClientBuilder {
     addresses: Option<Vec<PathBuf>>,
     shards: Option<usize>,
     codec: Codec,
+    /// No codec was set: negotiate it per connection.
+    negotiate: bool,
     auto_spawn: bool,
     reconnect: bool,
     call_timeout: Duration,
@@ -77,6 +79,7 @@ impl Default for ClientBuilder {
             addresses: None,
             shards: None,
             codec: Codec::MsgPack,
+            negotiate: true,
             auto_spawn: true,
             reconnect: true,
             call_timeout: Duration::from_secs(30),
@@ -128,10 +131,14 @@ impl ClientBuilder {
         self
     }
 
-    /// The wire codec (default MessagePack). JSON and MessagePack clients share
-    /// one mesh.
+    /// Fixes the wire codec. Without it the client negotiates: `hello` in JSON, then
+    /// MessagePack when the broker lists it in `welcome` (ours), JSON when it lists nothing
+    /// (a Node.js broker), msgpackr records when the broker closes on JSON (a Node.js broker
+    /// with `codec: 'msgpack'`). Values are encoded in MessagePack either way (transcoded on
+    /// the wire when needed). JSON and MessagePack clients share one mesh.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self.negotiate = false;
         self
     }
 
@@ -300,6 +307,7 @@ impl ClientBuilder {
         });
         let settings = Settings {
             codec: self.codec,
+            negotiate: self.negotiate,
             token: self.token,
             call_timeout: self.call_timeout,
             connect_timeout: self.connect_timeout,

@@ -11,6 +11,17 @@
 //! MessagePack (or JSON, see [`ClientBuilder::codec`]); Node.js processes
 //! using the `procmesh-js` package share the same mesh.
 //!
+//! # Codec negotiation
+//! Unless [`ClientBuilder::codec`] fixes the wire codec, every connect negotiates it
+//! (docs/protocol.md §3): `hello` goes out in JSON; a `welcome` listing `msgpack` in its
+//! `codecs` field (our broker) switches the link to MessagePack from the next frame, with
+//! no round trip beyond the hello; a `welcome` without the list (a Node.js `procmesh-js`
+//! broker in its default JSON codec) keeps JSON; a broker that closes the connection on
+//! the JSON hello (a Node.js broker with `codec: 'msgpack'`) is connected again and greeted
+//! with a msgpackr record hello, and the link reads and writes msgpackr records from then
+//! on. Inbound frames are read in whichever of the three forms each arrives. Values are
+//! encoded in MessagePack either way and transcoded on a JSON link.
+//!
 //! The client reconnects with backoff when the broker goes away, replaying its
 //! subscriptions and registrations; [`Client::sharded`] spreads keys over
 //! several brokers behind the same API.

@@ -94,6 +94,8 @@ impl Client {
         let mut first_err = None;
         let req = Request::Sub {
             channel: pattern.into(),
+            replay: None,
+            since: None,
         };
         for &s in &shards {
             let c = &self.conn(s);

@@ -314,7 +314,10 @@ pub(crate) fn for_each_field<'a>(
     buf: &'a [u8],
     mut f: impl FnMut(&[u8], Raw<'a>),
 ) -> Result<(), DecodeError> {
-    std::str::from_utf8(buf).map_err(|_| DecodeError::new("payload is not valid UTF-8"))?;
+    // Invalid UTF-8 still fails the frame, but only after the walk: fields that are
+    // valid UTF-8 themselves (the `id` above all) are still seen, so the sender gets
+    // an error reply (issue 12 #15). The per-field check runs only on that bad path.
+    let utf8 = std::str::from_utf8(buf).is_ok();
     let mut p = JsonParser { b: buf, i: 0 };
     p.ws();
     if p.peek() != Some(b'{') {
@@ -339,7 +342,12 @@ pub(crate) fn for_each_field<'a>(
                 codec: Codec::Json,
                 bytes: &buf[vs..p.i],
             };
-            if escaped {
+            if !utf8
+                && (std::str::from_utf8(&buf[ks..ke]).is_err()
+                    || std::str::from_utf8(v.bytes).is_err())
+            {
+                // Skipped: the frame fails below.
+            } else if escaped {
                 let k = json_unescape(&buf[ks..ke]);
                 f(k.as_bytes(), v);
             } else {
@@ -359,6 +367,9 @@ pub(crate) fn for_each_field<'a>(
     p.ws();
     if p.i != buf.len() {
         return Err(DecodeError::new("trailing bytes after the frame's map"));
+    }
+    if !utf8 {
+        return Err(DecodeError::new("payload is not valid UTF-8"));
     }
     Ok(())
 }

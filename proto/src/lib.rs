@@ -73,7 +73,7 @@ pub use codec::{Codec, Dialect, Raw};
 pub use error::{DecodeError, ErrorCode};
 pub use message::{Frame, Kind};
 pub use num::Num;
-pub use request::{Acks, Request};
+pub use request::{Acks, Request, REPLAY_ALL};
 pub use response::{Push, Reply};
 pub use value::Value;
 pub use writer::Writer;

@@ -143,6 +143,10 @@ pub struct Frame<'a> {
     pub version: Option<Raw<'a>>,
     pub broker: Option<Raw<'a>>,
     pub seq: Option<Raw<'a>>,
+    /// `welcome`'s list of codecs the broker reads (ours).
+    pub codecs: Option<Raw<'a>>,
+    pub replay: Option<Raw<'a>>,
+    pub since: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -205,6 +209,9 @@ impl<'a> Frame<'a> {
                 b"version" => &mut f.version,
                 b"broker" => &mut f.broker,
                 b"seq" => &mut f.seq,
+                b"codecs" => &mut f.codecs,
+                b"replay" => &mut f.replay,
+                b"since" => &mut f.since,
                 _ => return,
             };
             *slot = Some(v);
@@ -341,7 +348,12 @@ pub fn ping(codec: Codec, out: &mut Vec<u8>) {
 
 /// `{"t":"welcome","id":ID,"version":4,"broker":NAME,"pid":PID}` (see [`Reply::Welcome`]).
 pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &str, pid: &str) {
-    Reply::Welcome { broker, pid }.encode_into(codec, id, out);
+    Reply::Welcome {
+        broker,
+        pid,
+        codecs: &[],
+    }
+    .encode_into(codec, id, out);
 }
 
 /// `{"t":"msg","channel":CH,"payload":P}` (see [`Push::Msg`]).
@@ -351,7 +363,12 @@ pub fn msg(
     channel: &str,
     payload: Raw<'_>,
 ) -> Result<(), DecodeError> {
-    Push::Msg { channel, payload }.encode_into(codec, out)
+    Push::Msg {
+        channel,
+        payload,
+        offset: None,
+    }
+    .encode_into(codec, out)
 }
 
 /// `{"t":"invoke","id":N,"name":NAME,"args":ARGS}` (see [`Push::Invoke`]).

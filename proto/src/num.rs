@@ -24,6 +24,15 @@ impl Num {
             Num::Float(f) => f,
         }
     }
+
+    /// False for NaN and ±infinity (JSON has no such numbers: `1e400` parses as
+    /// infinity, MessagePack can carry NaN).
+    pub fn is_finite(self) -> bool {
+        match self {
+            Num::Float(f) => f.is_finite(),
+            _ => true,
+        }
+    }
 }
 
 /// Addition with JavaScript's number semantics for what it can represent:

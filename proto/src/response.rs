@@ -69,6 +69,9 @@ pub enum Reply<'a> {
         broker: &'a str,
         /// The producer id of the connection.
         pid: &'a str,
+        /// The codecs the broker reads, as `"codecs":[…]` (ours: a broker that lists
+        /// them re-detects the codec from the frame after `welcome`); omitted when empty.
+        codecs: &'a [&'a str],
     },
     /// `pong` (answers `ping`).
     Pong,
@@ -138,10 +141,22 @@ impl Reply<'_> {
                 m.key("message").str(message);
                 m.key("code").str(code);
             }
-            Reply::Welcome { broker, pid } => {
+            Reply::Welcome {
+                broker,
+                pid,
+                codecs,
+            } => {
                 m.key("version").int(PROTOCOL_VERSION);
                 m.key("broker").str(broker);
                 m.key("pid").str(pid);
+                if !codecs.is_empty() {
+                    let w = m.key("codecs");
+                    w.begin_array(codecs.len());
+                    for c in codecs {
+                        w.str(c);
+                    }
+                    w.end_array();
+                }
             }
             _ => {}
         }
@@ -323,6 +338,8 @@ pub enum Push<'a> {
         channel: &'a str,
         /// The payload.
         payload: Raw<'a>,
+        /// The retained message's offset (`pubsub.persist`); absent otherwise.
+        offset: Option<u64>,
     },
     /// `{"t":"invoke","id":N,"name":S,"args":A}`: an RPC call for a worker.
     Invoke {
@@ -344,10 +361,17 @@ impl Push<'_> {
                 MapEnc::begin(codec, out, "ping").finish();
                 return Ok(());
             }
-            Push::Msg { channel, payload } => {
+            Push::Msg {
+                channel,
+                payload,
+                offset,
+            } => {
                 let mut m = MapEnc::begin(codec, out, "msg");
                 m.key("channel").str(channel);
                 let r = m.raw("payload", payload);
+                if let Some(o) = offset {
+                    m.key("offset").uint(o);
+                }
                 (m, r)
             }
             Push::Invoke { id, name, args } => {
@@ -474,6 +498,7 @@ mod tests {
                 Reply::Welcome {
                     broker: "default",
                     pid: "p1",
+                    codecs: &[],
                 }
                 .encode_into(c, id, o)
             },
@@ -526,11 +551,28 @@ mod tests {
                 Push::Msg {
                     channel: "news",
                     payload: v,
+                    offset: None,
                 }
                 .encode_into(c, o)
                 .unwrap()
             },
             r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]}}"#,
+        );
+        one(
+            &|o| {
+                Push::Msg {
+                    channel: "news",
+                    payload: v,
+                    offset: Some(42),
+                }
+                .encode_into(c, o)
+                .unwrap()
+            },
+            r#"{"t":"msg","channel":"news","payload":{"a":[1,"x"]},"offset":42}"#,
+        );
+        one(
+            &|o| Reply::Sub { offset: 7 }.encode_into(c, id, o),
+            r#"{"t":"ok","id":12,"value":{"ok":true,"offset":7}}"#,
         );
         one(
             &|o| {
@@ -572,6 +614,8 @@ mod tests {
     "83a174a26f6ba269640ca576616c756582a676616c7565739381a1619201a178c081a1619201a178a5666f756e6493c3c2c3",
     "81a174a470696e67",
     "83a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178",
+    "84a174a36d7367a76368616e6e656ca46e657773a77061796c6f616481a1619201a178a66f66667365742a",
+    "83a174a26f6ba269640ca576616c756582a26f6bc3a66f666673657407",
     "84a174a6696e766f6b65a2696403a46e616d65a3616464a46172677381a1619201a178",
     ];
 
@@ -620,7 +664,8 @@ mod tests {
         assert!(ok_value(Codec::Json, None, bad, &mut out).is_err());
         assert!(Push::Msg {
             channel: "c",
-            payload: bad
+            payload: bad,
+            offset: None,
         }
         .encode_into(Codec::Json, &mut out)
         .is_err());

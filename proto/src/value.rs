@@ -242,7 +242,37 @@ impl<'a> Raw<'a> {
         if self.codec == other.codec && self.bytes == other.bytes {
             return true;
         }
+        // A top-level bin is compared in place: as a `Value` tree each of its bytes
+        // would cost a whole `Value` (~64x the bin's size, issue 12 #15).
+        match (self.bin(), other.bin()) {
+            (Some(a), Some(b)) => return a == b,
+            (Some(a), None) => return other.eq_byte_array(a),
+            (None, Some(b)) => return self.eq_byte_array(b),
+            (None, None) => {}
+        }
         self.to_value() == other.to_value()
+    }
+
+    /// The bytes of a MessagePack bin.
+    fn bin(&self) -> Option<&'a [u8]> {
+        match (self.codec, mp_head(self.bytes, 0)) {
+            (Codec::MsgPack, Ok((MpHead::Bin { at, len }, _))) => Some(&self.bytes[at..at + len]),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an array of the numbers `bytes` (how a bin compares).
+    fn eq_byte_array(&self, bytes: &[u8]) -> bool {
+        let Some(mut items) = self.array() else {
+            return false;
+        };
+        for &b in bytes {
+            match items.next().and_then(|r| r.as_num()) {
+                Some(n) if n.as_f64() == f64::from(b) => {}
+                _ => return false,
+            }
+        }
+        items.next().is_none()
     }
 }
 

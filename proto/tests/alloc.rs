@@ -128,6 +128,7 @@ fn encoding_replies_into_a_buffer_with_room_allocates_nothing() {
             Push::Msg {
                 channel: "c",
                 payload: v,
+                offset: None,
             }
             .encode_into(codec, &mut out)
             .unwrap();
@@ -137,4 +138,32 @@ fn encoding_replies_into_a_buffer_with_room_allocates_nothing() {
         });
         assert_eq!(n, 0, "{codec:?}");
     }
+}
+
+#[test]
+fn cas_comparing_a_large_bin_allocates_nothing() {
+    // Issue 12 #15: the comparison built a `Value` per byte (~64x the bin's size).
+    let n = 1 << 20;
+    let mut a = vec![0xc6];
+    a.extend_from_slice(&(n as u32).to_be_bytes());
+    a.extend((0..n).map(|i| i as u8));
+    let mut b = a.clone();
+    *b.last_mut().unwrap() ^= 1;
+    let arr = in_codec(Codec::MsgPack, "[0,1,2.0,3]");
+    let small_bin = [0xc4, 4, 0, 1, 2, 3];
+    let ra = procmesh_proto::Raw::new(Codec::MsgPack, &a);
+    let rb = procmesh_proto::Raw::new(Codec::MsgPack, &b);
+    let mut same = false;
+    let mut differ = true;
+    let mut as_array = false;
+    let n_allocs = allocations(|| {
+        same = ra.structurally_eq(&procmesh_proto::Raw::new(Codec::MsgPack, &a[..]));
+        differ = ra.structurally_eq(&rb);
+        as_array = procmesh_proto::Raw::new(Codec::MsgPack, &small_bin)
+            .structurally_eq(&procmesh_proto::Raw::new(Codec::MsgPack, &arr));
+    });
+    assert!(same);
+    assert!(!differ, "bins differing in the last byte compared equal");
+    assert!(as_array, "a bin equals the array of its bytes");
+    assert_eq!(n_allocs, 0);
 }

@@ -238,6 +238,7 @@ fn our_frames() -> Vec<(&'static str, Vec<u8>)> {
     Reply::Welcome {
         broker: "default",
         pid: "p1733000000000_1",
+        codecs: &[],
     }
     .encode_into(Codec::MsgPack, Some(id(1)), &mut out);
     frames.push(("welcome", strip(std::mem::take(&mut out))));
@@ -268,6 +269,7 @@ fn our_frames() -> Vec<(&'static str, Vec<u8>)> {
     Push::Msg {
         channel: "orders",
         payload: Raw::new(Codec::MsgPack, &payload),
+        offset: None,
     }
     .encode_into(Codec::MsgPack, &mut out)
     .unwrap();

@@ -13,6 +13,9 @@ use crate::mesh::Mesh;
 use crate::stats::{Gauges, PersistGauges};
 use crate::sys;
 
+/// The codecs this broker reads, listed in `welcome` (ours; Node.js clients ignore it).
+const CODECS: &[&str] = &["json", "msgpack", "msgpackr"];
+
 /// Constant-time comparison of two secrets (time depends only on their lengths).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
@@ -58,6 +61,7 @@ pub(super) fn hello(
     let r = Reply::Welcome {
         broker: &m.cfg.name,
         pid: &pid,
+        codecs: CODECS,
     };
     out.send(from, |codec, buf| r.encode_into(codec, id, buf));
 }
@@ -87,6 +91,8 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),
         subscriptions: m.pubsub.len(),
+        duplicates: m.dedup.duplicates,
+        dedup_size: m.dedup.len(),
         procs: m.rpc.procs().collect(),
         rss: sys::rss_bytes(),
         cpu_core_fraction: cpu / uptime as f64,

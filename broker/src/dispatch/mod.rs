@@ -62,9 +62,10 @@ pub(crate) fn handle<T: Transport>(
     payload: &[u8],
 ) {
     let conn = &mut out[from];
-    if !conn.is_codec_known() {
-        match payload.first().copied().and_then(Codec::detect) {
-            Some(c) => conn.set_codec(c),
+    let first = !conn.is_codec_known();
+    if first {
+        match Codec::detect_payload(payload) {
+            Some(d) => conn.set_dialect(d),
             None => {
                 // Without a codec there is no way to answer in kind: say why in JSON
                 // and close this one connection.
@@ -81,6 +82,48 @@ pub(crate) fn handle<T: Transport>(
             }
         }
     }
+    let conn = &out[from];
+    if conn.dialect().records {
+        // msgpackr → plain MessagePack, into the loop's one scratch buffer (bounded by
+        // the frame limit), so the families only ever see plain values.
+        let mut plain = std::mem::take(&mut m.mpr_plain);
+        plain.clear();
+        let max = m.cfg.max_frame;
+        match m.mpr_in.normalize_into(payload, max, &mut plain) {
+            Ok(()) => handle_plain(m, out, io, from, &plain, first),
+            Err(e) => {
+                m.stats.error(ErrorCode::Broker);
+                // The id is unknown before normalising: a leading record of an
+                // envelope gives it away only when the frame is readable.
+                send_err(
+                    out,
+                    from,
+                    None,
+                    ErrorCode::Broker,
+                    &format!("malformed msgpackr frame: {}", e.message()),
+                );
+            }
+        }
+        if plain.capacity() > 4 * crate::connection::BUF_TARGET {
+            plain = Vec::new();
+        }
+        m.mpr_plain = plain;
+        return;
+    }
+    handle_plain(m, out, io, from, payload, first);
+}
+
+/// Handles one frame in the connection's codec (plain MessagePack for msgpackr peers).
+/// `first`: it fixed the codec.
+fn handle_plain<T: Transport>(
+    m: &mut Mesh,
+    out: &mut Conns,
+    io: &mut T,
+    from: ConnId,
+    payload: &[u8],
+    first: bool,
+) {
+    let conn = &out[from];
     let codec = conn.codec();
     let authed = conn.authed;
     // Decoded in place: a `Frame` moved out of a return costs a 700-byte memcpy.
@@ -123,12 +166,21 @@ pub(crate) fn handle<T: Transport>(
             }
             return;
         }
+    } else if m.gate.is_active() {
+        // It may read what this turn wrote: retracted with the writes if they fail.
+        m.gate.observe(from, || out[from].out_len());
     }
     if let Err(f) = route(m, out, io, from, kind, &frame) {
         m.stats.error(f.code);
         if id.is_some() && kind != Kind::Result {
             send_err(out, from, id, f.code, &f.message);
         }
+    }
+    // A JSON hello as the first frame was answered with our codec list: the client
+    // may write its next frame in another codec (PROTOCOL §3, ours).
+    let c = &mut out[from];
+    if first && kind == Kind::Hello && codec == Codec::Json && c.closing == Closing::No {
+        c.redetect_codec();
     }
 }
 
@@ -186,14 +238,22 @@ fn route<T: Transport>(
         Request::Fdel { key, token, k } => {
             locks::fenced(m, out, from, id, &key, token, &k, Fenced::Del)?
         }
-        Request::Sub { channel } => pubsub::sub(m, out, from, id, &channel),
+        Request::Sub {
+            channel,
+            replay,
+            since,
+        } => pubsub::sub(m, out, from, id, &channel, replay, since)?,
         Request::Unsub { channel } => pubsub::unsub(m, out, from, id, &channel),
         Request::Pub {
             channel,
             payload,
             acks,
-            ..
-        } => pubsub::publish(m, out, io, from, id, &channel, payload, acks)?,
+            pid,
+            seq,
+        } => {
+            let idem = pid.as_deref().zip(seq);
+            pubsub::publish(m, out, io, from, id, &channel, payload, acks, idem)?
+        }
         Request::Reg { name } => rpc::reg(m, out, from, id, &name),
         Request::Unreg { name } => rpc::unreg(m, out, from, id, &name),
         Request::Call {

@@ -115,10 +115,18 @@ impl Reactor {
         let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
         let mut locks = LockTable::default();
         let mut warnings = Vec::new();
+        let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
+        let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
         let persist = match &cfg.persist {
             Some(pc) => {
-                let (p, rec) = Persistence::open(pc.clone(), &mut store, unix_base)
-                    .map_err(BindError::Recovery)?;
+                let (p, rec) = Persistence::open_with(
+                    pc.clone(),
+                    &mut store,
+                    unix_base,
+                    &mut retain,
+                    &mut dedup,
+                )
+                .map_err(BindError::Recovery)?;
                 // Recovery replayed with the sink off; from here on effects are logged.
                 *store.effects_mut() = Some(EffectLog::new(unix_base));
                 locks = LockTable::with_reservations(rec.fence_reserved);
@@ -140,7 +148,7 @@ impl Reactor {
             listener,
             lock: Some(lock),
             socket,
-            core: Core::new(cfg, store, locks, persist),
+            core: Core::new(cfg, store, locks, persist).restore(retain, dedup),
             sockets: Sockets {
                 registry,
                 streams: Vec::new(),
@@ -203,9 +211,13 @@ impl Reactor {
 
     /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
     pub fn run(mut self) -> io::Result<()> {
-        let result = self.run_loop();
+        let mut result = self.run_loop();
         if let Err(e) = self.core.shutdown(&mut self.sockets) {
+            // Acknowledged writes may not be durable: the stop must not look clean.
             log_line!("procmesh: {e}");
+            if result.is_ok() {
+                result = Err(io::Error::other(e));
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(lock) = self.lock.take() {

@@ -422,10 +422,18 @@ impl Reactor {
         let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
         let mut locks = LockTable::default();
         let mut warnings = Vec::new();
+        let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
+        let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
         let persist = match &cfg.persist {
             Some(pc) => {
-                let (p, rec) = Persistence::open(pc.clone(), &mut store, unix_base)
-                    .map_err(BindError::Recovery)?;
+                let (p, rec) = Persistence::open_with(
+                    pc.clone(),
+                    &mut store,
+                    unix_base,
+                    &mut retain,
+                    &mut dedup,
+                )
+                .map_err(BindError::Recovery)?;
                 // Recovery replayed with the sink off; from here on effects are logged.
                 *store.effects_mut() = Some(EffectLog::new(unix_base));
                 locks = LockTable::with_reservations(rec.fence_reserved);
@@ -461,7 +469,7 @@ impl Reactor {
             wake_armed: false,
             lock: Some(lock),
             socket,
-            core: Core::new(cfg, store, locks, persist),
+            core: Core::new(cfg, store, locks, persist).restore(retain, dedup),
             start,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -525,10 +533,14 @@ impl Reactor {
         }
         // Registered on the loop's thread (a single-issuer ring's owner).
         self.io.bufs = BufRing::register(&self.io.ring).ok();
-        let result = self.run_loop();
+        let mut result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
+            // Acknowledged writes may not be durable: the stop must not look clean.
             log_line!("procmesh: {e}");
+            if result.is_ok() {
+                result = Err(io::Error::other(e));
+            }
         }
         self.drain();
         let _ = std::fs::remove_file(&self.socket);

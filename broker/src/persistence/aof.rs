@@ -13,6 +13,13 @@
 //!              | 2 DEL   key_len:varint key
 //!              | 3 CLEAR
 //!              | 4 FENCE reserved_to:u64be   (tokens ≤ reserved_to may have been issued)
+//!              | 5 PUB   ch_len:varint ch  offset:u64be  ts_unix_ms:u64be
+//!                        [pid_len:varint pid  seq:varint if tag & 0x10]
+//!                        payload_len:varint payload   codec: MessagePack if tag & 0x08
+//!                        (a retained message; its pid/seq also feed dedup)
+//!              | 6 DEDUP pid_len:varint pid  ch_len:varint ch  seq:varint
+//!                        (an accepted idempotent publish on a channel not retained)
+//!              | 7 OFFSET reserved_to:u64be  (pub/sub offsets ≤ reserved_to may have been issued)
 //! varint  := LEB128 (7 bits per byte, low first)
 //! ```
 //!
@@ -31,6 +38,10 @@ const SET: u8 = 1;
 const DEL: u8 = 2;
 const CLEAR: u8 = 3;
 const FENCE: u8 = 4;
+const PUB: u8 = 5;
+const DEDUP: u8 = 6;
+const OFFSET: u8 = 7;
+const HAS_PID: u8 = 0x10;
 const OP_MASK: u8 = 0x07;
 const MSGPACK: u8 = 0x08;
 const EXPIRES: u8 = 0x10;
@@ -111,6 +122,57 @@ pub fn encode_fence(out: &mut Vec<u8>, reserved_to: u64) {
     out.extend_from_slice(&reserved_to.to_be_bytes());
 }
 
+/// Appends a PUB entry (a retained message).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_pub(
+    out: &mut Vec<u8>,
+    channel: &str,
+    offset: u64,
+    ts_unix_ms: u64,
+    idem: Option<(&str, u64)>,
+    codec: Codec,
+    payload: &[u8],
+) {
+    open(out);
+    let mut tag = PUB;
+    if codec == Codec::MsgPack {
+        tag |= MSGPACK;
+    }
+    if idem.is_some() {
+        tag |= HAS_PID;
+    }
+    out.push(tag);
+    varint(out, channel.len() as u64);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&ts_unix_ms.to_be_bytes());
+    if let Some((pid, seq)) = idem {
+        varint(out, pid.len() as u64);
+        out.extend_from_slice(pid.as_bytes());
+        varint(out, seq);
+    }
+    varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a DEDUP entry.
+pub fn encode_dedup(out: &mut Vec<u8>, pid: &str, channel: &str, seq: u64) {
+    open(out);
+    out.push(DEDUP);
+    varint(out, pid.len() as u64);
+    out.extend_from_slice(pid.as_bytes());
+    varint(out, channel.len() as u64);
+    out.extend_from_slice(channel.as_bytes());
+    varint(out, seq);
+}
+
+/// Appends an OFFSET reservation entry.
+pub fn encode_offset(out: &mut Vec<u8>, reserved_to: u64) {
+    open(out);
+    out.push(OFFSET);
+    out.extend_from_slice(&reserved_to.to_be_bytes());
+}
+
 /// The store's effects of this turn, encoded as log entries as they happen (one
 /// reused buffer: no allocation per write once it has grown).
 #[derive(Debug)]
@@ -141,7 +203,7 @@ impl EffectSink for EffectLog {
         let unix = if expire_at == 0 {
             0
         } else {
-            self.unix_base_ms + expire_at
+            self.unix_base_ms.saturating_add(expire_at)
         };
         encode_set(&mut self.buf, key, codec, value, unix);
     }
@@ -154,6 +216,11 @@ impl EffectSink for EffectLog {
     #[inline]
     fn clear(&mut self) {
         encode_clear(&mut self.buf);
+    }
+
+    #[inline]
+    fn wants_undo(&self) -> bool {
+        true
     }
 }
 
@@ -183,15 +250,60 @@ pub enum Record<'a> {
         /// The reservation.
         reserved_to: u64,
     },
+    /// A retained pub/sub message.
+    Pub {
+        /// Channel.
+        channel: &'a str,
+        /// Its offset.
+        offset: u64,
+        /// Publish time, Unix ms.
+        ts_unix_ms: u64,
+        /// The idempotent producer's (pid, seq), when it had them.
+        idem: Option<(&'a str, u64)>,
+        /// Codec of `payload`.
+        codec: Codec,
+        /// Encoded payload.
+        payload: &'a [u8],
+    },
+    /// An accepted idempotent publish (channel not retained).
+    Dedup {
+        /// Producer id.
+        pid: &'a str,
+        /// Channel.
+        channel: &'a str,
+        /// Sequence.
+        seq: u64,
+    },
+    /// Pub/sub offsets up to this may have been issued.
+    Offset {
+        /// The reservation.
+        reserved_to: u64,
+    },
+}
+
+fn str_field<'a>(b: &mut &'a [u8]) -> Option<&'a str> {
+    let l = usize::try_from(read_varint(b)?).ok()?;
+    std::str::from_utf8(take(b, l)?).ok()
 }
 
 /// What is wrong at some offset of a log or snapshot.
+///
+/// Only the end of a file may be cut without asking: damage is a [`Damage::TornTail`]
+/// only when no valid frame follows it (a crash mid-write leaves an incomplete or
+/// unchecksummed *last* frame). A bad length or checksum with a valid frame after it
+/// is mid-file damage, whatever it looks like.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Damage {
     /// The file ends inside a record (a crash mid-write): safe to cut here.
     TornTail,
-    /// A complete record fails its checksum or does not parse, with data after it.
-    Corrupt(String),
+    /// A frame fails its checksum, has an impossible length or does not parse, and
+    /// a valid frame follows at `resume` (relative to the data read).
+    Corrupt {
+        /// What is wrong.
+        why: String,
+        /// Where the next valid frame starts.
+        resume: usize,
+    },
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -254,54 +366,111 @@ fn parse_entry<'a>(b: &mut &'a [u8]) -> Option<Record<'a>> {
         FENCE if tag == FENCE => Record::Fence {
             reserved_to: u64be(b)?,
         },
+        PUB if tag & !(MSGPACK | HAS_PID) == PUB => {
+            let channel = str_field(b)?;
+            let offset = u64be(b)?;
+            let ts_unix_ms = u64be(b)?;
+            let idem = if tag & HAS_PID != 0 {
+                Some((str_field(b)?, read_varint(b)?))
+            } else {
+                None
+            };
+            let pl = usize::try_from(read_varint(b)?).ok()?;
+            let payload = take(b, pl)?;
+            let codec = if tag & MSGPACK != 0 {
+                Codec::MsgPack
+            } else {
+                Codec::Json
+            };
+            Record::Pub {
+                channel,
+                offset,
+                ts_unix_ms,
+                idem,
+                codec,
+                payload,
+            }
+        }
+        DEDUP if tag == DEDUP => Record::Dedup {
+            pid: str_field(b)?,
+            channel: str_field(b)?,
+            seq: read_varint(b)?,
+        },
+        OFFSET if tag == OFFSET => Record::Offset {
+            reserved_to: u64be(b)?,
+        },
         _ => return None,
     })
 }
 
+/// Checks the frame at the start of `rest`: its length when it is whole, has the
+/// right checksum and every entry parses.
+fn valid_frame(rest: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(rest.get(4..HEADER)?.try_into().ok()?);
+    if len == 0 || rest.len() - HEADER < len {
+        return None;
+    }
+    let mut body = &rest[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    while !body.is_empty() {
+        parse_entry(&mut body)?;
+    }
+    Some(len)
+}
+
+/// The offset of the first valid frame starting after `from` (resync after damage).
+pub fn next_valid_frame(data: &[u8], from: usize) -> Option<usize> {
+    (from + 1..data.len().saturating_sub(HEADER)).find(|&p| valid_frame(&data[p..]).is_some())
+}
+
 /// Decodes the frames of `data` in order, calling `f` for each record. Returns the
 /// offset where valid data ends and, when it ends early, why. A frame is applied
-/// only when all of it is readable.
+/// only when all of it is readable. Damage is a torn tail only when no valid frame
+/// follows it (see [`Damage`]).
 pub fn read_records<'a>(data: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize, Option<Damage>) {
     let mut off = 0;
     let mut records = Vec::new();
-    while off < data.len() {
+    'frames: while off < data.len() {
         let rest = &data[off..];
-        if rest.len() < HEADER {
-            return (off, Some(Damage::TornTail));
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len == 0 || len > MAX_RECORD {
-            return (
-                off,
-                Some(Damage::Corrupt(format!("frame length {len} is impossible"))),
-            );
-        }
-        if rest.len() < HEADER + len {
-            return (off, Some(Damage::TornTail));
-        }
-        let mut body = &rest[HEADER..HEADER + len];
-        let end = off + HEADER + len;
-        if crc32fast::hash(body) != crc {
-            // A bad checksum on the very last frame is a torn write, not corruption.
-            let damage = if end == data.len() {
-                Damage::TornTail
-            } else {
-                Damage::Corrupt("checksum mismatch".into())
-            };
-            return (off, Some(damage));
-        }
-        records.clear();
-        while !body.is_empty() {
-            match parse_entry(&mut body) {
-                Some(r) => records.push(r),
-                None => return (off, Some(Damage::Corrupt("unreadable record".into()))),
+        let why = 'bad: {
+            if rest.len() < HEADER {
+                break 'bad None;
             }
-        }
-        for r in records.drain(..) {
-            f(r);
-        }
-        off = end;
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if len == 0 {
+                break 'bad Some(format!("frame length {len} is impossible"));
+            }
+            if rest.len() - HEADER < len {
+                break 'bad Some(format!(
+                    "frame length {len} points past the end of the file"
+                ));
+            }
+            let mut body = &rest[HEADER..HEADER + len];
+            if crc32fast::hash(body) != crc {
+                break 'bad Some("checksum mismatch".into());
+            }
+            records.clear();
+            while !body.is_empty() {
+                match parse_entry(&mut body) {
+                    Some(r) => records.push(r),
+                    None => break 'bad Some("unreadable record".into()),
+                }
+            }
+            for r in records.drain(..) {
+                f(r);
+            }
+            off += HEADER + len;
+            continue 'frames;
+        };
+        let damage = match (why, next_valid_frame(data, off)) {
+            (Some(why), Some(at)) => Damage::Corrupt { why, resume: at },
+            _ => Damage::TornTail,
+        };
+        return (off, Some(damage));
     }
     (off, None)
 }
@@ -382,6 +551,36 @@ mod tests {
     }
 
     #[test]
+    fn pubsub_records_round_trip() {
+        let mut b = Vec::new();
+        encode_pub(
+            &mut b,
+            "ch",
+            7,
+            1234,
+            Some(("p-1", 3)),
+            Codec::MsgPack,
+            &[0x01],
+        );
+        encode_pub(&mut b, "ch2", 8, 1235, None, Codec::Json, b"\"x\"");
+        encode_dedup(&mut b, "p-2", "c", 99);
+        encode_offset(&mut b, 2048);
+        assert!(seal(&mut b));
+        let mut got = Vec::new();
+        let (end, dmg) = read_records(&b, |r| got.push(format!("{r:?}")));
+        assert_eq!((end, dmg), (b.len(), None));
+        assert_eq!(
+            got,
+            [
+                r#"Pub { channel: "ch", offset: 7, ts_unix_ms: 1234, idem: Some(("p-1", 3)), codec: MsgPack, payload: [1] }"#,
+                r#"Pub { channel: "ch2", offset: 8, ts_unix_ms: 1235, idem: None, codec: Json, payload: [34, 120, 34] }"#,
+                r#"Dedup { pid: "p-2", channel: "c", seq: 99 }"#,
+                "Offset { reserved_to: 2048 }",
+            ]
+        );
+    }
+
+    #[test]
     fn round_trip() {
         let b = sample();
         let mut got = Vec::new();
@@ -410,10 +609,55 @@ mod tests {
         flipped[10] ^= 0xff; // inside the first record's body
         let (end, dmg) = read_records(&flipped, |_| {});
         assert_eq!(end, 0);
-        assert!(matches!(dmg, Some(Damage::Corrupt(_))));
+        let second = HEADER + u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        assert!(
+            matches!(dmg, Some(Damage::Corrupt { resume, .. }) if resume == second),
+            "{dmg:?}"
+        );
         let mut last = b.clone();
         let n = last.len();
         last[n - 1] ^= 0xff; // the last record: torn, not corrupt
         assert_eq!(read_records(&last, |_| {}).1, Some(Damage::TornTail));
+    }
+
+    #[test]
+    fn a_huge_expiry_saturates_instead_of_wrapping() {
+        let mut log = EffectLog::new(1_700_000_000_000);
+        log.set(b"k", Codec::Json, b"1", u64::MAX - 5);
+        assert!(seal(log.buf()));
+        let mut got = Vec::new();
+        read_records(log.buf(), |r| {
+            if let Record::Set { expire_unix_ms, .. } = r {
+                got.push(expire_unix_ms);
+            }
+        });
+        assert_eq!(got, [u64::MAX], "far future, not wrapped into the past");
+    }
+
+    #[test]
+    fn a_bad_length_with_valid_frames_after_it_is_corruption_not_a_torn_tail() {
+        let b = sample();
+        let second = HEADER + u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        for bad in [[0x00, 0x10, 0, 0], [0xff, 0xff, 0xff, 0xff], [0, 0, 0, 0]] {
+            let mut d = b.clone();
+            d[..4].copy_from_slice(&bad);
+            let (end, dmg) = read_records(&d, |_| {});
+            assert_eq!(end, 0);
+            assert!(
+                matches!(dmg, Some(Damage::Corrupt { resume, .. }) if resume == second),
+                "{bad:?}: {dmg:?}"
+            );
+        }
+        // The same length damage in the last frame is a torn tail.
+        let mut frames = Vec::new();
+        let mut off = 0;
+        while off < b.len() {
+            frames.push(off);
+            off += HEADER + u32::from_be_bytes(b[off..off + 4].try_into().unwrap()) as usize;
+        }
+        let last = *frames.last().unwrap();
+        let mut d = b.clone();
+        d[last..last + 4].copy_from_slice(&[0x00, 0x10, 0, 0]);
+        assert_eq!(read_records(&d, |_| {}), (last, Some(Damage::TornTail)));
     }
 }

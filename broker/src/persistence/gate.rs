@@ -2,22 +2,32 @@
 //! when its reply may leave.
 //!
 //! `gate` owns the persistence handle (if any) and the replies held back this turn.
-//! Per request, [`Gate::admit`] refuses writes while the log is failing and, with
-//! `fsync always`, notes where the write's reply starts in its connection's output.
-//! Once per turn, [`Gate::commit`] writes the turn's log records (and fence
-//! reservation) per the fsync policy; with `always`, a failure retracts the held
-//! replies: each connection's output is cut back to its first held reply, every
-//! held write is answered `EBROKER "write not persisted: …"`, and the connection is
-//! closed after that flush (its later replies of the turn are lost with the cut).
+//! Per request, [`Gate::admit`] refuses writes while the log is failing and notes
+//! where the write's reply starts in its connection's output; [`Gate::observe`]
+//! notes where the reply of any later request of the turn starts (it may have read
+//! what the turn wrote). Once per turn, [`Gate::commit`] writes the turn's log
+//! records (and fence reservation) per the fsync policy (the log `write()` is
+//! synchronous under every policy; `always` also fsyncs).
+//!
+//! Guarantee — nothing failed takes effect: when that write (or, with `always`, its
+//! fsync) fails, the turn's cache writes are undone ([`Store::undo_turn`], from the
+//! before-images the store kept), their records are dropped (never written later),
+//! and the replies are retracted: each affected connection's output is cut back to
+//! its first held or observed reply, every held write is answered `EBROKER "write
+//! not persisted: …"`, and the connection is closed after that flush (its other
+//! replies of the turn, which may have seen the undone writes, are lost with the
+//! cut; the client fails them as on a closed connection). So a write answered
+//! "not persisted" was never visible, and a retried `incr` counts once. Lock,
+//! pub/sub and RPC state is not undone (only the cache is logged as effects).
 //! It does not know about sockets; the core flushes only after the commit.
 //!
-//! Invariants: replies are held only with `fsync always`, so [`Gate::holds`] is
-//! false under the other policies; the held list is empty after every commit.
+//! Invariants: the held and observed lists are empty after every commit and bounded
+//! by one turn's requests; a connection with a held reply is not flushed early.
 
 use procmesh_proto::{ErrorCode, Raw, Reply};
 
 use super::aof::EffectLog;
-use super::{FsyncMode, Persistence};
+use super::Persistence;
 use crate::connection::{Closing, ConnId, Conns};
 use crate::locks::LockTable;
 use crate::stats::Stats;
@@ -28,14 +38,22 @@ struct Held {
     conn: ConnId,
     /// Offset of the reply in the connection's output.
     at: usize,
-    /// The request id, raw in the connection's codec.
-    id: Option<Box<[u8]>>,
+    /// The request id, raw in the connection's codec: a range of [`Gate::ids`].
+    id: Option<(usize, usize)>,
 }
 
 /// Admission and commit of writes; see the module doc.
 pub struct Gate {
     log: Option<Persistence>,
     held: Vec<Held>,
+    /// The held requests' ids, back to back (one reused buffer: no allocation per
+    /// write once grown).
+    ids: Vec<u8>,
+    /// Where replies of requests after the turn's first write start (connection,
+    /// output offset): they are retracted with the writes if the commit fails.
+    observed: Vec<(ConnId, usize)>,
+    /// A durable ack (or an offset reservation) needs this turn's commit synced.
+    sync: bool,
 }
 
 impl Gate {
@@ -44,6 +62,9 @@ impl Gate {
         Gate {
             log,
             held: Vec::new(),
+            ids: Vec::new(),
+            observed: Vec::new(),
+            sync: false,
         }
     }
 
@@ -77,21 +98,40 @@ impl Gate {
                 "persistence is failing ({e}); writes are refused until it recovers"
             ));
         }
-        if p.mode() == FsyncMode::Always {
-            self.held.push(Held {
-                conn,
-                at: reply_at(),
-                id: id.map(|i| Box::<[u8]>::from(i.bytes)),
-            });
-        }
+        self.held.push(Held {
+            conn,
+            at: reply_at(),
+            id: id.map(|i| {
+                self.ids.extend_from_slice(i.bytes);
+                (self.ids.len() - i.bytes.len(), i.bytes.len())
+            }),
+        });
         Ok(())
+    }
+
+    /// Notes that a request from `conn` whose reply starts at `reply_at()` runs after
+    /// a write of this turn (so it may observe it). Cheap when the turn has no write.
+    #[inline]
+    pub fn observe(&mut self, conn: ConnId, reply_at: impl FnOnce() -> usize) {
+        if self.held.is_empty() || self.observed.last().is_some_and(|o| o.0 == conn) {
+            return;
+        }
+        self.observed.push((conn, reply_at()));
+    }
+
+    /// Makes this turn's commit fsync whatever the policy (an offset reservation, or a
+    /// durable-ack publish whose reply `admit` holds until then).
+    pub fn sync_this_turn(&mut self) {
+        self.sync = true;
     }
 
     /// Whether `conn` has a reply held for this turn's commit (its output must not
     /// be flushed early).
     #[inline]
     pub fn holds(&self, conn: ConnId) -> bool {
-        !self.held.is_empty() && self.held.iter().any(|h| h.conn == conn)
+        !self.held.is_empty()
+            && (self.held.iter().any(|h| h.conn == conn)
+                || self.observed.iter().any(|o| o.0 == conn))
     }
 
     /// Writes this turn's log records (the store's effects and a pending fence
@@ -116,35 +156,43 @@ impl Gate {
             p.reserve(buf, r);
         }
         let was_failing = p.error.is_some();
-        let result = p.commit(buf, reservation.is_some());
-        let mode = p.mode();
+        let force = reservation.is_some() || std::mem::take(&mut self.sync);
+        let result = p.commit(buf, force);
         match result {
             Ok(()) => {
+                store.commit_turn();
                 if was_failing && p.error.is_none() {
                     log_line!("procmesh: persistence recovered; writes are accepted again");
                 }
             }
             Err(e) => {
+                if reservation.is_some() {
+                    locks.reservation_failed();
+                }
+                let undone = store.undo_turn();
                 if !was_failing {
                     log_line!(
-                        "procmesh: persistence error: {e}; refusing writes until it recovers"
+                        "procmesh: persistence error: {e}; undid {undone} write(s) of this turn; \
+                         refusing writes until it recovers"
                     );
                 }
-                if mode == FsyncMode::Always {
-                    self.retract(&e, conns, stats);
-                }
+                self.retract(&e, conns, stats);
             }
         }
         self.held.clear();
+        self.ids.clear();
+        self.observed.clear();
     }
 
     fn retract(&mut self, why: &str, conns: &mut Conns, stats: &mut Stats) {
         let held = std::mem::take(&mut self.held);
+        let ids = std::mem::take(&mut self.ids);
         let mut cut: Vec<(ConnId, usize)> = Vec::new();
-        for h in &held {
-            match cut.iter_mut().find(|(c, _)| *c == h.conn) {
-                Some((_, p)) => *p = (*p).min(h.at),
-                None => cut.push((h.conn, h.at)),
+        let marks = held.iter().map(|h| (h.conn, h.at));
+        for (conn, at) in marks.chain(self.observed.drain(..)) {
+            match cut.iter_mut().find(|(c, _)| *c == conn) {
+                Some((_, p)) => *p = (*p).min(at),
+                None => cut.push((conn, at)),
             }
         }
         for (k, pos) in cut {
@@ -159,7 +207,7 @@ impl Gate {
                 continue;
             }
             conns.send(h.conn, |codec, out| {
-                let id = h.id.as_deref().map(|b| Raw::new(codec, b));
+                let id = h.id.map(|(at, n)| Raw::new(codec, &ids[at..at + n]));
                 Reply::Err {
                     code: ErrorCode::Broker,
                     message: &msg,
@@ -171,9 +219,14 @@ impl Gate {
     }
 
     /// Starts, advances or completes a snapshot (once per turn, after the commit).
-    pub fn tick(&mut self, store: &Store<Option<EffectLog>>, now: u64) {
+    pub fn tick(
+        &mut self,
+        store: &Store<Option<EffectLog>>,
+        now: u64,
+        carry: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(p) = self.log.as_mut() {
-            p.tick(store, now);
+            p.tick(store, now, carry);
         }
     }
 
@@ -188,6 +241,7 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+    use super::super::FsyncMode;
     use super::*;
     use crate::connection::Connection;
     use crate::store::StoreConfig;
@@ -213,10 +267,12 @@ mod tests {
     }
 
     #[test]
-    fn only_always_holds_replies_until_the_commit() {
+    fn every_policy_holds_write_replies_until_the_commit() {
+        // The log write is synchronous under every policy, so every policy can fail
+        // a write and must hold its reply until the commit.
         for (mode, holds) in [
-            (FsyncMode::No, false),
-            (FsyncMode::EverySec, false),
+            (FsyncMode::No, true),
+            (FsyncMode::EverySec, true),
             (FsyncMode::Always, true),
         ] {
             let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,10 @@
 //! - with `always`, the writes dispatched in one loop turn share one fsync, and their
 //!   replies leave only after it (the durability gate, [`gate`], calls
 //!   [`Persistence::commit`] before the core flushes);
+//! - a write the log refuses has no effect: its records are dropped (never retried),
+//!   the gate undoes the turn's cache writes and retracts their replies;
+//! - only a real tail is cut: damage with a valid frame after it is refused, or with
+//!   `--repair` moved to `<segment>.damaged-<offset>` while the rest is kept;
 //! - a fencing token is never visible to a client before a FENCE record covering it is
 //!   durable, so tokens issued before a crash are below the floor after it;
 //! - recovery (snapshot, then segments in order) finishes before the socket is bound.
@@ -30,6 +34,8 @@ use procmesh_proto::Raw;
 
 use self::aof::{AppendLog, Damage, Record};
 use self::snapshot::Snapshot;
+use crate::dedup::Dedup;
+use crate::retain::{Retain, Retained};
 use crate::store::{EffectSink, Store};
 
 /// When written data is made durable.
@@ -92,8 +98,9 @@ impl PersistConfig {
 
 /// How many fencing tokens one FENCE record reserves.
 pub const FENCE_BLOCK: u64 = 1000;
-/// Unwritten records kept for a retry after a log write failure, at most.
-const RETRY_MAX: usize = 64 << 20;
+/// How often a failing log is probed (with a harmless FENCE record) while no writes
+/// are admitted, to find out that it takes writes again.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Entries a snapshot writes per loop turn.
 const SNAPSHOT_BUDGET: usize = 20_000;
 
@@ -217,6 +224,9 @@ pub struct Persistence {
     bytes_at_snapshot: u64,
     reserved_to: u64,
     unix_base_ms: u64,
+    last_probe: std::time::Instant,
+    /// Size of the last frame the log refused: a probe must fit as much.
+    probe_len: usize,
     /// The last error writing the log, if the log is failing now.
     pub error: Option<String>,
     /// Log write or sync failures since start.
@@ -230,11 +240,33 @@ pub type RecoveryError = String;
 
 impl Persistence {
     /// Locks the directory, loads the snapshot and replays the log into `store`.
-    /// `unix_base_ms` is the wall-clock time of the store's time 0.
+    /// `unix_base_ms` is the wall-clock time of the store's time 0. Retained pub/sub
+    /// and dedup records are read and dropped: use [`Persistence::open_with`] to keep
+    /// them.
     pub fn open<E: EffectSink>(
         cfg: PersistConfig,
         store: &mut Store<E>,
         unix_base_ms: u64,
+    ) -> Result<(Persistence, Recovered), RecoveryError> {
+        let mut retain = Retain::new(crate::retain::RetainConfig {
+            retention: 0,
+            ..Default::default()
+        });
+        let mut dedup = Dedup::new(crate::dedup::DedupConfig {
+            max: 1,
+            ..Default::default()
+        });
+        Persistence::open_with(cfg, store, unix_base_ms, &mut retain, &mut dedup)
+    }
+
+    /// [`Persistence::open`], also restoring retained messages, the offset reservation
+    /// (`retain`) and accepted idempotent seqs (`dedup`).
+    pub fn open_with<E: EffectSink>(
+        cfg: PersistConfig,
+        store: &mut Store<E>,
+        unix_base_ms: u64,
+        retain: &mut Retain,
+        dedup: &mut Dedup,
     ) -> Result<(Persistence, Recovered), RecoveryError> {
         let dir = &cfg.dir;
         let ctx = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
@@ -256,7 +288,7 @@ impl Persistence {
         }
         let mut rec = Recovered::default();
         let now_unix = unix_ms();
-        let apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
+        let mut apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
             Record::Set {
                 key,
                 codec,
@@ -280,6 +312,31 @@ impl Persistence {
             Record::Clear => store.clear(),
             Record::Fence { reserved_to } => {
                 rec.fence_reserved = rec.fence_reserved.max(reserved_to)
+            }
+            Record::Pub {
+                channel,
+                offset,
+                ts_unix_ms,
+                idem,
+                codec,
+                payload,
+            } => {
+                if let Some((pid, seq)) = idem {
+                    dedup.observe(pid, channel, seq, 0);
+                }
+                let msg = Retained {
+                    offset,
+                    ts: ts_unix_ms,
+                    codec,
+                    payload: payload.into(),
+                };
+                retain.restore(channel, msg, now_unix);
+            }
+            Record::Dedup { pid, channel, seq } => {
+                dedup.observe(pid, channel, seq, 0);
+            }
+            Record::Offset { reserved_to } => {
+                retain.reserved_to = retain.reserved_to.max(reserved_to);
             }
         };
         // Snapshot.
@@ -314,35 +371,51 @@ impl Persistence {
             }
             last_seq = *seq;
             let data = std::fs::read(path).map_err(|e| ctx("cannot read the log", e))?;
-            let (end, dmg) = aof::read_records(&data, |r| apply(store, r, &mut rec));
-            match dmg {
-                None => {}
-                Some(Damage::TornTail) => {
-                    rec.warnings.push(format!(
-                        "{}: torn record at offset {end} (a crash mid-write); truncated {} bytes",
-                        path.display(),
-                        data.len() - end
-                    ));
-                    truncate(path, end as u64)
+            // Frames are applied in order; mid-file damage either stops recovery or,
+            // with --repair, is skipped (and kept aside) up to the next valid frame.
+            let mut pos = 0;
+            let mut damaged: Vec<(usize, usize, String)> = Vec::new();
+            let kept_end = loop {
+                let (n, dmg) = aof::read_records(&data[pos..], |r| apply(store, r, &mut rec));
+                let end = pos + n;
+                match dmg {
+                    None => break end,
+                    Some(Damage::TornTail) => {
+                        rec.warnings.push(format!(
+                            "{}: torn record at offset {end} (a crash mid-write); truncated {} bytes",
+                            path.display(),
+                            data.len() - end
+                        ));
+                        break end;
+                    }
+                    Some(Damage::Corrupt { why, resume }) if cfg.repair => {
+                        damaged.push((end, pos + resume, why));
+                        pos += resume;
+                    }
+                    Some(Damage::Corrupt { why, resume }) => {
+                        return Err(format!(
+                            "{}: damaged record at offset {end} ({why}) with valid records \
+                             from offset {} on; refusing to start. Restart with --repair to \
+                             move the damaged bytes aside (to {}.damaged-{end}) and keep the rest",
+                            path.display(),
+                            pos + resume,
+                            path.display()
+                        ));
+                    }
+                }
+            };
+            if damaged.is_empty() {
+                if kept_end < data.len() {
+                    truncate(path, kept_end as u64)
                         .map_err(|e| ctx("cannot truncate the torn log tail", e))?;
                 }
-                Some(Damage::Corrupt(why)) if cfg.repair => {
-                    rec.warnings.push(format!(
-                        "{}: corrupt record at offset {end} ({why}); --repair dropped the {} bytes from there",
-                        path.display(),
-                        data.len() - end
-                    ));
-                    truncate(path, end as u64).map_err(|e| ctx("cannot truncate the log", e))?;
-                }
-                Some(Damage::Corrupt(why)) => {
-                    return Err(format!(
-                        "{}: corrupt record at offset {end} ({why}); refusing to start. \
-                         Restart with --repair to drop everything from that offset on",
-                        path.display()
-                    ));
-                }
+            } else {
+                let note = repair(path, &data, &damaged, kept_end)
+                    .map_err(|e| ctx("cannot repair the log", e))?;
+                rec.warnings.push(note);
             }
         }
+        retain.recovered();
         rec.keys = store.len();
         let log = AppendLog::open(&dir.join(segment_name(last_seq)))
             .map_err(|e| ctx("cannot open the log", e))?;
@@ -366,6 +439,8 @@ impl Persistence {
                 bytes_at_snapshot: 0,
                 reserved_to,
                 unix_base_ms,
+                last_probe: std::time::Instant::now(),
+                probe_len: 0,
                 error: None,
                 error_count: 0,
                 snapshots: 0,
@@ -391,13 +466,25 @@ impl Persistence {
 
     /// Writes this turn's records (`buf`, then cleared) and applies the fsync policy.
     /// `force_sync` makes even `no`/`everysec` sync now (fence reservations).
+    ///
+    /// On failure the records are dropped, not retried (the log was cut back to its
+    /// last whole frame): the gate undoes the turn's writes, so a failed write never
+    /// reaches the disk later. While the log is failing, an idle turn probes it every
+    /// [`PROBE_EVERY`] with a FENCE record (idempotent) to notice its recovery.
     pub fn commit(&mut self, buf: &mut Vec<u8>, force_sync: bool) -> Result<(), String> {
         if buf.is_empty() && !force_sync {
-            return Ok(());
+            if self.error.is_none() || self.last_probe.elapsed() < PROBE_EVERY {
+                return Ok(());
+            }
+            self.last_probe = std::time::Instant::now();
+            // As large as the refused frame (a smaller one might squeeze into the
+            // last bytes of a full disk), at most 1 MiB.
+            aof::encode_fence(buf, self.reserved_to);
+            while buf.len() < self.probe_len.min(1 << 20) {
+                aof::encode_fence(buf, self.reserved_to);
+            }
         }
-        // On failure the records stay in `buf` to be retried next turn (the log was
-        // cut back to its last whole record); writes are refused meanwhile.
-        // One frame for the whole turn (re-sealed over everything on a retry).
+        // One frame for the whole turn.
         let r = if aof::seal(buf) {
             self.log
                 .write(buf)
@@ -405,9 +492,11 @@ impl Persistence {
         } else {
             Ok(())
         };
-        if r.is_ok() || buf.len() > RETRY_MAX {
-            buf.clear();
+        match r {
+            Ok(()) => self.probe_len = 0,
+            Err(_) => self.probe_len = self.probe_len.max(buf.len()),
         }
+        buf.clear();
         let r = r.and_then(|_| {
             if self.cfg.fsync == FsyncMode::Always || force_sync {
                 self.log
@@ -445,8 +534,16 @@ impl Persistence {
         aof::encode_fence(buf, reserved_to);
     }
 
-    /// Starts, advances or completes a snapshot (called once per loop turn).
-    pub fn tick<E: EffectSink>(&mut self, store: &Store<E>, now: u64) {
+    /// Starts, advances or completes a snapshot (called once per loop turn). When a
+    /// snapshot starts, `carry` writes the state kept outside the store (retained
+    /// messages, offset reservation, dedup) into the new segment, so it survives the
+    /// removal of the old ones.
+    pub fn tick<E: EffectSink>(
+        &mut self,
+        store: &Store<E>,
+        now: u64,
+        carry: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(rx) = &self.finishing {
             match rx.try_recv() {
                 Ok(Ok(_)) => {
@@ -467,7 +564,7 @@ impl Persistence {
             if grown < self.cfg.compact_bytes {
                 return;
             }
-            if let Err(e) = self.start_snapshot() {
+            if let Err(e) = self.start_snapshot(carry) {
                 self.error_count += 1;
                 self.error = Some(format!("cannot start a snapshot: {e}"));
                 // Do not retry every turn: wait for as much growth again.
@@ -503,7 +600,7 @@ impl Persistence {
     }
 
     /// Rotates the log to a new segment and begins a snapshot continuing in it.
-    fn start_snapshot(&mut self) -> io::Result<()> {
+    fn start_snapshot(&mut self, carry: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let seq = self.seq + 1;
         let log = AppendLog::open(&self.cfg.dir.join(segment_name(seq)))?;
         let snap = Snapshot::begin(&self.cfg.dir, seq)?;
@@ -520,6 +617,7 @@ impl Persistence {
         // A new segment starts with the current reservation so it stands alone.
         let mut fence = Vec::new();
         aof::encode_fence(&mut fence, self.reserved_to);
+        carry(&mut fence);
         aof::seal(&mut fence);
         self.log.write(&fence)?;
         self.bytes_at_snapshot = 0;
@@ -528,15 +626,82 @@ impl Persistence {
     }
 
     /// Makes everything written durable (clean shutdown).
+    /// Fails (the broker then exits non-zero) when that sync fails, or when an earlier
+    /// background fsync failed: acknowledged writes may not be on disk.
     pub fn close(&mut self) -> Result<(), String> {
         self.log
             .sync()
-            .map_err(|e| format!("final fsync failed: {e}"))?;
+            .map_err(|e| format!("final fsync of {} failed: {e}", self.log.path().display()))?;
+        if let Some(Some(e)) = self
+            .sync
+            .as_ref()
+            .and_then(|s| s.error.lock().ok().map(|e| e.clone()))
+        {
+            return Err(format!("acknowledged writes may be lost: an earlier {e}"));
+        }
         if let Some(rx) = self.finishing.take() {
             let _ = rx.recv_timeout(Duration::from_secs(30));
         }
         Ok(())
     }
+}
+
+/// Rewrites the segment at `path` without its `damaged` byte ranges (and without the
+/// torn tail from `kept_end`), after saving each range to `<path>.damaged-<offset>`.
+/// The new segment replaces the old one atomically (written aside, synced, renamed).
+fn repair(
+    path: &Path,
+    data: &[u8],
+    damaged: &[(usize, usize, String)],
+    kept_end: usize,
+) -> io::Result<String> {
+    use std::io::Write as _;
+    let side = |at: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".damaged-{at}"));
+        PathBuf::from(name)
+    };
+    let mut kept = Vec::with_capacity(data.len());
+    let mut from = 0;
+    let mut dropped = 0;
+    let mut sides = Vec::new();
+    for (a, b, why) in damaged {
+        let (a, b) = (*a, *b);
+        kept.extend_from_slice(&data[from..a]);
+        let p = side(a);
+        let mut f = File::create(&p)?;
+        f.write_all(&data[a..b])?;
+        f.sync_all()?;
+        sides.push(format!("offset {a}: {why}, moved to {}", p.display()));
+        dropped += b - a;
+        from = b;
+    }
+    kept.extend_from_slice(&data[from..kept_end]);
+    let tmp = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".repair");
+        PathBuf::from(name)
+    };
+    let mut f = File::create(&tmp)?;
+    f.write_all(&kept)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(format!(
+        "{}: --repair dropped {} damaged frame(s), {dropped} bytes ({}), and kept the {} \
+         bytes of valid records around them{}",
+        path.display(),
+        damaged.len(),
+        sides.join("; "),
+        kept.len(),
+        if kept_end < data.len() {
+            format!("; cut a torn tail of {} bytes", data.len() - kept_end)
+        } else {
+            String::new()
+        }
+    ))
 }
 
 fn truncate(path: &Path, len: u64) -> io::Result<()> {

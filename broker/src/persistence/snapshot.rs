@@ -70,7 +70,7 @@ impl Snapshot {
             let unix = if expire_at == 0 {
                 0
             } else {
-                unix_base_ms + expire_at
+                unix_base_ms.saturating_add(expire_at)
             };
             aof::encode_set(scratch, key.as_bytes(), value.codec, value.bytes, unix);
             n += 1;

@@ -127,6 +127,7 @@ fn acknowledged_writes_survive_sigkill() {
         seed ^= seed << 17;
         let run_for = Duration::from_millis(30 + seed % 250);
         let sock = d.sock.clone();
+        let (first_ack, acked) = std::sync::mpsc::channel::<()>();
         // The writer pipelines sets and incrs, recording what was acknowledged.
         let writer = std::thread::spawn(move || {
             let mut c = TestClient::hello(&sock, Codec::MsgPack, None);
@@ -155,6 +156,7 @@ fn acknowledged_writes_survive_sigkill() {
                         return (acked_sets, acked_incrs, i + 8);
                     };
                     assert_eq!(r["t"], "ok", "{r}");
+                    let _ = first_ack.send(());
                     let id = r["id"].as_u64().unwrap();
                     if id % 2 == 0 {
                         assert_eq!(id / 2, acked_sets, "replies in order");
@@ -167,7 +169,13 @@ fn acknowledged_writes_survive_sigkill() {
                 i += 8;
             }
         });
-        std::thread::sleep(run_for); // the crash lands at a random point of the stream
+        // The crash lands at a random point of the stream, after the first
+        // acknowledgement (under load the broker may otherwise die before its first
+        // fsync, and the round would check nothing).
+        acked
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer got a first acknowledgement");
+        std::thread::sleep(run_for);
         d.kill9();
         let (acked_sets, acked_incrs, issued) = writer.join().unwrap();
         d.start();
@@ -238,6 +246,36 @@ fn ttl_keeps_running_across_a_crash() {
         "the TTL restarted instead of continuing"
     );
     assert_eq!(c.ok(json!({"t":"has","key":"forever"})), json!(true));
+}
+
+/// Issue 12.4: a ttl near 2^64 ms overflowed the absolute expiry in the log, so the
+/// key vanished at restart; it saturates (the key stays far-future).
+#[test]
+fn a_huge_ttl_survives_restart_instead_of_overflowing_the_expiry() {
+    let mut d = Durable::new("always", &[]);
+    let mut c = d.client();
+    for (i, ttl) in [
+        u64::MAX,
+        u64::MAX - 1,
+        1u64 << 63,
+        u64::MAX - 1_000_000_000_000,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.ok(json!({"t":"set","key":format!("huge{i}"),"value":i,"ttl":ttl}));
+    }
+    drop(c);
+    d.kill9();
+    d.start();
+    let mut c = d.client();
+    for i in 0..4 {
+        assert_eq!(
+            c.ok(json!({"t":"get","key":format!("huge{i}")})),
+            json!(i),
+            "huge{i} vanished at restart"
+        );
+    }
 }
 
 #[test]
@@ -364,7 +402,168 @@ fn mid_file_corruption_refuses_to_start_unless_repaired() {
     for i in 0..3 {
         assert_eq!(c.ok(json!({"t":"get","key":format!("k{i}")})), json!(i));
     }
-    assert_eq!(c.ok(json!({"t":"has","key":"k5"})), json!(false));
+    assert_eq!(
+        c.ok(json!({"t":"has","key":"k3"})),
+        json!(false),
+        "the damaged record is dropped"
+    );
+    for i in 4..10 {
+        assert_eq!(
+            c.ok(json!({"t":"get","key":format!("k{i}")})),
+            json!(i),
+            "repair keeps the valid records after the damage"
+        );
+    }
+}
+
+/// Offsets of the frames of a log segment (walking the length fields).
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut off = 0;
+    while off + 8 <= bytes.len() {
+        v.push(off);
+        off += 8 + u32::from_be_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+    }
+    v
+}
+
+/// Starts the broker with `extra` flags; returns it and its stderr up to "serving at".
+fn serve_logged(d: &Durable, extra: &[&str]) -> (KillOnDrop, Vec<String>) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--heartbeat", "0", "--socket"])
+            .arg(&d.sock)
+            .args(&d.args)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for l in std::io::BufRead::lines(err) {
+        let l = l.unwrap();
+        let done = l.contains("serving at");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        lines.last().is_some_and(|l| l.contains("serving at")),
+        "{lines:?}"
+    );
+    (child, lines)
+}
+
+/// A log of `n` single-set frames (one set per loop turn), stopped cleanly.
+fn log_of_frames(n: usize) -> (Durable, PathBuf, Vec<u8>, Vec<usize>) {
+    let mut d = Durable::new("no", &[]);
+    write_keys(&d, n);
+    d.stop();
+    let seg = d.segments().pop().unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let frames = frame_offsets(&bytes);
+    assert_eq!(frames.len(), n, "one frame per set");
+    (d, seg, bytes, frames)
+}
+
+/// Issue 12.1: damage to a length field in the middle of the log is not a torn tail:
+/// the broker refuses to start, naming the file and the offset, and cuts nothing.
+#[test]
+fn a_corrupted_length_mid_log_is_refused_not_cut_as_a_torn_tail() {
+    let (d, seg, bytes, frames) = log_of_frames(2000);
+    // A one-bit flip in frame 315's length; `00 10` written over frame 100's.
+    for (frame, at, with) in [
+        (315, 0, [bytes[frames[315]] ^ 0x01, bytes[frames[315] + 1]]),
+        (100, 0, [0x00, 0x10]),
+    ] {
+        let mut bad = bytes.clone();
+        bad[frames[frame] + at..frames[frame] + at + 2].copy_from_slice(&with);
+        std::fs::write(&seg, &bad).unwrap();
+        let (code, err) = d.refused(&[]);
+        assert_eq!(code, Some(1), "frame {frame}: {err}");
+        assert!(
+            err.contains(&*seg.to_string_lossy()),
+            "names the file: {err}"
+        );
+        assert!(
+            err.contains(&format!("offset {}", frames[frame])),
+            "names the offset: {err}"
+        );
+        assert!(err.contains("--repair"), "{err}");
+        assert!(!err.contains("torn"), "not taken for a torn tail: {err}");
+        assert_eq!(std::fs::read(&seg).unwrap(), bad, "nothing was cut");
+        assert!(!d.sock.exists(), "nothing was served");
+    }
+}
+
+/// Issue 16.6: `--repair` moves only the damaged bytes to a side file, says what it
+/// dropped, and keeps every valid record after the damage.
+#[test]
+fn repair_moves_only_the_damaged_frame_aside_and_keeps_the_rest() {
+    let (d, seg, bytes, frames) = log_of_frames(400);
+    let mut bad = bytes.clone();
+    bad[frames[100]..frames[100] + 2].copy_from_slice(&[0x00, 0x10]);
+    std::fs::write(&seg, &bad).unwrap();
+    let (child, lines) = serve_logged(&d, &["--repair"]);
+    let note = lines.join("\n");
+    assert!(
+        note.contains("dropped 1 damaged frame")
+            && note.contains(&format!("offset {}", frames[100])),
+        "says what it dropped: {note}"
+    );
+    let side = PathBuf::from(format!("{}.damaged-{}", seg.display(), frames[100]));
+    assert_eq!(
+        std::fs::read(&side).unwrap(),
+        &bad[frames[100]..frames[101]],
+        "the damaged bytes are kept aside"
+    );
+    let mut c = d.client();
+    assert_eq!(c.stats()["cacheSize"], 399);
+    assert_eq!(c.ok(json!({"t":"has","key":"k100"})), json!(false));
+    for i in [0, 99, 101, 250, 399] {
+        assert_eq!(c.ok(json!({"t":"get","key":format!("k{i}")})), json!(i));
+    }
+    c.ok(json!({"t":"set","key":"after","value":1}));
+    drop(c);
+    drop(child);
+    // The repaired log starts cleanly, without --repair.
+    let (_child, lines) = serve_logged(&d, &[]);
+    assert_eq!(lines.len(), 1, "no warnings after the repair: {lines:?}");
+    let mut c = d.client();
+    assert_eq!(c.ok(json!({"t":"get","key":"after"})), json!(1));
+    assert_eq!(c.ok(json!({"t":"get","key":"k399"})), json!(399));
+}
+
+/// Issue 16 (opening): a damaged *first* frame made `--repair` cut the whole log.
+#[test]
+fn repair_of_a_damaged_first_frame_does_not_cut_the_whole_log() {
+    let (d, seg, bytes, frames) = log_of_frames(300);
+    let mut bad = bytes.clone();
+    bad[frames[0] + 10] ^= 0x40;
+    std::fs::write(&seg, &bad).unwrap();
+    let (code, err) = d.refused(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("offset 0"), "{err}");
+    let (_child, lines) = serve_logged(&d, &["--repair"]);
+    assert!(
+        lines.join("\n").contains("dropped 1 damaged frame"),
+        "{lines:?}"
+    );
+    let side = PathBuf::from(format!("{}.damaged-0", seg.display()));
+    assert_eq!(std::fs::read(&side).unwrap(), &bad[..frames[1]]);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len() as usize,
+        bytes.len() - frames[1],
+        "only the damaged frame left the log"
+    );
+    let mut c = d.client();
+    assert_eq!(c.stats()["cacheSize"], 299);
+    assert_eq!(c.ok(json!({"t":"has","key":"k0"})), json!(false));
+    assert_eq!(c.ok(json!({"t":"get","key":"k1"})), json!(1));
+    assert_eq!(c.ok(json!({"t":"get","key":"k299"})), json!(299));
 }
 
 #[test]

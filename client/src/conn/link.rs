@@ -15,10 +15,11 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::opt_str;
-use procmesh_proto::{Frame, Kind, Request};
+use procmesh_proto::{Dialect, Kind, Raw, Request};
 
 use super::buf::ReadBuf;
-use super::{fail_all, frame, Conn, Link};
+use super::reader::Records;
+use super::{fail_all, frame_in, Conn, Link};
 use crate::error::{ClientError, Result};
 use crate::event::Event;
 use crate::pending::{lock, Pending};
@@ -34,9 +35,38 @@ const SPAWN_POLL_MAX: Duration = Duration::from_millis(200);
 
 impl Conn {
     /// Connects (spawning if allowed) and completes the hello exchange.
+    ///
+    /// Without a configured codec the wire dialect is negotiated (PROTOCOL §3, ours):
+    /// `hello` in JSON; a `welcome` listing `msgpack` (our broker) switches the link to
+    /// MessagePack from the next frame, one without a list (a Node.js broker) keeps JSON;
+    /// a broker that closes on the JSON hello (a Node.js broker with `codec: 'msgpack'`)
+    /// is connected again and greeted with a msgpackr record hello, and the link then
+    /// writes records.
     pub(super) fn establish(&self) -> Result<(UnixStream, ReadBuf)> {
         let s = self.connect_or_spawn()?;
-        self.handshake(s)
+        if !self.shared.settings.negotiate {
+            let d = self.shared.settings.codec.into();
+            self.set_dialect(d);
+            return self
+                .handshake(s, d)?
+                .ok_or_else(|| self.closed_during_hello());
+        }
+        if let Some(up) = self.handshake(s, Dialect::JSON)? {
+            return Ok(up);
+        }
+        let s = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.handshake(s, Dialect::MSGPACKR)?
+            .ok_or_else(|| self.closed_during_hello())
+    }
+
+    fn closed_during_hello(&self) -> ClientError {
+        ClientError::disconnected(format!(
+            "the broker at {} closed the connection during hello",
+            self.path.display()
+        ))
     }
 
     fn connect_or_spawn(&self) -> Result<UnixStream> {
@@ -98,10 +128,11 @@ impl Conn {
         }
     }
 
-    /// Sends `hello` and reads until `welcome` (answering pings meanwhile).
-    /// Returns the socket and the read buffer, holding any bytes read past the
-    /// welcome.
-    fn handshake(&self, mut s: UnixStream) -> Result<(UnixStream, ReadBuf)> {
+    /// Sends `hello` in dialect `d` and reads until `welcome` (answering pings
+    /// meanwhile), then fixes the link's dialect. Returns the socket and the read
+    /// buffer, holding any bytes read past the welcome; `None` when the broker closed
+    /// the connection before answering.
+    fn handshake(&self, mut s: UnixStream, d: Dialect) -> Result<Option<(UnixStream, ReadBuf)>> {
         let io_err = |source: std::io::Error| ClientError::Connect {
             path: self.path.clone(),
             source,
@@ -110,23 +141,34 @@ impl Conn {
         s.set_read_timeout(Some(timeout)).map_err(io_err)?;
         let id = self.next_id();
         let pid = lock(&self.io).pid.clone();
-        let codec = self.codec();
         // {"t":"hello","id":ID,"name":NAME,"token"?:T,"pid"?:P}
         let hello = Request::Hello {
             name: Some(self.name.as_str().into()),
             token: self.shared.settings.token.as_deref().map(Into::into),
             pid: pid.as_deref().map(Into::into),
         };
-        s.write_all(&frame(codec, &hello, Some(id))?)
-            .map_err(io_err)?;
+        let closed = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        };
+        match s.write_all(&frame_in(d, &hello, Some(id))?) {
+            Ok(()) => {}
+            Err(e) if closed(&e) => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        }
         let mut buf = ReadBuf::new();
+        let mut records = Records::default();
+        let mut switch_to = d;
         loop {
             let mut welcomed = false;
             while let Some(payload) = buf
                 .next_frame()
                 .map_err(|e| ClientError::Decode(e.to_string()))?
             {
-                let f = Frame::decode(codec, payload)
+                let (_, f) = records
+                    .decode(payload)
                     .map_err(|e| ClientError::Decode(e.message().to_owned()))?;
                 let is_ours = f.id.and_then(|r| r.as_i64()) == Some(id as i64);
                 match f.kind() {
@@ -134,12 +176,18 @@ impl Conn {
                         if let Ok(Some(p)) = opt_str(f.pid, "pid") {
                             lock(&self.io).pid = Some(p.into_owned());
                         }
+                        if self.shared.settings.negotiate
+                            && d == Dialect::JSON
+                            && lists_codec(f.codecs, "msgpack")
+                        {
+                            switch_to = Dialect::MSGPACK;
+                        }
                         welcomed = true;
                         break;
                     }
                     Kind::Err if is_ours => return Err(ClientError::from_err_frame(&f)),
                     Kind::Ping => {
-                        s.write_all(&frame(codec, &Request::Pong, None)?)
+                        s.write_all(&frame_in(d, &Request::Pong, None)?)
                             .map_err(io_err)?;
                     }
                     _ => {}
@@ -156,15 +204,12 @@ impl Conn {
                         .max(Duration::from_secs(1)),
                 ))
                 .map_err(io_err)?;
-                return Ok((s, buf));
+                self.set_dialect(switch_to);
+                return Ok(Some((s, buf)));
             }
             match buf.fill_from(&mut s) {
-                Ok(0) => {
-                    return Err(ClientError::disconnected(format!(
-                        "the broker at {} closed the connection during hello",
-                        self.path.display()
-                    )))
-                }
+                Ok(0) => return Ok(None),
+                Err(e) if closed(&e) => return Ok(None),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -283,6 +328,8 @@ impl Conn {
                 let id = self.next_id();
                 let sub = Request::Sub {
                     channel: p.as_str().into(),
+                    replay: None,
+                    since: None,
                 };
                 let _ = self.write_locked(&mut io, id, &sub, Pending::Background("resubscribe"));
             }
@@ -305,13 +352,20 @@ impl Conn {
     }
 }
 
+/// Whether a `welcome`'s `codecs` list (ours) names `codec`.
+fn lists_codec(codecs: Option<Raw<'_>>, codec: &str) -> bool {
+    codecs
+        .and_then(|c| c.array())
+        .is_some_and(|mut it| it.any(|v| v.as_str().is_some_and(|s| s == codec)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixListener;
     use std::sync::Arc;
 
     use procmesh_proto::response::{Push, Reply as Response};
-    use procmesh_proto::Codec;
+    use procmesh_proto::{Codec, Frame};
 
     use super::*;
     use crate::conn::{Settings, Shared};
@@ -351,6 +405,7 @@ mod tests {
                 Response::Welcome {
                     broker: "fake",
                     pid: "p1",
+                    codecs: &[],
                 }
                 .encode_into(
                     codec,
@@ -363,6 +418,7 @@ mod tests {
             });
             let settings = Settings {
                 codec,
+                negotiate: false,
                 token: None,
                 call_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(10),

@@ -44,11 +44,12 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use procmesh_proto::{Codec, Request};
+use procmesh_proto::msgpackr::Encoder;
+use procmesh_proto::{Codec, Dialect, Request};
 
 use crate::dispatch::{Dispatcher, Subs};
 use crate::error::{ClientError, Result};
@@ -72,7 +73,10 @@ pub(crate) struct SpawnSettings {
 
 /// Settings common to every connection of one client.
 pub(crate) struct Settings {
+    /// The codec values are encoded in (and, unless `negotiate`, the wire codec).
     pub codec: Codec,
+    /// Negotiate the wire dialect at every connect (see [`Conn::dialect`]).
+    pub negotiate: bool,
     pub token: Option<String>,
     pub call_timeout: Duration,
     pub connect_timeout: Duration,
@@ -139,6 +143,8 @@ struct Io {
     /// Every outbound frame is encoded here, under `io`, then written: one
     /// buffer per connection, reused, instead of one allocation per request.
     wbuf: Vec<u8>,
+    /// msgpackr links: frames are encoded plain, then converted to records here.
+    records: Option<Box<(Encoder, Vec<u8>)>>,
 }
 
 /// Capacity the write buffer returns to after a large request.
@@ -146,10 +152,18 @@ const WRITE_BUF_TARGET: usize = 64 * 1024;
 
 impl Io {
     /// Encodes `req` (with `id`) as the one frame in the write buffer.
-    fn encode(&mut self, codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<()> {
+    fn encode(&mut self, d: Dialect, req: &Request<'_>, id: Option<u64>) -> Result<()> {
         self.wbuf.clear();
-        req.encode_into(codec, id, &mut self.wbuf)
-            .map_err(|e| ClientError::Encode(e.message().to_owned()))
+        req.encode_into(d.codec, id, &mut self.wbuf)
+            .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+        if d.records {
+            let (enc, out) = &mut **self.records.get_or_insert_with(Default::default);
+            out.clear();
+            enc.encode_frames_into(&self.wbuf, out)
+                .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+            std::mem::swap(&mut self.wbuf, out);
+        }
+        Ok(())
     }
 
     /// Writes the encoded frame. On a write error the socket is shut down: the
@@ -172,6 +186,19 @@ impl Io {
 pub(crate) fn frame(codec: Codec, req: &Request<'_>, id: Option<u64>) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
     req.encode_into(codec, id, &mut out)
+        .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+    Ok(out)
+}
+
+/// Like [`frame`], in dialect `d` (msgpackr records converted from plain MessagePack).
+pub(crate) fn frame_in(d: Dialect, req: &Request<'_>, id: Option<u64>) -> Result<Vec<u8>> {
+    let plain = frame(d.codec, req, id)?;
+    if !d.records {
+        return Ok(plain);
+    }
+    let mut out = Vec::with_capacity(plain.len());
+    Encoder::new()
+        .encode_frames_into(&plain, &mut out)
         .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
     Ok(out)
 }
@@ -222,6 +249,17 @@ pub(crate) struct Conn {
     pub subs: Mutex<Subs>,
     /// This connection's registered procedures.
     pub regs: Mutex<HashMap<String, RpcHandler>>,
+    /// The wire dialect of the current link ([`dialect_code`]), fixed by each handshake.
+    wire: AtomicU8,
+}
+
+/// A dialect as stored in [`Conn`]'s `wire`.
+fn dialect_code(d: Dialect) -> u8 {
+    match (d.codec, d.records) {
+        (Codec::Json, _) => 0,
+        (Codec::MsgPack, false) => 1,
+        (Codec::MsgPack, true) => 2,
+    }
 }
 
 impl Conn {
@@ -233,6 +271,7 @@ impl Conn {
         name: String,
         shared: Arc<Shared>,
     ) -> Result<Arc<Conn>> {
+        let wire = dialect_code(shared.settings.codec.into());
         let conn = Arc::new(Conn {
             shard,
             path,
@@ -246,11 +285,13 @@ impl Conn {
                 pid: None,
                 closed_reason: String::new(),
                 wbuf: Vec::new(),
+                records: None,
             }),
             link_changed: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             subs: Mutex::new(Subs::default()),
             regs: Mutex::new(HashMap::new()),
+            wire: AtomicU8::new(wire),
         });
         let (stream, buf) = conn.establish()?;
         let writer = stream.try_clone().map_err(|source| ClientError::Connect {
@@ -274,8 +315,18 @@ impl Conn {
         Ok(conn)
     }
 
-    pub fn codec(&self) -> Codec {
-        self.shared.settings.codec
+    /// The wire dialect of the current link: the configured codec, or what the last
+    /// handshake negotiated.
+    pub fn dialect(&self) -> Dialect {
+        match self.wire.load(Ordering::Relaxed) {
+            0 => Dialect::JSON,
+            1 => Dialect::MSGPACK,
+            _ => Dialect::MSGPACKR,
+        }
+    }
+
+    fn set_dialect(&self, d: Dialect) {
+        self.wire.store(dialect_code(d), Ordering::Relaxed);
     }
 
     fn emit(&self, e: Event) {
@@ -334,7 +385,7 @@ impl Conn {
     pub fn send_oneway(&self, req: &Request<'_>) -> Result<()> {
         let deadline = Instant::now() + self.shared.settings.call_timeout;
         let mut io = self.wait_up(deadline)?;
-        io.encode(self.codec(), req, None)?;
+        io.encode(self.dialect(), req, None)?;
         io.write_encoded();
         Ok(())
     }
@@ -368,7 +419,7 @@ impl Conn {
     /// with the link up. A write error fails it later (the reader sees the
     /// socket die); an encoding error fails it now, before anything is sent.
     fn write_locked(&self, io: &mut Io, id: u64, req: &Request<'_>, p: Pending) -> Result<()> {
-        io.encode(self.codec(), req, Some(id))?;
+        io.encode(self.dialect(), req, Some(id))?;
         lock(&self.pending).insert(id, p);
         io.write_encoded();
         Ok(())
@@ -382,7 +433,7 @@ impl Conn {
             return;
         }
         // The values in `req` are in this connection's codec: encoding cannot fail.
-        if io.encode(self.codec(), req, None).is_ok() {
+        if io.encode(self.dialect(), req, None).is_ok() {
             io.write_encoded();
         }
     }

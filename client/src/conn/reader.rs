@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::{opt_str, opt_u64};
-use procmesh_proto::{Codec, Frame, Kind, Raw, Request, Writer};
+use procmesh_proto::msgpackr::Normalizer;
+use procmesh_proto::{frame as wire_frame, Codec, DecodeError, Frame, Kind, Raw, Request, Writer};
 
 use super::buf::ReadBuf;
 use super::Conn;
@@ -53,10 +54,11 @@ impl Conn {
         let _ = s.set_read_timeout(interval.map(|d| (d / 2).max(Duration::from_millis(1))));
         let mut last_inbound = Instant::now();
         let mut ping_sent = false;
+        let mut records = Records::default();
         loop {
             loop {
                 match buf.next_frame() {
-                    Ok(Some(payload)) => self.handle(payload, generation),
+                    Ok(Some(payload)) => self.handle(payload, generation, &mut records),
                     Ok(None) => break,
                     Err(e) => return format!("bad frame from the broker: {e}"),
                 }
@@ -91,9 +93,8 @@ impl Conn {
     }
 
     /// Handles one inbound frame.
-    fn handle(self: &Arc<Self>, payload: &[u8], generation: u64) {
-        let codec = self.codec();
-        let f = match Frame::decode(codec, payload) {
+    fn handle(self: &Arc<Self>, payload: &[u8], generation: u64, records: &mut Records) {
+        let (codec, f) = match records.decode(payload) {
             Ok(f) => f,
             Err(e) => {
                 self.emit(Event::Error {
@@ -133,13 +134,13 @@ impl Conn {
             Kind::Ping => {
                 self.write_oneway(&Request::Pong, None);
             }
-            Kind::Msg => self.on_msg(&f),
-            Kind::Invoke => self.on_invoke(&f, generation),
+            Kind::Msg => self.on_msg(&f, codec),
+            Kind::Invoke => self.on_invoke(&f, codec, generation),
             _ => {}
         }
     }
 
-    fn on_msg(&self, f: &Frame<'_>) {
+    fn on_msg(&self, f: &Frame<'_>, codec: Codec) {
         let Ok(Some(channel)) = opt_str(f.channel, "channel") else {
             return;
         };
@@ -147,7 +148,6 @@ impl Conn {
         if handlers.is_empty() {
             return;
         }
-        let codec = self.codec();
         let payload = f
             .payload
             .unwrap_or(crate::value::null(codec))
@@ -160,8 +160,9 @@ impl Conn {
         );
     }
 
-    fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, generation: u64) {
-        let codec = self.codec();
+    fn on_invoke(self: &Arc<Self>, f: &Frame<'_>, codec: Codec, generation: u64) {
+        // Handlers return values in the client's codec; the request transcodes them.
+        let vcodec = self.shared.settings.codec;
         // The broker numbers its invokes; a `result` must carry that number.
         let Ok(Some(id)) = opt_u64(f.id, "id") else {
             return;
@@ -176,7 +177,7 @@ impl Conn {
             let e = HandlerError::new(format!("no handler for `{name}` on this client"))
                 .with_code(procmesh_proto::ErrorCode::NoHandler.as_str());
             let (e, mut scratch) = (Err(e), Vec::new());
-            let result = result_request(codec, id, &e, &mut scratch);
+            let result = result_request(vcodec, id, &e, &mut scratch);
             self.write_oneway(&result, Some(generation));
             return;
         };
@@ -188,10 +189,111 @@ impl Conn {
             };
             let r = crate::pool::run_handler(&handler, args);
             let mut scratch = Vec::new();
-            let result = result_request(codec, id, &r, &mut scratch);
+            let result = result_request(vcodec, id, &r, &mut scratch);
             conn.write_oneway(&result, Some(generation));
         }));
     }
+}
+
+/// Decodes inbound frames in whichever dialect each is written (the first bytes tell:
+/// a JSON object, a MessagePack map, or a msgpackr record), so frames a broker sent
+/// before a negotiated switch still read. Records are normalised into `plain` (reused;
+/// bounded by the frame limit).
+#[derive(Default)]
+pub(super) struct Records {
+    norm: Option<Box<Normalizer>>,
+    plain: Vec<u8>,
+}
+
+impl Records {
+    /// The frame of one payload, and the codec its values are in.
+    pub(super) fn decode<'a>(
+        &'a mut self,
+        payload: &'a [u8],
+    ) -> std::result::Result<(Codec, Frame<'a>), DecodeError> {
+        match Codec::detect_payload(payload) {
+            Some(d) if d.records => {
+                self.plain.clear();
+                self.norm
+                    .get_or_insert_with(Default::default)
+                    .normalize_into(payload, wire_frame::MAX_FRAME_LEN, &mut self.plain)?;
+                ints_from_js(&mut self.plain, 0, 0)?;
+                if self.plain.capacity() > 1 << 20 && self.plain.len() < 1 << 16 {
+                    self.plain.shrink_to(1 << 16);
+                }
+                Ok((Codec::MsgPack, Frame::decode(Codec::MsgPack, &self.plain)?))
+            }
+            Some(d) => Ok((d.codec, Frame::decode(d.codec, payload)?)),
+            None => Err(DecodeError::new(
+                "frame is not a JSON object or a MessagePack map",
+            )),
+        }
+    }
+}
+
+/// msgpackr writes every JavaScript number beyond the 32-bit ranges as a float64; a
+/// safe integer among them (|v| < 2^53, no fraction) is the integer JSON would have
+/// carried, so it is rewritten in place as one (`cb` + 8 bytes → `d3`/`cf` + 8 bytes:
+/// the same length). Walks one plain value starting at `pos`; returns its end.
+fn ints_from_js(b: &mut [u8], pos: usize, depth: usize) -> std::result::Result<usize, DecodeError> {
+    let bad = || DecodeError::new("truncated MessagePack value");
+    if depth > procmesh_proto::codec::MAX_DEPTH {
+        return Err(DecodeError::new("value nested too deeply"));
+    }
+    let c = *b.get(pos).ok_or_else(bad)?;
+    let be = |b: &[u8], at: usize, n: usize| -> std::result::Result<usize, DecodeError> {
+        let s = b.get(at..at + n).ok_or_else(bad)?;
+        Ok(s.iter().fold(0usize, |a, &x| (a << 8) | x as usize))
+    };
+    let p = pos + 1;
+    let (skip, items) = match c {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (p, 0),
+        0x80..=0x8f => (p, 2 * (c as usize & 0x0f)),
+        0x90..=0x9f => (p, c as usize & 0x0f),
+        0xa0..=0xbf => (p + (c as usize & 0x1f), 0),
+        0xcc | 0xd0 => (p + 1, 0),
+        0xcd | 0xd1 => (p + 2, 0),
+        0xca | 0xce | 0xd2 => (p + 4, 0),
+        0xcf | 0xd3 => (p + 8, 0),
+        0xcb => {
+            let bits = b.get(p..p + 8).ok_or_else(bad)?;
+            let v = f64::from_be_bytes(bits.try_into().expect("8 bytes"));
+            if v.fract() == 0.0 && v.abs() < 9.007_199_254_740_992e15 {
+                let (tag, bytes) = if v < 0.0 {
+                    (0xd3, (v as i64).to_be_bytes())
+                } else {
+                    (0xcf, (v as u64).to_be_bytes())
+                };
+                b[pos] = tag;
+                b[p..p + 8].copy_from_slice(&bytes);
+            }
+            (p + 8, 0)
+        }
+        0xc4 | 0xd9 => (p + 1 + be(b, p, 1)?, 0),
+        0xc5 | 0xda => (p + 2 + be(b, p, 2)?, 0),
+        0xc6 | 0xdb => (p + 4 + be(b, p, 4)?, 0),
+        0xd4 => (p + 2, 0),
+        0xd5 => (p + 3, 0),
+        0xd6 => (p + 5, 0),
+        0xd7 => (p + 9, 0),
+        0xd8 => (p + 17, 0),
+        0xc7 => (p + 2 + be(b, p, 1)?, 0),
+        0xc8 => (p + 3 + be(b, p, 2)?, 0),
+        0xc9 => (p + 5 + be(b, p, 4)?, 0),
+        0xdc => (p + 2, be(b, p, 2)?),
+        0xdd => (p + 4, be(b, p, 4)?),
+        0xde => (p + 2, 2 * be(b, p, 2)?),
+        0xdf => (p + 4, 2 * be(b, p, 4)?),
+        0xc1 => return Err(DecodeError::new("reserved MessagePack byte 0xc1")),
+    };
+    if skip > b.len() || items > b.len() {
+        return Err(bad());
+    }
+    let mut at = skip;
+    for _ in 0..items {
+        at = ints_from_js(b, at, depth + 1)?;
+    }
+    Ok(at)
 }
 
 /// The `result` answering invoke `id`: `{"t":"result","id":ID,"result":R}` or
@@ -238,6 +340,24 @@ mod tests {
     fn result_frame(codec: Codec, id: u64, r: Result<Vec<u8>, HandlerError>) -> Vec<u8> {
         let mut scratch = Vec::new();
         super::super::frame(codec, &result_request(codec, id, &r, &mut scratch), None).unwrap()
+    }
+
+    #[test]
+    fn msgpackr_safe_integers_read_as_integers() {
+        // {"a":[2^40 as float64, -2^40 as float64, 1.5]}
+        let mut b = vec![0x81, 0xa1, b'a', 0x93, 0xcb];
+        b.extend_from_slice(&((1u64 << 40) as f64).to_be_bytes());
+        b.push(0xcb);
+        b.extend_from_slice(&(-((1i64 << 40) as f64)).to_be_bytes());
+        b.push(0xcb);
+        b.extend_from_slice(&1.5f64.to_be_bytes());
+        let end = ints_from_js(&mut b, 0, 0).unwrap();
+        assert_eq!(end, b.len());
+        let v: serde_json::Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": [1u64 << 40, -(1i64 << 40), 1.5]})
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod support;
 mod cache;
 mod connection;
 mod locks;
+mod negotiate;
 mod processes;
 mod pubsub;
 mod rpc;

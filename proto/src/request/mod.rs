@@ -188,6 +188,12 @@ pub enum Request<'a> {
     Sub {
         /// Channel or `prefix*` pattern.
         channel: Cow<'a, str>,
+        /// `replay`: how many of the most recent retained messages to replay first
+        /// (`true` = all, [`REPLAY_ALL`]; `0`, `false` or absent: none). Tolerant.
+        replay: Option<u64>,
+        /// `since`: replay the retained messages with an offset above this (wins
+        /// over `replay`). Tolerant.
+        since: Option<u64>,
     },
     /// `unsub channel`.
     Unsub {
@@ -280,6 +286,9 @@ impl<'a> Request<'a> {
             Kind::Incr | Kind::Decr => {
                 let key = need_str(f.key, "key")?;
                 let by = opt_num(f.by, "by")?.unwrap_or(Num::Int(1));
+                if !by.is_finite() {
+                    return Err(DecodeError::new("field `by` must be a finite number"));
+                }
                 if kind == Kind::Incr {
                     Request::Incr { key, by }
                 } else {
@@ -323,6 +332,8 @@ impl<'a> Request<'a> {
             }
             Kind::Sub => Request::Sub {
                 channel: need_str(f.channel, "channel")?,
+                replay: replay(f.replay),
+                since: opt_u64(f.since, "since").ok().flatten(),
             },
             Kind::Unsub => Request::Unsub {
                 channel: need_str(f.channel, "channel")?,
@@ -551,7 +562,20 @@ impl<'a> Request<'a> {
                 opt_r(m, "next", *next)?;
             }
             Request::Fdel { key, token, k } => fence(m, key, *token, k),
-            Request::Sub { channel } | Request::Unsub { channel } => s(m, "channel", channel),
+            Request::Sub {
+                channel,
+                replay,
+                since,
+            } => {
+                s(m, "channel", channel);
+                match *replay {
+                    Some(REPLAY_ALL) => m.key("replay").bool(true),
+                    Some(n) => m.key("replay").uint(n),
+                    None => {}
+                }
+                opt_u(m, "since", *since);
+            }
+            Request::Unsub { channel } => s(m, "channel", channel),
             Request::Pub {
                 channel,
                 payload,
@@ -597,6 +621,22 @@ fn fence(m: &mut MapEnc<'_>, key: &str, token: Option<u64>, k: &str) {
 }
 
 /// The `acks` field of a `pub`: absent/null/1 → One, 0 → None, `"all"` → All.
+/// [`Request::Sub`]'s `replay` for `replay: true`: the whole retained backlog.
+pub const REPLAY_ALL: u64 = u64::MAX;
+
+/// `replay`: `true` → all, a positive number → that many, anything else → none
+/// (procmesh-js: `0`/`false` replay nothing).
+fn replay(v: Option<Raw<'_>>) -> Option<u64> {
+    let v = v?;
+    if let Some(b) = v.as_bool() {
+        return b.then_some(REPLAY_ALL);
+    }
+    match opt_u64(Some(v), "replay") {
+        Ok(Some(0)) | Ok(None) | Err(_) => None,
+        Ok(Some(n)) => Some(n),
+    }
+}
+
 fn acks(v: Option<Raw<'_>>) -> Result<Acks, DecodeError> {
     match v {
         None => Ok(Acks::One),
@@ -798,9 +838,29 @@ mod tests {
             (
                 Request::Sub {
                     channel: b("news.*"),
+                    replay: None,
+                    since: None,
                 },
                 Some(24),
                 r#"{"t":"sub","id":24,"channel":"news.*"}"#,
+            ),
+            (
+                Request::Sub {
+                    channel: b("news"),
+                    replay: Some(REPLAY_ALL),
+                    since: None,
+                },
+                Some(28),
+                r#"{"t":"sub","id":28,"channel":"news","replay":true}"#,
+            ),
+            (
+                Request::Sub {
+                    channel: b("news"),
+                    replay: Some(5),
+                    since: Some(41),
+                },
+                Some(29),
+                r#"{"t":"sub","id":29,"channel":"news","replay":5,"since":41}"#,
             ),
             (
                 Request::Unsub {
@@ -910,6 +970,8 @@ mod tests {
         "86a174a466636173a2696416a36b6579a14ca5746f6b656ecfffffffffffffffffa16ba16ba46e657874c2",
         "84a174a46664656ca2696417a36b6579a14ca16ba16b",
         "83a174a3737562a2696418a76368616e6e656ca66e6577732e2a",
+        "84a174a3737562a269641ca76368616e6e656ca46e657773a67265706c6179c3",
+        "85a174a3737562a269641da76368616e6e656ca46e657773a67265706c617905a573696e636529",
         "83a174a5756e737562a2696419a76368616e6e656ca66e6577732e2a",
         "84a174a3707562a269641aa76368616e6e656ca163a77061796c6f616481a16e01",
         "84a174a3707562a76368616e6e656ca163a77061796c6f6164a178a461636b7300",
@@ -1086,6 +1148,36 @@ mod tests {
         assert_eq!(
             e.message(),
             format!("unknown message type `{}`", "x".repeat(64))
+        );
+    }
+
+    #[test]
+    fn sub_replay_and_since_are_tolerant() {
+        let sub = |p: &str| match Request::decode(Codec::Json, p.as_bytes()).unwrap() {
+            Request::Sub { replay, since, .. } => (replay, since),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sub(r#"{"t":"sub","channel":"c"}"#), (None, None));
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":true}"#),
+            (Some(REPLAY_ALL), None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":false}"#),
+            (None, None)
+        );
+        assert_eq!(sub(r#"{"t":"sub","channel":"c","replay":0}"#), (None, None));
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":3}"#),
+            (Some(3), None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":"x","since":-1}"#),
+            (None, None)
+        );
+        assert_eq!(
+            sub(r#"{"t":"sub","channel":"c","replay":null,"since":0}"#),
+            (None, Some(0))
         );
     }
 
