@@ -250,3 +250,38 @@ fn json_clients_stay_json_after_the_codec_list() {
     c.ok(json!({"t": "set", "key": "k", "value": {"a": 1}}));
     assert_eq!(c.ok(json!({"t": "get", "key": "k"})), json!({"a": 1}));
 }
+
+/// Regression: the retained backlog a `sub` replays reaches a procmesh-js (msgpackr) peer
+/// as records too, not as plain MessagePack maps that procmesh-js would ignore (found by
+/// the Node.js interop run: replay and catch-up failed in msgpack only).
+#[test]
+fn msgpackr_subscriber_gets_the_replayed_backlog_as_records() {
+    let b = TestBroker::start(&["--pubsub-persist", "--pubsub-retention", "10"]);
+    let mut j = TestClient::hello(&b.path, Codec::Json, None);
+    for n in 1..=2 {
+        let d = j.ok(json!({"t": "pub", "channel": "orders.eu", "payload": {"n": n}}));
+        assert_eq!(d, json!(0), "nobody subscribed yet");
+    }
+    let mut p = js_hello(&b);
+    // `sub-replay-all` is procmesh-js's `sub orders.* replay:true`: the backlog comes
+    // first, each frame a record (JsPeer::read asserts it), then the reply.
+    p.send_fixture("sub-replay-all");
+    let mut got = Vec::new();
+    let reply = loop {
+        let f = p.read();
+        if f["t"] == "msg" {
+            assert_eq!(f["channel"], "orders.eu", "{f}");
+            assert!(
+                f["offset"].is_u64(),
+                "replayed messages carry their offset: {f}"
+            );
+            got.push(f["payload"].clone());
+        } else {
+            break f;
+        }
+    };
+    assert_eq!(got, vec![json!({"n": 1}), json!({"n": 2})]);
+    assert_eq!(reply["t"], "ok", "{reply}");
+    assert_eq!(reply["id"], fixture_json("sub-replay-all")["id"]);
+    assert_eq!(reply["value"]["ok"], json!(true), "{reply}");
+}
