@@ -76,6 +76,10 @@ pub struct Gauges<'a> {
     pub evicted: u64,
     /// Entries removed by TTL.
     pub expired: u64,
+    /// Cache reads that found a live value.
+    pub hits: u64,
+    /// Cache reads that found none.
+    pub misses: u64,
     /// Locks held.
     pub locks: usize,
     /// Lock waiters queued.
@@ -135,6 +139,8 @@ impl Stats {
             cache_bytes: g.cache_bytes as u64,
             evicted: g.evicted,
             expired: g.expired,
+            hits: g.hits,
+            misses: g.misses,
             ops: Kind::ALL
                 .iter()
                 .zip(&self.ops)
@@ -203,7 +209,7 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 24);
+            assert_eq!(m.len(), 26);
             let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
             assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
@@ -228,8 +234,9 @@ mod tests {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
-        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one;
+        // `hits` and `misses` were added with the inline store layout)
+        w.begin_map(26 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -274,6 +281,10 @@ mod tests {
         w.uint(g.evicted);
         w.key("expired");
         w.uint(g.expired);
+        w.key("hits");
+        w.uint(g.hits);
+        w.key("misses");
+        w.uint(g.misses);
         w.key("ops");
         w.begin_map(ops.len());
         for (i, n) in ops {
@@ -373,6 +384,8 @@ mod tests {
                 cache_bytes: 70,
                 evicted: 1,
                 expired: 2,
+                hits: 10,
+                misses: 11,
                 locks: 3,
                 lock_waiters: 4,
                 pending_calls: 5,

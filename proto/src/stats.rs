@@ -8,7 +8,7 @@
 //! doubles and may add fields: a missing or mistyped counter reads as 0, unknown keys
 //! are ignored, and only a value that is not a map is an error.
 //!
-//! Layout of one broker's report (24 keys, in this order; a sum has no `pid`/`core`):
+//! Layout of one broker's report (26 keys, in this order; a sum has no `pid`/`core`):
 //!
 //! ```text
 //! persistence  null | {fsync: str, logBytes, error: str|null, errors, snapshots, snapshotRunning: bool}
@@ -16,6 +16,7 @@
 //! pid          uint          operating-system process id
 //! core         uint | null   the CPU the broker is pinned to
 //! uptimeMs connections cacheSize cacheBytes evicted expired                  uint
+//! hits misses  uint          cache reads that found a live value / found none (ours)
 //! ops          {tag: uint}   requests handled per type tag (only non-zero)
 //! errors       {code: uint}  error replies per code (only non-zero)
 //! dropped duplicates dedupSize reaped slowClosed                            uint
@@ -23,7 +24,7 @@
 //! procs        [{name: str, workers: uint}]
 //! memory       {rss: uint, …}
 //! cpuCoreFraction float      CPU time over wall time since start
-//! ioBackend    str           the broker's I/O driver, `uring` or `epoll` (a 25th key;
+//! ioBackend    str           the broker's I/O driver, `uring` or `epoll` (a 27th key;
 //!                            absent from a sum and from reports that name none)
 //! ```
 
@@ -53,6 +54,10 @@ pub struct StatsReport {
     pub evicted: u64,
     /// Entries removed by TTL.
     pub expired: u64,
+    /// Cache reads (`get`, each key of `mget`, `has`) that found a live value.
+    pub hits: u64,
+    /// Cache reads (`get`, each key of `mget`, `has`) that found none.
+    pub misses: u64,
     /// Requests handled, by type tag.
     pub ops: BTreeMap<String, u64>,
     /// Error replies sent, by code.
@@ -169,7 +174,7 @@ impl StatsReport {
     /// order of the module docs.
     pub fn encode_into(&self, w: &mut Writer<'_>) {
         let io = usize::from(!self.io_backend.is_empty());
-        w.begin_map(if self.pid.is_some() { 24 } else { 22 } + io);
+        w.begin_map(if self.pid.is_some() { 26 } else { 24 } + io);
         w.key("persistence");
         match &self.persistence {
             Some(p) => {
@@ -211,6 +216,8 @@ impl StatsReport {
             ("cacheBytes", self.cache_bytes),
             ("evicted", self.evicted),
             ("expired", self.expired),
+            ("hits", self.hits),
+            ("misses", self.misses),
         ];
         for (k, n) in counters1 {
             w.key(k);
@@ -275,6 +282,8 @@ impl StatsReport {
                 "cacheBytes" => s.cache_bytes = count(x),
                 "evicted" => s.evicted = count(x),
                 "expired" => s.expired = count(x),
+                "hits" => s.hits = count(x),
+                "misses" => s.misses = count(x),
                 "ops" => s.ops = counts(x),
                 "errors" => s.errors = counts(x),
                 "dropped" => s.dropped = count(x),
@@ -355,6 +364,8 @@ impl StatsReport {
                 (&mut t.cache_bytes, s.cache_bytes),
                 (&mut t.evicted, s.evicted),
                 (&mut t.expired, s.expired),
+                (&mut t.hits, s.hits),
+                (&mut t.misses, s.misses),
                 (&mut t.dropped, s.dropped),
                 (&mut t.duplicates, s.duplicates),
                 (&mut t.dedup_size, s.dedup_size),
@@ -412,6 +423,8 @@ mod tests {
             cache_bytes: 30,
             evicted: 1,
             expired: 4,
+            hits: 13,
+            misses: 14,
             ops: [("get".to_string(), 5), ("set".to_string(), 1)].into(),
             errors: [("EUNKNOWN".to_string(), 2)].into(),
             dropped: 6,
@@ -454,7 +467,8 @@ mod tests {
                 r#"{"persistence":{"fsync":"everysec","logBytes":100,"error":null,"errors":0,"#,
                 r#""snapshots":1,"snapshotRunning":false},"name":"m","pid":42,"core":null,"#,
                 r#""uptimeMs":1500,"connections":2,"cacheSize":3,"cacheBytes":30,"evicted":1,"#,
-                r#""expired":4,"ops":{"get":5,"set":1},"errors":{"EUNKNOWN":2},"dropped":6,"#,
+                r#""expired":4,"hits":13,"misses":14,"ops":{"get":5,"set":1},"#,
+                r#""errors":{"EUNKNOWN":2},"dropped":6,"#,
                 r#""duplicates":0,"dedupSize":0,"reaped":7,"slowClosed":8,"locks":9,"#,
                 r#""lockWaiters":10,"pendingCalls":11,"subscriptions":12,"#,
                 r#""procs":[{"name":"f","workers":2}],"memory":{"rss":4096},"#,
@@ -462,8 +476,8 @@ mod tests {
             )
         );
         let mp = encode(Codec::MsgPack, &sample());
-        // map16 of 24, then fixstr "persistence" and a fixmap of 6.
-        assert_eq!(&mp[..3], [0xde, 0x00, 24]);
+        // map16 of 26, then fixstr "persistence" and a fixmap of 6.
+        assert_eq!(&mp[..3], [0xde, 0x00, 26]);
         assert_eq!(&mp[3..15], b"\xabpersistence");
         assert_eq!(mp[15], 0x86);
         // Ends with "cpuCoreFraction" and a float64 0.25.
@@ -533,6 +547,7 @@ mod tests {
             [("get".to_string(), 7), ("set".to_string(), 1)].into()
         );
         assert_eq!(t.errors["EUNKNOWN"], 4);
+        assert_eq!((t.hits, t.misses), (26, 28));
         assert_eq!(
             t.procs,
             vec![ProcStats::new("f", 3), ProcStats::new("g", 1)]
@@ -547,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn io_backend_is_a_25th_key_when_named() {
+    fn io_backend_is_one_more_key_when_named() {
         let mut s = sample();
         s.io_backend = "uring".into();
         for codec in [Codec::Json, Codec::MsgPack] {
@@ -556,7 +571,7 @@ mod tests {
         }
         let json = String::from_utf8(encode(Codec::Json, &s)).unwrap();
         assert!(json.ends_with(r#","ioBackend":"uring"}"#), "{json}");
-        assert_eq!(encode(Codec::MsgPack, &s)[..3], [0xde, 0x00, 25]);
+        assert_eq!(encode(Codec::MsgPack, &s)[..3], [0xde, 0x00, 27]);
         assert_eq!(StatsReport::sum(&[s.clone(), s]).io_backend, "");
     }
 }

@@ -86,6 +86,18 @@ const SCALARS: &[Scalar] = &[
         |r| r.expired as f64,
     ),
     (
+        "procmesh_cache_hits_total",
+        Kind::Counter,
+        "Cache reads (get, each mget key, has) that found a live value.",
+        |r| r.hits as f64,
+    ),
+    (
+        "procmesh_cache_misses_total",
+        Kind::Counter,
+        "Cache reads (get, each mget key, has) that found no live value.",
+        |r| r.misses as f64,
+    ),
+    (
         "procmesh_pubsub_dropped_total",
         Kind::Counter,
         "Message frames dropped for slow consumers.",

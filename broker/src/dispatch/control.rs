@@ -108,6 +108,8 @@ fn with_gauges<R>(
         cache_bytes: m.store.value_bytes(),
         evicted: counters.evicted,
         expired: counters.expired,
+        hits: counters.hits,
+        misses: counters.misses,
         locks: m.locks.held(),
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),
