@@ -24,7 +24,8 @@
 //! entry with the store's access clock, and an eviction looks at [`LRU_SAMPLES`]
 //! random live entries and evicts the one used longest ago. A store of at most
 //! `2 × LRU_SAMPLES` slots is scanned whole, so small caches evict exactly in LRU
-//! order.
+//! order. The clock is 32 bits: an entry idle for more than 2^32 reads and writes
+//! looks recently used again (Redis's LRU clock wraps the same way, after 194 days).
 //!
 //! Invariants:
 //! - every live slot is in `table` exactly once, and in `expiring` exactly when it
@@ -43,6 +44,8 @@
 //! clears; not expiries, which the deadlines imply) go to the store's
 //! [`EffectSink`], a type parameter: the broker's sink encodes log records, the
 //! default [`NoEffects`] compiles to nothing. The store never sees the log format.
+
+use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use procmesh_proto::{Codec, Num, Raw, Writer};
@@ -326,7 +329,7 @@ struct Undo {
 /// The cache, reporting its effects to `E`.
 pub struct Store<E = NoEffects> {
     cfg: StoreConfig,
-    hasher: ahash::RandomState,
+    hasher: foldhash::fast::RandomState,
     table: HashTable<u32>,
     entries: Vec<Entry>,
     free: u32,
@@ -358,7 +361,7 @@ impl<E: EffectSink> Store<E> {
     pub fn with_effects(cfg: StoreConfig, effects: E) -> Store<E> {
         Store {
             cfg,
-            hasher: ahash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             table: HashTable::new(),
             entries: Vec::new(),
             free: NIL,
@@ -474,11 +477,19 @@ impl<E: EffectSink> Store<E> {
     fn live(&mut self, key: &[u8], now: u64) -> Option<u32> {
         let slot = self.find(key)?;
         if self.is_expired(slot, now) {
-            self.remove_slot(slot);
-            self.counters.expired += 1;
+            self.expire(slot);
             return None;
         }
         Some(slot)
+    }
+
+    /// Lazy expiry of a slot a read found past its deadline (kept out of line so
+    /// the lookup stays small enough to inline).
+    #[cold]
+    #[inline(never)]
+    fn expire(&mut self, slot: u32) {
+        self.remove_slot(slot);
+        self.counters.expired += 1;
     }
 
     /// The value of `key`, marking it most recently used (counted as a hit or a miss).
@@ -738,8 +749,16 @@ impl<E: EffectSink> Store<E> {
         best.map(|(_, s)| s)
     }
 
+    #[inline]
     fn set_expiry(&mut self, slot: u32, expire_at: u64) {
         let idx = self.entries[slot as usize].exp_idx;
+        if expire_at == 0 && idx == NIL {
+            return;
+        }
+        self.change_expiry(slot, idx, expire_at);
+    }
+
+    fn change_expiry(&mut self, slot: u32, idx: u32, expire_at: u64) {
         match (expire_at != 0, idx != NIL) {
             (true, false) => {
                 self.entries[slot as usize].exp_idx = self.expiring.len() as u32;
