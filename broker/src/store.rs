@@ -609,18 +609,19 @@ impl<E: EffectSink> Store<E> {
 
     /// Records the state of `key` (at `slot`, or absent) before a write changes it.
     fn remember(&mut self, slot: Option<u32>, key: &[u8]) {
-        let value = slot.map(|s| {
-            let e = &self.entries[s as usize];
-            (e.data.codec(), self.deadline_of(e))
-        });
         let u = &mut self.undo;
         let k = u.bytes.len();
         u.bytes.extend_from_slice(key);
-        let value = slot.zip(value).map(|(s, (codec, at))| {
+        let value = slot.map(|s| {
+            let e = &self.entries[s as usize];
+            let at = if e.exp_idx == NIL {
+                0
+            } else {
+                self.expiring[e.exp_idx as usize].at
+            };
             let v = u.bytes.len();
-            let bytes = self.entries[s as usize].data.value();
-            u.bytes.extend_from_slice(bytes);
-            (v, bytes.len(), codec, at)
+            u.bytes.extend_from_slice(e.data.value());
+            (v, e.data.value().len(), e.data.codec(), at)
         });
         u.before.push(Before {
             key: (k, key.len()),
