@@ -122,6 +122,7 @@ mod event;
 mod lock;
 mod pending;
 mod pool;
+mod producer;
 mod pubsub;
 mod rpc;
 mod spawn;
@@ -135,7 +136,7 @@ pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
 pub use procmesh_proto::{Codec, ErrorCode};
-pub use pubsub::Subscription;
+pub use pubsub::{Acks, PublishOptions, Published, Replay, SubscribeOptions, Subscription};
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
 
