@@ -156,6 +156,12 @@ pub struct RunArgs {
     #[arg(long = "acks", value_enum, default_value_t = AcksArg::One)]
     pub acks: AcksArg,
 
+    /// Idempotent publishes (`publish`): each connection is a producer
+    /// (`pid` `bench-<os pid>-<conn>`) numbering its publishes (`seq`), so the broker
+    /// runs its dedup check on every one.
+    #[arg(long)]
+    pub idempotent: bool,
+
     /// Worker connections of `call`.
     #[arg(short = 'w', long = "workers", default_value_t = 1)]
     pub workers: usize,

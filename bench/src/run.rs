@@ -85,8 +85,8 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
         Target::Procmesh => run_with(
             args,
             Procmesh {
-                codec: codec_of(args.codec),
-                acks: args.acks.into(),
+                producer: args.idempotent.then_some(0),
+                ..Procmesh::new(codec_of(args.codec), args.acks.into())
             },
         ),
         Target::Redis => {
@@ -139,7 +139,8 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
             (None, _) => vec![shard_index(CHANNEL, nshards)],
         };
         for s in shards {
-            let mut stream = Stream::connect(&paths[s], wire, args.pipeline).map_err(io_err)?;
+            let mut stream = Stream::connect(&paths[s], wire.for_connection(conn), args.pipeline)
+                .map_err(io_err)?;
             stream
                 .set_read_timeout(Some(REPLY_TIMEOUT))
                 .map_err(io_err)?;
@@ -198,15 +199,8 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         let path = &paths[shard_index(PROCEDURE, nshards)];
         let codec = codec_of(args.codec);
         for _ in 0..args.workers.max(1) {
-            let mut s = Stream::connect(
-                path,
-                Procmesh {
-                    codec,
-                    acks: procmesh_proto::Acks::One,
-                },
-                1,
-            )
-            .map_err(io_err)?;
+            let mut s = Stream::connect(path, Procmesh::new(codec, procmesh_proto::Acks::One), 1)
+                .map_err(io_err)?;
             let r = s.roundtrip(&Op::Reg(PROCEDURE)).map_err(io_err)?;
             if let ReplyKind::Err(m) = r.kind {
                 return Err(format!("register failed: {m}"));

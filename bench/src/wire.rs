@@ -76,6 +76,13 @@ pub trait Wire: Send {
     fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String>;
     /// Appends the answer to a server heartbeat.
     fn pong(&self, out: &mut Vec<u8>);
+    /// This wire as used by request connection `conn` (a connection's own producer id).
+    fn for_connection(self, _conn: usize) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// Appends `s` (or `[s]` when `in_array`) as one encoded value: string values and
@@ -99,6 +106,40 @@ pub struct Procmesh {
     pub codec: Codec,
     /// `acks` of the `publish` workload's publishes.
     pub acks: Acks,
+    /// Idempotent publishes: `Some` with this connection's producer number, see
+    /// [`Procmesh::producer_id`].
+    pub producer: Option<u32>,
+}
+
+impl Procmesh {
+    /// A connection in `codec` that publishes with `acks`, not idempotently.
+    pub fn new(codec: Codec, acks: Acks) -> Procmesh {
+        Procmesh {
+            codec,
+            acks,
+            producer: None,
+        }
+    }
+
+    /// The producer id `bench-<os pid>-<n>` written into `buf`: unique per run and
+    /// connection, so a persisted broker's dedup state of an earlier run never
+    /// takes this run's publishes for duplicates.
+    fn producer_id(n: u32, buf: &mut [u8; 40]) -> &str {
+        let mut a = itoa::Buffer::new();
+        let mut b = itoa::Buffer::new();
+        let parts = [
+            b"bench-" as &[u8],
+            a.format(std::process::id()).as_bytes(),
+            b"-",
+            b.format(n).as_bytes(),
+        ];
+        let mut len = 0;
+        for p in parts {
+            buf[len..len + p.len()].copy_from_slice(p);
+            len += p.len();
+        }
+        std::str::from_utf8(&buf[..len]).expect("invariant: ascii")
+    }
 }
 
 impl Wire for Procmesh {
@@ -112,6 +153,7 @@ impl Wire for Procmesh {
     fn encode(&self, op: &Op<'_>, id: u64, out: &mut Vec<u8>) {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
+            let mut pid_buf = [0u8; 40];
             let codec = self.codec;
             let req = match *op {
                 Op::Get(k) => Request::Get { key: k.into() },
@@ -135,12 +177,21 @@ impl Wire for Procmesh {
                 Op::Unlock(k) => Request::Unlock { key: k.into() },
                 Op::Pub(ch, p) => {
                     encode_str(codec, scratch, p, false);
+                    // Ids are unique per stream: as sequence numbers (from 1) they are
+                    // never taken for duplicates (out of order only within the window).
+                    let (pid, seq) = match self.producer {
+                        Some(n) => (
+                            Some(Self::producer_id(n, &mut pid_buf).into()),
+                            Some(id + 1),
+                        ),
+                        None => (None, None),
+                    };
                     Request::Pub {
                         channel: ch.into(),
                         payload: Some(Raw::new(codec, scratch)),
                         acks: self.acks,
-                        pid: None,
-                        seq: None,
+                        pid,
+                        seq,
                     }
                 }
                 Op::Call(name, arg) => {
@@ -161,6 +212,13 @@ impl Wire for Procmesh {
             req.encode_into(codec, Some(id), out)
                 .expect("invariant: values are encoded in the connection's codec");
         })
+    }
+
+    fn for_connection(self, conn: usize) -> Self {
+        Procmesh {
+            producer: self.producer.map(|_| conn as u32),
+            ..self
+        }
     }
 
     #[inline]
@@ -327,12 +385,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn procmesh_round_trip_both_codecs() {
+    fn idempotent_publishes_carry_the_connections_producer_id_and_the_id_as_seq() {
         for codec in [Codec::Json, Codec::MsgPack] {
             let p = Procmesh {
-                codec,
-                acks: Acks::One,
-            };
+                producer: Some(0),
+                ..Procmesh::new(codec, Acks::All)
+            }
+            .for_connection(3);
+            let mut out = Vec::new();
+            p.encode(&Op::Pub("bench", "x"), 41, &mut out);
+            let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
+            let f = Frame::decode(codec, &out[s..e]).unwrap();
+            let pid = format!("bench-{}-3", std::process::id());
+            assert_eq!(f.pid.unwrap().as_str().unwrap(), pid.as_str());
+            assert_eq!(f.seq.unwrap().as_i64(), Some(42));
+            assert_eq!(f.acks.unwrap().as_str().unwrap(), "all");
+            // Not idempotent: no producer fields.
+            let mut out = Vec::new();
+            Procmesh::new(codec, Acks::One).for_connection(3).encode(
+                &Op::Pub("bench", "x"),
+                41,
+                &mut out,
+            );
+            let f = Frame::decode(codec, &out[4..]).unwrap();
+            assert!(f.pid.is_none() && f.seq.is_none());
+        }
+    }
+
+    #[test]
+    fn procmesh_round_trip_both_codecs() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = Procmesh::new(codec, Acks::One);
             let mut out = Vec::new();
             p.encode(&Op::Set("key:000000000001", "xxx"), 77, &mut out);
             let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)
