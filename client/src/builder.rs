@@ -281,9 +281,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How many times an idempotent publish that failed with `EDISCONNECTED` or
-    /// `ETIMEOUT` is sent again, within its call timeout (default 3; after a
-    /// disconnect it waits for the reconnect, after a timeout it backs off).
+    /// How many times an idempotent publish cut off by a disconnect (`EDISCONNECTED`
+    /// before its answer) is sent again, each after the reconnect, within its call
+    /// timeout (default 3; 0 never retries).
     pub fn publish_retries(mut self, n: u32) -> Self {
         self.publish_retries = n;
         self

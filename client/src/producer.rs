@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use crate::error::{ClientError, Result};
 use crate::pending::lock;
@@ -20,18 +19,13 @@ use crate::pending::lock;
 /// publish on a new channel fails with a clear error instead.
 pub(crate) const MAX_SEQUENCE_CHANNELS: usize = 1 << 20;
 
-/// First and largest delay between the retries of an idempotent publish that
-/// timed out (jittered; a disconnect waits for the reconnect instead).
-pub(crate) const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(50);
-pub(crate) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
 /// The producer settings of a client and its sequence numbers.
 pub(crate) struct Producer {
     /// Publishes are idempotent unless a call says otherwise.
     pub idempotent: bool,
     /// The producer id presented in the first `hello` (else the broker mints one).
     pub id: Option<String>,
-    /// How many times an unacknowledged idempotent publish is sent again.
+    /// How many times an idempotent publish cut off by a disconnect is sent again.
     pub retries: u32,
     /// The last sequence number used, by channel.
     seqs: Mutex<HashMap<String, u64>>,

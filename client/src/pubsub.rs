@@ -22,8 +22,6 @@ use crate::conn::{Conn, Reply};
 use crate::dispatch::{Message, MsgHandler};
 use crate::error::{ClientError, Result};
 use crate::pending::lock;
-use crate::producer::{RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX};
-use crate::spawn::Backoff;
 use crate::Client;
 
 /// How a publish is acknowledged (the wire's `acks`).
@@ -400,11 +398,11 @@ impl Client {
     /// An idempotent publish takes the channel's next sequence number and carries
     /// the connection's producer id; the broker delivers a (producer, channel,
     /// sequence) at most once and answers a repeat with [`Published::Duplicate`].
-    /// When one fails with `EDISCONNECTED` (the broker went away before
-    /// answering) or `ETIMEOUT`, it is sent again with the same number after the
-    /// reconnect, up to [`ClientBuilder::publish_retries`] times within the
-    /// timeout: so a message whose first send did arrive is delivered once, not
-    /// twice. With [`Acks::None`] nothing is retried.
+    /// When one fails with `EDISCONNECTED` (the connection died before the
+    /// answer), it is sent again with the same number after the reconnect, up to
+    /// [`ClientBuilder::publish_retries`] times within the timeout: so a message
+    /// whose first send did arrive is delivered once, not twice. With
+    /// [`Acks::None`] nothing is retried.
     ///
     /// [`ClientBuilder::publish_retries`]: crate::ClientBuilder::publish_retries
     pub fn publish_with<V: Serialize + ?Sized>(
@@ -452,9 +450,12 @@ impl Client {
     }
 }
 
-/// Sends an idempotent `pub` (sequence `seq`) until it is answered, retrying a
-/// disconnect or a timeout up to `retries` times before `timeout` is up. The
+/// Sends an idempotent `pub` (sequence `seq`) until it is answered, sending it
+/// again after a disconnect up to `retries` times before `timeout` is up. The
 /// producer id is read at each send: it is the one the link presented.
+///
+/// Only a disconnect is retried: on a live connection the frame cannot be lost,
+/// and a timeout has used up the whole budget.
 fn publish_retrying(
     conn: &Conn,
     channel: &str,
@@ -465,7 +466,6 @@ fn publish_retrying(
     timeout: Duration,
 ) -> Result<Published> {
     let deadline = Instant::now() + timeout;
-    let mut backoff = Backoff::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX);
     let mut attempt = 0u32;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -477,20 +477,14 @@ fn publish_retrying(
         }
         let pid = conn.producer_id();
         let req = publish(channel, payload, acks, pid.as_deref(), Some(seq));
-        let e = match conn.request(&req, left) {
+        match conn.request(&req, left) {
             Ok(r) => return published(r),
-            Err(e) => e,
-        };
-        let timed_out = matches!(e, ClientError::Timeout { .. });
-        if !(timed_out || matches!(e, ClientError::Disconnected { .. })) || attempt >= retries {
-            return Err(e);
+            Err(ClientError::Disconnected { .. }) if attempt < retries => {
+                // The next send waits for the reconnect (until the deadline).
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
         }
-        attempt += 1;
-        if timed_out {
-            let left = deadline.saturating_duration_since(Instant::now());
-            std::thread::sleep(backoff.next_delay().min(left));
-        }
-        // After a disconnect the next send waits for the reconnect (until the deadline).
     }
 }
 
