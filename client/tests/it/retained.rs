@@ -639,3 +639,22 @@ fn an_idempotent_publish_cut_off_by_a_broker_crash_is_retried_after_the_reconnec
         );
     }
 }
+
+#[test]
+fn the_broker_minted_producer_id_is_presented_again_after_a_reconnect() {
+    for codec in CODECS {
+        let mut b = Retained::persisted();
+        // No producer id of our own: the broker mints one in `welcome`.
+        let p = b.builder(codec).idempotent(true).connect().unwrap();
+        let events = p.events();
+        assert_eq!(p.publish("pid", &1).unwrap(), 0);
+        b.restart();
+        wait_event(&events, "reconnect", |e| {
+            matches!(e, Event::Reconnected { .. })
+        });
+        // Seq 1 again: a duplicate only if the reconnect presented the same id.
+        p.set_sequence("pid", 0).unwrap();
+        let again = p.publish_with("pid", &1, PublishOptions::new()).unwrap();
+        assert!(again.is_duplicate(), "{codec:?}: {again:?}");
+    }
+}
