@@ -20,7 +20,7 @@ use procmesh_proto::hash::shard_index;
 use procmesh_proto::message::{opt_u64, Frame, Kind};
 use procmesh_proto::{addr, frame, Codec, Raw, Request};
 
-use crate::cli::{CodecArg, RunArgs, Target, Workload};
+use crate::cli::{AcksArg, CodecArg, RunArgs, Target, Workload};
 use crate::keys::ShardedKeys;
 use crate::report::{Latency, RunResult};
 use crate::stream::Stream;
@@ -80,6 +80,9 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
     }
     if args.requests == Some(0) {
         return Err("-n must be at least 1".into());
+    }
+    if args.acks != AcksArg::One && args.workload != Workload::Publish {
+        return Err("--acks is for the publish workload".into());
     }
     match args.target {
         Target::Procmesh => run_with(
@@ -230,8 +233,15 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         }
     }
 
-    // Let deliveries drain, then stop the side threads.
-    let expected: i64 = outs.iter().map(|o| o.int_sum).sum();
+    // Let deliveries drain, then stop the side threads. Acks-0 publishes report no
+    // delivered count: every subscriber is expected to get each one.
+    let per_request = wire.ops_per_request();
+    let expected: i64 = if per_request > 1 {
+        let answered: u64 = outs.iter().map(|o| o.ok).sum();
+        (answered * per_request * args.subscribers as u64) as i64
+    } else {
+        outs.iter().map(|o| o.int_sum).sum()
+    };
     if workload == Workload::Publish && failure.is_none() {
         let mut last = delivered.load(Ordering::Relaxed);
         let mut since = Instant::now();
@@ -281,7 +291,7 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         }
     }
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
-    let requests = ok + errors;
+    let requests = (ok + errors) * per_request;
     let (delivered, delivered_per_sec) = if workload == Workload::Publish {
         let n: u64 = sub_counts.iter().map(|c| c.0).sum();
         let last = sub_counts.iter().filter_map(|c| c.1).max().unwrap_or(start);

@@ -76,6 +76,10 @@ pub trait Wire: Send {
     fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String>;
     /// Appends the answer to a server heartbeat.
     fn pong(&self, out: &mut Vec<u8>);
+    /// How many operations one windowed request stands for (see [`ACKS0_BATCH`]).
+    fn ops_per_request(&self) -> u64 {
+        1
+    }
     /// This wire as used by request connection `conn` (a connection's own producer id).
     fn for_connection(self, _conn: usize) -> Self
     where
@@ -98,6 +102,12 @@ fn encode_str(codec: Codec, out: &mut Vec<u8>, s: &str, in_array: bool) {
         w.str(s);
     }
 }
+
+/// Publishes per windowed request with `--acks 0`: an acks-0 `pub` has no reply, so
+/// one request is this many of them (no id) followed by a `ping` with the request's
+/// id, whose `pong` says the broker has processed them (a connection's frames are
+/// handled in order). Latencies are then per batch.
+pub const ACKS0_BATCH: u64 = 16;
 
 /// The procmesh protocol in one codec.
 #[derive(Debug, Clone, Copy)]
@@ -177,21 +187,26 @@ impl Wire for Procmesh {
                 Op::Unlock(k) => Request::Unlock { key: k.into() },
                 Op::Pub(ch, p) => {
                     encode_str(codec, scratch, p, false);
+                    let batch = self.ops_per_request();
+                    let pid = self.producer.map(|n| Self::producer_id(n, &mut pid_buf));
                     // Ids are unique per stream: as sequence numbers (from 1) they are
                     // never taken for duplicates (out of order only within the window).
-                    let (pid, seq) = match self.producer {
-                        Some(n) => (
-                            Some(Self::producer_id(n, &mut pid_buf).into()),
-                            Some(id + 1),
-                        ),
-                        None => (None, None),
-                    };
-                    Request::Pub {
+                    let publish = |i: u64| Request::Pub {
                         channel: ch.into(),
                         payload: Some(Raw::new(codec, scratch)),
                         acks: self.acks,
-                        pid,
-                        seq,
+                        pid: pid.map(Into::into),
+                        seq: pid.map(|_| id * batch + i + 1),
+                    };
+                    if self.acks == Acks::None {
+                        for i in 0..batch {
+                            publish(i)
+                                .encode_into(codec, None, out)
+                                .expect("invariant: values are encoded in the connection's codec");
+                        }
+                        Request::Ping
+                    } else {
+                        publish(0)
                     }
                 }
                 Op::Call(name, arg) => {
@@ -212,6 +227,14 @@ impl Wire for Procmesh {
             req.encode_into(codec, Some(id), out)
                 .expect("invariant: values are encoded in the connection's codec");
         })
+    }
+
+    fn ops_per_request(&self) -> u64 {
+        if self.acks == Acks::None {
+            ACKS0_BATCH
+        } else {
+            1
+        }
     }
 
     fn for_connection(self, conn: usize) -> Self {
@@ -411,6 +434,33 @@ mod tests {
             );
             let f = Frame::decode(codec, &out[4..]).unwrap();
             assert!(f.pid.is_none() && f.seq.is_none());
+        }
+    }
+
+    #[test]
+    fn an_acks0_request_is_a_batch_of_idless_publishes_and_a_ping() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = Procmesh::new(codec, Acks::None);
+            assert_eq!(p.ops_per_request(), ACKS0_BATCH);
+            let mut out = Vec::new();
+            p.encode(&Op::Pub("bench", "x"), 9, &mut out);
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while at < out.len() {
+                let (s, e) = frame::try_decode(&out[at..], frame::MAX_FRAME_LEN)
+                    .unwrap()
+                    .unwrap();
+                let f = Frame::decode(codec, &out[at + s..at + e]).unwrap();
+                frames.push((
+                    f.kind(),
+                    f.id.and_then(|i| i.as_i64()),
+                    f.acks.and_then(|a| a.as_i64()),
+                ));
+                at += e;
+            }
+            let mut want = vec![(Kind::Pub, None, Some(0)); ACKS0_BATCH as usize];
+            want.push((Kind::Ping, Some(9), None));
+            assert_eq!(frames, want);
         }
     }
 
