@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Publish throughput on a retained channel (issue 11): plain publish without retention,
 # retained + persistence everysec (acks 1), the same with durable acks "all" (the fsync-always
-# path), and retained + idempotent. One broker per configuration, runs interleaved, REPS each.
+# path), retained + idempotent, and acks 0 on both. One broker per kind, runs interleaved,
+# REPS each.
 #
 #   cargo build --release -p procmesh-broker --bin procmesh -p procmesh-bench --bin procmesh-bench
 #   bench/retained.sh [REPS] [DURATION] > runs.jsonl
@@ -38,4 +39,6 @@ for _ in $(seq "$reps"); do
   run retained-everysec retained
   run retained-acks-all durable --acks all
   run retained-idempotent retained --idempotent
+  run plain-acks0 plain --acks 0
+  run retained-acks0 retained --acks 0
 done
