@@ -17,6 +17,23 @@ use crate::response::{Push, Reply};
 use crate::value::for_each_field;
 use crate::{DecodeError, ErrorCode};
 
+/// A name of up to 15 bytes packed into one integer, its length in the top byte (so
+/// that `"get"` and `"get\0"` differ); longer names pack to `u128::MAX`, which no name
+/// of at most 15 bytes packs to. Tags and field names are compared as these.
+#[inline]
+const fn pack_name(s: &[u8]) -> u128 {
+    if s.len() > 15 {
+        return u128::MAX;
+    }
+    let mut v = (s.len() as u128) << 120;
+    let mut i = 0;
+    while i < s.len() {
+        v |= (s[i] as u128) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
 macro_rules! kinds {
     ($($variant:ident = $tag:literal,)*) => {
         /// A frame's type tag `t`.
@@ -35,19 +52,26 @@ macro_rules! kinds {
             /// Parses a tag.
             #[inline]
             pub fn parse(tag: &[u8]) -> Kind {
-                match std::str::from_utf8(tag) {
-                    Ok(s) => Kind::parse_str(s),
-                    _ => Kind::Unknown,
-                }
+                Kind::parse_bytes(tag)
             }
 
             /// Parses a tag already known to be a string (no second UTF-8 check).
             #[inline]
             pub fn parse_str(tag: &str) -> Kind {
-                match tag {
-                    $($tag => Kind::$variant,)*
-                    _ => Kind::Unknown,
-                }
+                Kind::parse_bytes(tag.as_bytes())
+            }
+
+            /// Parses a tag from its bytes with no UTF-8 check: every known tag is
+            /// ASCII, so bytes that are not UTF-8 are `Unknown` as with [`Kind::parse`].
+            /// Compares one packed integer per known tag (which the compiler turns
+            /// into a switch) rather than a string per tag.
+            #[inline]
+            pub fn parse_bytes(tag: &[u8]) -> Kind {
+                let p = pack_name(tag);
+                $(if p == const { pack_name($tag.as_bytes()) } {
+                    return Kind::$variant;
+                })*
+                Kind::Unknown
             }
 
             /// The wire tag.
@@ -173,45 +197,82 @@ impl<'a> Frame<'a> {
     #[inline]
     pub fn decode_in_place(&mut self, codec: Codec, payload: &'a [u8]) -> Result<(), DecodeError> {
         let f = self;
+        // Field names are compared as packed integers (a switch, not a string
+        // compare per known field).
+        const FIELD_T: u128 = pack_name(b"t");
+        const FIELD_ID: u128 = pack_name(b"id");
+        const FIELD_KEY: u128 = pack_name(b"key");
+        const FIELD_VALUE: u128 = pack_name(b"value");
+        const FIELD_TTL: u128 = pack_name(b"ttl");
+        const FIELD_BY: u128 = pack_name(b"by");
+        const FIELD_PREV: u128 = pack_name(b"prev");
+        const FIELD_NEXT: u128 = pack_name(b"next");
+        const FIELD_KEYS: u128 = pack_name(b"keys");
+        const FIELD_ENTRIES: u128 = pack_name(b"entries");
+        const FIELD_CHANNEL: u128 = pack_name(b"channel");
+        const FIELD_PAYLOAD: u128 = pack_name(b"payload");
+        const FIELD_ACKS: u128 = pack_name(b"acks");
+        const FIELD_NAME: u128 = pack_name(b"name");
+        const FIELD_TOKEN: u128 = pack_name(b"token");
+        const FIELD_PID: u128 = pack_name(b"pid");
+        const FIELD_ARGS: u128 = pack_name(b"args");
+        const FIELD_TIMEOUT: u128 = pack_name(b"timeout");
+        const FIELD_WAIT: u128 = pack_name(b"wait");
+        const FIELD_K: u128 = pack_name(b"k");
+        const FIELD_RESULT: u128 = pack_name(b"result");
+        const FIELD_ERROR: u128 = pack_name(b"error");
+        const FIELD_MESSAGE: u128 = pack_name(b"message");
+        const FIELD_CODE: u128 = pack_name(b"code");
+        const FIELD_OFFSET: u128 = pack_name(b"offset");
+        const FIELD_VERSION: u128 = pack_name(b"version");
+        const FIELD_BROKER: u128 = pack_name(b"broker");
+        const FIELD_SEQ: u128 = pack_name(b"seq");
+        const FIELD_CODECS: u128 = pack_name(b"codecs");
+        const FIELD_REPLAY: u128 = pack_name(b"replay");
+        const FIELD_SINCE: u128 = pack_name(b"since");
         let r = for_each_field(codec, payload, |k, v| {
-            let slot = match k {
-                b"t" => {
-                    f.kind = Some(match v.as_str() {
-                        Some(s) => Kind::parse_str(&s),
-                        None => Kind::Unknown,
+            let slot = match pack_name(k) {
+                FIELD_T => {
+                    f.kind = Some(match (v.codec, v.bytes.first()) {
+                        // A fixstr, already checked to be UTF-8 by the frame's walk.
+                        (Codec::MsgPack, Some(0xa0..=0xbf)) => Kind::parse_bytes(&v.bytes[1..]),
+                        _ => match v.as_str() {
+                            Some(s) => Kind::parse_str(&s),
+                            None => Kind::Unknown,
+                        },
                     });
                     &mut f.t
                 }
-                b"id" => &mut f.id,
-                b"key" => &mut f.key,
-                b"value" => &mut f.value,
-                b"ttl" => &mut f.ttl,
-                b"by" => &mut f.by,
-                b"prev" => &mut f.prev,
-                b"next" => &mut f.next,
-                b"keys" => &mut f.keys,
-                b"entries" => &mut f.entries,
-                b"channel" => &mut f.channel,
-                b"payload" => &mut f.payload,
-                b"acks" => &mut f.acks,
-                b"name" => &mut f.name,
-                b"token" => &mut f.token,
-                b"pid" => &mut f.pid,
-                b"args" => &mut f.args,
-                b"timeout" => &mut f.timeout,
-                b"wait" => &mut f.wait,
-                b"k" => &mut f.k,
-                b"result" => &mut f.result,
-                b"error" => &mut f.error,
-                b"message" => &mut f.message,
-                b"code" => &mut f.code,
-                b"offset" => &mut f.offset,
-                b"version" => &mut f.version,
-                b"broker" => &mut f.broker,
-                b"seq" => &mut f.seq,
-                b"codecs" => &mut f.codecs,
-                b"replay" => &mut f.replay,
-                b"since" => &mut f.since,
+                FIELD_ID => &mut f.id,
+                FIELD_KEY => &mut f.key,
+                FIELD_VALUE => &mut f.value,
+                FIELD_TTL => &mut f.ttl,
+                FIELD_BY => &mut f.by,
+                FIELD_PREV => &mut f.prev,
+                FIELD_NEXT => &mut f.next,
+                FIELD_KEYS => &mut f.keys,
+                FIELD_ENTRIES => &mut f.entries,
+                FIELD_CHANNEL => &mut f.channel,
+                FIELD_PAYLOAD => &mut f.payload,
+                FIELD_ACKS => &mut f.acks,
+                FIELD_NAME => &mut f.name,
+                FIELD_TOKEN => &mut f.token,
+                FIELD_PID => &mut f.pid,
+                FIELD_ARGS => &mut f.args,
+                FIELD_TIMEOUT => &mut f.timeout,
+                FIELD_WAIT => &mut f.wait,
+                FIELD_K => &mut f.k,
+                FIELD_RESULT => &mut f.result,
+                FIELD_ERROR => &mut f.error,
+                FIELD_MESSAGE => &mut f.message,
+                FIELD_CODE => &mut f.code,
+                FIELD_OFFSET => &mut f.offset,
+                FIELD_VERSION => &mut f.version,
+                FIELD_BROKER => &mut f.broker,
+                FIELD_SEQ => &mut f.seq,
+                FIELD_CODECS => &mut f.codecs,
+                FIELD_REPLAY => &mut f.replay,
+                FIELD_SINCE => &mut f.since,
                 _ => return,
             };
             *slot = Some(v);
@@ -393,6 +454,71 @@ mod tests {
             out.len() - 4
         );
         std::str::from_utf8(&out[4..]).unwrap()
+    }
+
+    #[test]
+    fn kind_parse_bytes_matches_only_exact_tags() {
+        for &k in Kind::ALL {
+            assert_eq!(Kind::parse_bytes(k.tag().as_bytes()), k);
+            assert_eq!(Kind::parse_str(k.tag()), k);
+            let mut padded = k.tag().as_bytes().to_vec();
+            padded.push(0);
+            assert_eq!(Kind::parse_bytes(&padded), Kind::Unknown, "{k:?} + NUL");
+            assert_eq!(
+                Kind::parse_bytes(&padded[..padded.len() - 2]),
+                Kind::Unknown
+            );
+        }
+        assert_eq!(Kind::parse_bytes(b""), Kind::Unknown);
+        assert_eq!(Kind::parse_bytes(b"GET"), Kind::Unknown);
+        assert_eq!(Kind::parse_bytes(b"shutdownshutdown"), Kind::Unknown);
+        assert_eq!(Kind::parse(&[0xff, 0xfe]), Kind::Unknown);
+    }
+
+    #[test]
+    fn msgpack_frame_fields_decode_by_name_and_reject_bad_utf8() {
+        // {"t":"get","id":7,"key":"k\u00e9y","since":null,"x":1}
+        let mut p = vec![
+            0x85, 0xa1, b't', 0xa3, b'g', b'e', b't', 0xa2, b'i', b'd', 7,
+        ];
+        p.extend_from_slice(&[0xa3, b'k', b'e', b'y', 0xa4, b'k', 0xc3, 0xa9, b'y']);
+        p.extend_from_slice(&[0xa5, b's', b'i', b'n', b'c', b'e', 0xc0]);
+        p.extend_from_slice(&[0xa1, b'x', 1]);
+        let f = Frame::decode(Codec::MsgPack, &p).unwrap();
+        assert_eq!(f.kind(), Kind::Get);
+        assert_eq!(f.id.unwrap().bytes, [7]);
+        assert_eq!(need_str(f.key, "key").unwrap(), "k\u{e9}y");
+        assert!(f.since.unwrap().is_nil());
+        // The same frame with a lone continuation byte in the key, and in a long key.
+        let mut bad = p.clone();
+        bad[17] = 0x80;
+        let e = Frame::decode(Codec::MsgPack, &bad).unwrap_err();
+        assert_eq!(e.message(), "MessagePack string is not valid UTF-8");
+        let mut long = vec![
+            0x82, 0xa1, b't', 0xa3, b'g', b'e', b't', 0xa3, b'k', b'e', b'y',
+        ];
+        long.push(0xb4);
+        long.extend_from_slice(b"0123456789abcdef012");
+        long.push(0xc3); // truncated two-byte sequence at the end
+        assert_eq!(
+            Frame::decode(Codec::MsgPack, &long).unwrap_err().message(),
+            "MessagePack string is not valid UTF-8"
+        );
+        let n = long.len();
+        long[n - 1] = b'!';
+        let f = Frame::decode(Codec::MsgPack, &long).unwrap();
+        assert_eq!(need_str(f.key, "key").unwrap(), "0123456789abcdef012!");
+        // A tag in a str8 header and an unknown tag.
+        let s8 = [0x81, 0xa1, b't', 0xd9, 3, b's', b'e', b't'];
+        assert_eq!(
+            Frame::decode(Codec::MsgPack, &s8).unwrap().kind(),
+            Kind::Set
+        );
+        let unk = [0x81, 0xa1, b't', 0xa3, b'g', b'e', b'T'];
+        assert_eq!(
+            Frame::decode(Codec::MsgPack, &unk).unwrap().kind(),
+            Kind::Unknown
+        );
     }
 
     #[test]

@@ -149,12 +149,62 @@ pub(crate) fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeErr
     })
 }
 
+/// The string that is the whole of `b` (a MessagePack value), if it is one; a fixstr
+/// header is read inline.
+#[inline]
+pub(crate) fn mp_as_str(b: &[u8]) -> Option<&str> {
+    let (at, len) = match b.first() {
+        Some(&c) if (0xa0..=0xbf).contains(&c) => (1, (c & 0x1f) as usize),
+        _ => match mp_head(b, 0).ok()? {
+            (MpHead::Str { at, len }, _) => (at, len),
+            _ => return None,
+        },
+    };
+    std::str::from_utf8(b.get(at..at + len)?).ok()
+}
+
+/// Whether `s` is valid UTF-8: ASCII (every key and tag the clients send) is checked
+/// eight bytes at a time, and only a string with a non-ASCII byte goes to `from_utf8`.
+#[inline]
+pub(crate) fn utf8_ok(s: &[u8]) -> bool {
+    let mut words = s.chunks_exact(8);
+    let mut high = 0u64;
+    for w in words.by_ref() {
+        high |= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    }
+    let mut tail = 0u8;
+    for &c in words.remainder() {
+        tail |= c;
+    }
+    (high & 0x8080_8080_8080_8080 == 0 && tail < 0x80) || std::str::from_utf8(s).is_ok()
+}
+
+/// The end of the value at `pos`, with the checks of [`mp_skip`] (strings must be
+/// UTF-8, containers bounded and nested at most [`MAX_DEPTH`] deep), the one-byte
+/// scalars and short strings decoded inline without the general header reader.
+#[inline]
+pub(crate) fn mp_skip_fast(b: &[u8], pos: usize, depth: usize) -> Result<usize, DecodeError> {
+    match b.get(pos) {
+        Some(&c) if c <= 0x7f || c >= 0xe0 || matches!(c, 0xc0 | 0xc2 | 0xc3) => Ok(pos + 1),
+        Some(&c) if (0xa0..=0xbf).contains(&c) => {
+            let at = pos + 1;
+            let end = need(b, at, (c & 0x1f) as usize)?;
+            if !utf8_ok(&b[at..end]) {
+                return Err(DecodeError::new("MessagePack string is not valid UTF-8"));
+            }
+            Ok(end)
+        }
+        _ => mp_skip(b, pos, depth),
+    }
+}
+
 pub(crate) fn mp_skip(b: &[u8], pos: usize, depth: usize) -> Result<usize, DecodeError> {
     let (h, mut p) = mp_head(b, pos)?;
     match h {
         MpHead::Str { at, len } => {
-            std::str::from_utf8(&b[at..at + len])
-                .map_err(|_| DecodeError::new("MessagePack string is not valid UTF-8"))?;
+            if !utf8_ok(&b[at..at + len]) {
+                return Err(DecodeError::new("MessagePack string is not valid UTF-8"));
+            }
         }
         MpHead::Array { n } | MpHead::Map { n } => {
             if depth >= MAX_DEPTH {
@@ -195,11 +245,18 @@ pub(crate) fn for_each_field<'a>(
         return Err(DecodeError::new("truncated MessagePack value"));
     }
     for _ in 0..n {
-        let (kh, vstart) = mp_head(buf, p)?;
-        let MpHead::Str { at, len } = kh else {
-            return Err(DecodeError::new("frame map key is not a string"));
+        // Field names are short strings: their fixstr header is read inline.
+        let (at, len, vstart) = match buf.get(p) {
+            Some(&c) if (0xa0..=0xbf).contains(&c) => {
+                let len = (c & 0x1f) as usize;
+                (p + 1, len, need(buf, p + 1, len)?)
+            }
+            _ => match mp_head(buf, p)? {
+                (MpHead::Str { at, len }, vstart) => (at, len, vstart),
+                _ => return Err(DecodeError::new("frame map key is not a string")),
+            },
         };
-        let vend = mp_skip(buf, vstart, 1)?;
+        let vend = mp_skip_fast(buf, vstart, 1)?;
         f(
             &buf[at..at + len],
             Raw {

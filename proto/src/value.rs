@@ -95,12 +95,7 @@ impl<'a> Raw<'a> {
                     None
                 }
             }
-            Codec::MsgPack => match mp_head(self.bytes, 0).ok()? {
-                (MpHead::Str { at, len }, _) => std::str::from_utf8(&self.bytes[at..at + len])
-                    .ok()
-                    .map(Cow::Borrowed),
-                _ => None,
-            },
+            Codec::MsgPack => crate::msgpack::mp_as_str(self.bytes).map(Cow::Borrowed),
         }
     }
 
