@@ -201,10 +201,8 @@ pub(crate) fn mp_skip_fast(b: &[u8], pos: usize, depth: usize) -> Result<usize, 
 pub(crate) fn mp_skip(b: &[u8], pos: usize, depth: usize) -> Result<usize, DecodeError> {
     let (h, mut p) = mp_head(b, pos)?;
     match h {
-        MpHead::Str { at, len } => {
-            if !utf8_ok(&b[at..at + len]) {
-                return Err(DecodeError::new("MessagePack string is not valid UTF-8"));
-            }
+        MpHead::Str { at, len } if !utf8_ok(&b[at..at + len]) => {
+            return Err(DecodeError::new("MessagePack string is not valid UTF-8"));
         }
         MpHead::Array { n } | MpHead::Map { n } => {
             if depth >= MAX_DEPTH {
