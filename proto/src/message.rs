@@ -34,6 +34,38 @@ const fn pack_name(s: &[u8]) -> u128 {
     v
 }
 
+/// [`pack_name`] at run time: the bytes read as at most four overlapping word loads
+/// rather than one shift per byte (the same value; `packs_names_like_the_const_fn`).
+#[inline]
+fn pack_name_fast(s: &[u8]) -> u128 {
+    let n = s.len();
+    let le4 = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]) as u128;
+    let le8 = |i: usize| {
+        u64::from_le_bytes([
+            s[i],
+            s[i + 1],
+            s[i + 2],
+            s[i + 3],
+            s[i + 4],
+            s[i + 5],
+            s[i + 6],
+            s[i + 7],
+        ]) as u128
+    };
+    // The second load ends at the last byte and is shifted to its place; where the
+    // loads overlap they carry the same bytes at the same positions.
+    let body = match n {
+        0 => 0,
+        1..=3 => {
+            s[0] as u128 | (s[n / 2] as u128) << (8 * (n / 2)) | (s[n - 1] as u128) << (8 * (n - 1))
+        }
+        4..=7 => le4(0) | le4(n - 4) << (8 * (n - 4)),
+        8..=15 => le8(0) | le8(n - 8) << (8 * (n - 8)),
+        _ => return u128::MAX,
+    };
+    body | (n as u128) << 120
+}
+
 macro_rules! kinds {
     ($($variant:ident = $tag:literal,)*) => {
         /// A frame's type tag `t`.
@@ -67,7 +99,7 @@ macro_rules! kinds {
             /// into a switch) rather than a string per tag.
             #[inline]
             pub fn parse_bytes(tag: &[u8]) -> Kind {
-                let p = pack_name(tag);
+                let p = pack_name_fast(tag);
                 $(if p == const { pack_name($tag.as_bytes()) } {
                     return Kind::$variant;
                 })*
@@ -231,7 +263,7 @@ impl<'a> Frame<'a> {
         const FIELD_REPLAY: u128 = pack_name(b"replay");
         const FIELD_SINCE: u128 = pack_name(b"since");
         let r = for_each_field(codec, payload, |k, v| {
-            let slot = match pack_name(k) {
+            let slot = match pack_name_fast(k) {
                 FIELD_T => {
                     f.kind = Some(match (v.codec, v.bytes.first()) {
                         // A fixstr, already checked to be UTF-8 by the frame's walk.
@@ -454,6 +486,19 @@ mod tests {
             out.len() - 4
         );
         std::str::from_utf8(&out[4..]).unwrap()
+    }
+
+    #[test]
+    fn packs_names_like_the_const_fn() {
+        let s: Vec<u8> = (1..=20u8).map(|b| b.wrapping_mul(37) | 1).collect();
+        for n in 0..=s.len() {
+            for start in 0..s.len() - n.min(s.len()) + 1 {
+                let name = &s[start..start + n];
+                assert_eq!(pack_name_fast(name), pack_name(name), "{name:?}");
+            }
+        }
+        assert_ne!(pack_name_fast(b"get"), pack_name_fast(b"get\0"));
+        assert_ne!(pack_name_fast(b""), pack_name_fast(b"\0"));
     }
 
     #[test]
