@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use super::{bind, lock_address, AddressLock, BindError};
+use super::{bind, lock_address, AddressLock, BindError, READ_BUDGET};
 use crate::config::BrokerConfig;
-use crate::connection::{Closing, ConnId, Connection, Transport};
+use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
 use crate::locks::LockTable;
 use crate::persistence::aof::EffectLog;
@@ -43,8 +43,6 @@ pub const SIGNALS: Token = Token(usize::MAX - 2);
 
 const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_BATCH: usize = 128;
-/// Bytes read from one connection per wake before others get a turn.
-const READ_BUDGET: usize = 1 << 20;
 
 /// The connections' sockets, indexed by [`ConnId`] (the core's table decides ids).
 struct Sockets {
@@ -402,7 +400,13 @@ impl Reactor {
         let Some(stream) = self.sockets.get_mut(id) else {
             return;
         };
-        let outcome = conn.fill(stream, budget);
+        // A backlog past the budget waits in the socket (requeued: the core says
+        // "more" for a budget outcome) until the core catches up.
+        let outcome = if conn.backlog() >= budget {
+            ReadOutcome::Budget
+        } else {
+            conn.fill(stream, budget)
+        };
         if self.core.input(id, outcome, &mut self.sockets) {
             self.pending_reads.push(id);
         }

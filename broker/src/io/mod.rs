@@ -23,6 +23,12 @@ use mio::net::{UnixListener, UnixStream};
 
 use crate::config::{BrokerConfig, IoBackend};
 
+/// Bytes read from one connection per wake (epoll), or the unread input at which a
+/// connection the core is behind on stops receiving (io_uring), before others get a
+/// turn. Before `hello` the core's smaller pre-auth budget applies
+/// ([`crate::core::Core::read_budget`]).
+pub(crate) const READ_BUDGET: usize = 1 << 20;
+
 /// A bound broker on the chosen driver, ready to run its loop on the calling thread.
 pub enum Reactor {
     /// The io_uring driver.
@@ -36,14 +42,25 @@ impl Reactor {
     /// it, else epoll with one log line saying why; `uring` where it is refused is
     /// an error), then binds the socket of `cfg` and prepares the loop.
     pub fn bind(mut cfg: BrokerConfig) -> Result<Reactor, BindError> {
-        let ring = match cfg.io {
-            IoBackend::Epoll => None,
-            IoBackend::Uring => Some(uring::probe().map_err(|why| {
+        let ring = match (cfg.io, cfg.sqpoll) {
+            (IoBackend::Epoll, Some(_)) => {
+                return Err(BindError::Io(io::Error::other(
+                    "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll",
+                )))
+            }
+            (IoBackend::Epoll, None) => None,
+            // SQPOLL is only ever asked for: refused is an error, as with `--io uring`.
+            (_, Some(idle)) => Some(uring::probe(Some(idle)).map_err(|why| {
+                BindError::Io(io::Error::other(format!(
+                    "io_uring SQPOLL was asked for (--sqpoll) but is refused: {why}"
+                )))
+            })?),
+            (IoBackend::Uring, None) => Some(uring::probe(None).map_err(|why| {
                 BindError::Io(io::Error::other(format!(
                     "io_uring was asked for (--io uring) but is refused: {why}"
                 )))
             })?),
-            IoBackend::Auto => match uring::probe() {
+            (IoBackend::Auto, None) => match uring::probe(None) {
                 Ok(ring) => Some(ring),
                 Err(why) => {
                     log_line!("procmesh: io_uring unavailable ({why}); using epoll");

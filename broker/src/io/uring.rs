@@ -47,12 +47,12 @@ use mio::net::UnixStream as MioStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{bind, lock_address, AddressLock, BindError};
+use super::{bind, lock_address, AddressLock, BindError, READ_BUDGET};
 use crate::config::{BrokerConfig, IoBackend};
 use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
 use crate::locks::LockTable;
-use crate::persistence::aof::EffectLog;
+use crate::persistence::aof::{self, EffectLog, LogSubmit};
 use crate::persistence::{self, Persistence};
 use crate::store::Store;
 
@@ -82,15 +82,21 @@ const KIND_SEND: u64 = 2;
 const TAG_ACCEPT: u64 = u64::MAX;
 const TAG_WAKE: u64 = u64::MAX - 1;
 const TAG_IGNORE: u64 = u64::MAX - 2;
+const TAG_LOG_WRITE: u64 = u64::MAX - 3;
+const TAG_LOG_SYNC: u64 = u64::MAX - 4;
 
 /// The driver's ring, or why io_uring cannot serve here (for `auto`'s one log line
 /// or `uring`'s error): set up, timed waits, and the opcodes the driver uses.
-pub fn probe() -> Result<IoUring, String> {
-    let sqpoll = std::env::var("PROCMESH_URING_SQPOLL")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok());
+///
+/// `sqpoll` (idle ms, [`BrokerConfig::sqpoll`]) asks for a kernel submission thread;
+/// a kernel that refuses it refuses the ring (the caller turns that into a startup
+/// error: SQPOLL is only ever asked for explicitly).
+pub fn probe(sqpoll: Option<u32>) -> Result<IoUring, String> {
     let ring = match sqpoll {
-        Some(idle) => IoUring::builder().setup_sqpoll(idle).build(RING_ENTRIES),
+        Some(idle) => IoUring::builder()
+            .setup_sqpoll(idle)
+            .build(RING_ENTRIES)
+            .map_err(|e| format!("io_uring_setup with IORING_SETUP_SQPOLL failed: {e}"))?,
         // Completion work runs only when the loop enters (no interrupts of the loop
         // between waits), for the one thread that runs it: the ring starts disabled
         // and `run` enables it on that thread. Older kernels (before 6.1) get a plain ring.
@@ -99,9 +105,9 @@ pub fn probe() -> Result<IoUring, String> {
             .setup_defer_taskrun()
             .setup_r_disabled()
             .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES)),
-    }
-    .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+            .or_else(|_| IoUring::new(RING_ENTRIES))
+            .map_err(|e| format!("io_uring_setup failed: {e}"))?,
+    };
     if !ring.params().is_feature_ext_arg() {
         return Err("the kernel's io_uring has no timed wait (IORING_FEAT_EXT_ARG, 5.11)".into());
     }
@@ -130,6 +136,8 @@ struct Sock {
     conn: Option<ConnId>,
     rbuf: Box<[u8]>,
     recv_armed: bool,
+    /// The armed receive is multishot (cancelled when its connection falls behind).
+    multishot: bool,
     sbuf: Vec<u8>,
     spos: usize,
     send_armed: bool,
@@ -179,17 +187,25 @@ impl Ring {
         self.by_conn.get(id.index()).copied().flatten()
     }
 
-    fn arm_recv(&mut self, key: usize) {
+    /// Arms a receive on socket `key`: multishot from the buffer ring when `multi`
+    /// (and the kernel has buffer rings), else one receive of at most one buffer.
+    fn arm_recv(&mut self, key: usize, multi: bool) {
         let s = &mut self.socks[key];
         if s.recv_armed || s.conn.is_none() {
             return;
         }
         s.recv_armed = true;
+        s.multishot = multi && self.bufs.is_some();
         let fd = types::Fd(s.fd.as_raw_fd());
-        let sqe = if self.bufs.is_some() {
-            // Stays armed across completions (IORING_CQE_F_MORE) until it fails or
-            // runs out of buffers.
+        let sqe = if s.multishot {
+            // Stays armed across completions (IORING_CQE_F_MORE) until it fails,
+            // runs out of buffers or is cancelled.
             opcode::RecvMulti::new(fd, BUF_GROUP).build()
+        } else if self.bufs.is_some() {
+            opcode::Recv::new(fd, std::ptr::null_mut(), RING_BUF_SIZE as u32)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
         } else {
             opcode::Recv::new(fd, s.rbuf.as_mut_ptr(), s.rbuf.len() as u32).build()
         };
@@ -537,6 +553,12 @@ impl Reactor {
         }
         // Registered on the loop's thread (a single-issuer ring's owner).
         self.io.bufs = BufRing::register(&self.io.ring).ok();
+        // The log's writes go through the ring while the loop runs: `self` stays
+        // where it is until `run` returns, and the submitter is removed before that.
+        let log = RingLog {
+            ring: &self.io.ring,
+        };
+        let previous = aof::set_submit(Some(Box::new(log)));
         let mut result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
@@ -547,6 +569,7 @@ impl Reactor {
             }
         }
         self.drain();
+        aof::set_submit(previous);
         let _ = std::fs::remove_file(&self.socket);
         if let Some(lock) = self.lock.take() {
             let _ = std::fs::remove_file(&lock.path);
@@ -630,6 +653,7 @@ impl Reactor {
 
     fn collect(&mut self) {
         self.cqes.clear();
+        STASH.with(|s| self.cqes.append(&mut s.borrow_mut()));
         let cq = self.io.ring.completion();
         self.cqes
             .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
@@ -668,8 +692,12 @@ impl Reactor {
                 self.accept_retry_at = None;
                 self.arm_accept();
             }
-            let wait = self.wait_for();
-            self.enter(wait)?;
+            // The last turn's log commit already entered the ring (submitting what
+            // was queued) and reaped completions: handle those before entering again.
+            if STASH.with(|s| s.borrow().is_empty()) {
+                let wait = self.wait_for();
+                self.enter(wait)?;
+            }
             let now = self.clock();
             self.core.set_now(now);
             self.collect();
@@ -738,6 +766,7 @@ impl Reactor {
                     vec![0; RECV_MIN].into_boxed_slice()
                 },
                 recv_armed: false,
+                multishot: false,
                 sbuf: Vec::new(),
                 spos: 0,
                 send_armed: false,
@@ -751,7 +780,7 @@ impl Reactor {
                 self.io.by_conn.resize(i + 1, None);
             }
             self.io.by_conn[i] = Some(key);
-            self.io.arm_recv(key);
+            self.rearm(key);
             return Ok(());
         }
         match -res {
@@ -884,9 +913,8 @@ impl Reactor {
         };
         let conn = s.conn;
         if kind == KIND_RECV {
-            let multishot = self.io.bufs.is_some();
             // A multishot receive stays armed while its completions say "more".
-            s.recv_armed = multishot && cqueue::more(flags);
+            s.recv_armed = s.multishot && cqueue::more(flags);
             let picked = cqueue::buffer_select(flags);
             let Some(id) = conn else {
                 if let (Some(bid), Some(b)) = (picked, self.io.bufs.as_mut()) {
@@ -915,15 +943,22 @@ impl Reactor {
                         }
                     }
                 }
+                // Re-armed (a single-shot receive) after the core has seen the bytes.
                 self.list(key, ReadOutcome::Drained);
-                self.io.arm_recv(key);
-            } else if res == 0 || !matches!(-res, libc::EINTR | libc::EAGAIN | libc::ENOBUFS) {
+            } else if res == 0
+                || !matches!(
+                    -res,
+                    // ECANCELED: stopped by `rearm` at the read budget (a released
+                    // socket's cancel is handled above).
+                    libc::EINTR | libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED
+                )
+            {
                 if let Some(c) = self.core.conn_mut(id) {
                     c.peer_closed = true;
                 }
                 self.list(key, ReadOutcome::Closed);
             } else {
-                self.io.arm_recv(key);
+                self.rearm(key);
             }
         } else {
             s.send_armed = false;
@@ -991,6 +1026,168 @@ impl Reactor {
         if self.core.input(id, outcome, &mut self.io) {
             self.pending.push(id);
         }
+        self.rearm(key);
+    }
+
+    /// Keeps socket `key` receiving within its connection's read budget, as epoll
+    /// does: before `hello` (when a token is required) one receive of at most one
+    /// ring buffer per turn; after it, a multishot receive. Either way, while the
+    /// connection's backlog ([`Connection::backlog`]) reaches the budget, nothing
+    /// more is received (a multishot receive is cancelled) until the core catches up.
+    fn rearm(&mut self, key: usize) {
+        let Some(s) = self.io.socks.get(key) else {
+            return;
+        };
+        let Some(id) = s.conn else {
+            return;
+        };
+        let (armed, multishot) = (s.recv_armed, s.multishot);
+        let budget = self.core.read_budget(id, READ_BUDGET);
+        let Some(c) = self.core.conn_mut(id) else {
+            return;
+        };
+        if c.closing != Closing::No {
+            return;
+        }
+        let full = c.backlog() >= budget;
+        let authed = c.authed;
+        if armed {
+            if full && multishot {
+                // Its final completion (without "more") clears `recv_armed`; the
+                // turn that sees the core caught up arms it again.
+                self.io.cancel(key, KIND_RECV);
+            }
+        } else if !full {
+            self.io.arm_recv(key, authed);
+        }
+    }
+}
+
+thread_local! {
+    /// Completions the log submitter ([`RingLog`]) reaped while it waited for its
+    /// own, on this loop thread: handled first in the next turn, which then needs
+    /// no enter of its own (the commit's enter submitted what was queued).
+    static STASH: std::cell::RefCell<Vec<(u64, i32, u32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The log's [`LogSubmit`] on the driver's ring, installed for the time the loop
+/// runs: the write (and, when a sync is due, an fsync linked after it) is queued
+/// behind whatever the turn already queued and submitted in one enter that waits
+/// for the log's completions; any other completion reaped meanwhile goes to
+/// [`STASH`] for the next turn.
+struct RingLog {
+    ring: *const IoUring,
+}
+
+impl RingLog {
+    fn push(ring: &IoUring, sqe: &io_uring::squeue::Entry) {
+        loop {
+            // SAFETY: the loop's thread is the ring's only user and the driver holds
+            // no reference to its queues while the core commits; `buf` (in the
+            // entry) outlives the operation: `append` returns only after the
+            // completion.
+            if unsafe { ring.submission_shared().push(sqe) }.is_ok() {
+                return;
+            }
+            let _ = ring.submit();
+        }
+    }
+
+    /// Finishes a short write synchronously (rare: a full disk mid-write).
+    fn write_rest(fd: RawFd, mut rest: &[u8]) -> io::Result<()> {
+        while !rest.is_empty() {
+            // SAFETY: writes from a live buffer to the log's descriptor.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            rest = &rest[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+impl LogSubmit for RingLog {
+    fn append(
+        &mut self,
+        fd: RawFd,
+        buf: &[u8],
+        sync: bool,
+    ) -> (io::Result<()>, Option<io::Result<()>>) {
+        // SAFETY: set up in `run` from the reactor's own ring, which lives (unmoved)
+        // until `run` removes this submitter; used only on the loop's thread, from
+        // inside `core.end_turn`/`shutdown`, when the driver does not borrow it.
+        let ring = unsafe { &*self.ring };
+        // The file is opened with O_APPEND: offset -1 (the file position) appends.
+        let write = opcode::Write::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+            .offset(u64::MAX)
+            .build()
+            .user_data(TAG_LOG_WRITE);
+        if sync {
+            Self::push(ring, &write.flags(io_uring::squeue::Flags::IO_LINK));
+            let fsync = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(TAG_LOG_SYNC);
+            Self::push(ring, &fsync);
+        } else {
+            Self::push(ring, &write);
+        }
+        let (mut wrote, mut synced) = (None, if sync { None } else { Some(0) });
+        while wrote.is_none() || synced.is_none() {
+            let want = usize::from(wrote.is_none()) + usize::from(synced.is_none());
+            if let Err(e) = ring.submit_and_wait(want) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+                ) {
+                    // The entries stay queued and would outlive `buf`: only a broken
+                    // ring fails here, and the broker cannot go on without it.
+                    panic!("invariant: io_uring_enter for the log failed: {e}");
+                }
+            }
+            // SAFETY: as above, the driver holds no reference to the completion queue.
+            for c in unsafe { ring.completion_shared() } {
+                match c.user_data() {
+                    TAG_LOG_WRITE => wrote = Some(c.result()),
+                    TAG_LOG_SYNC => synced = Some(c.result()),
+                    _ => {
+                        STASH.with(|s| s.borrow_mut().push((c.user_data(), c.result(), c.flags())))
+                    }
+                }
+            }
+        }
+        let (wrote, synced) = (wrote.unwrap_or(0), synced.unwrap_or(0));
+        let w = match usize::try_from(wrote) {
+            Err(_) => return (Err(io::Error::from_raw_os_error(-wrote)), None),
+            Ok(n) if n < buf.len() => Self::write_rest(fd, &buf[n..]),
+            Ok(_) => Ok(()),
+        };
+        if w.is_err() || !sync {
+            return (w, None);
+        }
+        let s = match synced {
+            0 => Ok(()),
+            // Cancelled after a short write: the rest was written above, sync now.
+            e if -e == libc::ECANCELED => {
+                // SAFETY: fdatasync on the log's descriptor; no memory is involved.
+                if unsafe { libc::fdatasync(fd) } == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            }
+            e => Err(io::Error::from_raw_os_error(-e)),
+        };
+        (w, Some(s))
     }
 }
 
