@@ -7,6 +7,7 @@
 //! `Core` through [`crate::connection::Transport`]: [`uring`] (io_uring, the default
 //! where the kernel allows it) and [`epoll`] (mio, the fallback).
 
+mod common;
 pub mod epoll;
 pub mod uring;
 
@@ -84,35 +85,33 @@ impl Reactor {
         }
     }
 
+    fn base(&self) -> &common::Base {
+        match self {
+            Reactor::Uring(r) => &r.base,
+            Reactor::Epoll(r) => &r.base,
+        }
+    }
+
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub fn warnings(&self) -> &[String] {
-        match self {
-            Reactor::Uring(r) => r.warnings(),
-            Reactor::Epoll(r) => r.warnings(),
-        }
+        self.base().warnings()
     }
 
     /// The socket path.
     pub fn socket(&self) -> &Path {
-        match self {
-            Reactor::Uring(r) => r.socket(),
-            Reactor::Epoll(r) => r.socket(),
-        }
+        self.base().socket()
     }
 
     /// A flag and waker that stop the loop from another thread.
     pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<mio::Waker>) {
-        match self {
-            Reactor::Uring(r) => r.stopper(),
-            Reactor::Epoll(r) => r.stopper(),
-        }
+        self.base().stopper()
     }
 
     /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
     pub fn watch_signals(&mut self, stream: UnixStream) -> io::Result<()> {
         match self {
-            Reactor::Uring(r) => r.watch_signals(stream),
-            Reactor::Epoll(r) => r.watch_signals(stream),
+            Reactor::Uring(r) => r.base.watch_signals(stream),
+            Reactor::Epoll(r) => r.base.watch_signals(stream),
         }
     }
 

@@ -30,34 +30,34 @@
 //!      with the next wait)
 //! ```
 //!
-//! The persistence log write stays synchronous through the gate (it precedes the
-//! flush, so replies that wait for it are still queued behind it).
-//! `PROCMESH_URING_SQPOLL=<idle ms>` sets up a kernel submission thread (for pinned
-//! shards; off by default).
+//! The persistence log write goes through the ring ([`RingLog`], the log's
+//! [`LogSubmit`]): the turn's write (and, when a sync is due, its fdatasync linked
+//! after it) is submitted with whatever the turn queued so far, in one enter that
+//! waits for it. The gate still sees the result before the flush, so a reply that
+//! waits for the log is queued only after it (and with `always`, after the fsync);
+//! completions reaped by that enter are the next turn's, which then skips its own.
+//!
+//! Receiving keeps to the read budget as epoll does: before `hello` one receive of
+//! one ring buffer per turn, after it a multishot receive, cancelled while the
+//! connection's backlog of whole frames reaches the budget ([`Reactor::rearm`]).
+//!
+//! `--sqpoll[=IDLE_MS]` (`ioSqpoll`, `PROCMESH_URING_SQPOLL`) sets up a kernel
+//! submission thread (for pinned shards; off by default; refused is a startup error).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types, IoUring, Probe};
-use mio::net::UnixStream as MioStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::Events;
 use slab::Slab;
 
-use super::{bind, lock_address, AddressLock, BindError, READ_BUDGET};
+use super::common::{self, Base, SIGNALS};
+use super::{BindError, READ_BUDGET};
 use crate::config::{BrokerConfig, IoBackend};
 use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
-use crate::locks::LockTable;
-use crate::persistence::aof::{self, EffectLog, LogSubmit};
-use crate::persistence::{self, Persistence};
-use crate::store::Store;
-
-const WAKER: Token = Token(0);
-const SIGNALS: Token = Token(1);
+use crate::persistence::aof::{self, LogSubmit};
 
 const RING_ENTRIES: u32 = 4096;
 /// Most bytes copied into one send; the rest waits in the connection's queue.
@@ -340,7 +340,7 @@ impl BufRing {
         unsafe {
             let tail =
                 types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -413,64 +413,28 @@ pub struct Reactor {
     /// A spare descriptor (`/dev/null`), freed to accept and refuse one peer when the
     /// process runs out of descriptors, so the backlog never hangs (as epoll does).
     reserve: Option<std::fs::File>,
-    /// Readiness of the stop waker and the signal pipe, watched through the ring.
-    poll: Poll,
+    /// The stop waker and the signal pipe live in its poll, watched through the ring.
+    pub(crate) base: Base,
     events: Events,
     wake_armed: bool,
-    lock: Option<AddressLock>,
-    socket: PathBuf,
     core: Core,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    signals: Option<MioStream>,
     cqes: Vec<(u64, i32, u32)>,
     inputs: Vec<usize>,
     pending: Vec<ConnId>,
     idle_since: Option<u64>,
-    warnings: Vec<String>,
 }
 
 impl Reactor {
     /// Recovers persistence and binds the socket of `cfg`, to run on `ring` (from
     /// [`probe`]).
     pub fn bind(mut cfg: BrokerConfig, ring: IoUring) -> Result<Reactor, BindError> {
-        let lock = lock_address(&cfg.socket)?;
-        let start = Instant::now();
-        let unix_base = persistence::unix_ms();
-        let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
-        let mut locks = LockTable::default();
-        let mut warnings = Vec::new();
-        let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
-        let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
-        let persist = match &cfg.persist {
-            Some(pc) => {
-                let (p, rec) = Persistence::open_with(
-                    pc.clone(),
-                    &mut store,
-                    unix_base,
-                    &mut retain,
-                    &mut dedup,
-                )
-                .map_err(BindError::Recovery)?;
-                // Recovery replayed with the sink off; from here on effects are logged.
-                *store.effects_mut() = Some(EffectLog::new(unix_base));
-                locks = LockTable::with_reservations(rec.fence_reserved);
-                warnings = rec.warnings;
-                Some(p)
-            }
-            None => None,
-        };
-        let listener = bind(&cfg.socket)?;
+        cfg.io = IoBackend::Uring;
+        let (base, core, listener) = common::open(cfg)?;
         // SAFETY: the fd comes from a listener we own and give up here.
         let listener = unsafe { OwnedFd::from_raw_fd(listener.into_raw_fd()) };
         // Blocking, so the ring's accept waits on readiness instead of failing with
         // EAGAIN (a non-blocking file makes io_uring return it).
         set_blocking(listener.as_raw_fd())?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let socket = cfg.socket.clone();
-        cfg.io = IoBackend::Uring;
         Ok(Reactor {
             io: Ring {
                 ring,
@@ -484,50 +448,15 @@ impl Reactor {
             accept_armed: false,
             accept_retry_at: None,
             reserve: std::fs::File::open("/dev/null").ok(),
-            poll,
+            base,
             events: Events::with_capacity(16),
             wake_armed: false,
-            lock: Some(lock),
-            socket,
-            core: Core::new(cfg, store, locks, persist).restore(retain, dedup),
-            start,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
-            signals: None,
+            core,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             inputs: Vec::new(),
             pending: Vec::new(),
             idle_since: Some(0),
-            warnings,
         })
-    }
-
-    /// Notes from recovery (torn log tails cut, repairs) for the operator.
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// A flag and waker that stop the loop from another thread.
-    pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
-        (self.stop.clone(), self.waker.clone())
-    }
-
-    /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
-    pub fn watch_signals(&mut self, mut stream: MioStream) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut stream, SIGNALS, Interest::READABLE)?;
-        self.signals = Some(stream);
-        Ok(())
-    }
-
-    fn clock(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
     }
 
     /// The wait of this turn: `None` = until a completion, zero = none.
@@ -535,7 +464,7 @@ impl Reactor {
         if !self.pending.is_empty() || self.core.is_busy() {
             return Some(Duration::ZERO);
         }
-        let now = self.clock();
+        let now = self.base.clock();
         let mut next = self.core.next_wake(now).unwrap_or(u64::MAX);
         if let (Some(since), Some(idle)) = (self.idle_since, self.core.cfg().idle_timeout) {
             next = next.min(since + idle.as_millis() as u64);
@@ -570,11 +499,7 @@ impl Reactor {
         }
         self.drain();
         aof::set_submit(previous);
-        let _ = std::fs::remove_file(&self.socket);
-        if let Some(lock) = self.lock.take() {
-            let _ = std::fs::remove_file(&lock.path);
-            drop(lock.file);
-        }
+        self.base.release();
         result
     }
 
@@ -675,7 +600,7 @@ impl Reactor {
     }
 
     fn arm_wake(&mut self) {
-        let sqe = opcode::PollAdd::new(types::Fd(self.poll.as_raw_fd()), libc::POLLIN as u32)
+        let sqe = opcode::PollAdd::new(types::Fd(self.base.poll.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(TAG_WAKE);
@@ -688,7 +613,11 @@ impl Reactor {
             if !self.wake_armed {
                 self.arm_wake();
             }
-            if !self.accept_armed && self.accept_retry_at.is_none_or(|at| self.clock() >= at) {
+            if !self.accept_armed
+                && self
+                    .accept_retry_at
+                    .is_none_or(|at| self.base.clock() >= at)
+            {
                 self.accept_retry_at = None;
                 self.arm_accept();
             }
@@ -698,7 +627,7 @@ impl Reactor {
                 let wait = self.wait_for();
                 self.enter(wait)?;
             }
-            let now = self.clock();
+            let now = self.base.clock();
             self.core.set_now(now);
             self.collect();
             for i in 0..self.cqes.len() {
@@ -722,21 +651,14 @@ impl Reactor {
                 self.input(key);
             }
             self.inputs.clear();
-            self.core.end_turn();
-            self.core.flush(&mut self.io);
-            if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
-                self.core.flush(&mut self.io);
+            if common::end_turn(
+                &self.base,
+                &mut self.core,
+                &mut self.io,
+                &mut self.idle_since,
+                now,
+            ) {
                 return Ok(());
-            }
-            if self.core.has_no_conns() {
-                let since = *self.idle_since.get_or_insert(now);
-                if let Some(idle) = self.core.cfg().idle_timeout {
-                    if now.saturating_sub(since) >= idle.as_millis() as u64 {
-                        return Ok(());
-                    }
-                }
-            } else {
-                self.idle_since = None;
             }
         }
     }
@@ -801,7 +723,7 @@ impl Reactor {
                         return Ok(());
                     }
                 }
-                self.accept_retry_at = Some(self.clock() + ACCEPT_RETRY_MS);
+                self.accept_retry_at = Some(self.base.clock() + ACCEPT_RETRY_MS);
             }
             libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::ECANCELED => {}
             e => return Err(io::Error::from_raw_os_error(e)),
@@ -872,6 +794,7 @@ impl Reactor {
             self.wake_armed = false;
         }
         if self
+            .base
             .poll
             .poll(&mut self.events, Some(Duration::ZERO))
             .is_err()
@@ -886,7 +809,7 @@ impl Reactor {
         }
         if signalled {
             self.core.request_shutdown();
-            if let Some(s) = self.signals.as_mut() {
+            if let Some(s) = self.base.signals.as_mut() {
                 let mut b = [0u8; 64];
                 while matches!(s.read(&mut b), Ok(n) if n > 0) {}
             }
