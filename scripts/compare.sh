@@ -155,10 +155,10 @@ rb() {
 # ------------------------------------------------------------------ workloads
 # Every key the GET rows read exists on both systems (3-byte values, as redis-benchmark's).
 log "prefilling $KEYSPACE keys on both systems"
-"$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
-"$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+"$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
+"$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
 if [[ -n $EPOLL_PID ]]; then
-    "$BENCH" --socket "$ESOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+    "$BENCH" --socket "$ESOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
 fi
 
 PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" --threads 1)
@@ -275,7 +275,7 @@ for r in $(seq "$ROUNDS"); do
         fi
         pid=$START_PID
         empty=$(rss_bytes "$pid")
-        cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -r "$MEM_KEYS" --size 32 --json)
+        cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -n "$MEM_KEYS" -r "$MEM_KEYS" --size 32 --json)
         if client "$WORK/fill.json" "${cmd[@]}"; then
             sleep 0.5
             full=$(rss_bytes "$pid")
@@ -395,7 +395,7 @@ machine_facts
     echo "- \"client on the server's core\": the client also on CPU $SERVER_CPU; \"other core\": CPU $CLIENT_CPU."
     echo "- Servers: \`taskset -c $SERVER_CPU redis-server --port 0 --unixsocket SOCK --unixsocketperm 700 --save '' --appendonly no --daemonize no\`"
     echo "  and \`taskset -c $SERVER_CPU $BROKER serve --socket SOCK --max-keys 0\`; before the rounds both got every key of"
-    echo "  the keyspace once (\`$BENCH [--target redis] --socket SOCK -t fill -c 4 -P 64 -r $KEYSPACE --size 3\`)."
+    echo "  the keyspace once (\`$BENCH [--target redis] --socket SOCK -t fill -c 4 -P 64 -n $KEYSPACE -r $KEYSPACE --size 3\`)."
     echo "- Memory rows: a fresh server per round, filled by procmesh-bench (\`fill\`: each key set once; RESP SET for Redis), VmRSS read 0.5 s later."
     echo
     echo "## Which tool measured what"
