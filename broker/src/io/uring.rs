@@ -487,6 +487,7 @@ impl Reactor {
         let log = RingLog {
             ring: &self.io.ring,
         };
+        STASH.with(|s| s.borrow_mut().clear());
         let previous = aof::set_submit(Some(Box::new(log)));
         let mut result = self.run_loop();
         self.io.draining = true;
@@ -499,6 +500,8 @@ impl Reactor {
         }
         self.drain();
         aof::set_submit(previous);
+        // Nothing of this ring may reach another one run later on this thread.
+        STASH.with(|s| s.borrow_mut().clear());
         self.base.release();
         result
     }
