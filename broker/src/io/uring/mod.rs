@@ -30,8 +30,8 @@
 //!      with the next wait)
 //! ```
 //!
-//! The persistence log write goes through the ring ([`RingLog`], the log's
-//! [`LogSubmit`]): the turn's write (and, when a sync is due, its fdatasync linked
+//! The persistence log write goes through the ring (`RingLog`, the log's
+//! [`aof::LogSubmit`]): the turn's write (and, when a sync is due, its fdatasync linked
 //! after it) is submitted with whatever the turn queued so far, in one enter that
 //! waits for it. The gate still sees the result before the flush, so a reply that
 //! waits for the log is queued only after it (and with `always`, after the fsync);
@@ -39,7 +39,7 @@
 //!
 //! Receiving keeps to the read budget as epoll does: before `hello` one receive of
 //! one ring buffer per turn, after it a multishot receive, cancelled while the
-//! connection's backlog of whole frames reaches the budget ([`Reactor::rearm`]).
+//! connection's backlog of whole frames reaches the budget (`Reactor::rearm`).
 //!
 //! `--sqpoll[=IDLE_MS]` (`ioSqpoll`, `PROCMESH_URING_SQPOLL`) sets up a kernel
 //! submission thread (for pinned shards; off by default; refused is a startup error).
@@ -57,7 +57,13 @@ use super::{BindError, READ_BUDGET};
 use crate::config::{BrokerConfig, IoBackend};
 use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
-use crate::persistence::aof::{self, LogSubmit};
+use crate::persistence::aof;
+
+mod bufring;
+mod log;
+
+use bufring::BufRing;
+use log::{RingLog, STASH};
 
 const RING_ENTRIES: u32 = 4096;
 /// Most bytes copied into one send; the rest waits in the connection's queue.
@@ -274,91 +280,6 @@ impl Read for Received<'_> {
         out[..n].copy_from_slice(&self.0[..n]);
         self.0 = &self.0[n..];
         Ok(n)
-    }
-}
-
-/// A provided buffer ring (kernel 5.19+): entries in page-aligned memory shared with
-/// the kernel, buffers in one allocation, the tail published with release ordering.
-struct BufRing {
-    entries: *mut types::BufRingEntry,
-    map_len: usize,
-    bufs: Box<[u8]>,
-    tail: u16,
-}
-
-impl BufRing {
-    /// Maps the ring and registers it with `ring` as [`BUF_GROUP`], every buffer given.
-    fn register(ring: &IoUring) -> io::Result<BufRing> {
-        let map_len = usize::from(RING_BUFS) * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping; no existing memory is involved.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = BufRing {
-            entries: p.cast(),
-            map_len,
-            bufs: vec![0; usize::from(RING_BUFS) * RING_BUF_SIZE].into_boxed_slice(),
-            tail: 0,
-        };
-        // SAFETY: the mapping is page-aligned, holds RING_BUFS entries and lives as
-        // long as `b`, which the driver drops only after the ring.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(p as u64, RING_BUFS, BUF_GROUP, 0)?
-        };
-        for bid in 0..RING_BUFS {
-            b.give(bid);
-        }
-        Ok(b)
-    }
-
-    /// Hands buffer `bid` (back) to the kernel.
-    fn give(&mut self, bid: u16) {
-        let i = usize::from(self.tail & (RING_BUFS - 1));
-        let addr = self.bufs[usize::from(bid) * RING_BUF_SIZE..].as_ptr() as u64;
-        // SAFETY: `i` < RING_BUFS entries of the mapping; the kernel reads an entry only
-        // once the tail below covers it.
-        unsafe {
-            let e = &mut *self.entries.add(i);
-            e.set_addr(addr);
-            e.set_len(RING_BUF_SIZE as u32);
-            e.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field lives in the first entry of the mapping; the kernel
-        // reads it with acquire ordering.
-        unsafe {
-            let tail =
-                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
-            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
-        }
-    }
-
-    fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * RING_BUF_SIZE;
-        &self.bufs[start..start + len.min(RING_BUF_SIZE)]
-    }
-}
-
-// SAFETY: the mapping and buffers are owned by the ring's one driver, which moves to
-// the loop's thread before anything is registered and touches them from there only.
-unsafe impl Send for BufRing {}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; the ring that used it is gone (field
-        // order of `Ring`) or never saw it.
-        unsafe { libc::munmap(self.entries.cast(), self.map_len) };
     }
 }
 
@@ -986,134 +907,6 @@ impl Reactor {
         } else if !full {
             self.io.arm_recv(key, authed);
         }
-    }
-}
-
-thread_local! {
-    /// Completions the log submitter ([`RingLog`]) reaped while it waited for its
-    /// own, on this loop thread: handled first in the next turn, which then needs
-    /// no enter of its own (the commit's enter submitted what was queued).
-    static STASH: std::cell::RefCell<Vec<(u64, i32, u32)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The log's [`LogSubmit`] on the driver's ring, installed for the time the loop
-/// runs: the write (and, when a sync is due, an fsync linked after it) is queued
-/// behind whatever the turn already queued and submitted in one enter that waits
-/// for the log's completions; any other completion reaped meanwhile goes to
-/// [`STASH`] for the next turn.
-struct RingLog {
-    ring: *const IoUring,
-}
-
-impl RingLog {
-    fn push(ring: &IoUring, sqe: &io_uring::squeue::Entry) {
-        loop {
-            // SAFETY: the loop's thread is the ring's only user and the driver holds
-            // no reference to its queues while the core commits; `buf` (in the
-            // entry) outlives the operation: `append` returns only after the
-            // completion.
-            if unsafe { ring.submission_shared().push(sqe) }.is_ok() {
-                return;
-            }
-            let _ = ring.submit();
-        }
-    }
-
-    /// Finishes a short write synchronously (rare: a full disk mid-write).
-    fn write_rest(fd: RawFd, mut rest: &[u8]) -> io::Result<()> {
-        while !rest.is_empty() {
-            // SAFETY: writes from a live buffer to the log's descriptor.
-            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            rest = &rest[n as usize..];
-        }
-        Ok(())
-    }
-}
-
-impl LogSubmit for RingLog {
-    fn append(
-        &mut self,
-        fd: RawFd,
-        buf: &[u8],
-        sync: bool,
-    ) -> (io::Result<()>, Option<io::Result<()>>) {
-        // SAFETY: set up in `run` from the reactor's own ring, which lives (unmoved)
-        // until `run` removes this submitter; used only on the loop's thread, from
-        // inside `core.end_turn`/`shutdown`, when the driver does not borrow it.
-        let ring = unsafe { &*self.ring };
-        // The file is opened with O_APPEND: offset -1 (the file position) appends.
-        let write = opcode::Write::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
-            .offset(u64::MAX)
-            .build()
-            .user_data(TAG_LOG_WRITE);
-        if sync {
-            Self::push(ring, &write.flags(io_uring::squeue::Flags::IO_LINK));
-            let fsync = opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(TAG_LOG_SYNC);
-            Self::push(ring, &fsync);
-        } else {
-            Self::push(ring, &write);
-        }
-        let (mut wrote, mut synced) = (None, if sync { None } else { Some(0) });
-        while wrote.is_none() || synced.is_none() {
-            let want = usize::from(wrote.is_none()) + usize::from(synced.is_none());
-            if let Err(e) = ring.submit_and_wait(want) {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
-                ) {
-                    // The entries stay queued and would outlive `buf`: only a broken
-                    // ring fails here, and the broker cannot go on without it.
-                    panic!("invariant: io_uring_enter for the log failed: {e}");
-                }
-            }
-            // SAFETY: as above, the driver holds no reference to the completion queue.
-            for c in unsafe { ring.completion_shared() } {
-                match c.user_data() {
-                    TAG_LOG_WRITE => wrote = Some(c.result()),
-                    TAG_LOG_SYNC => synced = Some(c.result()),
-                    _ => {
-                        STASH.with(|s| s.borrow_mut().push((c.user_data(), c.result(), c.flags())))
-                    }
-                }
-            }
-        }
-        let (wrote, synced) = (wrote.unwrap_or(0), synced.unwrap_or(0));
-        let w = match usize::try_from(wrote) {
-            Err(_) => return (Err(io::Error::from_raw_os_error(-wrote)), None),
-            Ok(n) if n < buf.len() => Self::write_rest(fd, &buf[n..]),
-            Ok(_) => Ok(()),
-        };
-        if w.is_err() || !sync {
-            return (w, None);
-        }
-        let s = match synced {
-            0 => Ok(()),
-            // Cancelled after a short write: the rest was written above, sync now.
-            e if -e == libc::ECANCELED => {
-                // SAFETY: fdatasync on the log's descriptor; no memory is involved.
-                if unsafe { libc::fdatasync(fd) } == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            }
-            e => Err(io::Error::from_raw_os_error(-e)),
-        };
-        (w, Some(s))
     }
 }
 
