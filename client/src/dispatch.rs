@@ -136,6 +136,16 @@ impl Subs {
         out
     }
 
+    /// The handlers of exactly `pattern` (the Redis backend delivers per
+    /// subscription matched, not per connection).
+    #[cfg(feature = "redis")]
+    pub fn handlers(&self, pattern: &str) -> Vec<MsgHandler> {
+        self.by_pattern
+            .get(pattern)
+            .map(|hs| hs.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The patterns to replay after a reconnect.
     pub fn patterns(&self) -> Vec<String> {
         self.by_pattern.keys().cloned().collect()

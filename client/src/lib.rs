@@ -123,6 +123,8 @@ mod lock;
 mod pending;
 mod pool;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis;
 mod rpc;
 mod spawn;
 mod stats;
