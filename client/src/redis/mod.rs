@@ -75,14 +75,14 @@ pub(crate) struct RedisTarget {
 /// One Redis connection: to a server, or a Cluster client routing by slot.
 enum Link {
     One(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Link {
     fn con(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Link::One(c) => c,
-            Link::Cluster(c) => c,
+            Link::Cluster(c) => &mut **c,
         }
     }
 }
@@ -194,7 +194,7 @@ impl Backend {
         if let Some(c) = &self.cluster {
             return c
                 .get_connection()
-                .map(Link::Cluster)
+                .map(|c| Link::Cluster(Box::new(c)))
                 .map_err(|e| self.unreachable(e));
         }
         let c = self

@@ -66,11 +66,19 @@ fn redis_pattern(b: &Backend, pattern: &str) -> (String, bool) {
 pub(super) fn start(b: &Arc<Backend>) -> Result<()> {
     let con = b.open_plain()?;
     let b2 = b.clone();
+    let (ready_tx, ready_rx) = channel();
     std::thread::Builder::new()
         .name("procmesh-redis-sub".into())
-        .spawn(move || run(b2, Some(con)))
+        .spawn(move || run(b2, Some(con), ready_tx))
         .map_err(|e| ClientError::Config(format!("cannot start the subscriber thread: {e}")))?;
-    Ok(())
+    // A wake-up published before the thread listens would be lost.
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(ClientError::disconnected(format!(
+            "the Redis subscriber at {} did not start",
+            b.display_url()
+        ))),
+    }
 }
 
 /// Subscribes or unsubscribes `pattern` and waits for Redis to confirm.
@@ -103,7 +111,7 @@ pub(super) fn close(b: &Backend) {
     });
 }
 
-fn run(b: Arc<Backend>, mut first: Option<redis::Connection>) {
+fn run(b: Arc<Backend>, mut first: Option<redis::Connection>, ready: Sender<()>) {
     let mut pause = Duration::from_millis(10);
     let mut attempts = 0u32;
     loop {
@@ -121,7 +129,7 @@ fn run(b: Arc<Backend>, mut first: Option<redis::Connection>) {
         };
         pause = Duration::from_millis(10);
         let reconnected = attempts > 0;
-        match session(&b, con, reconnected, attempts) {
+        match session(&b, con, reconnected, attempts, &ready) {
             Session::Closed => return,
             Session::Lost(reason) => {
                 attempts = 1;
@@ -143,7 +151,13 @@ enum Session {
 }
 
 /// One subscriber connection's life: subscribe (again), then read messages.
-fn session(b: &Backend, mut con: redis::Connection, reconnected: bool, attempts: u32) -> Session {
+fn session(
+    b: &Backend,
+    mut con: redis::Connection,
+    reconnected: bool,
+    attempts: u32,
+    ready: &Sender<()>,
+) -> Session {
     let mut ps = con.as_pubsub();
     let wake = wake_channel(b);
     if let Err(e) = ps.subscribe(&wake) {
@@ -176,14 +190,21 @@ fn session(b: &Backend, mut con: redis::Connection, reconnected: bool, attempts:
         }
     }
     b.sub.active.store(active, Ordering::Relaxed);
+    let _ = ready.send(());
     let prefix = b.nkey("c", "");
+    // Commands queued while (re)connecting are served before the first read.
+    let mut drain = true;
     loop {
-        let msg = match ps.get_message() {
-            Ok(m) => m,
-            Err(e) => return Session::Lost(e.to_string()),
+        let msg = if drain {
+            None
+        } else {
+            match ps.get_message() {
+                Ok(m) => Some(m),
+                Err(e) => return Session::Lost(e.to_string()),
+            }
         };
-        let name = msg.get_channel_name();
-        if name == wake {
+        if drain || msg.as_ref().is_some_and(|m| m.get_channel_name() == wake) {
+            drain = false;
             loop {
                 let Some(cmd) = lock(&b.sub.queue).pop_front() else {
                     break;
@@ -220,7 +241,8 @@ fn session(b: &Backend, mut con: redis::Connection, reconnected: bool, attempts:
             }
             continue;
         }
-        let Some(channel) = name.strip_prefix(prefix.as_str()) else {
+        let Some(msg) = msg else { continue };
+        let Some(channel) = msg.get_channel_name().strip_prefix(prefix.as_str()) else {
             continue;
         };
         let local = if msg.from_pattern() {

@@ -3,8 +3,10 @@
 //! and re-executions of this binary for everything about processes (sharing,
 //! auto-spawn races, kill and restart, sharding).
 
+mod redis_support;
 mod support;
 
+mod behaviour;
 mod cache;
 mod connection;
 mod locks;
