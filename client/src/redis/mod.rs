@@ -96,6 +96,9 @@ pub(crate) struct Backend {
     ns: String,
     /// The mesh's slot, for routing SCAN on a Cluster.
     slot: Option<u16>,
+    /// The URL of the node owning the mesh's slot (on a Cluster), where the
+    /// subscriber listens and PUBLISH goes, so delivered counts cover the mesh.
+    slot_url: Option<String>,
     /// This client's id: lock owner, RPC worker and caller id.
     id: String,
     pool: Mutex<Vec<Link>>,
@@ -141,6 +144,7 @@ impl Backend {
             cluster,
             ns,
             slot: None,
+            slot_url: None,
             id: unique_id(),
             pool: Mutex::new(Vec::new()),
             conn: OnceLock::new(),
@@ -165,6 +169,11 @@ impl Backend {
                 .query(link.con())
                 .map_err(|e| b.unreachable(e))?;
             b.slot = Some(slot);
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(link.con())
+                .map_err(|e| b.unreachable(e))?;
+            b.slot_url = slot_owner(&nodes, slot).map(|addr| format!("redis://{addr}/"));
         }
         b.put(link);
         Ok(b)
@@ -209,7 +218,8 @@ impl Backend {
     /// A plain connection to the first node (the subscriber's: PUBLISH reaches
     /// every node of a Cluster).
     fn open_plain(&self) -> Result<redis::Connection> {
-        redis::Client::open(self.target.urls[0].as_str())
+        let url = self.slot_url.as_deref().unwrap_or(&self.target.urls[0]);
+        redis::Client::open(url)
             .and_then(|c| c.get_connection())
             .map_err(|e| self.unreachable(e))
     }
@@ -486,12 +496,9 @@ impl Backend {
                     Some(p) => to_store(*p)?,
                     None => vec![0xc0],
                 };
-                let n: u64 = self.with(|c| {
-                    redis::cmd("PUBLISH")
-                        .arg(self.nkey("c", channel))
-                        .arg(p)
-                        .query(c)
-                })?;
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(self.nkey("c", channel)).arg(p);
+                let n: u64 = self.query_slot(&cmd)?;
                 value(&n)
             }
             Request::Sub { channel, .. } => {
@@ -597,6 +604,12 @@ impl Backend {
     }
 
     fn scan_round(&self, cmd: &redis::Cmd) -> Result<(u64, Vec<Vec<u8>>)> {
+        self.query_slot(cmd)
+    }
+
+    /// Runs `cmd` on the node owning the mesh's slot (any node's answer for a
+    /// single server).
+    fn query_slot<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         let mut l = self.take()?;
         let r = match (&mut l, self.slot) {
             (Link::Cluster(c), Some(slot)) => {
@@ -622,7 +635,7 @@ impl Backend {
     }
 
     fn stats(&self) -> Result<Reply> {
-        let info: String = self.with(|c| redis::cmd("INFO").query(c))?;
+        let info: String = self.query_slot(&redis::cmd("INFO"))?;
         let field = |name: &str| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
@@ -681,6 +694,26 @@ impl Backend {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
+
+/// The `host:port` of the primary owning `slot`, from `CLUSTER NODES` output
+/// (`<id> <host:port@bus> <flags> <primary> <ping> <pong> <epoch> <link> <slots>…`).
+fn slot_owner(nodes: &str, slot: u16) -> Option<String> {
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") {
+            continue;
+        }
+        let owns = f[8..].iter().any(|r| {
+            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+        });
+        if owns {
+            let addr = f[1].split('@').next()?;
+            return Some(addr.to_owned());
+        }
+    }
+    None
 }
 
 /// Appends the `cas` script's arguments: has-prev, prev, has-next, next.
@@ -800,6 +833,17 @@ mod tests {
     fn glob_characters_are_escaped() {
         assert_eq!(glob_escape("a*b?[c]\\d"), "a\\*b\\?\\[c\\]\\\\d");
         assert_eq!(glob_escape("{m}:c:orders."), "{m}:c:orders.");
+    }
+
+    #[test]
+    fn the_slot_owner_is_found_in_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 12000\n\
+                     c3 127.0.0.1:7002@17002 slave b2 0 0 2 connected\n";
+        assert_eq!(slot_owner(nodes, 0).as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(slot_owner(nodes, 6000).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(slot_owner(nodes, 12000).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(slot_owner(nodes, 11000), None);
     }
 
     #[test]

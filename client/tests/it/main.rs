@@ -13,6 +13,10 @@ mod locks;
 mod negotiate;
 mod processes;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis_backend;
+#[cfg(feature = "redis")]
+mod redis_cluster;
 mod rpc;
 mod sharding;
 
