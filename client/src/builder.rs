@@ -244,6 +244,17 @@ impl ClientBuilder {
     /// `redis+unix:///path/redis.sock`) instead of a broker: the same API, the
     /// mesh's keys under `{name}:` (see the crate docs, "Past one machine:
     /// Redis", for the differences). Socket, shard and spawn options are ignored.
+    ///
+    /// ```no_run
+    /// use procmesh::Client;
+    ///
+    /// let client = Client::builder()
+    ///     .name("jobs")
+    ///     .redis("redis://127.0.0.1:6379/")
+    ///     .connect()?;
+    /// client.set("greeting", &"hello")?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(crate::redis::RedisTarget {

@@ -218,3 +218,34 @@ fn redis_child_entry() {
         std::thread::park();
     }
 }
+
+#[test]
+fn a_dropped_subscriber_connection_resubscribes() {
+    // What Redis does to a slow subscriber (client-output-buffer-limit pubsub):
+    // it closes the connection. The client reconnects and subscribes again.
+    let Some(r) = RedisServer::start() else {
+        return;
+    };
+    let c = client(&r, "m");
+    let events = c.events();
+    let (tx, rx) = channel::<i32>();
+    let tx = Mutex::new(tx);
+    let _s = c
+        .subscribe("feed.*", move |m| {
+            tx.lock().unwrap().send(m.payload().unwrap()).unwrap();
+        })
+        .unwrap();
+    assert_eq!(c.publish("feed.a", &1).unwrap(), 1);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 1);
+    let killed = String::from_utf8(cli(&r, &["CLIENT", "KILL", "TYPE", "pubsub"])).unwrap();
+    assert_eq!(killed.trim(), "1", "one subscriber connection");
+    let t0 = Instant::now();
+    loop {
+        match events.recv_timeout(WAIT).expect("an event") {
+            procmesh::Event::Reconnected { .. } => break,
+            _ => assert!(t0.elapsed() < WAIT, "no Reconnected event"),
+        }
+    }
+    assert_eq!(c.publish("feed.b", &2).unwrap(), 1, "subscribed again");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 2);
+}
