@@ -251,7 +251,11 @@ impl Backend {
                 Ok(v)
             }
             Err(e) => {
-                if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    // The server went away or restarted: the idle connections are
+                    // as dead as this one, and would each fail one more request.
+                    lock(&self.pool).clear();
+                } else {
                     self.put(l);
                 }
                 Err(self.error(e))

@@ -249,3 +249,44 @@ fn a_dropped_subscriber_connection_resubscribes() {
     assert_eq!(c.publish("feed.b", &2).unwrap(), 1, "subscribed again");
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), 2);
 }
+
+#[test]
+fn after_a_server_restart_one_request_fails_then_everything_works_again() {
+    let Some(mut r) = RedisServer::start() else {
+        return;
+    };
+    let c = client(&r, "m");
+    let (tx, rx) = channel::<i32>();
+    let tx = Mutex::new(tx);
+    let _s = c
+        .subscribe("after", move |m| {
+            tx.lock().unwrap().send(m.payload().unwrap()).unwrap();
+        })
+        .unwrap();
+    // Several pooled connections.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let c = &c;
+            s.spawn(move || c.set(&format!("k{i}"), &i).unwrap());
+        }
+    });
+    r.restart();
+    // The first request finds its connection dead (EDISCONNECTED); the pool is
+    // dropped with it, so the next one opens a fresh connection.
+    let first = c.set("k", &1);
+    if let Err(e) = &first {
+        assert_eq!(e.code(), Some(ErrorCode::Disconnected), "{e}");
+    }
+    c.set("k", &2).unwrap();
+    assert_eq!(c.get::<i32>("k").unwrap(), Some(2));
+    // The subscriber came back too (the restart dropped its connection).
+    let t0 = Instant::now();
+    loop {
+        if c.publish("after", &7).unwrap() == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the subscriber did not come back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 7);
+}

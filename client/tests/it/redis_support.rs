@@ -105,6 +105,26 @@ impl RedisServer {
         s
     }
 
+    /// Starts the server again on the same socket (after [`RedisServer::kill`]),
+    /// empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let sock = PathBuf::from(self.url.strip_prefix("redis+unix://").expect("unix url"));
+        let _ = std::fs::remove_file(&sock);
+        self.child = Command::new(redis_server_bin().expect("redis-server ran before"))
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&sock)
+            .args(["--unixsocketperm", "700"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        wait_unix(&sock);
+    }
+
     /// Kills the server now (a crash, as far as clients can tell).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
