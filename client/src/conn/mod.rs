@@ -333,6 +333,7 @@ impl Conn {
             target,
             &name,
             shared.settings.connect_timeout,
+            shared.settings.call_timeout,
         )?);
         let conn = Arc::new(Conn {
             shard: ShardId(0),

@@ -56,6 +56,10 @@ use scripts::scripts;
 /// when returned past this.
 pub(crate) const POOL_IDLE_MAX: usize = 16;
 
+/// The shortest answer timeout of a connection: above the blocking commands'
+/// own waits (1 s), which share the connection type.
+const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
+
 /// Keys per SCAN round.
 const SCAN_COUNT: usize = 1000;
 
@@ -94,6 +98,8 @@ pub(crate) struct Backend {
     cluster: Option<redis::cluster::ClusterClient>,
     /// `{name}:`.
     ns: String,
+    /// How long a pooled connection waits for an answer.
+    call_timeout: Duration,
     /// The mesh's slot, for routing SCAN on a Cluster.
     slot: Option<u16>,
     /// The URL of the node owning the mesh's slot (on a Cluster), where the
@@ -119,7 +125,14 @@ pub(crate) struct Backend {
 
 impl Backend {
     /// Connects (one round trip: PING) and prepares the namespace of mesh `name`.
-    pub fn connect(target: RedisTarget, name: &str, timeout: Duration) -> Result<Backend> {
+    /// Pooled connections wait at most `call_timeout` for an answer (`ETIMEOUT`);
+    /// blocking commands have their own connections and shorter waits.
+    pub fn connect(
+        target: RedisTarget,
+        name: &str,
+        timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<Backend> {
         if target.urls.is_empty() {
             return Err(ClientError::Config("no Redis URL".into()));
         }
@@ -127,7 +140,7 @@ impl Backend {
         let (one, cluster) = if target.cluster {
             let c = redis::cluster::ClusterClientBuilder::new(target.urls.clone())
                 .connection_timeout(timeout)
-                .response_timeout(Duration::from_secs(60))
+                .response_timeout(call_timeout.max(BLOCKING_MARGIN))
                 .build()
                 .map_err(bad)?;
             (None, Some(c))
@@ -143,6 +156,7 @@ impl Backend {
             one,
             cluster,
             ns,
+            call_timeout: call_timeout.max(BLOCKING_MARGIN),
             slot: None,
             slot_url: None,
             id: unique_id(),
@@ -210,9 +224,11 @@ impl Backend {
             .one
             .as_ref()
             .expect("invariant: one client or the other");
-        c.get_connection()
-            .map(Link::One)
-            .map_err(|e| self.unreachable(e))
+        let c = c.get_connection().map_err(|e| self.unreachable(e))?;
+        c.set_read_timeout(Some(self.call_timeout))
+            .and_then(|()| c.set_write_timeout(Some(self.call_timeout)))
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Link::One(c))
     }
 
     /// A plain connection to the first node (the subscriber's: PUBLISH reaches
@@ -272,7 +288,7 @@ impl Backend {
         if e.is_timeout() {
             return ClientError::Timeout {
                 op: "redis",
-                after: Duration::ZERO,
+                after: self.call_timeout,
             };
         }
         if let Some(code) = e.code() {
