@@ -521,7 +521,17 @@ impl Backend {
                 let n: u64 = self.query_slot(&cmd)?;
                 value(&n)
             }
-            Request::Sub { channel, .. } => {
+            Request::Sub {
+                channel,
+                replay,
+                since,
+            } => {
+                if replay.is_some_and(|n| n > 0) || since.is_some() {
+                    return Err(ClientError::Config(format!(
+                        "`{channel}`: retained messages (replay, since) are a broker feature; \
+                         the Redis backend has no retention"
+                    )));
+                }
                 pubsub::subscribe(self, channel, true, timeout)?;
                 Ok(none())
             }

@@ -167,7 +167,11 @@ fn session(
     let mut globs: HashMap<String, String> = HashMap::new();
     let mut active = 0usize;
     if let Some(conn) = b.conn() {
-        let patterns = lock(&conn.subs).patterns();
+        let patterns: Vec<String> = lock(&conn.subs)
+            .resubscriptions()
+            .into_iter()
+            .map(|r| r.pattern)
+            .collect();
         for p in patterns {
             let (rp, glob) = redis_pattern(b, &p);
             let r = if glob {

@@ -17,6 +17,7 @@ mod pubsub;
 mod redis_backend;
 #[cfg(feature = "redis")]
 mod redis_cluster;
+mod retained;
 mod rpc;
 mod sharding;
 
