@@ -128,8 +128,8 @@
 //!   crashed holder's lock lasts until its TTL;
 //! - a publish's delivered count is one per matching subscription, not per
 //!   connection; Redis disconnects slow subscribers (the client resubscribes; messages
-//!   meanwhile are lost); retention, replay, `acks: "all"` and idempotent publishing
-//!   are broker-only;
+//!   meanwhile are lost); retention and replay are broker-only (refused with an
+//!   error), idempotent publishing works (a Lua script keeps the dedup window);
 //! - a call fails with `ECALLTIMEOUT` at its timeout (no grace), `EHANDLERGONE` once a
 //!   crashed worker's heartbeat expires (about 3 s);
 //! - counters are exact up to 2^53 (Redis's Lua numbers);

@@ -338,6 +338,14 @@ impl Conn {
             shared.settings.connect_timeout,
             shared.settings.call_timeout,
         )?);
+        // Idempotent publishing's producer id: the configured one, else this
+        // client's own (a broker would mint one at hello).
+        let pid = shared
+            .settings
+            .producer
+            .id
+            .clone()
+            .unwrap_or_else(|| backend.id().to_owned());
         let conn = Arc::new(Conn {
             shard: ShardId(0),
             path: PathBuf::from(backend.display_url()),
@@ -348,7 +356,9 @@ impl Conn {
                 stream: None,
                 link: Link::Up,
                 generation: 0,
-                pid: None,
+                // Idempotent publishing's producer id: the configured one, else
+                // this client's own (a broker would mint one at hello).
+                pid: Some(pid),
                 closed_reason: String::new(),
                 wbuf: Vec::new(),
                 records: None,

@@ -60,6 +60,12 @@ pub(crate) const POOL_IDLE_MAX: usize = 16;
 /// own waits (1 s), which share the connection type.
 const BLOCKING_MARGIN: Duration = Duration::from_secs(5);
 
+/// Idempotent publishing: how far below the highest sequence number a gap may
+/// still be filled, and how long an idle (producer, channel) entry is kept (the
+/// broker's defaults, `dedup.window` and `dedup.ttl`).
+const DEDUP_WINDOW: u64 = 1024;
+const DEDUP_TTL_MS: u64 = 600_000;
+
 /// Keys per SCAN round.
 const SCAN_COUNT: usize = 1000;
 
@@ -199,6 +205,11 @@ impl Backend {
         let _ = self.conn.set(conn);
         let _ = self.me.set(Arc::downgrade(self));
         pubsub::start(self)
+    }
+
+    /// This client's id (lock owner, RPC worker and caller, producer).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The first URL, shown as the connection's address.
@@ -510,12 +521,29 @@ impl Backend {
                 value(&(r > 0))
             }
             Request::Pub {
-                channel, payload, ..
+                channel,
+                payload,
+                pid,
+                seq,
+                ..
             } => {
                 let p = match payload {
                     Some(p) => to_store(*p)?,
                     None => vec![0xc0],
                 };
+                if let (Some(pid), Some(seq)) = (pid, seq) {
+                    let n: Option<u64> = self.with(|c| {
+                        s.pub_idempotent
+                            .key(self.nkey("dd", &format!("{pid}:{channel}")))
+                            .arg(*seq)
+                            .arg(self.nkey("c", channel))
+                            .arg(&p)
+                            .arg(DEDUP_WINDOW)
+                            .arg(DEDUP_TTL_MS)
+                            .invoke(c)
+                    })?;
+                    return value(&n);
+                }
                 let mut cmd = redis::cmd("PUBLISH");
                 cmd.arg(self.nkey("c", channel)).arg(p);
                 let n: u64 = self.query_slot(&cmd)?;

@@ -172,6 +172,27 @@ redis.call('DEL', KEYS[3])
 return 1
 "#;
 
+/// Idempotent `pub`: KEYS[1] the (producer, channel) dedup set; ARGV the
+/// sequence number, the Redis channel, the payload, the window, the ttl in ms.
+/// The broker's rule: a seq above the highest accepted is delivered; one inside
+/// `(highest - window, highest]` is delivered iff not accepted before; lower is a
+/// duplicate. Returns the delivered count, or nil for a duplicate.
+const PUB_IDEMPOTENT: &str = r#"
+local seq = tonumber(ARGV[1])
+local window = tonumber(ARGV[4])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local hi = tonumber(top[2] or '0')
+if seq <= hi then
+  if seq <= hi - window then return false end
+  if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+end
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+if seq > hi then hi = seq end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', hi - window)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+"#;
+
 /// The compiled scripts, loaded once per process (EVALSHA, EVAL on NOSCRIPT).
 pub(super) struct Scripts {
     pub incr: Script,
@@ -182,6 +203,7 @@ pub(super) struct Scripts {
     pub rpc_call: Script,
     pub rpc_gone: Script,
     pub rpc_done: Script,
+    pub pub_idempotent: Script,
 }
 
 /// The scripts.
@@ -196,5 +218,6 @@ pub(super) fn scripts() -> &'static Scripts {
         rpc_call: Script::new(RPC_CALL),
         rpc_gone: Script::new(RPC_GONE),
         rpc_done: Script::new(RPC_DONE),
+        pub_idempotent: Script::new(PUB_IDEMPOTENT),
     })
 }

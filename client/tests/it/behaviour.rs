@@ -89,6 +89,7 @@ behaviours!(
     pubsub_exact_and_prefix_subscriptions,
     pubsub_prefix_is_literal_not_a_glob,
     unsubscribe_stops_delivery,
+    idempotent_publish_delivers_each_sequence_once,
     locks_grant_tokens_and_fence_stale_writes,
     lock_wait_gets_the_lock_when_the_holder_drops_it,
     lock_ttl_expires_and_fences_the_old_holder,
@@ -559,4 +560,40 @@ fn many_threads_share_one_client(m: &Mesh) {
         t.join().unwrap();
     }
     assert_eq!(c.keys().unwrap().len(), 400);
+}
+
+fn idempotent_publish_delivers_each_sequence_once(m: &Mesh) {
+    let sub = m.client();
+    let (tx, rx) = channel::<i32>();
+    let tx = Mutex::new(tx);
+    let _s = sub
+        .subscribe("idem", move |msg| {
+            tx.lock().unwrap().send(msg.payload().unwrap()).unwrap();
+        })
+        .unwrap();
+    let p = m.builder().producer_id("producer-1").connect().unwrap();
+    let first = p
+        .publish_with("idem", &1, procmesh::PublishOptions::new())
+        .unwrap();
+    assert_eq!(first.delivered(), Some(1));
+    assert_eq!(p.sequence("idem"), 1);
+    // A restarted producer with the same id repeating sequence 1: a duplicate.
+    let again = m
+        .builder()
+        .producer_id("producer-1")
+        .sequences([("idem", 0u64)])
+        .connect()
+        .unwrap();
+    let dup = again
+        .publish_with("idem", &1, procmesh::PublishOptions::new())
+        .unwrap();
+    assert!(dup.is_duplicate(), "{dup:?}");
+    // The next number goes through.
+    let next = again
+        .publish_with("idem", &2, procmesh::PublishOptions::new())
+        .unwrap();
+    assert_eq!(next.delivered(), Some(1));
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 1);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 2);
+    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
 }
