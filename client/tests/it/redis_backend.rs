@@ -290,3 +290,23 @@ fn after_a_server_restart_one_request_fails_then_everything_works_again() {
     }
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), 7);
 }
+
+#[test]
+fn replay_is_refused_with_a_clear_error() {
+    // Retention is a broker feature; asking Redis for it must not silently do nothing.
+    let Some(r) = RedisServer::start() else {
+        return;
+    };
+    let c = client(&r, "m");
+    let e = c
+        .subscribe_with(
+            "orders",
+            procmesh::SubscribeOptions::new().replay(procmesh::Replay::All),
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("no retention"), "{e}");
+    // A plain subscription to the same channel still works.
+    let _s = c.subscribe("orders", |_| {}).unwrap();
+    assert_eq!(c.publish("orders", &1).unwrap(), 1);
+}
