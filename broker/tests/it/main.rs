@@ -10,6 +10,7 @@ mod durability;
 mod events;
 mod hardening_limits;
 mod hardening_misc;
+mod hardening_replies;
 mod locks;
 mod msgpackr;
 mod options;
