@@ -8,6 +8,7 @@ mod control;
 mod dedup;
 mod durability;
 mod events;
+mod hardening_files;
 mod hardening_limits;
 mod hardening_misc;
 mod hardening_replies;
