@@ -984,6 +984,11 @@ mod tests {
         fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let mut t = Timers::default();
             let mut l = LockTable::default();
+            // The same operations on a table that keeps one mark: forgetting marks
+            // may refuse more, never accept what the model (every mark kept) refuses.
+            let mut capped = LockTable::default();
+            capped.set_fence_mark_cap(1);
+            let (mut ct, mut cev) = (Timers::default(), Vec::new());
             let mut m = Model::default();
             let mut ev = Vec::new();
             let (mut now, mut req, mut max_token) = (0u64, 0u64, 0u64);
@@ -1012,6 +1017,7 @@ mod tests {
                             now,
                             &mut t,
                         );
+                        capped.lock(KEYS[key], conn(c), ttl, wait, None, now, &mut ct);
                         let free = m.locks.get(&key).is_none_or(|x| x.holder.is_none());
                         let expect = if free {
                             LockOutcome::Granted(FencingToken(m.grant(key, c, ttl, now)))
@@ -1041,6 +1047,8 @@ mod tests {
                             .and_then(|x| x.holder)
                             .is_some_and(|h| h.0 == c);
                         prop_assert_eq!(l.unlock(KEYS[key], conn(c), now, &mut t, &mut ev), holds);
+                        capped.unlock(KEYS[key], conn(c), now, &mut ct, &mut cev);
+                        cev.clear();
                         if holds {
                             m.release(key, now, &mut want);
                         }
@@ -1051,6 +1059,10 @@ mod tests {
                         // Only issued tokens (≤ the counter) at or above the mark pass.
                         let pass = tok <= m.last && m.high.get(&key).is_none_or(|h| tok >= *h);
                         prop_assert_eq!(l.fence(KEYS[key], Some(FencingToken(tok))), pass);
+                        if capped.fence(KEYS[key], Some(FencingToken(tok))) {
+                            prop_assert!(pass, "the capped table accepted {} on {}", tok, key);
+                        }
+                        prop_assert!(capped.fence_marks() <= KEYS.len());
                         prop_assert!(!l.fence(KEYS[key], None));
                         if pass {
                             m.high.insert(key, tok);
@@ -1061,10 +1073,16 @@ mod tests {
                         while let Some(k) = t.pop_due(now) {
                             l.on_timer(k, now, &mut t, &mut ev);
                         }
+                        while let Some(k) = ct.pop_due(now) {
+                            capped.on_timer(k, now, &mut ct, &mut cev);
+                        }
+                        cev.clear();
                         m.advance(now, &mut want);
                     }
                     Op::Disconnect(c) => {
                         l.remove_conn(conn(c), now, &mut t, &mut ev);
+                        capped.remove_conn(conn(c), now, &mut ct, &mut cev);
+                        cev.clear();
                         let handoffs = m.disconnect(c);
                         // The table may free the keys in any order: compare without
                         // tokens, then check they are the next ones and adopt them.
