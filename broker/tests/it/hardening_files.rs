@@ -59,16 +59,31 @@ fn mode(p: &Path) -> u32 {
 fn a_persist_dir_the_broker_creates_is_0700_and_its_files_0600() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data/p");
-    let sock = tmp.path().join("m.sock");
+    // A socket directory the broker creates is private too.
+    let sock = tmp.path().join("run/m.sock");
     let child = Reap(spawn_serve(
         &sock,
-        &["--persist-dir", dir.to_str().unwrap(), "--fsync", "always"],
+        &[
+            "--persist-dir",
+            dir.to_str().unwrap(),
+            "--fsync",
+            "always",
+            "--compact-bytes",
+            "1KB",
+        ],
     ));
     let mut c = TestClient::connect(&sock, crate::support::Codec::Json);
-    assert_eq!(
-        c.ok(json!({"t":"set","key":"secret","value":"v"})),
-        json!(true)
-    );
+    // Past 1 KB of log a snapshot is written: its files are checked too.
+    for i in 0..50 {
+        let v = "v".repeat(100);
+        assert_eq!(
+            c.ok(json!({"t":"set","key":format!("secret{i}"),"value":v})),
+            json!(true)
+        );
+    }
+    crate::support::wait_until(Duration::from_secs(10), "a snapshot", || {
+        dir.join("snapshot.bin").exists()
+    });
     assert_eq!(mode(&dir), 0o700, "the persistence directory");
     let mut files = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -76,8 +91,13 @@ fn a_persist_dir_the_broker_creates_is_0700_and_its_files_0600() {
         assert_eq!(mode(&p), 0o600, "{}", p.display());
         files += 1;
     }
-    assert!(files >= 2, "LOCK and a log segment at least");
+    assert!(files >= 3, "LOCK, a snapshot and a log segment at least");
     assert_eq!(mode(&sock), 0o600, "the socket");
+    assert_eq!(
+        mode(&tmp.path().join("run")),
+        0o700,
+        "the socket's directory"
+    );
     drop(child);
 }
 
