@@ -638,15 +638,15 @@ impl Conns {
 }
 
 /// A lower bound of the bytes `v` takes in a reply in codec `to`, known without
-/// converting it: its length in its own codec; a conversion from MessagePack to
-/// JSON never shrinks a value below a ninth (a float64 `1.0` is `1`); one from JSON
-/// may shrink it to almost nothing (whitespace), so that is checked after building.
+/// converting it: its length in its own codec. A conversion may shrink a value to
+/// almost nothing (JSON whitespace; a MessagePack extension of any size becomes
+/// `null`), so a converted reply is checked after building only.
 #[inline]
 pub fn least_reply_len(v: Raw<'_>, to: Codec) -> usize {
-    match (v.codec, to) {
-        (a, b) if a == b => v.bytes.len(),
-        (Codec::MsgPack, Codec::Json) => v.bytes.len() / 9,
-        _ => 0,
+    if v.codec == to {
+        v.bytes.len()
+    } else {
+        0
     }
 }
 
@@ -723,10 +723,10 @@ mod tests {
             Closing::No,
             "answered, and the connection stays open"
         );
-        // Same codec: the lower bound is the value's length; across codecs smaller.
+        // Same codec: the lower bound is the value's length; across codecs none (a value may shrink).
         let v = Raw::new(Codec::MsgPack, &[0xcb, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(least_reply_len(v, Codec::MsgPack), 9);
-        assert_eq!(least_reply_len(v, Codec::Json), 1);
+        assert_eq!(least_reply_len(v, Codec::Json), 0);
         assert_eq!(
             least_reply_len(Raw::new(Codec::Json, b"[ 1 ]"), Codec::MsgPack),
             0
