@@ -98,7 +98,7 @@ elif what == "emfile":
         s = conn(p); s.settimeout(5)
         try: send(s, {"t": "ping", "id": i}); f = recv(s)
         except socket.timeout: hung += 1; continue
-        except ConnectionResetError: f = {"t": "err", "message": "reset"}
+        except (ConnectionResetError, BrokenPipeError): f = {"t": "err", "message": "reset"}
         if f and f.get("t") == "pong": served += 1; keep.append(s)
         else: refused += 1; last = short(f)
     print(f"{served} served, {refused} refused ({last if refused else '-'}), {hung} hung")
