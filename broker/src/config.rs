@@ -225,6 +225,18 @@ pub struct ServeArgs {
     /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
     #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
     pub io: Option<String>,
+    /// io_uring with a kernel submission thread (SQPOLL) that sleeps after IDLE_MS
+    /// without work (default 1000; 0 = the kernel's default, 1 s): for a broker pinned
+    /// to its own core. Needs io_uring: a startup error where the kernel refuses it,
+    /// and with --io epoll.
+    #[arg(
+        long,
+        env = "PROCMESH_URING_SQPOLL",
+        value_name = "IDLE_MS",
+        num_args = 0..=1,
+        default_missing_value = "1000"
+    )]
+    pub sqpoll: Option<u32>,
 }
 
 impl ServeArgs {
@@ -282,6 +294,9 @@ pub struct BrokerConfig {
     pub pubsub: crate::retain::RetainConfig,
     /// Which I/O driver runs the loop (after start: the one that runs).
     pub io: IoBackend,
+    /// io_uring's kernel submission thread (`--sqpoll`, `ioSqpoll`): its idle time
+    /// in ms before it sleeps; `None` = off (the loop submits with its one enter).
+    pub sqpoll: Option<u32>,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
 }
@@ -453,6 +468,7 @@ impl Default for BrokerConfig {
             dedup: Default::default(),
             pubsub: Default::default(),
             io: IoBackend::Auto,
+            sqpoll: None,
         }
     }
 }
@@ -541,6 +557,14 @@ impl BrokerConfig {
         cfg.limits.apply_args(&a.limits);
         if let Some(b) = a.io.as_deref().and_then(IoBackend::parse) {
             cfg.io = b;
+        }
+        if a.sqpoll.is_some() {
+            cfg.sqpoll = a.sqpoll;
+        }
+        if cfg.sqpoll.is_some() && cfg.io == IoBackend::Epoll {
+            return Err(
+                "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll".into(),
+            );
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));
@@ -654,6 +678,9 @@ impl BrokerConfig {
         if let Some(b) = o.io_backend.as_deref().and_then(IoBackend::parse) {
             self.io = b;
         }
+        if o.io_sqpoll.is_some() {
+            self.sqpoll = o.io_sqpoll;
+        }
         self.limits.apply_opts(o);
         self.persist = o.persist_config(&self.name, None);
         self.apply_delivery_opts(o);
@@ -751,6 +778,8 @@ pub struct NodeOpts {
     pub pubsub: Option<PubsubOpts>,
     /// The I/O driver (ours); read by the driver selection.
     pub io_backend: Option<String>,
+    /// io_uring SQPOLL idle time, ms (ours; `--sqpoll`; 0 = the kernel's default).
+    pub io_sqpoll: Option<u32>,
     /// Most open connections (ours, [`Limits`]; 0 = unbounded).
     pub max_connections: Option<usize>,
     /// Handshake deadline, ms (ours; 0 = never).
@@ -1227,6 +1256,31 @@ mod tests {
 
     fn ok(args: &[&str], opts: Option<&str>) -> BrokerConfig {
         serve(args, opts).unwrap()
+    }
+
+    #[test]
+    fn sqpoll_is_a_flag_or_an_option_and_refused_with_epoll() {
+        std::env::remove_var("PROCMESH_URING_SQPOLL");
+        assert_eq!(ok(&[], None).sqpoll, None);
+        assert_eq!(ok(&["--sqpoll"], None).sqpoll, Some(1000));
+        assert_eq!(ok(&["--sqpoll=50"], None).sqpoll, Some(50));
+        assert_eq!(ok(&[], Some(r#"{"ioSqpoll":0}"#)).sqpoll, Some(0));
+        assert_eq!(
+            ok(&["--sqpoll=7"], Some(r#"{"ioSqpoll":0}"#)).sqpoll,
+            Some(7),
+            "the flag wins"
+        );
+        for (args, opts) in [
+            (&["--sqpoll", "--io", "epoll"][..], None),
+            (&["--io", "epoll"][..], Some(r#"{"ioSqpoll":10}"#)),
+            (&[][..], Some(r#"{"ioSqpoll":10,"ioBackend":"epoll"}"#)),
+        ] {
+            let e = serve(args, opts).unwrap_err();
+            assert!(
+                e.contains("--sqpoll") && e.contains("epoll"),
+                "{args:?} {opts:?}: {e}"
+            );
+        }
     }
 
     /// The precedence table of [`BrokerConfig::resolve`], row by row. One test, because

@@ -26,6 +26,12 @@ pub struct Stats {
     pub slow_closed: u64,
     /// Connections accepted since start.
     pub accepted: u64,
+    /// Connections refused at `maxConnections` (or for lack of descriptors).
+    pub refused: u64,
+    /// Connections closed at the handshake deadline.
+    pub handshake_closed: u64,
+    /// Replies refused with `ETOOBIG` (counted by the connection table).
+    pub too_big: u64,
 }
 
 impl Default for Stats {
@@ -38,6 +44,9 @@ impl Default for Stats {
             reaped: 0,
             slow_closed: 0,
             accepted: 0,
+            refused: 0,
+            handshake_closed: 0,
+            too_big: 0,
         }
     }
 }
@@ -158,6 +167,9 @@ impl Stats {
             dedup_size: g.dedup_size as u64,
             reaped: self.reaped,
             slow_closed: self.slow_closed,
+            refused: self.refused,
+            handshake_closed: self.handshake_closed,
+            too_big: self.too_big,
             locks: g.locks as u64,
             lock_waiters: g.lock_waiters as u64,
             pending_calls: g.pending_calls as u64,
@@ -209,7 +221,7 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 26);
+            assert_eq!(m.len(), 29);
             let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
             assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
@@ -235,8 +247,9 @@ mod tests {
             .filter(|(_, n)| *n > 0)
             .collect();
         // (plus `ioBackend`, added with the io_uring driver, when the gauges name one;
-        // `hits` and `misses` were added with the inline store layout)
-        w.begin_map(26 + usize::from(!g.io_backend.is_empty()));
+        // `hits` and `misses` were added with the inline store layout, and the three
+        // limit counters of issue 12 after `subscriptions`)
+        w.begin_map(29 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -317,6 +330,12 @@ mod tests {
         w.uint(g.pending_calls as u64);
         w.key("subscriptions");
         w.uint(g.subscriptions as u64);
+        w.key("refused");
+        w.uint(s.refused);
+        w.key("handshakeClosed");
+        w.uint(s.handshake_closed);
+        w.key("tooBig");
+        w.uint(s.too_big);
         w.key("procs");
         w.begin_array(g.procs.len());
         for (name, workers) in &g.procs {
@@ -362,6 +381,7 @@ mod tests {
         s.dropped = 3;
         s.reaped = 4;
         s.slow_closed = 5;
+        (s.refused, s.handshake_closed, s.too_big) = (6, 7, 8);
         let persistence = PersistGauges {
             fsync: "always",
             log_bytes: 77,

@@ -236,6 +236,8 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 pub enum AtomicError {
     /// The stored value is not a number.
     NotNumber,
+    /// The result is not finite (a float sum past ±f64::MAX): nothing was stored.
+    NotFinite,
 }
 
 /// Counters the store keeps for stats.
@@ -869,6 +871,10 @@ impl<E: EffectSink> Store<E> {
             None => (Num::Int(0), Codec::MsgPack, self.deadline(None, now)),
         };
         let result = current + by;
+        if !result.is_finite() {
+            // JSON has no infinity: stored, JSON readers would get `null` (issue 12 #15).
+            return Err(AtomicError::NotFinite);
+        }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         result.write(&mut Writer::new(codec, &mut buf));
@@ -1085,6 +1091,16 @@ mod tests {
         assert_eq!(s.incr("fresh", -Num::Int(3), 0), Ok(Num::Int(-3)));
         s.set("s", j("\"x\""), None, 0);
         assert_eq!(s.incr("s", Num::Int(1), 0), Err(AtomicError::NotNumber));
+        // Overflowing to infinity is refused and stores nothing.
+        assert_eq!(
+            s.incr("big", Num::Float(f64::MAX), 0),
+            Ok(Num::Float(f64::MAX))
+        );
+        assert_eq!(
+            s.incr("big", Num::Float(f64::MAX), 0),
+            Err(AtomicError::NotFinite)
+        );
+        assert_eq!(s.incr("big", Num::Int(0), 0), Ok(Num::Float(f64::MAX)));
         assert_eq!(
             Num::Int(i64::MAX) + Num::Int(1),
             Num::UInt(i64::MAX as u64 + 1)
