@@ -17,53 +17,46 @@ use crate::response::{Push, Reply};
 use crate::value::for_each_field;
 use crate::{DecodeError, ErrorCode};
 
-/// A name of up to 15 bytes packed into one integer, its length in the top byte (so
-/// that `"get"` and `"get\0"` differ); longer names pack to `u128::MAX`, which no name
-/// of at most 15 bytes packs to. Tags and field names are compared as these.
+/// A name of up to 8 bytes packed into one integer: up to 7 bytes with the length in
+/// the top byte (so that `"get"` and `"get\0"` differ), 8 bytes as they are unless the
+/// last is below 8 (where it could pass for a shorter name's length byte). Other names
+/// pack to `u64::MAX`, which no tag or field name (all ASCII) packs to. Tags and field
+/// names are compared as these (a switch on one integer).
 #[inline]
-const fn pack_name(s: &[u8]) -> u128 {
-    if s.len() > 15 {
-        return u128::MAX;
+const fn pack_name(s: &[u8]) -> u64 {
+    let n = s.len();
+    if n > 8 || (n == 8 && s[7] < 8) {
+        return u64::MAX;
     }
-    let mut v = (s.len() as u128) << 120;
+    let mut v = if n < 8 { (n as u64) << 56 } else { 0 };
     let mut i = 0;
-    while i < s.len() {
-        v |= (s[i] as u128) << (8 * i);
+    while i < n {
+        v |= (s[i] as u64) << (8 * i);
         i += 1;
     }
     v
 }
 
-/// [`pack_name`] at run time: the bytes read as at most four overlapping word loads
+/// [`pack_name`] at run time: the bytes read as at most two overlapping word loads
 /// rather than one shift per byte (the same value; `packs_names_like_the_const_fn`).
 #[inline]
-fn pack_name_fast(s: &[u8]) -> u128 {
+fn pack_name_fast(s: &[u8]) -> u64 {
     let n = s.len();
-    let le4 = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]) as u128;
-    let le8 = |i: usize| {
-        u64::from_le_bytes([
-            s[i],
-            s[i + 1],
-            s[i + 2],
-            s[i + 3],
-            s[i + 4],
-            s[i + 5],
-            s[i + 6],
-            s[i + 7],
-        ]) as u128
-    };
+    let le4 = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]) as u64;
     // The second load ends at the last byte and is shifted to its place; where the
     // loads overlap they carry the same bytes at the same positions.
     let body = match n {
         0 => 0,
         1..=3 => {
-            s[0] as u128 | (s[n / 2] as u128) << (8 * (n / 2)) | (s[n - 1] as u128) << (8 * (n - 1))
+            s[0] as u64 | (s[n / 2] as u64) << (8 * (n / 2)) | (s[n - 1] as u64) << (8 * (n - 1))
         }
         4..=7 => le4(0) | le4(n - 4) << (8 * (n - 4)),
-        8..=15 => le8(0) | le8(n - 8) << (8 * (n - 8)),
-        _ => return u128::MAX,
+        8 if s[7] >= 8 => {
+            return u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+        }
+        _ => return u64::MAX,
     };
-    body | (n as u128) << 120
+    body | (n as u64) << 56
 }
 
 macro_rules! kinds {
@@ -231,37 +224,37 @@ impl<'a> Frame<'a> {
         let f = self;
         // Field names are compared as packed integers (a switch, not a string
         // compare per known field).
-        const FIELD_T: u128 = pack_name(b"t");
-        const FIELD_ID: u128 = pack_name(b"id");
-        const FIELD_KEY: u128 = pack_name(b"key");
-        const FIELD_VALUE: u128 = pack_name(b"value");
-        const FIELD_TTL: u128 = pack_name(b"ttl");
-        const FIELD_BY: u128 = pack_name(b"by");
-        const FIELD_PREV: u128 = pack_name(b"prev");
-        const FIELD_NEXT: u128 = pack_name(b"next");
-        const FIELD_KEYS: u128 = pack_name(b"keys");
-        const FIELD_ENTRIES: u128 = pack_name(b"entries");
-        const FIELD_CHANNEL: u128 = pack_name(b"channel");
-        const FIELD_PAYLOAD: u128 = pack_name(b"payload");
-        const FIELD_ACKS: u128 = pack_name(b"acks");
-        const FIELD_NAME: u128 = pack_name(b"name");
-        const FIELD_TOKEN: u128 = pack_name(b"token");
-        const FIELD_PID: u128 = pack_name(b"pid");
-        const FIELD_ARGS: u128 = pack_name(b"args");
-        const FIELD_TIMEOUT: u128 = pack_name(b"timeout");
-        const FIELD_WAIT: u128 = pack_name(b"wait");
-        const FIELD_K: u128 = pack_name(b"k");
-        const FIELD_RESULT: u128 = pack_name(b"result");
-        const FIELD_ERROR: u128 = pack_name(b"error");
-        const FIELD_MESSAGE: u128 = pack_name(b"message");
-        const FIELD_CODE: u128 = pack_name(b"code");
-        const FIELD_OFFSET: u128 = pack_name(b"offset");
-        const FIELD_VERSION: u128 = pack_name(b"version");
-        const FIELD_BROKER: u128 = pack_name(b"broker");
-        const FIELD_SEQ: u128 = pack_name(b"seq");
-        const FIELD_CODECS: u128 = pack_name(b"codecs");
-        const FIELD_REPLAY: u128 = pack_name(b"replay");
-        const FIELD_SINCE: u128 = pack_name(b"since");
+        const FIELD_T: u64 = pack_name(b"t");
+        const FIELD_ID: u64 = pack_name(b"id");
+        const FIELD_KEY: u64 = pack_name(b"key");
+        const FIELD_VALUE: u64 = pack_name(b"value");
+        const FIELD_TTL: u64 = pack_name(b"ttl");
+        const FIELD_BY: u64 = pack_name(b"by");
+        const FIELD_PREV: u64 = pack_name(b"prev");
+        const FIELD_NEXT: u64 = pack_name(b"next");
+        const FIELD_KEYS: u64 = pack_name(b"keys");
+        const FIELD_ENTRIES: u64 = pack_name(b"entries");
+        const FIELD_CHANNEL: u64 = pack_name(b"channel");
+        const FIELD_PAYLOAD: u64 = pack_name(b"payload");
+        const FIELD_ACKS: u64 = pack_name(b"acks");
+        const FIELD_NAME: u64 = pack_name(b"name");
+        const FIELD_TOKEN: u64 = pack_name(b"token");
+        const FIELD_PID: u64 = pack_name(b"pid");
+        const FIELD_ARGS: u64 = pack_name(b"args");
+        const FIELD_TIMEOUT: u64 = pack_name(b"timeout");
+        const FIELD_WAIT: u64 = pack_name(b"wait");
+        const FIELD_K: u64 = pack_name(b"k");
+        const FIELD_RESULT: u64 = pack_name(b"result");
+        const FIELD_ERROR: u64 = pack_name(b"error");
+        const FIELD_MESSAGE: u64 = pack_name(b"message");
+        const FIELD_CODE: u64 = pack_name(b"code");
+        const FIELD_OFFSET: u64 = pack_name(b"offset");
+        const FIELD_VERSION: u64 = pack_name(b"version");
+        const FIELD_BROKER: u64 = pack_name(b"broker");
+        const FIELD_SEQ: u64 = pack_name(b"seq");
+        const FIELD_CODECS: u64 = pack_name(b"codecs");
+        const FIELD_REPLAY: u64 = pack_name(b"replay");
+        const FIELD_SINCE: u64 = pack_name(b"since");
         let r = for_each_field(codec, payload, |k, v| {
             let slot = match pack_name_fast(k) {
                 FIELD_T => {
@@ -498,6 +491,9 @@ mod tests {
             }
         }
         assert_ne!(pack_name_fast(b"get"), pack_name_fast(b"get\0"));
+        assert_ne!(pack_name_fast(b"get"), pack_name_fast(b"get\0\0\0\0\x03"));
+        assert_eq!(pack_name_fast(b"get\0\0\0\0\x03"), u64::MAX);
+        assert_ne!(pack_name_fast(b"shutdown"), u64::MAX);
         assert_ne!(pack_name_fast(b""), pack_name_fast(b"\0"));
     }
 

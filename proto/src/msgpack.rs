@@ -190,7 +190,8 @@ pub(crate) fn utf8_ok(s: &[u8]) -> bool {
 
 /// The end of the value at `pos`, with the checks of [`mp_skip`] (strings must be
 /// UTF-8, containers bounded and nested at most [`MAX_DEPTH`] deep), the one-byte
-/// scalars and short strings decoded inline without the general header reader.
+/// scalars, integers and short strings decoded inline without the general header
+/// reader.
 #[inline]
 pub(crate) fn mp_skip_fast(b: &[u8], pos: usize, depth: usize) -> Result<usize, DecodeError> {
     match b.get(pos) {
@@ -203,6 +204,8 @@ pub(crate) fn mp_skip_fast(b: &[u8], pos: usize, depth: usize) -> Result<usize, 
             }
             Ok(end)
         }
+        // Integers (the request id once it passes 127): just their width.
+        Some(&c) if (0xcc..=0xd3).contains(&c) => need(b, pos + 1, 1 << (c & 3)),
         _ => mp_skip(b, pos, depth),
     }
 }
