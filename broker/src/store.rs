@@ -101,6 +101,11 @@ pub trait EffectSink {
     fn del(&mut self, key: &[u8]);
     /// Everything was removed.
     fn clear(&mut self);
+    /// `key` passed its deadline and was removed (lazily or by the sweep). Not a
+    /// persistence effect (records carry absolute deadlines); near-cache tracking
+    /// needs it.
+    #[inline]
+    fn expired(&mut self, _key: &[u8]) {}
     /// Whether the store should keep before-images of this turn's writes so that
     /// [`Store::undo_turn`] can take them back (a log that may refuse them).
     #[inline]
@@ -140,6 +145,12 @@ impl<E: EffectSink> EffectSink for Option<E> {
     fn clear(&mut self) {
         if let Some(e) = self {
             e.clear();
+        }
+    }
+    #[inline]
+    fn expired(&mut self, key: &[u8]) {
+        if let Some(e) = self {
+            e.expired(key);
         }
     }
     #[inline]
@@ -290,6 +301,7 @@ impl<E: EffectSink> Store<E> {
     fn live(&mut self, key: &[u8], now: u64) -> Option<u32> {
         let slot = self.find(key)?;
         if self.entries[slot as usize].is_expired(now) {
+            self.effects.expired(key);
             self.remove_slot(slot);
             self.counters.expired += 1;
             return None;
@@ -696,6 +708,7 @@ impl<E: EffectSink> Store<E> {
                 let slot = self.expiring[self.cursor];
                 if self.entries[slot as usize].is_expired(now) {
                     // swap_remove moves another entry into `cursor`: look at it next.
+                    self.effects.expired(self.entries[slot as usize].key());
                     self.remove_slot(slot);
                     self.counters.expired += 1;
                     expired += 1;

@@ -18,3 +18,4 @@ mod pubsub;
 mod retained;
 mod rpc;
 mod shell;
+mod tracking;
