@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     broker_bin: Option<PathBuf>,
     handler_threads: usize,
     callbacks: Vec<EventCallback>,
+    near_cache: Option<(usize, usize)>,
 }
 
 impl Client {
@@ -95,6 +96,7 @@ impl Default for ClientBuilder {
             handler_threads: std::thread::available_parallelism()
                 .map_or(4, |n| n.get().clamp(2, 16)),
             callbacks: Vec::new(),
+            near_cache: None,
         }
     }
 }
@@ -229,6 +231,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Keeps a near cache of up to `max_entries` keys this client read, served
+    /// locally until the broker says they changed (default: off). See the crate
+    /// docs, "Near cache", for what it guarantees.
+    pub fn near_cache(mut self, max_entries: usize) -> Self {
+        let bytes = self.near_cache.map_or(0, |(_, b)| b);
+        self.near_cache = Some((max_entries.max(1), bytes));
+        self
+    }
+
+    /// Also bounds the near cache by the bytes of the values it holds (default: no
+    /// byte bound; the entry bound of [`ClientBuilder::near_cache`] applies, 10 000
+    /// when that was not called).
+    pub fn near_cache_bytes(mut self, max_bytes: usize) -> Self {
+        let entries = self.near_cache.map_or(10_000, |(e, _)| e);
+        self.near_cache = Some((entries, max_bytes));
+        self
+    }
+
     /// Calls `f` for every connection event, on the client's dispatch thread
     /// (including the first `Connected` of each shard).
     pub fn on_event(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
@@ -315,6 +335,7 @@ impl ClientBuilder {
             reconnect: self.reconnect,
             spawn,
             handler_threads: self.handler_threads,
+            near_cache: self.near_cache,
         };
         Client::open(settings, self.callbacks, targets)
     }

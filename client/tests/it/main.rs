@@ -8,6 +8,7 @@ mod support;
 mod cache;
 mod connection;
 mod locks;
+mod near_cache;
 mod negotiate;
 mod processes;
 mod pubsub;
@@ -20,5 +21,9 @@ mod sharding;
 #[ignore = "child-process entry, run by the multi-process tests"]
 fn child_entry() {
     let role = std::env::var("PROCMESH_IT_ROLE").expect("PROCMESH_IT_ROLE");
-    processes::run_role(&role);
+    if role.starts_with("near-") {
+        near_cache::run_role(&role);
+    } else {
+        processes::run_role(&role);
+    }
 }
