@@ -6,7 +6,7 @@
 //! changes by any path (a write from anyone, a fenced write, expiry, LRU eviction,
 //! `clear`) each connection that read it is owed one invalidation, and its entry for
 //! that key is dropped, so a key is announced once per read, not once per change. The
-//! store reports changes through its effect sink ([`crate::mesh::MeshEffects`]);
+//! store reports changes through its effect sink ([`MeshEffects`]);
 //! the turn's invalidations are pushed by [`Tracking::flush`] after the log commit,
 //! batched per connection (`{"t":"inv","keys":[…]}`; `clear` sends `keys: null`).
 //!
