@@ -9,6 +9,7 @@
 //! `ping` returns the invalidation has been applied.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use procmesh::{Client, Codec, Event, LockOptions};
@@ -235,4 +236,58 @@ fn a_reconnect_flushes_the_near_cache() {
     other.set("k", &3).unwrap();
     c.ping().unwrap();
     assert_eq!(c.get::<i64>("k").unwrap(), Some(3));
+}
+
+/// Against the real Node.js broker (procmesh-js 0.1.1 in `PROCMESH_JS`, see
+/// scripts/node-interop; skipped without it): `track` is refused with `EUNKNOWN`, the
+/// near cache turns itself off, and every read goes to the broker.
+#[test]
+fn a_nodejs_broker_turns_the_near_cache_off() {
+    let Some(js) = std::env::var_os("PROCMESH_JS").filter(|p| !p.is_empty()) else {
+        eprintln!("PROCMESH_JS not set: skipping the Node.js broker check");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.sock");
+    let opts = serde_json::json!({ "address": path }).to_string();
+    struct Node(std::process::Child);
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _node = Node(
+        std::process::Command::new("node")
+            .arg(PathBuf::from(js).join("src/broker-bin.js"))
+            .env("PROCMESH_BROKER_OPTS", opts)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the Node.js broker"),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Node.js broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Codec negotiated: the Node.js broker speaks JSON by default.
+    let c = Client::builder()
+        .address(&path)
+        .auto_spawn(false)
+        .near_cache(1000)
+        .connect()
+        .expect("connect");
+    let other = crate::support::client_at(&path, Codec::Json);
+    c.set("k", &1).unwrap();
+    assert_eq!(c.get::<i64>("k").unwrap(), Some(1));
+    assert_eq!(c.get::<i64>("k").unwrap(), Some(1));
+    other.set("k", &2).unwrap();
+    assert_eq!(c.get::<i64>("k").unwrap(), Some(2), "never served stale");
+    let s = c.near_cache_stats().unwrap();
+    assert!(!s.enabled);
+    assert_eq!((s.hits, s.entries), (0, 0));
 }
