@@ -87,6 +87,8 @@ pub(crate) struct Settings {
     pub handler_threads: usize,
     /// Near cache bounds (entries, value bytes; 0 = no byte bound), when on.
     pub near_cache: Option<(usize, usize)>,
+    /// Idempotent publishing: settings and sequence numbers.
+    pub producer: crate::producer::Producer,
 }
 
 /// What the connections of one client share.
@@ -281,6 +283,7 @@ impl Conn {
         shared: Arc<Shared>,
     ) -> Result<Arc<Conn>> {
         let wire = dialect_code(shared.settings.codec.into());
+        let pid = shared.settings.producer.id.clone();
         let conn = Arc::new(Conn {
             shard,
             path,
@@ -291,7 +294,7 @@ impl Conn {
                 stream: None,
                 link: Link::Reconnecting,
                 generation: 0,
-                pid: None,
+                pid,
                 closed_reason: String::new(),
                 wbuf: Vec::new(),
                 records: None,

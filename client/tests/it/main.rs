@@ -12,6 +12,7 @@ mod near_cache;
 mod negotiate;
 mod processes;
 mod pubsub;
+mod retained;
 mod rpc;
 mod sharding;
 
