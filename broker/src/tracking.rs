@@ -241,7 +241,7 @@ impl Tracking {
     }
 
     /// Pushes the turn's invalidations: one `inv` per connection (split every
-    /// [`INV_BATCH_KEYS`] keys), `keys: null` for a connection owed everything.
+    /// `INV_BATCH_KEYS` keys), `keys: null` for a connection owed everything.
     pub fn flush(&mut self, out: &mut Conns) {
         if self.pending.is_empty() && self.pending_all.is_empty() {
             return;
