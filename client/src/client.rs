@@ -385,7 +385,8 @@ impl Client {
             let reply = match tk.wait() {
                 Ok(r) => r,
                 Err(e) => {
-                    abandon(idx);
+                    // Fills already stored stay; every other mark goes.
+                    groups.iter().for_each(|g| abandon(g));
                     return Err(e);
                 }
             };
