@@ -131,6 +131,33 @@ impl Client {
         })
     }
 
+    /// A client whose one connection is the Redis backend.
+    #[cfg(feature = "redis")]
+    pub(crate) fn open_redis(
+        settings: Settings,
+        callbacks: Vec<EventCallback>,
+        target: crate::redis::RedisTarget,
+        name: String,
+    ) -> Result<Client> {
+        let dispatch = Dispatcher::start(callbacks)
+            .map_err(|e| ClientError::Config(format!("cannot start a thread: {e}")))?;
+        let shared = Arc::new(Shared::new(settings, dispatch));
+        // No invalidations reach this backend's connections (Redis's own CLIENT
+        // TRACKING is not wired in): a near cache would serve stale values, so it
+        // stays off and says so in `near_cache_stats`.
+        if let Some(near) = &shared.near {
+            near.disable();
+        }
+        let conn = Conn::open_redis(target, name, shared.clone())?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                conns: vec![conn],
+                shared,
+                next_sub: AtomicU64::new(1),
+            }),
+        })
+    }
+
     // ------------------------------------------------------------ routing
 
     /// The number of shards (1 for a plain client).

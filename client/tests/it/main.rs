@@ -3,8 +3,10 @@
 //! and re-executions of this binary for everything about processes (sharing,
 //! auto-spawn races, kill and restart, sharding).
 
+mod redis_support;
 mod support;
 
+mod behaviour;
 mod cache;
 mod connection;
 mod locks;
@@ -12,6 +14,10 @@ mod near_cache;
 mod negotiate;
 mod processes;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis_backend;
+#[cfg(feature = "redis")]
+mod redis_cluster;
 mod retained;
 mod rpc;
 mod sharding;
