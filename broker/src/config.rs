@@ -361,6 +361,10 @@ pub struct LimitArgs {
     /// and the biggest queue is disconnected (0 = unbounded): bytes or 256MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output_bytes: Option<usize>,
+    /// Most (key, connection) pairs the near-cache tracking table holds; past it the
+    /// oldest tracked keys are invalidated (0 = unbounded).
+    #[arg(long)]
+    pub max_tracked_keys: Option<usize>,
 }
 
 /// Bounds on per-connection and global state. `usize::MAX` (0 on the command line)
@@ -381,6 +385,9 @@ pub struct Limits {
     pub max_pending_calls: usize,
     /// `maxOutputBytes`, `--max-output-bytes` (default 256 MiB over all connections).
     pub max_output_bytes: usize,
+    /// `maxTrackedKeys`, `--max-tracked-keys` (default 1 000 000 (key, connection)
+    /// pairs in the near-cache tracking table).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for Limits {
@@ -393,6 +400,7 @@ impl Default for Limits {
             max_lock_waiters: 100_000,
             max_pending_calls: 100_000,
             max_output_bytes: 256 << 20,
+            max_tracked_keys: 1_000_000,
         }
     }
 }
@@ -419,6 +427,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, a.max_lock_waiters);
         set(&mut self.max_pending_calls, a.max_pending_calls);
         set(&mut self.max_output_bytes, a.max_output_bytes);
+        set(&mut self.max_tracked_keys, a.max_tracked_keys);
         if let Some(n) = a.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -437,6 +446,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, o.max_lock_waiters);
         set(&mut self.max_pending_calls, o.max_pending_calls);
         set(&mut self.max_output_bytes, o.max_output_bytes);
+        set(&mut self.max_tracked_keys, o.max_tracked_keys);
         if let Some(n) = o.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -794,6 +804,8 @@ pub struct NodeOpts {
     pub max_pending_calls: Option<usize>,
     /// Total queued output cap, bytes (ours; 0 = unbounded).
     pub max_output_bytes: Option<usize>,
+    /// Near-cache tracking table bound, (key, connection) pairs (ours; 0 = unbounded).
+    pub max_tracked_keys: Option<usize>,
     /// Keys this broker does not know.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, Value>,

@@ -24,6 +24,7 @@ use crate::locks::LockTable;
 use crate::persistence::aof::EffectLog;
 use crate::persistence::{self, Persistence};
 use crate::store::Store;
+use crate::tracking::MeshEffects;
 
 /// Wakes the loop for shutdown requests from other threads.
 pub const WAKER: Token = Token(usize::MAX);
@@ -52,7 +53,10 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
     let lock = lock_address(&cfg.socket)?;
     let start = Instant::now();
     let unix_base = persistence::unix_ms();
-    let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
+    let mut store = Store::with_effects(
+        cfg.cache.clone(),
+        MeshEffects::new(cfg.limits.max_tracked_keys),
+    );
     let mut locks = LockTable::default();
     let mut warnings = Vec::new();
     let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
@@ -63,7 +67,7 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
                 Persistence::open_with(pc.clone(), &mut store, unix_base, &mut retain, &mut dedup)
                     .map_err(BindError::Recovery)?;
             // Recovery replayed with the sink off; from here on effects are logged.
-            *store.effects_mut() = Some(EffectLog::new(unix_base));
+            store.effects_mut().log = Some(EffectLog::new(unix_base));
             locks = LockTable::with_reservations(rec.fence_reserved);
             warnings = rec.warnings;
             Some(p)

@@ -10,6 +10,7 @@ mod behaviour;
 mod cache;
 mod connection;
 mod locks;
+mod near_cache;
 mod negotiate;
 mod processes;
 mod pubsub;
@@ -27,5 +28,9 @@ mod sharding;
 #[ignore = "child-process entry, run by the multi-process tests"]
 fn child_entry() {
     let role = std::env::var("PROCMESH_IT_ROLE").expect("PROCMESH_IT_ROLE");
-    processes::run_role(&role);
+    if role.starts_with("near-") {
+        near_cache::run_role(&role);
+    } else {
+        processes::run_role(&role);
+    }
 }
