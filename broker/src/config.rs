@@ -138,6 +138,29 @@ pub enum LogLevel {
     Debug,
 }
 
+/// This broker's place in a sharded mesh: shard `index` of `count` (`--shard 2/8`).
+/// Announced in `welcome` (`shard`, `shards`; ours) so a client that routes over
+/// another shard count refuses to connect instead of sending keys to the wrong shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardOf {
+    /// Its index, `0..count`.
+    pub index: u32,
+    /// How many shards the mesh has (at least 1).
+    pub count: u32,
+}
+
+/// Parses `I/N` (`0 <= I < N`, `N <= 65535`) into a [`ShardOf`].
+pub fn parse_shard(s: &str) -> Result<ShardOf, String> {
+    let bad = || format!("`{s}` is not a shard; use INDEX/COUNT, e.g. 2/8 (0-based)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let index: u32 = i.trim().parse().map_err(|_| bad())?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || count > u32::from(u16::MAX) || index >= count {
+        return Err(bad());
+    }
+    Ok(ShardOf { index, count })
+}
+
 /// The flags of `procmesh serve`; [`BrokerConfig::resolve`] turns them into a config.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -225,6 +248,10 @@ pub struct ServeArgs {
     /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
     #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
     pub io: Option<String>,
+    /// This broker is shard INDEX of a COUNT-shard mesh (`2/8`, 0-based; procmesh-launch
+    /// sets it): announced in `welcome`, so a client with another shard count refuses.
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = parse_shard)]
+    pub shard: Option<ShardOf>,
 }
 
 impl ServeArgs {
@@ -284,6 +311,9 @@ pub struct BrokerConfig {
     pub io: IoBackend,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
+    /// Its place in a sharded mesh (`--shard`), announced in `welcome`; `None` for a
+    /// broker that was not told (nothing is announced).
+    pub shard: Option<ShardOf>,
 }
 
 /// The I/O driver choice: `auto` tries io_uring and falls back to epoll.
@@ -453,6 +483,7 @@ impl Default for BrokerConfig {
             dedup: Default::default(),
             pubsub: Default::default(),
             io: IoBackend::Auto,
+            shard: None,
         }
     }
 }
@@ -541,6 +572,9 @@ impl BrokerConfig {
         cfg.limits.apply_args(&a.limits);
         if let Some(b) = a.io.as_deref().and_then(IoBackend::parse) {
             cfg.io = b;
+        }
+        if a.shard.is_some() {
+            cfg.shard = a.shard;
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));

@@ -93,7 +93,7 @@ use std::time::Duration;
 
 pub use config::BrokerConfig;
 pub use events::BrokerEvent;
-pub use io::{BindError, Reactor};
+pub use io::{BindError, Reactor, StopReason};
 pub use store::StoreConfig;
 
 /// Entry point for embedding a broker: `Broker::builder()…start()`.
@@ -257,7 +257,7 @@ impl BrokerBuilder {
         let (stop, waker) = reactor.stopper();
         let thread = std::thread::Builder::new()
             .name("procmesh-broker".into())
-            .spawn(move || reactor.run())
+            .spawn(move || reactor.run().map(drop))
             .map_err(BindError::Io)?;
         Ok(BrokerHandle {
             path,

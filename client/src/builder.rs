@@ -267,7 +267,7 @@ impl ClientBuilder {
             return Ok(paths
                 .into_iter()
                 .enumerate()
-                .map(|(i, p)| (p, addr::shard_name(&self.name, i)))
+                .map(|(i, p)| (p, addr::member_name(&self.name, i, n)))
                 .collect());
         }
         let path = self.address.clone().unwrap_or_else(|| {
@@ -315,6 +315,7 @@ impl ClientBuilder {
             reconnect: self.reconnect,
             spawn,
             handler_threads: self.handler_threads,
+            shards: targets.len(),
         };
         Client::open(settings, self.callbacks, targets)
     }

@@ -147,6 +147,9 @@ pub struct Frame<'a> {
     pub codecs: Option<Raw<'a>>,
     pub replay: Option<Raw<'a>>,
     pub since: Option<Raw<'a>>,
+    /// `welcome`'s shard index and count (ours).
+    pub shard: Option<Raw<'a>>,
+    pub shards: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -212,6 +215,8 @@ impl<'a> Frame<'a> {
                 b"codecs" => &mut f.codecs,
                 b"replay" => &mut f.replay,
                 b"since" => &mut f.since,
+                b"shard" => &mut f.shard,
+                b"shards" => &mut f.shards,
                 _ => return,
             };
             *slot = Some(v);
@@ -352,6 +357,7 @@ pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &st
         broker,
         pid,
         codecs: &[],
+        shard: None,
     }
     .encode_into(codec, id, out);
 }

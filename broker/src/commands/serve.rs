@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use procmesh_broker::config::LogLevel;
 use procmesh_broker::events::{self, BrokerEvent};
-use procmesh_broker::{BindError, BrokerConfig, Reactor};
+use procmesh_broker::{BindError, BrokerConfig, Reactor, StopReason};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Undelivered events the logging thread may fall behind by before events are dropped.
 const EVENT_LOG_CAPACITY: usize = 4096;
@@ -49,8 +51,12 @@ pub fn serve(mut cfg: BrokerConfig, metrics: Option<SocketAddr>, log: LogLevel) 
         }
     };
     // SIGINT/SIGTERM write to a pipe the loop watches: a clean stop removes the socket.
+    // The flag tells a signal from a client's `shutdown` afterwards (both stop the loop
+    // the same way).
+    let signaled = Arc::new(AtomicBool::new(false));
     let pipe = std::os::unix::net::UnixStream::pair().and_then(|(rx, tx)| {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&signaled))?;
             signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
         }
         rx.set_nonblocking(true)?;
@@ -92,9 +98,17 @@ pub fn serve(mut cfg: BrokerConfig, metrics: Option<SocketAddr>, log: LogLevel) 
     }
     notify("READY=1");
     let r = reactor.run();
-    notify("STOPPING=1");
+    let reason = match r {
+        _ if signaled.load(Ordering::Relaxed) => "signal",
+        Ok(StopReason::IdleTimeout) => "idle timeout",
+        Ok(_) => "shutdown request",
+        Err(_) => "error",
+    };
+    // procmesh-launch reads the reason: it restarts a shard that stopped for anything
+    // but its idle timeout.
+    notify(&format!("STOPPING=1\nSTATUS=stopping: {reason}"));
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("procmesh: broker loop failed: {e}");
             ExitCode::from(1)

@@ -23,6 +23,8 @@ enum Failure {
     Usage(String),
     /// A client error (exit 3 when no broker listens, else 1).
     Client(ClientError),
+    /// Already reported; exit with this code.
+    Exit(ExitCode),
 }
 
 impl From<ClientError> for Failure {
@@ -41,6 +43,7 @@ fn finish(r: Outcome) -> ExitCode {
             eprintln!("procmesh: {m}");
             ExitCode::from(2)
         }
+        Err(Failure::Exit(code)) => code,
         Err(Failure::Client(e)) => {
             let code = match e {
                 ClientError::Connect { ref path, .. } => {
@@ -65,7 +68,9 @@ fn connect(m: &MeshArgs) -> Result<Client, Failure> {
         .auto_spawn(false)
         .reconnect(false)
         .ping_interval(None);
-    if let Some(n) = m.shards {
+    let shards = super::resolve_shards(t, m.shards, t.resolve_token().ok().flatten().as_deref())
+        .map_err(Failure::Exit)?;
+    if let Some(n) = shards {
         b = b.shards(n.into());
     } else {
         b = b.address(t.path());

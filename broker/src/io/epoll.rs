@@ -229,8 +229,8 @@ impl Reactor {
         }
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(mut self) -> io::Result<super::StopReason> {
         let mut result = self.run_loop();
         if let Err(e) = self.core.shutdown(&mut self.sockets) {
             // Acknowledged writes may not be durable: the stop must not look clean.
@@ -247,7 +247,7 @@ impl Reactor {
         result
     }
 
-    fn run_loop(&mut self) -> io::Result<()> {
+    fn run_loop(&mut self) -> io::Result<super::StopReason> {
         loop {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
@@ -297,13 +297,13 @@ impl Reactor {
             self.core.flush(&mut self.sockets);
             if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
                 self.core.flush(&mut self.sockets);
-                return Ok(());
+                return Ok(super::StopReason::Requested);
             }
             if self.core.has_no_conns() {
                 let since = *self.idle_since.get_or_insert(now);
                 if let Some(idle) = self.core.cfg().idle_timeout {
                     if now.saturating_sub(since) >= idle.as_millis() as u64 {
-                        return Ok(());
+                        return Ok(super::StopReason::IdleTimeout);
                     }
                 }
             } else {

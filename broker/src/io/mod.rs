@@ -99,13 +99,24 @@ impl Reactor {
         }
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(self) -> io::Result<StopReason> {
         match self {
             Reactor::Uring(r) => r.run(),
             Reactor::Epoll(r) => r.run(),
         }
     }
+}
+
+/// Why a broker's loop stopped (the driver cannot tell a signal from a `shutdown`
+/// request: both raise the same flag; the binary knows whether it caught a signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// A client's `shutdown`, a signal, or [`crate::BrokerHandle::shutdown`].
+    Requested,
+    /// No connection for the idle timeout.
+    IdleTimeout,
 }
 
 /// Why a broker could not start.

@@ -530,8 +530,8 @@ impl Reactor {
         (next != u64::MAX).then(|| Duration::from_millis(next.saturating_sub(now)))
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(mut self) -> io::Result<super::StopReason> {
         if self.io.ring.params().is_setup_single_issuer() {
             self.io.ring.submitter().register_enable_rings()?;
         }
@@ -659,7 +659,7 @@ impl Reactor {
         self.wake_armed = true;
     }
 
-    fn run_loop(&mut self) -> io::Result<()> {
+    fn run_loop(&mut self) -> io::Result<super::StopReason> {
         loop {
             if !self.wake_armed {
                 self.arm_wake();
@@ -698,13 +698,13 @@ impl Reactor {
             self.core.flush(&mut self.io);
             if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
                 self.core.flush(&mut self.io);
-                return Ok(());
+                return Ok(super::StopReason::Requested);
             }
             if self.core.has_no_conns() {
                 let since = *self.idle_since.get_or_insert(now);
                 if let Some(idle) = self.core.cfg().idle_timeout {
                     if now.saturating_sub(since) >= idle.as_millis() as u64 {
-                        return Ok(());
+                        return Ok(super::StopReason::IdleTimeout);
                     }
                 }
             } else {

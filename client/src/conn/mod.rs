@@ -84,6 +84,9 @@ pub(crate) struct Settings {
     pub reconnect: bool,
     pub spawn: Option<SpawnSettings>,
     pub handler_threads: usize,
+    /// How many shards the client routes over (checked against what a broker
+    /// announces in `welcome`).
+    pub shards: usize,
 }
 
 /// What the connections of one client share.
