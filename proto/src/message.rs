@@ -75,6 +75,7 @@ kinds! {
     Del = "del",
     Has = "has",
     Keys = "keys",
+    Scan = "scan",
     Clear = "clear",
     Mget = "mget",
     Mset = "mset",
@@ -150,6 +151,10 @@ pub struct Frame<'a> {
     /// `welcome`'s shard index and count (ours).
     pub shard: Option<Raw<'a>>,
     pub shards: Option<Raw<'a>>,
+    /// `scan`'s fields (ours).
+    pub prefix: Option<Raw<'a>>,
+    pub limit: Option<Raw<'a>>,
+    pub cursor: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -217,6 +222,9 @@ impl<'a> Frame<'a> {
                 b"since" => &mut f.since,
                 b"shard" => &mut f.shard,
                 b"shards" => &mut f.shards,
+                b"prefix" => &mut f.prefix,
+                b"limit" => &mut f.limit,
+                b"cursor" => &mut f.cursor,
                 _ => return,
             };
             *slot = Some(v);

@@ -139,13 +139,22 @@ pub fn del(m: &MeshArgs, key: &str) -> ExitCode {
     })())
 }
 
-/// `procmesh keys [--prefix P] [--limit N]`: sorted, one a line.
+/// `procmesh keys [--prefix P] [--limit N]`: sorted, one a line (the first N).
 pub fn keys(m: &MeshArgs, prefix: Option<&str>, limit: Option<usize>) -> ExitCode {
     finish((|| {
-        let mut keys = connect(m)?.keys()?;
-        if let Some(p) = prefix {
-            keys.retain(|k| k.starts_with(p));
-        }
+        // Page by page (`scan`): no reply is larger than a page, however many keys
+        // the mesh holds; the prefix is matched by the broker. A procmesh-js broker
+        // does not know `scan`: plain `keys` there.
+        let c = connect(m)?;
+        let p = prefix.unwrap_or("");
+        let mut keys = match c.keys_with_prefix(p) {
+            Err(e) if e.code() == Some(procmesh::ErrorCode::Unknown) => {
+                let mut all = c.keys()?;
+                all.retain(|k| k.starts_with(p));
+                all
+            }
+            r => r?,
+        };
         keys.sort_unstable();
         keys.truncate(limit.unwrap_or(usize::MAX));
         let mut out = String::new();

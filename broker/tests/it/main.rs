@@ -17,4 +17,5 @@ mod persistence;
 mod pubsub;
 mod retained;
 mod rpc;
+mod scan;
 mod shell;
