@@ -129,7 +129,8 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|n| usize::try_from(n).map_err(|_| format!("`{s}` is too large")))
 }
 
-/// How much `procmesh serve` logs.
+/// How much `procmesh serve` logs (the two levels `--log` had before it took a
+/// filter; kept for embedders that used it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
     /// Startup, warnings, persistence errors.
@@ -203,10 +204,12 @@ pub struct ServeArgs {
     /// Emit a `stats` event this often (0 = never; logged with --log debug): ms or 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
     pub stats_interval: Option<u64>,
-    /// What `serve` logs to stderr: `info` (startup, warnings, persistence errors)
-    /// or `debug` (also every broker event: connect, disconnect, drop, reap, stats).
-    #[arg(long, value_enum, default_value = "info", env = "PROCMESH_LOG")]
-    pub log: LogLevel,
+    /// What `serve` logs to stderr, as a filter: `info` (the startup and shutdown
+    /// lines, recovery progress, warnings, errors), `warn` (only problems), `debug`
+    /// (also every broker event: connect, disconnect, drop, reap, stats), or per
+    /// module (`procmesh_broker::persistence=debug,info`). See `procmesh_broker::log`.
+    #[arg(long, value_name = "FILTER", default_value = crate::log::DEFAULT_FILTER, env = "PROCMESH_LOG")]
+    pub log: String,
     /// Turn idempotent-producer dedup off (`dedup.enabled: false`).
     #[arg(long)]
     pub no_dedup: bool,

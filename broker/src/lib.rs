@@ -41,6 +41,8 @@
 //! - [`events`]: broker events for an embedder (connect, disconnect, drop, reap,
 //!   stats, persist-error) on a bounded channel ([`BrokerBuilder::events`]).
 //! - [`config`](crate::config): configuration.
+//! - [`log`]: what the broker logs (`tracing` events; it installs no subscriber) and
+//!   the line format the binaries install.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
 //! # Example
@@ -56,15 +58,6 @@
 //! ```
 #![warn(missing_docs)]
 
-/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
-/// (its parent went away) must keep serving, where `eprintln!` would panic.
-macro_rules! log_line {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -74,6 +67,7 @@ mod dispatch;
 pub mod events;
 pub mod io;
 pub mod locks;
+pub mod log;
 mod mesh;
 pub mod persistence;
 pub mod pubsub;

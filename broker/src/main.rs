@@ -273,21 +273,26 @@ fn main() -> ExitCode {
     use commands::shell;
     match cli.cmd {
         Cmd::Serve { args } => {
+            // Only the binary installs a subscriber; the library just emits events.
+            if let Err(e) = procmesh_broker::log::init("procmesh", &args.log) {
+                eprintln!("procmesh: {e}");
+                return ExitCode::from(2);
+            }
             let serve = matches
                 .subcommand_matches("serve")
                 .expect("invariant: the serve subcommand was parsed");
             let metrics = match args.metrics_listen() {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("procmesh: {e}");
+                    tracing::error!("{e}");
                     return ExitCode::from(2);
                 }
             };
             let opts = std::env::var("PROCMESH_BROKER_OPTS").ok();
             match BrokerConfig::resolve(serve, opts.as_deref()) {
-                Ok(cfg) => commands::serve(cfg, metrics, args.log),
+                Ok(cfg) => commands::serve(cfg, metrics),
                 Err(e) => {
-                    eprintln!("procmesh: {e}");
+                    tracing::error!("{e}");
                     ExitCode::from(1)
                 }
             }

@@ -66,7 +66,8 @@
 //! stdout carries exactly one line per shard each time it starts serving (`--json`
 //! for one JSON object per line: `shard`, `name`, `socket`, `pid`, `core`, `start`).
 //! Everything else, including each broker's own output prefixed with `[NAME#i]`, goes
-//! to stderr.
+//! to stderr: `tracing` lines (`<time> procmesh-launch: [<level>: ]<message>`),
+//! filtered by `PROCMESH_LOG` (default `info`), which the shards inherit.
 //!
 //! # Layout
 //! - `config`: command line → [`config::LaunchConfig`] (shards, sockets, cores).
@@ -83,6 +84,7 @@
 //! ```
 
 mod config;
+mod log;
 mod shard;
 mod supervisor;
 
@@ -216,8 +218,8 @@ impl Cli {
         let cores = config::allowed_cores();
         let n = self.shards.map_or(cores.len(), |n| n as usize);
         if !self.no_pin && n > cores.len() {
-            eprintln!(
-                "procmesh-launch: {n} shards on {} CPUs: some shards share a CPU",
+            tracing::warn!(
+                "{n} shards on {} CPUs: some shards share a CPU",
                 cores.len()
             );
         }
@@ -255,10 +257,16 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shards inherit PROCMESH_LOG: one filter for the whole mesh.
+    let filter = std::env::var("PROCMESH_LOG").unwrap_or_else(|_| "info".into());
+    if let Err(e) = log::init(&filter) {
+        eprintln!("procmesh-launch: {e}");
+        return ExitCode::from(2);
+    }
     let cfg = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("procmesh-launch: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -271,18 +279,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Outcome::Killed(names)) => {
-            eprintln!(
-                "procmesh-launch: stopped, but had to kill {}",
-                names.join(", ")
-            );
+            tracing::error!("stopped, but had to kill {}", names.join(", "));
             ExitCode::from(1)
         }
         Ok(Outcome::StartFailed(why)) => {
-            eprintln!("procmesh-launch: the mesh did not start: {why}");
+            tracing::error!("the mesh did not start: {why}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("procmesh-launch: {e}");
+            tracing::error!("{e}");
             ExitCode::from(1)
         }
     }

@@ -254,8 +254,8 @@ impl Supervisor {
             // who read it may act at once) is a crash to restart, not a failed start.
             if !self.started && self.stopping.is_none() && self.slots.iter().all(|s| s.serving) {
                 self.started = true;
-                eprintln!(
-                    "procmesh-launch: mesh `{}` serving on {} shard{} (pid {})",
+                tracing::info!(
+                    "mesh `{}` serving on {} shard{} (pid {})",
                     self.cfg.name,
                     self.slots.len(),
                     if self.slots.len() == 1 { "" } else { "s" },
@@ -267,10 +267,7 @@ impl Supervisor {
                 let status = match self.slots[i].child.as_mut().map(Child::try_wait) {
                     Some(Ok(Some(st))) => st,
                     Some(Err(e)) => {
-                        eprintln!(
-                            "procmesh-launch: cannot wait for {}: {e}",
-                            self.slots[i].spec.name
-                        );
+                        tracing::error!("cannot wait for {}: {e}", self.slots[i].spec.name);
                         continue;
                     }
                     _ => continue,
@@ -298,8 +295,8 @@ impl Supervisor {
                         if let Err(e) = self.start(i) {
                             let s = &mut self.slots[i];
                             let d = s.backoff.on_failure(Duration::ZERO);
-                            eprintln!(
-                                "procmesh-launch: cannot restart {}: {e}; retrying in {d:?}",
+                            tracing::warn!(
+                                "cannot restart {}: {e}; retrying in {d:?}",
                                 s.spec.name
                             );
                             s.restart_at = Some(now + d);
@@ -316,7 +313,7 @@ impl Supervisor {
                     self.kill_all();
                 }
             } else if !running && self.slots.iter().all(|s| s.stopped) {
-                eprintln!("procmesh-launch: every shard has stopped; exiting");
+                tracing::info!("every shard has stopped; exiting");
                 return self.finish();
             }
             let mut wait = MAX_WAIT;
@@ -357,10 +354,7 @@ impl Supervisor {
         let name = s.spec.name.clone();
         if self.stopping.is_some() {
             if !status.success() && !self.killed.contains(&name) {
-                eprintln!(
-                    "procmesh-launch: {name} (pid {pid}) {} while stopping",
-                    describe(status)
-                );
+                tracing::warn!("{name} (pid {pid}) {} while stopping", describe(status));
             }
             return;
         }
@@ -382,7 +376,7 @@ impl Supervisor {
             } else {
                 "before serving (another broker serves its address?)"
             };
-            eprintln!("procmesh-launch: {name} (pid {pid}) stopped {why}; not restarting it");
+            tracing::info!("{name} (pid {pid}) stopped {why}; not restarting it");
             return;
         }
         let delay = s
@@ -394,12 +388,12 @@ impl Supervisor {
             Some(st) if status.success() => format!("exited cleanly ({st})"),
             _ => describe(status),
         };
-        eprintln!("procmesh-launch: {name} (pid {pid}) {what}; restarting in {delay:?}");
+        tracing::warn!("{name} (pid {pid}) {what}; restarting in {delay:?}");
     }
 
     /// The start failed: remember why and stop whatever runs.
     fn fail(&mut self, why: String) {
-        eprintln!("procmesh-launch: {why}; stopping the mesh");
+        tracing::error!("{why}; stopping the mesh");
         self.failure.get_or_insert(why);
         if self.stopping.is_none() {
             self.begin_stop(Instant::now() + self.cfg.stop_timeout);
@@ -423,8 +417,8 @@ impl Supervisor {
         for s in &mut self.slots {
             if let Some(c) = &mut s.child {
                 if !self.killed.contains(&s.spec.name) {
-                    eprintln!(
-                        "procmesh-launch: {} (pid {}) did not stop in time; killing it",
+                    tracing::warn!(
+                        "{} (pid {}) did not stop in time; killing it",
                         s.spec.name,
                         c.id()
                     );

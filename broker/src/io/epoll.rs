@@ -108,6 +108,8 @@ pub struct Reactor {
     /// still be accepted and refused instead of hanging (as Redis and nginx do).
     reserve: Option<std::fs::File>,
     warnings: Vec<String>,
+    /// Keys recovered from persistence and how long recovery took.
+    recovered: Option<(usize, Duration)>,
 }
 
 /// How long to wait before accepting again after running out of descriptors with
@@ -130,6 +132,7 @@ impl Reactor {
         let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
         let mut locks = LockTable::default();
         let mut warnings = Vec::new();
+        let mut recovered = None;
         let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
         let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
         let persist = match &cfg.persist {
@@ -146,6 +149,7 @@ impl Reactor {
                 *store.effects_mut() = Some(EffectLog::new(unix_base));
                 locks = LockTable::with_reservations(rec.fence_reserved);
                 warnings = rec.warnings;
+                recovered = Some((rec.keys, start.elapsed()));
                 Some(p)
             }
             None => None,
@@ -179,12 +183,18 @@ impl Reactor {
             accept_retry_at: None,
             reserve: open_reserve(),
             warnings,
+            recovered,
         })
     }
 
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Keys recovered from persistence and the time it took (`None` without it).
+    pub fn recovered(&self) -> Option<(usize, Duration)> {
+        self.recovered
     }
 
     /// The socket path.
@@ -234,7 +244,7 @@ impl Reactor {
         let mut result = self.run_loop();
         if let Err(e) = self.core.shutdown(&mut self.sockets) {
             // Acknowledged writes may not be durable: the stop must not look clean.
-            log_line!("procmesh: {e}");
+            tracing::error!("{e}");
             if result.is_ok() {
                 result = Err(io::Error::other(e));
             }

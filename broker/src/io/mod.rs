@@ -46,7 +46,7 @@ impl Reactor {
             IoBackend::Auto => match uring::probe() {
                 Ok(ring) => Some(ring),
                 Err(why) => {
-                    log_line!("procmesh: io_uring unavailable ({why}); using epoll");
+                    tracing::info!("io_uring unavailable ({why}); using epoll");
                     None
                 }
             },
@@ -72,6 +72,15 @@ impl Reactor {
         match self {
             Reactor::Uring(r) => r.warnings(),
             Reactor::Epoll(r) => r.warnings(),
+        }
+    }
+
+    /// Keys recovered from persistence and the time recovery took (`None` without
+    /// persistence).
+    pub fn recovered(&self) -> Option<(usize, std::time::Duration)> {
+        match self {
+            Reactor::Uring(r) => r.recovered(),
+            Reactor::Epoll(r) => r.recovered(),
         }
     }
 

@@ -168,7 +168,7 @@ impl Ring {
             // and sends beyond the ring size).
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.kind() != io::ErrorKind::Interrupted {
-                    log_line!("procmesh: io_uring submit failed: {e}");
+                    tracing::error!("io_uring submit failed: {e}");
                     return;
                 }
             }
@@ -413,6 +413,8 @@ pub struct Reactor {
     pending: Vec<ConnId>,
     idle_since: Option<u64>,
     warnings: Vec<String>,
+    /// Keys recovered from persistence and how long recovery took.
+    recovered: Option<(usize, Duration)>,
 }
 
 impl Reactor {
@@ -425,6 +427,7 @@ impl Reactor {
         let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
         let mut locks = LockTable::default();
         let mut warnings = Vec::new();
+        let mut recovered = None;
         let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
         let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
         let persist = match &cfg.persist {
@@ -441,6 +444,7 @@ impl Reactor {
                 *store.effects_mut() = Some(EffectLog::new(unix_base));
                 locks = LockTable::with_reservations(rec.fence_reserved);
                 warnings = rec.warnings;
+                recovered = Some((rec.keys, start.elapsed()));
                 Some(p)
             }
             None => None,
@@ -483,12 +487,18 @@ impl Reactor {
             pending: Vec::new(),
             idle_since: Some(0),
             warnings,
+            recovered,
         })
     }
 
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Keys recovered from persistence and the time it took (`None` without it).
+    pub fn recovered(&self) -> Option<(usize, Duration)> {
+        self.recovered
     }
 
     /// The socket path.
@@ -541,7 +551,7 @@ impl Reactor {
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
             // Acknowledged writes may not be durable: the stop must not look clean.
-            log_line!("procmesh: {e}");
+            tracing::error!("{e}");
             if result.is_ok() {
                 result = Err(io::Error::other(e));
             }

@@ -11,6 +11,7 @@ mod events;
 mod hardening_limits;
 mod hardening_misc;
 mod locks;
+mod logs;
 mod msgpackr;
 mod options;
 mod persistence;

@@ -212,3 +212,54 @@ fn stats_with_shards_auto_finds_a_one_shard_mesh_at_the_plain_name() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pid"], json!(mesh.shards[0].pid));
 }
+
+#[test]
+fn procmesh_log_warn_quiets_the_launcher_and_its_shards_but_not_stdout() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(LAUNCH)
+        .args(["--shards", "2", "--name", NAME, "--json"])
+        .env("TMPDIR", dir.path())
+        .env("PROCMESH_BROKER_BIN", broker_bin())
+        .env("PROCMESH_LOG", "warn")
+        .env_remove("PROCMESH_SOCKET")
+        .env_remove("PROCMESH_TOKEN")
+        .env_remove("PROCMESH_PERSIST_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stdout still says each shard serves: it is output, not a log.
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let l = out.next().expect("a serving line").unwrap();
+        assert!(l.contains("\"socket\""), "{l}");
+    }
+    kill(child.id(), libc::SIGTERM);
+    let st = child.wait().unwrap();
+    assert!(st.success());
+    let err = read_all(child.stderr.take().unwrap());
+    assert!(!err.contains("serving"), "{err}");
+    assert!(!err.contains("stopped ("), "{err}");
+}
+
+#[test]
+fn launcher_log_lines_are_timestamped_and_name_the_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::launch_in(dir.path(), 1, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let err = mesh.stderr();
+        if let Some(l) = err.lines().find(|l| l.contains("serving on 1 shard")) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (ts, rest) = line.split_once(' ').unwrap();
+    assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{line}");
+    assert!(
+        rest.starts_with("procmesh-launch: mesh `t` serving"),
+        "{line}"
+    );
+}
