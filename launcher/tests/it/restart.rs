@@ -263,3 +263,41 @@ fn launcher_log_lines_are_timestamped_and_name_the_launcher() {
         "{line}"
     );
 }
+
+#[test]
+fn under_systemd_the_launcher_says_ready_once_every_shard_serves_and_stopping_at_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sd = UnixDatagram::bind(&notify).unwrap();
+    sd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = std::process::Command::new(LAUNCH)
+        .args(["--shards", "2", "--name", NAME, "--json"])
+        .env("TMPDIR", dir.path())
+        .env("PROCMESH_BROKER_BIN", broker_bin())
+        .env("NOTIFY_SOCKET", &notify)
+        .env_remove("PROCMESH_SOCKET")
+        .env_remove("PROCMESH_TOKEN")
+        .env_remove("PROCMESH_PERSIST_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sd.recv(&mut buf).expect("READY=1 from the launcher");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(
+        msg.contains(&format!("MAINPID={}", child.id())),
+        "the launcher's, not a shard's: {msg}"
+    );
+    // Both shards serve by then.
+    for i in 0..2 {
+        let sock = dir.path().join(format!("procmesh-{NAME}#{i}.sock"));
+        CliConn::connect(&sock, None).expect("shard serves when READY=1 arrives");
+    }
+    kill(child.id(), libc::SIGTERM);
+    let n = sd.recv(&mut buf).expect("STOPPING=1 from the launcher");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}
