@@ -86,7 +86,9 @@ const CURSOR_QUOTE_MAX: usize = 40;
 /// slot for as long as it lives (the store never moves entries; only `clear`
 /// frees them all), so every key present for the whole scan is returned (exactly
 /// once); a key written or deleted meanwhile may or may not be, and one deleted and
-/// written again may come twice. A page holds at most `limit` keys
+/// written again may come twice. (A turn rolled back after a failed log write puts
+/// the keys it deleted back, possibly in other slots: a scan running then may miss
+/// them.) A page holds at most `limit` keys
 /// ([`SCAN_MAX_LIMIT`] at most) and ends early after visiting `10 × limit` slots or
 /// [`SCAN_PAGE_BYTES`] of keys, so it may be short, even empty, with a cursor:
 /// only `cursor: null` means done.
