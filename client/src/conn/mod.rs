@@ -87,6 +87,8 @@ pub(crate) struct Settings {
     /// How many shards the client routes over (checked against what a broker
     /// announces in `welcome`).
     pub shards: usize,
+    /// Idempotent publishing: settings and sequence numbers.
+    pub producer: crate::producer::Producer,
 }
 
 /// What the connections of one client share.
@@ -275,6 +277,7 @@ impl Conn {
         shared: Arc<Shared>,
     ) -> Result<Arc<Conn>> {
         let wire = dialect_code(shared.settings.codec.into());
+        let pid = shared.settings.producer.id.clone();
         let conn = Arc::new(Conn {
             shard,
             path,
@@ -285,7 +288,7 @@ impl Conn {
                 stream: None,
                 link: Link::Reconnecting,
                 generation: 0,
-                pid: None,
+                pid,
                 closed_reason: String::new(),
                 wbuf: Vec::new(),
                 records: None,

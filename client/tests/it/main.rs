@@ -11,6 +11,7 @@ mod locks;
 mod negotiate;
 mod processes;
 mod pubsub;
+mod retained;
 mod rpc;
 mod sharding;
 
