@@ -147,6 +147,84 @@ impl Progress {
 mod tests {
     use super::*;
 
+    /// A writer into a shared buffer, for a scoped subscriber.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `f` logs at `info` in the line format of [`init`].
+    fn captured(f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info"))
+            .with_writer(move || out.clone())
+            .event_format(Line {
+                program: "procmesh",
+            })
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn recovery_reports_progress_at_most_once_per_interval() {
+        let text = captured(|| {
+            let mut p = Progress::new(64 << 20);
+            // Within the first interval: nothing, however many records.
+            for _ in 0..3 * PROGRESS_CHECK_RECORDS {
+                p.record();
+            }
+            p.file_done(16 << 20);
+            // An interval later (the clock is the thing tested; set, not slept).
+            p.last -= PROGRESS_EVERY;
+            p.file_done(16 << 20);
+            p.file_done(0); // right after a line: none
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].contains(&format!(
+                "procmesh: recovering: {} records applied, 32 of 64 MiB",
+                3 * PROGRESS_CHECK_RECORDS
+            )),
+            "{text}"
+        );
+        assert!(lines[0].ends_with(" s)"), "{text}");
+    }
+
+    #[test]
+    fn lines_name_the_level_only_when_it_is_not_info() {
+        let text = captured(|| {
+            tracing::info!("serving at /s");
+            tracing::warn!("careful");
+            tracing::error!("broken");
+            tracing::debug!("filtered out");
+        });
+        let tails: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_once(' ').expect("a timestamp first").1)
+            .collect();
+        assert_eq!(
+            tails,
+            [
+                "procmesh: serving at /s",
+                "procmesh: warning: careful",
+                "procmesh: error: broken"
+            ]
+        );
+    }
+
     #[test]
     fn a_bad_filter_is_refused_with_its_text() {
         let e = init("t", "procmesh=loud").unwrap_err();
