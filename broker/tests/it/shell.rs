@@ -830,3 +830,25 @@ fn lock_passes_sigterm_on_to_the_command_and_holds_until_it_exits() {
     let r = c.ok(json!({"t":"lock","key":"job","ttl":1000}));
     assert_eq!(r["acquired"], true, "released after CMD exited: {r}");
 }
+
+#[test]
+fn keys_lists_a_store_too_big_for_one_keys_reply_page_by_page() {
+    let b = TestBroker::start(&["--send-hard-limit", "1MiB", "--max-keys", "0"]);
+    let mut c = TestClient::hello(&b.path, Codec::Json, None);
+    let big = "x".repeat(5000);
+    let entries: Vec<Value> = (0..300)
+        .map(|i| json!([format!("{i:03}{big}"), 1]))
+        .collect();
+    c.request(json!({"t": "mset", "entries": entries}));
+    // The plain `keys` reply would pass the reply limit…
+    assert_eq!(c.request(json!({"t": "keys"}))["code"], "ETOOBIG");
+    // …the shell's `keys` scans instead, and lists them all, sorted.
+    let out = expect(at(&b.path, "keys", &[]), 0);
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(listed.len(), 300);
+    assert!(listed.windows(2).all(|w| w[0] < w[1]));
+    assert!(listed[7].starts_with("007x"));
+    let out = expect(at(&b.path, "keys", &["--prefix", "29", "--limit", "3"]), 0);
+    let three: Vec<String> = (290..293).map(|i| format!("{i}{big}")).collect();
+    assert_eq!(out, three.join("\n"));
+}
