@@ -852,3 +852,27 @@ fn keys_lists_a_store_too_big_for_one_keys_reply_page_by_page() {
     let three: Vec<String> = (290..293).map(|i| format!("{i}{big}")).collect();
     assert_eq!(out, three.join("\n"));
 }
+
+#[test]
+fn prometheus_reports_cache_hits_and_misses() {
+    let b = TestBroker::start(&[]);
+    expect(at(&b.path, "set", &["a", "1"]), 0);
+    expect(at(&b.path, "get", &["a"]), 0);
+    expect(at(&b.path, "get", &["a"]), 0);
+    expect(at(&b.path, "get", &["nope"]), 4);
+    let text = expect(at(&b.path, "stats", &["--format", "prometheus"]), 0);
+    let scrape = parse_prometheus(&text);
+    for (name, help, want) in [
+        ("procmesh_cache_hits_total", "found a live value", 2.0),
+        ("procmesh_cache_misses_total", "found no live value", 1.0),
+    ] {
+        assert!(
+            scrape.docs.get(name).is_some_and(|d| d.contains(help)),
+            "HELP of {name}: {:?}",
+            scrape.docs.get(name)
+        );
+        let s = samples(&scrape, name);
+        assert_eq!(s.len(), 1, "{name}");
+        assert_eq!(counter(s[0]), want, "{name}");
+    }
+}

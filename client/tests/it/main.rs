@@ -3,14 +3,20 @@
 //! and re-executions of this binary for everything about processes (sharing,
 //! auto-spawn races, kill and restart, sharding).
 
+mod redis_support;
 mod support;
 
+mod behaviour;
 mod cache;
 mod connection;
 mod locks;
 mod negotiate;
 mod processes;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis_backend;
+#[cfg(feature = "redis")]
+mod redis_cluster;
 mod retained;
 mod rpc;
 mod sharding;
