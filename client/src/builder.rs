@@ -406,6 +406,8 @@ impl ClientBuilder {
                 reconnect: self.reconnect,
                 spawn: None,
                 handler_threads: self.handler_threads,
+                // One Redis server, no broker welcome to check against.
+                shards: 1,
                 producer: crate::producer::Producer::new(
                     self.idempotent,
                     self.producer_id,
