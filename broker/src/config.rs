@@ -129,13 +129,37 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|n| usize::try_from(n).map_err(|_| format!("`{s}` is too large")))
 }
 
-/// How much `procmesh serve` logs.
+/// How much `procmesh serve` logs (the two levels `--log` had before it took a
+/// filter; kept for embedders that used it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
     /// Startup, warnings, persistence errors.
     Info,
     /// Also every broker event.
     Debug,
+}
+
+/// This broker's place in a sharded mesh: shard `index` of `count` (`--shard 2/8`).
+/// Announced in `welcome` (`shard`, `shards`; ours) so a client that routes over
+/// another shard count refuses to connect instead of sending keys to the wrong shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardOf {
+    /// Its index, `0..count`.
+    pub index: u32,
+    /// How many shards the mesh has (at least 1).
+    pub count: u32,
+}
+
+/// Parses `I/N` (`0 <= I < N`, `N <= 65535`) into a [`ShardOf`].
+pub fn parse_shard(s: &str) -> Result<ShardOf, String> {
+    let bad = || format!("`{s}` is not a shard; use INDEX/COUNT, e.g. 2/8 (0-based)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let index: u32 = i.trim().parse().map_err(|_| bad())?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || count > u32::from(u16::MAX) || index >= count {
+        return Err(bad());
+    }
+    Ok(ShardOf { index, count })
 }
 
 /// The flags of `procmesh serve`; [`BrokerConfig::resolve`] turns them into a config.
@@ -180,10 +204,12 @@ pub struct ServeArgs {
     /// Emit a `stats` event this often (0 = never; logged with --log debug): ms or 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
     pub stats_interval: Option<u64>,
-    /// What `serve` logs to stderr: `info` (startup, warnings, persistence errors)
-    /// or `debug` (also every broker event: connect, disconnect, drop, reap, stats).
-    #[arg(long, value_enum, default_value = "info", env = "PROCMESH_LOG")]
-    pub log: LogLevel,
+    /// What `serve` logs to stderr, as a filter: `info` (the startup and shutdown
+    /// lines, recovery progress, warnings, errors), `warn` (only problems), `debug`
+    /// (also every broker event: connect, disconnect, drop, reap, stats), or per
+    /// module (`procmesh_broker::persistence=debug,info`). See `procmesh_broker::log`.
+    #[arg(long, value_name = "FILTER", default_value = crate::log::DEFAULT_FILTER, env = "PROCMESH_LOG")]
+    pub log: String,
     /// Turn idempotent-producer dedup off (`dedup.enabled: false`).
     #[arg(long)]
     pub no_dedup: bool,
@@ -237,6 +263,10 @@ pub struct ServeArgs {
         default_missing_value = "1000"
     )]
     pub sqpoll: Option<u32>,
+    /// This broker is shard INDEX of a COUNT-shard mesh (`2/8`, 0-based; procmesh-launch
+    /// sets it): announced in `welcome`, so a client with another shard count refuses.
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = parse_shard)]
+    pub shard: Option<ShardOf>,
 }
 
 impl ServeArgs {
@@ -299,6 +329,9 @@ pub struct BrokerConfig {
     pub sqpoll: Option<u32>,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
+    /// Its place in a sharded mesh (`--shard`), announced in `welcome`; `None` for a
+    /// broker that was not told (nothing is announced).
+    pub shard: Option<ShardOf>,
 }
 
 /// The I/O driver choice: `auto` tries io_uring and falls back to epoll.
@@ -479,6 +512,7 @@ impl Default for BrokerConfig {
             pubsub: Default::default(),
             io: IoBackend::Auto,
             sqpoll: None,
+            shard: None,
         }
     }
 }
@@ -575,6 +609,9 @@ impl BrokerConfig {
             return Err(
                 "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll".into(),
             );
+        }
+        if a.shard.is_some() {
+            cfg.shard = a.shard;
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));

@@ -43,6 +43,8 @@
 //! - [`events`]: broker events for an embedder (connect, disconnect, drop, reap,
 //!   stats, persist-error) on a bounded channel ([`BrokerBuilder::events`]).
 //! - [`config`](crate::config): configuration.
+//! - [`log`]: what the broker logs (`tracing` events; it installs no subscriber) and
+//!   the line format the binaries install.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
 //! # Example
@@ -58,15 +60,6 @@
 //! ```
 #![warn(missing_docs)]
 
-/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
-/// (its parent went away) must keep serving, where `eprintln!` would panic.
-macro_rules! log_line {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -76,6 +69,7 @@ mod dispatch;
 pub mod events;
 pub mod io;
 pub mod locks;
+pub mod log;
 mod mesh;
 pub mod persistence;
 pub mod pubsub;
@@ -96,7 +90,7 @@ use std::time::Duration;
 
 pub use config::BrokerConfig;
 pub use events::BrokerEvent;
-pub use io::{BindError, Reactor};
+pub use io::{BindError, Reactor, StopReason};
 pub use store::StoreConfig;
 
 /// Entry point for embedding a broker: `Broker::builder()…start()`.
@@ -260,7 +254,7 @@ impl BrokerBuilder {
         let (stop, waker) = reactor.stopper();
         let thread = std::thread::Builder::new()
             .name("procmesh-broker".into())
-            .spawn(move || reactor.run())
+            .spawn(move || reactor.run().map(drop))
             .map_err(BindError::Io)?;
         Ok(BrokerHandle {
             path,

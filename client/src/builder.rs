@@ -383,7 +383,7 @@ impl ClientBuilder {
             return Ok(paths
                 .into_iter()
                 .enumerate()
-                .map(|(i, p)| (p, addr::shard_name(&self.name, i)))
+                .map(|(i, p)| (p, addr::member_name(&self.name, i, n)))
                 .collect());
         }
         let path = self.address.clone().unwrap_or_else(|| {
@@ -428,6 +428,8 @@ impl ClientBuilder {
                 handler_threads: self.handler_threads,
                 // Kept so `near_cache_stats` reports it as off (see `open_redis`).
                 near_cache: self.near_cache,
+                // One Redis server, no broker welcome to check against.
+                shards: 1,
                 producer: crate::producer::Producer::new(
                     self.idempotent,
                     self.producer_id,
@@ -455,6 +457,7 @@ impl ClientBuilder {
             spawn,
             handler_threads: self.handler_threads,
             near_cache: self.near_cache,
+            shards: targets.len(),
             producer: crate::producer::Producer::new(
                 self.idempotent,
                 self.producer_id,

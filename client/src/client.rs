@@ -352,6 +352,42 @@ impl Client {
         Ok(per_shard.into_iter().flatten().collect())
     }
 
+    /// Every live key starting with `prefix` (`""`: every key), of every shard in
+    /// turn, fetched a page at a time with `scan` (ours; a Node.js broker answers
+    /// it `EUNKNOWN`, use [`keys`](Client::keys) there). Unlike `keys`, no reply
+    /// holds more than one page, so a store of millions of keys is listed without
+    /// one giant frame.
+    ///
+    /// Every key present for the whole iteration is yielded; a key written or
+    /// deleted meanwhile may or may not be, and may come twice. An error ends the
+    /// iteration after it is yielded.
+    ///
+    /// ```no_run
+    /// # fn main() -> procmesh::Result<()> {
+    /// let client = procmesh::Client::connect()?;
+    /// for key in client.scan("session:") {
+    ///     println!("{}", key?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(&self, prefix: &str) -> Scan<'_> {
+        Scan {
+            client: self,
+            prefix: prefix.to_owned(),
+            limit: None,
+            shard: 0,
+            cursor: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// Every live key starting with `prefix`, of every shard: [`scan`](Client::scan)
+    /// collected.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.scan(prefix).collect()
+    }
+
     /// Deletes every key (on every shard).
     pub fn clear(&self) -> Result<()> {
         if let Some(near) = self.near() {
@@ -601,6 +637,76 @@ fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
         }
     }
     Ok((values.ok_or_else(bad)?, found.ok_or_else(bad)?))
+}
+
+/// The iterator of [`Client::scan`]: keys of shard 0, page by page, then shard 1, …
+pub struct Scan<'c> {
+    client: &'c Client,
+    prefix: String,
+    limit: Option<u64>,
+    shard: usize,
+    /// Where the current shard's scan resumes; `None` before its first page.
+    cursor: Option<String>,
+    page: std::vec::IntoIter<String>,
+    done: bool,
+}
+
+impl Scan<'_> {
+    /// Asks for pages of at most `n` keys (the broker caps it, at 10 000 for ours;
+    /// default 1000).
+    pub fn page_size(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Fetches the next page of the current shard, moving to the next shard when it
+    /// is complete.
+    fn fetch(&mut self) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            keys: Vec<String>,
+            cursor: Option<String>,
+        }
+        let req = Request::Scan {
+            prefix: (!self.prefix.is_empty()).then(|| self.prefix.as_str().into()),
+            limit: self.limit,
+            cursor: self.cursor.as_deref().map(Into::into),
+        };
+        let page: Page = self
+            .client
+            .conn(self.shard)
+            .request(&req, self.client.timeout())?
+            .value()?;
+        self.page = page.keys.into_iter();
+        match page.cursor {
+            Some(c) => self.cursor = Some(c),
+            None => {
+                self.cursor = None;
+                self.shard += 1;
+                self.done = self.shard >= self.client.shard_count();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        loop {
+            if let Some(k) = self.page.next() {
+                return Some(Ok(k));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ mod stats;
 mod value;
 
 pub use builder::ClientBuilder;
-pub use client::Client;
+pub use client::{Client, Scan};
 pub use dispatch::Message;
 pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};

@@ -75,6 +75,7 @@ kinds! {
     Del = "del",
     Has = "has",
     Keys = "keys",
+    Scan = "scan",
     Clear = "clear",
     Mget = "mget",
     Mset = "mset",
@@ -149,6 +150,13 @@ pub struct Frame<'a> {
     pub codecs: Option<Raw<'a>>,
     pub replay: Option<Raw<'a>>,
     pub since: Option<Raw<'a>>,
+    /// `welcome`'s shard index and count (ours).
+    pub shard: Option<Raw<'a>>,
+    pub shards: Option<Raw<'a>>,
+    /// `scan`'s fields (ours).
+    pub prefix: Option<Raw<'a>>,
+    pub limit: Option<Raw<'a>>,
+    pub cursor: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -214,6 +222,11 @@ impl<'a> Frame<'a> {
                 b"codecs" => &mut f.codecs,
                 b"replay" => &mut f.replay,
                 b"since" => &mut f.since,
+                b"shard" => &mut f.shard,
+                b"shards" => &mut f.shards,
+                b"prefix" => &mut f.prefix,
+                b"limit" => &mut f.limit,
+                b"cursor" => &mut f.cursor,
                 _ => return,
             };
             *slot = Some(v);
@@ -354,6 +367,7 @@ pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &st
         broker,
         pid,
         codecs: &[],
+        shard: None,
     }
     .encode_into(codec, id, out);
 }

@@ -72,6 +72,9 @@ pub enum Reply<'a> {
         /// The codecs the broker reads, as `"codecs":[…]` (ours: a broker that lists
         /// them re-detects the codec from the frame after `welcome`); omitted when empty.
         codecs: &'a [&'a str],
+        /// `(index, count)` of a broker told its place in a sharded mesh, as
+        /// `"shard":I,"shards":N` (ours; procmesh-js ignores both); `None` omits them.
+        shard: Option<(u32, u32)>,
     },
     /// `pong` (answers `ping`).
     Pong,
@@ -145,6 +148,7 @@ impl Reply<'_> {
                 broker,
                 pid,
                 codecs,
+                shard,
             } => {
                 m.key("version").int(PROTOCOL_VERSION);
                 m.key("broker").str(broker);
@@ -156,6 +160,10 @@ impl Reply<'_> {
                         w.str(c);
                     }
                     w.end_array();
+                }
+                if let Some((index, count)) = shard {
+                    m.key("shard").int(i64::from(index));
+                    m.key("shards").int(i64::from(count));
                 }
             }
             _ => {}
@@ -548,11 +556,13 @@ mod tests {
                     broker: "default",
                     pid: "p1",
                     codecs: &[],
+                    shard: None,
                 }
                 .encode_into(c, id, o)
             },
             r#"{"t":"welcome","id":12,"version":4,"broker":"default","pid":"p1"}"#,
         );
+
         one(
             &|o| Reply::Pong.encode_into(c, id, o),
             r#"{"t":"pong","id":12}"#,
@@ -707,6 +717,30 @@ mod tests {
             let p = payload(&out);
             assert_eq!(std::str::from_utf8(p).unwrap(), want);
             assert!(validate(Codec::Json, p).is_ok());
+        }
+    }
+
+    #[test]
+    fn welcome_announces_the_shard_only_when_told() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let mut out = Vec::new();
+            Reply::Welcome {
+                broker: "m#2",
+                pid: "p1",
+                codecs: &[],
+                shard: Some((2, 8)),
+            }
+            .encode_into(codec, None, &mut out);
+            let p = payload(&out);
+            let v: serde_json::Value = match codec {
+                Codec::Json => serde_json::from_slice(p).unwrap(),
+                _ => rmp_serde::from_slice(p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"t":"welcome","version":PROTOCOL_VERSION,"broker":"m#2",
+                    "pid":"p1","shard":2,"shards":8})
+            );
         }
     }
 

@@ -201,6 +201,19 @@ fn route<T: Transport>(
         Request::Del { key } => cache::del(m, out, from, id, &key),
         Request::Has { key } => cache::has(m, out, from, id, &key),
         Request::Keys => cache::keys(m, out, from, id),
+        Request::Scan {
+            prefix,
+            limit,
+            cursor,
+        } => cache::scan(
+            m,
+            out,
+            from,
+            id,
+            prefix.as_deref(),
+            limit,
+            cursor.as_deref(),
+        )?,
         Request::Clear => cache::clear(m, out, from, id),
         Request::Mget { keys } => {
             let track = &mut m.store.effects_mut().track;

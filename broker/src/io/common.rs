@@ -44,6 +44,8 @@ pub(crate) struct Base {
     /// The signal pipe, once watched: readable means "shut down".
     pub(crate) signals: Option<UnixStream>,
     warnings: Vec<String>,
+    /// Keys recovered from persistence and how long recovery took.
+    recovered: Option<(usize, std::time::Duration)>,
 }
 
 /// Takes the address lock, recovers the persistence directory of `cfg` (snapshot,
@@ -59,6 +61,7 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
     );
     let mut locks = LockTable::default();
     let mut warnings = Vec::new();
+    let mut recovered = None;
     let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
     let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
     let persist = match &cfg.persist {
@@ -70,6 +73,7 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
             store.effects_mut().log = Some(EffectLog::new(unix_base));
             locks = LockTable::with_reservations(rec.fence_reserved);
             warnings = rec.warnings;
+            recovered = Some((rec.keys, start.elapsed()));
             Some(p)
         }
         None => None,
@@ -88,6 +92,7 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
         waker,
         signals: None,
         warnings,
+        recovered,
     };
     Ok((base, core, listener))
 }
@@ -96,6 +101,11 @@ impl Base {
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub(crate) fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Keys recovered from persistence and the time it took (`None` without it).
+    pub(crate) fn recovered(&self) -> Option<(usize, std::time::Duration)> {
+        self.recovered
     }
 
     /// The socket path.
@@ -143,19 +153,20 @@ pub(crate) fn end_turn<T: Transport>(
     io: &mut T,
     idle_since: &mut Option<u64>,
     now: u64,
-) -> bool {
+) -> Option<super::StopReason> {
     core.end_turn();
     core.flush(io);
     if base.stop.load(Ordering::Relaxed) || core.is_shutdown() {
         core.flush(io);
-        return true;
+        return Some(super::StopReason::Requested);
     }
     if !core.has_no_conns() {
         *idle_since = None;
-        return false;
+        return None;
     }
     let since = *idle_since.get_or_insert(now);
     core.cfg()
         .idle_timeout
         .is_some_and(|idle| now.saturating_sub(since) >= idle.as_millis() as u64)
+        .then_some(super::StopReason::IdleTimeout)
 }

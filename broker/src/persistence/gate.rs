@@ -162,7 +162,7 @@ impl Gate {
             Ok(()) => {
                 store.commit_turn();
                 if was_failing && p.error.is_none() {
-                    log_line!("procmesh: persistence recovered; writes are accepted again");
+                    tracing::info!("persistence recovered; writes are accepted again");
                 }
             }
             Err(e) => {
@@ -171,8 +171,8 @@ impl Gate {
                 }
                 let undone = store.undo_turn();
                 if !was_failing {
-                    log_line!(
-                        "procmesh: persistence error: {e}; undid {undone} write(s) of this turn; \
+                    tracing::error!(
+                        "persistence error: {e}; undid {undone} write(s) of this turn; \
                          refusing writes until it recovers"
                     );
                 }

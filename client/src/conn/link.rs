@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::opt_str;
-use procmesh_proto::{Dialect, Kind, Raw, Request};
+use procmesh_proto::{Dialect, Frame, Kind, Raw, Request};
 
 use super::buf::ReadBuf;
 use super::reader::Records;
@@ -267,6 +267,7 @@ impl Conn {
                 let is_ours = f.id.and_then(|r| r.as_i64()) == Some(id as i64);
                 match f.kind() {
                     Kind::Welcome | Kind::Ok if is_ours => {
+                        self.check_shard(&f)?;
                         if let Ok(Some(p)) = opt_str(f.pid, "pid") {
                             lock(&self.io).pid = Some(p.into_owned());
                         }
@@ -454,6 +455,31 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Fails with [`ClientError::ShardMismatch`] when the `welcome` announces a place
+    /// in the mesh (`shard`, `shards`; ours) other than the one this connection
+    /// routes to. A broker that announces nothing (procmesh-js, a plain `serve`)
+    /// passes.
+    fn check_shard(&self, welcome: &Frame<'_>) -> Result<()> {
+        let (Some(count), index) = (
+            welcome.shards.and_then(|r| r.as_i64()),
+            welcome.shard.and_then(|r| r.as_i64()),
+        ) else {
+            return Ok(());
+        };
+        let expected = (self.shard.0, self.shared.settings.shards);
+        let index = index.unwrap_or(0);
+        if (index, count) == (expected.0 as i64, expected.1 as i64) {
+            return Ok(());
+        }
+        Err(ClientError::ShardMismatch {
+            path: self.path.clone(),
+            expected,
+            announced: (index.max(0) as u64, count.max(0) as u64),
+        })
+    }
+}
+
 /// Whether a `welcome`'s `codecs` list (ours) names `codec`.
 fn lists_codec(codecs: Option<Raw<'_>>, codec: &str) -> bool {
     codecs
@@ -584,6 +610,7 @@ mod tests {
                     broker: "fake",
                     pid: "p1",
                     codecs: &[],
+                    shard: None,
                 }
                 .encode_into(
                     codec,
@@ -605,6 +632,7 @@ mod tests {
                 spawn: None,
                 handler_threads: 1,
                 near_cache: None,
+                shards: 1,
                 producer: Default::default(),
             };
             let shared = Arc::new(Shared::new(settings, Dispatcher::start(vec![]).unwrap()));

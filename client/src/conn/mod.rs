@@ -87,6 +87,9 @@ pub(crate) struct Settings {
     pub handler_threads: usize,
     /// Near cache bounds (entries, value bytes; 0 = no byte bound), when on.
     pub near_cache: Option<(usize, usize)>,
+    /// How many shards the client routes over (checked against what a broker
+    /// announces in `welcome`).
+    pub shards: usize,
     /// Idempotent publishing: settings and sequence numbers.
     pub producer: crate::producer::Producer,
 }

@@ -103,6 +103,17 @@ pub enum Request<'a> {
     },
     /// `keys`.
     Keys,
+    /// `scan prefix? limit? cursor?` (ours): one page of the live keys starting with
+    /// `prefix`, resumed at `cursor` (absent: from the start); answered
+    /// `{keys, cursor}` with the next cursor, `null` when the scan is complete.
+    Scan {
+        /// Only keys starting with this (absent: every key).
+        prefix: Option<Cow<'a, str>>,
+        /// Most keys in the page (absent: the broker's default; capped by it).
+        limit: Option<u64>,
+        /// Where to resume: the `cursor` of the previous page, opaque.
+        cursor: Option<Cow<'a, str>>,
+    },
     /// `clear`.
     Clear,
     /// `mget keys`.
@@ -280,6 +291,11 @@ impl<'a> Request<'a> {
                 key: need_str(f.key, "key")?,
             },
             Kind::Keys => Request::Keys,
+            Kind::Scan => Request::Scan {
+                prefix: opt_str(f.prefix, "prefix")?,
+                limit: opt_u64(f.limit, "limit")?,
+                cursor: opt_str(f.cursor.filter(|c| !c.is_nil()), "cursor")?,
+            },
             Kind::Clear => Request::Clear,
             Kind::Mget => Request::Mget {
                 keys: KeyList::decode(need_value(f.keys, "keys")?)?,
@@ -407,6 +423,7 @@ impl<'a> Request<'a> {
             Request::Del { .. } => Kind::Del,
             Request::Has { .. } => Kind::Has,
             Request::Keys => Kind::Keys,
+            Request::Scan { .. } => Kind::Scan,
             Request::Clear => Kind::Clear,
             Request::Mget { .. } => Kind::Mget,
             Request::Mset { .. } => Kind::Mset,
@@ -507,6 +524,15 @@ impl<'a> Request<'a> {
                 s(m, "key", key);
                 m.raw("value", *value)?;
                 opt_u(m, "ttl", *ttl_ms);
+            }
+            Request::Scan {
+                prefix,
+                limit,
+                cursor,
+            } => {
+                opt_s(m, "prefix", prefix);
+                opt_u(m, "limit", *limit);
+                opt_s(m, "cursor", cursor);
             }
             Request::Mget { keys } => {
                 let w = m.key("keys");
@@ -1045,6 +1071,47 @@ mod tests {
         for (g, w) in got.iter().zip(MSGPACK) {
             assert_eq!(g, w);
         }
+    }
+
+    #[test]
+    fn scan_round_trips_in_both_codecs() {
+        let full = Request::Scan {
+            prefix: Some("user:".into()),
+            limit: Some(500),
+            cursor: Some("42".into()),
+        };
+        let bare = Request::Scan {
+            prefix: None,
+            limit: None,
+            cursor: None,
+        };
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for (req, want) in [
+                (
+                    &full,
+                    r#"{"t":"scan","id":11,"prefix":"user:","limit":500,"cursor":"42"}"#,
+                ),
+                (&bare, r#"{"t":"scan","id":11}"#),
+            ] {
+                let mut out = Vec::new();
+                req.encode_into(codec, Some(11), &mut out).unwrap();
+                let p = payload(&out);
+                let via: serde_json::Value = match codec {
+                    Codec::Json => serde_json::from_slice(p).unwrap(),
+                    _ => rmp_serde::from_slice(p).unwrap(),
+                };
+                assert_eq!(
+                    via,
+                    serde_json::from_str::<serde_json::Value>(want).unwrap()
+                );
+                assert_eq!(Request::decode(codec, p).unwrap(), *req);
+            }
+        }
+        // A null cursor is a fresh scan; a cursor of another type is refused.
+        let r = Request::decode(Codec::Json, br#"{"t":"scan","cursor":null}"#).unwrap();
+        assert_eq!(r, bare);
+        assert!(Request::decode(Codec::Json, br#"{"t":"scan","cursor":5}"#).is_err());
+        assert!(Request::decode(Codec::Json, br#"{"t":"scan","limit":-1}"#).is_err());
     }
 
     #[test]
