@@ -121,12 +121,17 @@ mod error;
 mod event;
 mod lock;
 mod pending;
+mod pipeline;
 mod pool;
 mod pubsub;
 mod rpc;
 mod spawn;
 mod stats;
+mod stream;
 mod value;
+
+#[cfg(feature = "tokio")]
+pub mod aio;
 
 pub use builder::ClientBuilder;
 pub use client::Client;
@@ -134,10 +139,12 @@ pub use dispatch::Message;
 pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
+pub use pipeline::{FromPipeline, Pipeline, PipelineResult};
 pub use procmesh_proto::{Codec, ErrorCode};
 pub use pubsub::Subscription;
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
+pub use stream::{Messages, DEFAULT_QUEUE_CAPACITY};
 
 /// The FNV-1a hash that places keys on shards (over UTF-16 code units, as the
 /// Node.js package computes it): a key lives on shard `fnv1a(key) % n`.
