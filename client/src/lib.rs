@@ -113,6 +113,7 @@
 //! wire code (`EFENCED`, `ETIMEOUT`, `EDISCONNECTED`, …) as an [`ErrorCode`].
 #![deny(missing_docs)]
 
+mod address;
 mod builder;
 mod client;
 mod conn;

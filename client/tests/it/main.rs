@@ -5,14 +5,19 @@
 
 mod support;
 
+#[cfg(feature = "tokio")]
+mod aio;
+mod address;
 mod cache;
 mod connection;
 mod locks;
 mod negotiate;
+mod pipeline;
 mod processes;
 mod pubsub;
 mod rpc;
 mod sharding;
+mod stream;
 
 /// Entry point of child processes: the multi-process tests run this binary
 /// again with `PROCMESH_IT_ROLE` set (see `support::child`).
