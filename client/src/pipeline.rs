@@ -347,6 +347,10 @@ impl PipelineResult {
     /// for `publish`; the command's error if it failed.
     pub fn value<T: DeserializeOwned>(self) -> Result<T> {
         let reply = self.outcome?;
+        if self.op == "set" {
+            // `set` answers with no value of interest (the one-off method returns `()`).
+            return crate::value::decode(crate::value::null(reply.codec()));
+        }
         if self.op == "pub" {
             // A deduplicated publish has no count: it reached nobody new.
             if !matches!(reply.raw_value(), Some(r) if !r.is_nil()) {

@@ -30,5 +30,9 @@ fn an_address_string_carries_the_socket_and_token() {
     let c2 = Client::from_env("PROCMESH_IT_ADDRESS_URL").unwrap();
     assert_eq!(c2.get::<i32>("k").unwrap(), Some(1));
     let e = Client::from_env("PROCMESH_IT_ADDRESS_UNSET").unwrap_err();
-    assert!(e.to_string().contains("PROCMESH_IT_ADDRESS_UNSET is not set"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("PROCMESH_IT_ADDRESS_UNSET is not set"),
+        "{e}"
+    );
 }

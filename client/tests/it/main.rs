@@ -5,9 +5,9 @@
 
 mod support;
 
+mod address;
 #[cfg(feature = "tokio")]
 mod aio;
-mod address;
 mod cache;
 mod connection;
 mod locks;

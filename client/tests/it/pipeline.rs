@@ -78,7 +78,11 @@ fn an_error_inside_a_pipeline_is_that_commands_result_only() {
             "{bad:?}"
         );
         assert_eq!(
-            it.next().unwrap().value::<Option<String>>().unwrap().as_deref(),
+            it.next()
+                .unwrap()
+                .value::<Option<String>>()
+                .unwrap()
+                .as_deref(),
             Some("text"),
             "the commands after the error ran"
         );

@@ -17,10 +17,7 @@ fn subscribe_iter_receives_messages_in_order() {
         for i in 0..20 {
             assert_eq!(other.publish(&format!("feed.{}", i % 3), &i).unwrap(), 1);
         }
-        let got: Vec<i32> = (&mut msgs)
-            .take(20)
-            .map(|m| m.payload().unwrap())
-            .collect();
+        let got: Vec<i32> = (&mut msgs).take(20).map(|m| m.payload().unwrap()).collect();
         assert_eq!(got, (0..20).collect::<Vec<_>>(), "{codec:?}");
         assert!(msgs.try_recv().is_none());
         assert_eq!(msgs.dropped(), 0);
@@ -48,7 +45,11 @@ fn a_slow_subscribe_iter_reader_drops_and_counts_past_capacity() {
     let kept: Vec<i32> = (0..8)
         .map(|_| slow.try_recv().unwrap().payload().unwrap())
         .collect();
-    assert_eq!(kept, (0..8).collect::<Vec<_>>(), "the oldest are kept, in order");
+    assert_eq!(
+        kept,
+        (0..8).collect::<Vec<_>>(),
+        "the oldest are kept, in order"
+    );
     // Drained, it takes new messages again.
     other.publish("bp", &100).unwrap();
     let m = slow.recv_timeout(WAIT).unwrap();
