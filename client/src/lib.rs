@@ -38,6 +38,13 @@
 //! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`]; `lock`,
 //!   `with_lock` and the fenced writes.
 //! - `pubsub`: [`Subscription`]; `subscribe` and `publish`.
+//! - `stream`: [`Messages`] (`subscribe_iter`) and the bounded queue behind it
+//!   and behind the async streams.
+//! - `pipeline`: [`Pipeline`], [`PipelineResult`], [`FromPipeline`]: many
+//!   commands in one write per shard, results in order.
+//! - `address`: address strings (`procmesh://NAME?shards=N&token=T`,
+//!   `unix:/path`) for [`ClientBuilder::from_address`] and [`Client::from_env`].
+//! - `aio` (feature `tokio`): the async client on the same connections.
 //! - `rpc`: [`Registration`]; `register` and `call`.
 //! - `conn`: one connection: pipelined requests and the state shared with its
 //!   reader thread (documents the lock order and a request's path).
@@ -107,6 +114,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Async
+//! With the cargo feature `tokio`, `procmesh::aio::Client` offers every operation
+//! as a cancel-safe `async fn` on the same connections, subscriptions as bounded
+//! `Stream`s, and async pipelines; see the `aio` module.
 //!
 //! # Errors
 //! Every call returns [`ClientError`]; [`ClientError::code`] gives the stable

@@ -154,9 +154,8 @@ impl<T> Queue<T> {
 /// Messages wait in a bounded queue (capacity [`DEFAULT_QUEUE_CAPACITY`] unless
 /// given): when it is full, newer messages are dropped and counted in
 /// [`Messages::dropped`], so a slow reader never grows the client's memory.
-/// Iterating blocks for each next message and ends after
-/// [`Messages::unsubscribe`]-like closing only, so use [`Messages::recv_timeout`]
-/// to wait with a bound. Dropping it unsubscribes.
+/// Iterating blocks for each next message and does not end while subscribed;
+/// use [`Messages::recv_timeout`] to wait with a bound. Dropping it unsubscribes.
 #[must_use = "dropping Messages unsubscribes at once"]
 pub struct Messages {
     queue: Arc<Queue<Message>>,
