@@ -61,7 +61,8 @@ impl Subscription {
         let Some(mut sub) = self.sub.take() else {
             return Ok(());
         };
-        sub.active = false;
+        // `sub` stays active until every shard is done: dropped half-way (or
+        // failing), its own drop unsubscribes the shards still subscribed.
         let req = Request::Unsub {
             channel: sub.pattern.as_str().into(),
         };
@@ -81,7 +82,9 @@ impl Subscription {
             }
             Ok(())
         })
-        .await
+        .await?;
+        sub.active = false;
+        Ok(())
     }
 }
 
