@@ -432,3 +432,61 @@ async fn an_async_pipeline_keeps_order_and_an_error_is_its_own() {
     let (a, b): (i64, Option<i64>) = c.pipeline().incr("k0", 1).get("k29").query().await.unwrap();
     assert_eq!((a, b), (101, Some(129)));
 }
+
+/// The examples (built by `cargo test --features tokio`) run to completion and
+/// show what they claim.
+#[test]
+fn the_async_examples_run_and_show_what_they_claim() {
+    let exe = std::env::current_exe().expect("current exe");
+    let examples = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("examples");
+    let run = |name: &str| -> String {
+        let bin = examples.join(name);
+        assert!(
+            bin.exists(),
+            "example {name} not built at {}",
+            bin.display()
+        );
+        let out = std::process::Command::new(&bin)
+            .env_remove("PROCMESH_SOCKET")
+            .output()
+            .expect("run example");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{name} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let lock = run("aio_lock");
+    assert!(lock.contains("A's late write: EFENCED"), "{lock}");
+    assert!(lock.contains(r#"report:owner = Some("B")"#), "{lock}");
+    let workers = run("aio_workers");
+    assert_eq!(
+        workers.lines().filter(|l| l.contains("by worker")).count(),
+        12
+    );
+    for w in 0..3 {
+        assert!(
+            workers.contains(&format!("by worker {w}")),
+            "every worker served: {workers}"
+        );
+    }
+    let service = run("aio_service");
+    assert!(service.contains("hit #5"), "{service}");
+    assert!(
+        service.contains("rendered by instance b (cached for instance a"),
+        "one instance serves the other's cached page: {service}"
+    );
+    let sharded = run("aio_sharded");
+    assert!(sharded.contains("total 12"), "{sharded}");
+    assert_eq!(
+        sharded.lines().filter(|l| l.starts_with("heard ")).count(),
+        3
+    );
+}
