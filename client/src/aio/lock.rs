@@ -12,7 +12,7 @@ use std::time::Duration;
 use procmesh_proto::Request;
 use serde::{Deserialize, Serialize};
 
-use super::{request, send, within, Client};
+use super::{request, send_one, within, Client};
 use crate::client::ms;
 use crate::error::{ClientError, Result};
 use crate::lock::{FencingToken, LockOptions};
@@ -126,10 +126,7 @@ impl Client {
         let shard = self.shard_of(key).0;
         let conn = self.inner.conn(shard);
         let reply = within("lock", opts.wait + self.timeout(), async {
-            let mut f = send(conn, std::slice::from_ref(&req))
-                .await?
-                .pop()
-                .expect("invariant: one request, one future");
+            let mut f = send_one(conn, &req).await?;
             let owner = self.inner.conn_arc(shard);
             let k = key.to_owned();
             f.on_abandon = Some(Box::new(move |o| {

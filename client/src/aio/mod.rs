@@ -175,6 +175,24 @@ async fn send<'c>(conn: &'c Conn, reqs: &[Request<'_>]) -> Result<Vec<InFlight<'
     }
 }
 
+/// Writes `req` to `conn`, waiting (asynchronously) for the link while it
+/// reconnects; the future of its reply. (One request: no batch bookkeeping.)
+async fn send_one<'c>(conn: &'c Conn, req: &Request<'_>) -> Result<InFlight<'c>> {
+    let slot = Arc::new(Slot::default());
+    loop {
+        if let Some(id) = conn.try_start(req, &slot)? {
+            return Ok(InFlight {
+                conn,
+                id,
+                slot,
+                done: false,
+                on_abandon: None,
+            });
+        }
+        poll_fn(|cx| conn.poll_link(cx)).await;
+    }
+}
+
 /// `f` bounded by `timeout`; `ETIMEOUT` for `op` when it passes.
 async fn within<T>(
     op: &'static str,
@@ -191,8 +209,7 @@ async fn within<T>(
 /// (waiting for a reconnect included).
 async fn request(conn: &Conn, req: &Request<'_>, timeout: Duration) -> Result<Reply> {
     within(req.kind().tag(), timeout, async {
-        let mut f = send(conn, std::slice::from_ref(req)).await?;
-        f.pop().expect("invariant: one request, one future").await
+        send_one(conn, req).await?.await
     })
     .await
 }
@@ -263,7 +280,7 @@ impl Client {
         within(req.kind().tag(), self.timeout(), async {
             let mut all = Vec::with_capacity(self.shard_count());
             for s in 0..self.shard_count() {
-                all.extend(send(self.inner.conn(s), std::slice::from_ref(req)).await?);
+                all.push(send_one(self.inner.conn(s), req).await?);
             }
             let mut out = Vec::with_capacity(all.len());
             for f in all {
@@ -362,8 +379,7 @@ impl Client {
                 let req = Request::Mget {
                     keys: KeyList::from_strs(&names),
                 };
-                let mut f = send(self.inner.conn(s), std::slice::from_ref(&req)).await?;
-                flights.push((idx, f.pop().expect("invariant: one future")));
+                flights.push((idx, send_one(self.inner.conn(s), &req).await?));
             }
             for (idx, f) in flights {
                 let reply = f.await?;
@@ -405,7 +421,7 @@ impl Client {
                 let req = Request::Mset {
                     entries: EntryList::from_pairs(&pairs),
                 };
-                flights.extend(send(self.inner.conn(s), std::slice::from_ref(&req)).await?);
+                flights.push(send_one(self.inner.conn(s), &req).await?);
             }
             for f in flights {
                 f.await?;

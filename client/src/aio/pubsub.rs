@@ -15,7 +15,7 @@ use futures_core::Stream;
 use procmesh_proto::{topic, Acks, Request};
 use serde::Serialize;
 
-use super::{send, within, Client};
+use super::{send_one, within, Client};
 use crate::dispatch::{Message, MsgHandler};
 use crate::error::Result;
 use crate::event::Event;
@@ -74,7 +74,7 @@ impl Subscription {
             for &s in &sub.shards {
                 let conn = c.conn(s);
                 if lock(&conn.subs).remove(&sub.pattern, sub.id) {
-                    flights.extend(send(conn, std::slice::from_ref(&req)).await?);
+                    flights.push(send_one(conn, &req).await?);
                 }
             }
             for f in flights {
@@ -211,7 +211,7 @@ impl Client {
                 // Local handler first, so that no message right after the
                 // broker's confirmation is missed.
                 if lock(&c.subs).add(pattern, id, h.clone()) {
-                    flights.extend(send(c, std::slice::from_ref(&req)).await?);
+                    flights.push(send_one(c, &req).await?);
                 }
             }
             for f in flights {

@@ -410,6 +410,22 @@ impl Conn {
             .collect())
     }
 
+    /// Sends `req`, its reply going to `slot`; returns its id. Never waits for a
+    /// reconnect: `Ok(None)` while the link is down and may come back.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn try_start(&self, req: &Request<'_>, slot: &Arc<Slot>) -> Result<Option<u64>> {
+        let mut io = lock(&self.io);
+        match io.link {
+            Link::Up => {
+                let id = self.next_id();
+                self.write_locked(&mut io, id, req, Pending::Waiter(slot.clone()))?;
+                Ok(Some(id))
+            }
+            Link::Reconnecting => Ok(None),
+            Link::Closed => Err(ClientError::disconnected(io.closed_reason.clone())),
+        }
+    }
+
     /// Sends every request of `reqs` in one write, each reply going to its slot
     /// of `slots`; returns their ids. Never waits for a reconnect: `Ok(None)`
     /// while the link is down and may come back (wait with [`Conn::poll_link`]
