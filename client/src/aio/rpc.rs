@@ -6,6 +6,7 @@
 //! threads, never on the runtime. The guard exists before the `reg` is sent,
 //! so a dropped `register` future unregisters.
 
+use std::future::Future;
 use std::time::Duration;
 
 use procmesh_proto::Request;
@@ -81,6 +82,22 @@ impl Client {
         };
         request(c, &Request::Reg { name: name.into() }, self.timeout()).await?;
         Ok(Registration { reg: Some(reg) })
+    }
+
+    /// [`Client::register`] with an async handler: each invocation is driven to
+    /// completion on the client's handler thread by the runtime this is called
+    /// from (`Handle::block_on`), so the handler may await anything, this client
+    /// included; at most `handler_threads` invocations run at once.
+    pub async fn register_async<A, R, F, Fut>(&self, name: &str, handler: F) -> Result<Registration>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>>,
+    {
+        let rt = tokio::runtime::Handle::current();
+        self.register(name, move |a: A| rt.block_on(handler(a)))
+            .await
     }
 
     /// Calls the procedure `name` with `args` and decodes its result; see

@@ -179,6 +179,38 @@ async fn every_operation_family_works_async_on_a_sharded_mesh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_handler_may_await_the_client_it_serves_on() {
+    let b = InProc::start();
+    let c = aclient(&b.path, Codec::MsgPack).await;
+    c.set("base", &40).await.unwrap();
+    let inner = c.clone();
+    let _reg = c
+        .register_async("add_base", move |n: i64| {
+            let c = inner.clone();
+            async move {
+                let base: i64 = c
+                    .get("base")
+                    .await
+                    .map_err(|e| procmesh::HandlerError::new(e.to_string()))?
+                    .unwrap_or(0);
+                Ok(base + n)
+            }
+        })
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..8i64 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            c.call::<_, i64>("add_base", &i, None).await
+        }));
+    }
+    for (i, t) in calls.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), 40 + i as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_is_discarded_by_id_and_the_connection_still_works() {
     let b = InProc::start();
     let worker = client_at(&b.path, Codec::MsgPack);
