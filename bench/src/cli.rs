@@ -151,10 +151,17 @@ pub struct RunArgs {
     #[arg(short = 's', long = "subscribers", default_value_t = 4)]
     pub subscribers: usize,
 
-    /// `acks` of each `publish`: `0` (no reply; not measurable here), `1`, or `all`
+    /// `acks` of each `publish`: `0` (no reply: each request is 16 publishes and a
+    /// `ping`, counted as 16 operations; `-n` counts such requests), `1`, or `all`
     /// (durable on a retained channel of a persisting broker).
     #[arg(long = "acks", value_enum, default_value_t = AcksArg::One)]
     pub acks: AcksArg,
+
+    /// Idempotent publishes (`publish`): each connection is a producer
+    /// (`pid` `bench-<os pid>-<conn>`) numbering its publishes (`seq`), so the broker
+    /// runs its dedup check on every one.
+    #[arg(long)]
+    pub idempotent: bool,
 
     /// Worker connections of `call`.
     #[arg(short = 'w', long = "workers", default_value_t = 1)]
@@ -243,6 +250,9 @@ mod tests {
 /// `--acks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AcksArg {
+    /// `acks: 0` (no reply).
+    #[value(name = "0")]
+    Zero,
     /// `acks: 1` (the default; not sent).
     #[value(name = "1")]
     One,
@@ -253,6 +263,7 @@ pub enum AcksArg {
 impl From<AcksArg> for procmesh_proto::Acks {
     fn from(a: AcksArg) -> procmesh_proto::Acks {
         match a {
+            AcksArg::Zero => procmesh_proto::Acks::None,
             AcksArg::One => procmesh_proto::Acks::One,
             AcksArg::All => procmesh_proto::Acks::All,
         }

@@ -20,7 +20,7 @@ use procmesh_proto::hash::shard_index;
 use procmesh_proto::message::{opt_u64, Frame, Kind};
 use procmesh_proto::{addr, frame, Codec, Raw, Request};
 
-use crate::cli::{CodecArg, RunArgs, Target, Workload};
+use crate::cli::{AcksArg, CodecArg, RunArgs, Target, Workload};
 use crate::keys::ShardedKeys;
 use crate::report::{Latency, RunResult};
 use crate::stream::Stream;
@@ -81,12 +81,15 @@ pub fn run(args: &RunArgs) -> Result<RunResult, String> {
     if args.requests == Some(0) {
         return Err("-n must be at least 1".into());
     }
+    if args.acks != AcksArg::One && args.workload != Workload::Publish {
+        return Err("--acks is for the publish workload".into());
+    }
     match args.target {
         Target::Procmesh => run_with(
             args,
             Procmesh {
-                codec: codec_of(args.codec),
-                acks: args.acks.into(),
+                producer: args.idempotent.then_some(0),
+                ..Procmesh::new(codec_of(args.codec), args.acks.into())
             },
         ),
         Target::Redis => {
@@ -139,7 +142,8 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
             (None, _) => vec![shard_index(CHANNEL, nshards)],
         };
         for s in shards {
-            let mut stream = Stream::connect(&paths[s], wire, args.pipeline).map_err(io_err)?;
+            let mut stream = Stream::connect(&paths[s], wire.for_connection(conn), args.pipeline)
+                .map_err(io_err)?;
             stream
                 .set_read_timeout(Some(REPLY_TIMEOUT))
                 .map_err(io_err)?;
@@ -198,15 +202,8 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         let path = &paths[shard_index(PROCEDURE, nshards)];
         let codec = codec_of(args.codec);
         for _ in 0..args.workers.max(1) {
-            let mut s = Stream::connect(
-                path,
-                Procmesh {
-                    codec,
-                    acks: procmesh_proto::Acks::One,
-                },
-                1,
-            )
-            .map_err(io_err)?;
+            let mut s = Stream::connect(path, Procmesh::new(codec, procmesh_proto::Acks::One), 1)
+                .map_err(io_err)?;
             let r = s.roundtrip(&Op::Reg(PROCEDURE)).map_err(io_err)?;
             if let ReplyKind::Err(m) = r.kind {
                 return Err(format!("register failed: {m}"));
@@ -236,8 +233,15 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         }
     }
 
-    // Let deliveries drain, then stop the side threads.
-    let expected: i64 = outs.iter().map(|o| o.int_sum).sum();
+    // Let deliveries drain, then stop the side threads. Acks-0 publishes report no
+    // delivered count: every subscriber is expected to get each one.
+    let per_request = wire.ops_per_request();
+    let expected: i64 = if per_request > 1 {
+        let answered: u64 = outs.iter().map(|o| o.ok).sum();
+        (answered * per_request * args.subscribers as u64) as i64
+    } else {
+        outs.iter().map(|o| o.int_sum).sum()
+    };
     if workload == Workload::Publish && failure.is_none() {
         let mut last = delivered.load(Ordering::Relaxed);
         let mut since = Instant::now();
@@ -287,7 +291,7 @@ fn run_with<W: Wire + Copy + 'static>(args: &RunArgs, wire: W) -> Result<RunResu
         }
     }
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
-    let requests = ok + errors;
+    let requests = (ok + errors) * per_request;
     let (delivered, delivered_per_sec) = if workload == Workload::Publish {
         let n: u64 = sub_counts.iter().map(|c| c.0).sum();
         let last = sub_counts.iter().filter_map(|c| c.1).max().unwrap_or(start);

@@ -76,6 +76,17 @@ pub trait Wire: Send {
     fn decode(&self, buf: &[u8]) -> Result<Option<(usize, Reply)>, String>;
     /// Appends the answer to a server heartbeat.
     fn pong(&self, out: &mut Vec<u8>);
+    /// How many operations one windowed request stands for (see [`ACKS0_BATCH`]).
+    fn ops_per_request(&self) -> u64 {
+        1
+    }
+    /// This wire as used by request connection `conn` (a connection's own producer id).
+    fn for_connection(self, _conn: usize) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// Appends `s` (or `[s]` when `in_array`) as one encoded value: string values and
@@ -92,6 +103,12 @@ fn encode_str(codec: Codec, out: &mut Vec<u8>, s: &str, in_array: bool) {
     }
 }
 
+/// Publishes per windowed request with `--acks 0`: an acks-0 `pub` has no reply, so
+/// one request is this many of them (no id) followed by a `ping` with the request's
+/// id, whose `pong` says the broker has processed them (a connection's frames are
+/// handled in order). Latencies are then per batch.
+pub const ACKS0_BATCH: u64 = 16;
+
 /// The procmesh protocol in one codec.
 #[derive(Debug, Clone, Copy)]
 pub struct Procmesh {
@@ -99,6 +116,40 @@ pub struct Procmesh {
     pub codec: Codec,
     /// `acks` of the `publish` workload's publishes.
     pub acks: Acks,
+    /// Idempotent publishes: `Some` with this connection's producer number, see
+    /// [`Procmesh::producer_id`].
+    pub producer: Option<u32>,
+}
+
+impl Procmesh {
+    /// A connection in `codec` that publishes with `acks`, not idempotently.
+    pub fn new(codec: Codec, acks: Acks) -> Procmesh {
+        Procmesh {
+            codec,
+            acks,
+            producer: None,
+        }
+    }
+
+    /// The producer id `bench-<os pid>-<n>` written into `buf`: unique per run and
+    /// connection, so a persisted broker's dedup state of an earlier run never
+    /// takes this run's publishes for duplicates.
+    fn producer_id(n: u32, buf: &mut [u8; 40]) -> &str {
+        let mut a = itoa::Buffer::new();
+        let mut b = itoa::Buffer::new();
+        let parts = [
+            b"bench-" as &[u8],
+            a.format(std::process::id()).as_bytes(),
+            b"-",
+            b.format(n).as_bytes(),
+        ];
+        let mut len = 0;
+        for p in parts {
+            buf[len..len + p.len()].copy_from_slice(p);
+            len += p.len();
+        }
+        std::str::from_utf8(&buf[..len]).expect("invariant: ascii")
+    }
 }
 
 impl Wire for Procmesh {
@@ -112,6 +163,7 @@ impl Wire for Procmesh {
     fn encode(&self, op: &Op<'_>, id: u64, out: &mut Vec<u8>) {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
+            let mut pid_buf = [0u8; 40];
             let codec = self.codec;
             let req = match *op {
                 Op::Get(k) => Request::Get { key: k.into() },
@@ -135,12 +187,26 @@ impl Wire for Procmesh {
                 Op::Unlock(k) => Request::Unlock { key: k.into() },
                 Op::Pub(ch, p) => {
                     encode_str(codec, scratch, p, false);
-                    Request::Pub {
+                    let batch = self.ops_per_request();
+                    let pid = self.producer.map(|n| Self::producer_id(n, &mut pid_buf));
+                    // Ids are unique per stream: as sequence numbers (from 1) they are
+                    // never taken for duplicates (out of order only within the window).
+                    let publish = |i: u64| Request::Pub {
                         channel: ch.into(),
                         payload: Some(Raw::new(codec, scratch)),
                         acks: self.acks,
-                        pid: None,
-                        seq: None,
+                        pid: pid.map(Into::into),
+                        seq: pid.map(|_| id * batch + i + 1),
+                    };
+                    if self.acks == Acks::None {
+                        for i in 0..batch {
+                            publish(i)
+                                .encode_into(codec, None, out)
+                                .expect("invariant: values are encoded in the connection's codec");
+                        }
+                        Request::Ping
+                    } else {
+                        publish(0)
                     }
                 }
                 Op::Call(name, arg) => {
@@ -161,6 +227,21 @@ impl Wire for Procmesh {
             req.encode_into(codec, Some(id), out)
                 .expect("invariant: values are encoded in the connection's codec");
         })
+    }
+
+    fn ops_per_request(&self) -> u64 {
+        if self.acks == Acks::None {
+            ACKS0_BATCH
+        } else {
+            1
+        }
+    }
+
+    fn for_connection(self, conn: usize) -> Self {
+        Procmesh {
+            producer: self.producer.map(|_| conn as u32),
+            ..self
+        }
     }
 
     #[inline]
@@ -327,12 +408,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn procmesh_round_trip_both_codecs() {
+    fn idempotent_publishes_carry_the_connections_producer_id_and_the_id_as_seq() {
         for codec in [Codec::Json, Codec::MsgPack] {
             let p = Procmesh {
-                codec,
-                acks: Acks::One,
-            };
+                producer: Some(0),
+                ..Procmesh::new(codec, Acks::All)
+            }
+            .for_connection(3);
+            let mut out = Vec::new();
+            p.encode(&Op::Pub("bench", "x"), 41, &mut out);
+            let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
+            let f = Frame::decode(codec, &out[s..e]).unwrap();
+            let pid = format!("bench-{}-3", std::process::id());
+            assert_eq!(f.pid.unwrap().as_str().unwrap(), pid.as_str());
+            assert_eq!(f.seq.unwrap().as_i64(), Some(42));
+            assert_eq!(f.acks.unwrap().as_str().unwrap(), "all");
+            // Not idempotent: no producer fields.
+            let mut out = Vec::new();
+            Procmesh::new(codec, Acks::One).for_connection(3).encode(
+                &Op::Pub("bench", "x"),
+                41,
+                &mut out,
+            );
+            let f = Frame::decode(codec, &out[4..]).unwrap();
+            assert!(f.pid.is_none() && f.seq.is_none());
+        }
+    }
+
+    #[test]
+    fn an_acks0_request_is_a_batch_of_idless_publishes_and_a_ping() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = Procmesh::new(codec, Acks::None);
+            assert_eq!(p.ops_per_request(), ACKS0_BATCH);
+            let mut out = Vec::new();
+            p.encode(&Op::Pub("bench", "x"), 9, &mut out);
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while at < out.len() {
+                let (s, e) = frame::try_decode(&out[at..], frame::MAX_FRAME_LEN)
+                    .unwrap()
+                    .unwrap();
+                let f = Frame::decode(codec, &out[at + s..at + e]).unwrap();
+                frames.push((
+                    f.kind(),
+                    f.id.and_then(|i| i.as_i64()),
+                    f.acks.and_then(|a| a.as_i64()),
+                ));
+                at += e;
+            }
+            let mut want = vec![(Kind::Pub, None, Some(0)); ACKS0_BATCH as usize];
+            want.push((Kind::Ping, Some(9), None));
+            assert_eq!(frames, want);
+        }
+    }
+
+    #[test]
+    fn procmesh_round_trip_both_codecs() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = Procmesh::new(codec, Acks::One);
             let mut out = Vec::new();
             p.encode(&Op::Set("key:000000000001", "xxx"), 77, &mut out);
             let (s, e) = frame::try_decode(&out, frame::MAX_FRAME_LEN)

@@ -51,6 +51,10 @@ pub struct ClientBuilder {
     broker_bin: Option<PathBuf>,
     handler_threads: usize,
     callbacks: Vec<EventCallback>,
+    idempotent: bool,
+    producer_id: Option<String>,
+    sequences: std::collections::HashMap<String, u64>,
+    publish_retries: u32,
 }
 
 impl Client {
@@ -95,6 +99,10 @@ impl Default for ClientBuilder {
             handler_threads: std::thread::available_parallelism()
                 .map_or(4, |n| n.get().clamp(2, 16)),
             callbacks: Vec::new(),
+            idempotent: false,
+            producer_id: None,
+            sequences: std::collections::HashMap::new(),
+            publish_retries: 3,
         }
     }
 }
@@ -238,6 +246,51 @@ impl ClientBuilder {
         self
     }
 
+    /// Publish idempotently by default (default off; [`PublishOptions::idempotent`]
+    /// decides per call): every publish carries this client's producer id and the
+    /// channel's next sequence number, so a retry is delivered at most once. An
+    /// unacknowledged idempotent publish is retried after a reconnect (see
+    /// [`ClientBuilder::publish_retries`]). See "Delivery guarantees" in the crate docs.
+    ///
+    /// [`PublishOptions::idempotent`]: crate::PublishOptions::idempotent
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
+    }
+
+    /// A stable producer id, presented in `hello` (and again after every reconnect),
+    /// so that the broker deduplicates this producer's publishes across processes:
+    /// a restarted producer with the same id and its [`ClientBuilder::sequences`]
+    /// continues where the last one stopped. Without it the broker mints an id at the
+    /// first connect, which the client keeps for its life. Turns
+    /// [`ClientBuilder::idempotent`] on.
+    pub fn producer_id(mut self, id: impl Into<String>) -> Self {
+        self.producer_id = Some(id.into());
+        self.idempotent = true;
+        self
+    }
+
+    /// The last sequence number already used per channel, so that a restarted
+    /// producer (same [`ClientBuilder::producer_id`]) continues above it: the next
+    /// idempotent publish on `channel` carries `n + 1`.
+    pub fn sequences<I, C>(mut self, seqs: I) -> Self
+    where
+        I: IntoIterator<Item = (C, u64)>,
+        C: Into<String>,
+    {
+        self.sequences
+            .extend(seqs.into_iter().map(|(c, n)| (c.into(), n)));
+        self
+    }
+
+    /// How many times an idempotent publish cut off by a disconnect (`EDISCONNECTED`
+    /// before its answer) is sent again, each after the reconnect, within its call
+    /// timeout (default 3; 0 never retries).
+    pub fn publish_retries(mut self, n: u32) -> Self {
+        self.publish_retries = n;
+        self
+    }
+
     /// The `(socket path, mesh name)` of each shard.
     pub(crate) fn targets(&self) -> Result<Vec<(PathBuf, String)>> {
         if let Some(list) = &self.addresses {
@@ -317,6 +370,12 @@ impl ClientBuilder {
             reconnect: self.reconnect,
             spawn,
             handler_threads: self.handler_threads,
+            producer: crate::producer::Producer::new(
+                self.idempotent,
+                self.producer_id,
+                self.publish_retries,
+                self.sequences,
+            ),
         };
         Client::open(settings, self.callbacks, targets)
     }

@@ -100,50 +100,136 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// The local handlers of one connection's subscriptions, by pattern.
+/// The local handlers of one connection's subscriptions, by pattern, and each
+/// pattern's retention watermark.
+///
+/// Bounded by the subscriptions the application holds: one entry per pattern,
+/// removed with its last handler (which drops the watermark).
 #[derive(Default)]
 pub(crate) struct Subs {
-    by_pattern: HashMap<String, Vec<(u64, MsgHandler)>>,
+    by_pattern: HashMap<String, SubEntry>,
+}
+
+/// One pattern of a connection.
+struct SubEntry {
+    handlers: Vec<(u64, MsgHandler)>,
+    /// The highest retention offset seen (or the `sub` reply's high-water
+    /// baseline): a message at or below it was already delivered and is skipped,
+    /// and a resubscription asks for `since` it.
+    watermark: Option<u64>,
+    /// The `replay` asked for when the pattern was new, until a broker confirmed
+    /// the `sub` (a subscription made while disconnected replays once connected).
+    replay: Option<u64>,
+}
+
+/// What a reconnect sends for one pattern.
+pub(crate) struct Resub {
+    /// The channel or pattern.
+    pub pattern: String,
+    /// `replay`, when nothing was confirmed yet.
+    pub replay: Option<u64>,
+    /// `since`: the watermark, when there is one (wins over `replay`).
+    pub since: Option<u64>,
 }
 
 impl Subs {
     /// Adds a handler; true when it is the first for `pattern` (so the broker
-    /// must be told).
-    pub fn add(&mut self, pattern: &str, id: u64, h: MsgHandler) -> bool {
-        let v = self.by_pattern.entry(pattern.to_owned()).or_default();
-        v.push((id, h));
-        v.len() == 1
+    /// must be told). `replay` and `since` apply only to a new pattern: `since`
+    /// becomes its watermark (nothing at or below it is delivered).
+    pub fn add(
+        &mut self,
+        pattern: &str,
+        id: u64,
+        h: MsgHandler,
+        replay: Option<u64>,
+        since: Option<u64>,
+    ) -> bool {
+        let e = self
+            .by_pattern
+            .entry(pattern.to_owned())
+            .or_insert_with(|| SubEntry {
+                handlers: Vec::new(),
+                watermark: since,
+                replay,
+            });
+        e.handlers.push((id, h));
+        e.handlers.len() == 1
     }
 
-    /// Removes a handler; true when it was the last for `pattern`.
+    /// Removes a handler; true when it was the last for `pattern` (its
+    /// watermark goes with it).
     pub fn remove(&mut self, pattern: &str, id: u64) -> bool {
-        let Some(v) = self.by_pattern.get_mut(pattern) else {
+        let Some(e) = self.by_pattern.get_mut(pattern) else {
             return false;
         };
-        let before = v.len();
-        v.retain(|(i, _)| *i != id);
-        if v.is_empty() && before > 0 {
+        let before = e.handlers.len();
+        e.handlers.retain(|(i, _)| *i != id);
+        if e.handlers.is_empty() && before > 0 {
             self.by_pattern.remove(pattern);
             return true;
         }
         false
     }
 
-    /// Every handler whose pattern matches `channel` (a connection receives a
-    /// message once however many of its subscriptions match).
-    pub fn matching(&self, channel: &str) -> Vec<MsgHandler> {
+    /// A broker confirmed the `sub` of `pattern` with high-water `offset` (the
+    /// last offset it issued): the pending replay is done, and without a
+    /// watermark yet, `offset` becomes it (so a reconnect resumes from there).
+    /// On a resubscription (`resumed`), an `offset` below the watermark means
+    /// the broker's offsets started again (a restarted broker without
+    /// persistence): the watermark follows it down, or every new message up to
+    /// the old watermark would be skipped.
+    pub fn confirmed(&mut self, pattern: &str, offset: Option<u64>, resumed: bool) {
+        let Some(e) = self.by_pattern.get_mut(pattern) else {
+            return;
+        };
+        e.replay = None;
+        if let Some(h) = offset {
+            e.watermark = Some(match e.watermark {
+                None => h,
+                Some(w) if resumed => w.min(h),
+                Some(w) => w,
+            });
+        }
+    }
+
+    /// The handlers to run for a message on `channel` with retention `offset`:
+    /// those of every matching pattern whose watermark is below `offset` (each
+    /// such watermark moves up to it). A connection receives a message once
+    /// however many of its subscriptions match.
+    pub fn deliver(&mut self, channel: &str, offset: Option<u64>) -> Vec<MsgHandler> {
         let mut out = Vec::new();
-        for (p, hs) in &self.by_pattern {
-            if procmesh_proto::topic::matches(p, channel) {
-                out.extend(hs.iter().map(|(_, h)| h.clone()));
+        for (p, e) in &mut self.by_pattern {
+            if !procmesh_proto::topic::matches(p, channel) {
+                continue;
             }
+            if let Some(o) = offset {
+                if e.watermark.is_some_and(|w| o <= w) {
+                    continue;
+                }
+                e.watermark = Some(o);
+            }
+            out.extend(e.handlers.iter().map(|(_, h)| h.clone()));
         }
         out
     }
 
-    /// The patterns to replay after a reconnect.
-    pub fn patterns(&self) -> Vec<String> {
-        self.by_pattern.keys().cloned().collect()
+    /// The patterns to subscribe again after a reconnect, each resuming after
+    /// its watermark (or with its pending replay).
+    pub fn resubscriptions(&self) -> Vec<Resub> {
+        self.by_pattern
+            .iter()
+            .map(|(p, e)| Resub {
+                pattern: p.clone(),
+                replay: e.replay.filter(|_| e.watermark.is_none()),
+                since: e.watermark,
+            })
+            .collect()
+    }
+
+    /// The watermark of `pattern` (tests).
+    #[cfg(test)]
+    fn watermark(&self, pattern: &str) -> Option<u64> {
+        self.by_pattern.get(pattern).and_then(|e| e.watermark)
     }
 }
 
@@ -235,16 +321,52 @@ mod tests {
             })
         };
         let mut s = Subs::default();
-        assert!(s.add("orders.*", 1, h.clone()));
-        assert!(!s.add("orders.*", 2, h.clone()));
-        assert!(s.add("orders.new", 3, h.clone()));
-        assert_eq!(s.matching("orders.new").len(), 3);
-        assert_eq!(s.matching("orders.old").len(), 2);
-        assert_eq!(s.matching("users").len(), 0);
+        assert!(s.add("orders.*", 1, h.clone(), None, None));
+        assert!(!s.add("orders.*", 2, h.clone(), None, None));
+        assert!(s.add("orders.new", 3, h.clone(), None, None));
+        assert_eq!(s.deliver("orders.new", None).len(), 3);
+        assert_eq!(s.deliver("orders.old", None).len(), 2);
+        assert_eq!(s.deliver("users", None).len(), 0);
         assert!(!s.remove("orders.*", 1));
         assert!(s.remove("orders.*", 2));
         assert!(!s.remove("orders.*", 2), "already gone");
-        assert_eq!(s.patterns(), vec!["orders.new".to_owned()]);
+        let rs = s.resubscriptions();
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].pattern, "orders.new");
+    }
+
+    #[test]
+    fn watermark_skips_seen_offsets_per_pattern_and_goes_with_unsubscribe() {
+        let h: MsgHandler = Arc::new(|_m| {});
+        let mut s = Subs::default();
+        s.add("a.*", 1, h.clone(), Some(u64::MAX), None);
+        s.add("a.x", 2, h.clone(), None, Some(5));
+        // Pending replay until confirmed; `since` is the watermark from the start.
+        let rs = s.resubscriptions();
+        let wild = rs.iter().find(|r| r.pattern == "a.*").unwrap();
+        assert_eq!((wild.replay, wild.since), (Some(u64::MAX), None));
+        let exact = rs.iter().find(|r| r.pattern == "a.x").unwrap();
+        assert_eq!((exact.replay, exact.since), (None, Some(5)));
+        // Offset 3: new to `a.*`, at or below `a.x`'s watermark.
+        assert_eq!(s.deliver("a.x", Some(3)).len(), 1);
+        assert_eq!(s.deliver("a.x", Some(3)).len(), 0, "a duplicate is skipped");
+        assert_eq!(s.deliver("a.x", Some(6)).len(), 2);
+        assert_eq!(s.watermark("a.*"), Some(6));
+        // A confirmed sub keeps a higher watermark; a lower high-water (a broker
+        // that started its offsets again) brings it down.
+        s.confirmed("a.*", Some(9), true);
+        assert_eq!(s.watermark("a.*"), Some(6));
+        assert!(s.resubscriptions().iter().all(|r| r.replay.is_none()));
+        s.confirmed("a.x", Some(2), false);
+        assert_eq!(s.watermark("a.x"), Some(6), "a first sub keeps its `since`");
+        s.confirmed("a.*", Some(2), true);
+        assert_eq!(s.watermark("a.*"), Some(2));
+        // Unsubscribing drops the watermark: a new subscription starts fresh.
+        assert!(s.remove("a.*", 1));
+        s.add("a.*", 3, h, None, None);
+        assert_eq!(s.watermark("a.*"), None);
+        s.confirmed("a.*", Some(4), false);
+        assert_eq!(s.watermark("a.*"), Some(4));
     }
 
     #[test]

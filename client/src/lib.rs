@@ -26,6 +26,61 @@
 //! subscriptions and registrations; [`Client::sharded`] spreads keys over
 //! several brokers behind the same API.
 //!
+//! # Delivery guarantees
+//! Against a broker with retained pub/sub (`pubsub.persist`, `procmesh serve
+//! --pubsub-persist`), and ideally persistence, the client gives at-most-once
+//! publishing and gap-free, duplicate-free delivery across reconnects
+//! (docs/protocol.md §8; the same wire fields as procmesh-js 0.1.1):
+//!
+//! - **Acknowledgements**: [`Client::publish_with`] with [`PublishOptions::acks`]:
+//!   [`Acks::None`] (`acks: 0`, no reply, like [`Client::publish_nowait`]),
+//!   [`Acks::Leader`] (the default, the delivered count) or [`Acks::All`] (never
+//!   dropped for slow consumers; on a retained channel of a persisting broker,
+//!   answered only after the message's log record is fsynced). It returns a
+//!   [`Published`]: `Delivered(n)`, `Duplicate` or `Sent` (acks 0).
+//! - **Idempotent producer**: [`ClientBuilder::idempotent`] (or
+//!   [`PublishOptions::idempotent`] per call) numbers each channel's publishes; the
+//!   broker delivers a (producer, channel, sequence) once and answers a repeat with
+//!   [`Published::Duplicate`]. The producer id is minted by the broker at the first
+//!   connect and presented again after every reconnect, or fixed across processes
+//!   with [`ClientBuilder::producer_id`]; a restarted producer continues its
+//!   numbering with [`ClientBuilder::sequences`] (read them with
+//!   [`Client::sequence`]). An idempotent publish that got no answer (the broker
+//!   went away) is sent again, same number, once reconnected
+//!   ([`ClientBuilder::publish_retries`], within the call timeout): delivered once
+//!   whether or not the first send arrived. With persistence on the broker the
+//!   dedup state survives its restart. Sequences are kept per channel, never
+//!   forgotten (at most 2^20 channels per client).
+//! - **Replay**: [`Client::subscribe_with`] with [`SubscribeOptions::replay`]
+//!   ([`Replay::All`], [`Replay::Last`]) delivers the retained backlog, oldest
+//!   first, before live messages and before the call returns;
+//!   [`SubscribeOptions::since`] only what follows an offset. [`Message::offset`]
+//!   is the broker's offset of a retained message.
+//! - **Catch-up**: each subscription keeps the highest offset it has seen (or the
+//!   `sub` reply's high-water mark) and skips any message at or below it; after a
+//!   reconnect it subscribes again with `since` that offset, so the retained
+//!   messages published meanwhile arrive, none missing, none twice (as long as the
+//!   channel retained them: `pubsub.retention`, `retentionMs`). A subscription made
+//!   while disconnected replays once connected; unsubscribing forgets the offset.
+//!   Offsets are per broker: on a sharded client each shard's subscription keeps
+//!   its own. A broker without persistence starts its offsets again after a
+//!   restart; the client notices (the high-water mark is below its offset) and
+//!   follows, but what was published on the restarted broker before the
+//!   resubscription is not replayed then.
+//!
+//! ```no_run
+//! use procmesh::{Acks, Client, PublishOptions, Replay, SubscribeOptions};
+//!
+//! let producer = Client::builder().producer_id("billing-1").connect()?;
+//! producer.publish_with("invoices", &"inv-7", PublishOptions::new().acks(Acks::All))?;
+//!
+//! let consumer = Client::connect()?;
+//! let _sub = consumer.subscribe_with("invoices", SubscribeOptions::new().replay(Replay::All), |msg| {
+//!     println!("#{:?}: {:?}", msg.offset(), msg.payload::<String>());
+//! })?;
+//! # Ok::<(), procmesh::ClientError>(())
+//! ```
+//!
 //! # Layout
 //! One file per command family, the family's types and its [`Client`] methods
 //! side by side; every request is a typed `procmesh_proto::Request`, encoded by
@@ -37,7 +92,9 @@
 //!   constructors (`Client::connect`, `sharded`, `builder`).
 //! - `lock`: [`LockGuard`], [`LockOptions`], [`FencingToken`]; `lock`,
 //!   `with_lock` and the fenced writes.
-//! - `pubsub`: [`Subscription`]; `subscribe` and `publish`.
+//! - `pubsub`: [`Subscription`] and the delivery options; `subscribe`,
+//!   `subscribe_with`, `publish`, `publish_with` (and the idempotent retries).
+//! - `producer`: the idempotent producer's settings and per-channel sequences.
 //! - `stream`: [`Messages`] (`subscribe_iter`) and the bounded queue behind it
 //!   and behind the async streams.
 //! - `pipeline`: [`Pipeline`], [`PipelineResult`], [`FromPipeline`]: many
@@ -136,6 +193,7 @@ mod lock;
 mod pending;
 mod pipeline;
 mod pool;
+mod producer;
 mod pubsub;
 mod rpc;
 mod spawn;
@@ -154,7 +212,7 @@ pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
 pub use pipeline::{FromPipeline, Pipeline, PipelineResult};
 pub use procmesh_proto::{Codec, ErrorCode};
-pub use pubsub::Subscription;
+pub use pubsub::{Acks, PublishOptions, Published, Replay, SubscribeOptions, Subscription};
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
 pub use stream::{Messages, DEFAULT_QUEUE_CAPACITY};

@@ -206,6 +206,10 @@ pub(crate) enum Pending {
     /// Nobody waits (an unlock on drop, a replayed subscription): an error reply
     /// becomes an `Event::Error` naming `what`.
     Background(&'static str),
+    /// A `sub` replayed after a reconnect, of this pattern: its reply's high-water
+    /// offset goes to the connection's subscription table; an error reply becomes
+    /// an `Event::Error`.
+    Resubscribe(String),
 }
 
 #[cfg(test)]

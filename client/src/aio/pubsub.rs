@@ -20,6 +20,7 @@ use crate::dispatch::{Message, MsgHandler};
 use crate::error::Result;
 use crate::event::Event;
 use crate::pending::lock;
+use crate::pubsub::{sub_reply_offset, SubscribeOptions};
 use crate::stream::{Queue, DEFAULT_QUEUE_CAPACITY};
 
 /// A live subscription of the async client, read as a `Stream` of messages.
@@ -175,6 +176,28 @@ impl Client {
         pattern: &str,
         capacity: usize,
     ) -> Result<Subscription> {
+        self.subscribe_opts(pattern, SubscribeOptions::new(), capacity)
+            .await
+    }
+
+    /// [`Client::subscribe`] with delivery options (replay of a retained
+    /// channel's backlog, or resume after an offset), as the blocking
+    /// [`crate::Client::subscribe_with`]; the backlog comes first on the stream.
+    pub async fn subscribe_with(
+        &self,
+        pattern: &str,
+        opts: SubscribeOptions,
+    ) -> Result<Subscription> {
+        self.subscribe_opts(pattern, opts, DEFAULT_QUEUE_CAPACITY)
+            .await
+    }
+
+    async fn subscribe_opts(
+        &self,
+        pattern: &str,
+        opts: SubscribeOptions,
+        capacity: usize,
+    ) -> Result<Subscription> {
         let b = &self.inner;
         let shards: Vec<usize> = if topic::is_pattern(pattern) {
             (0..b.shard_count()).collect()
@@ -199,10 +222,11 @@ impl Client {
                 active: true,
             }),
         };
+        let replay = opts.wire_replay();
         let req = Request::Sub {
             channel: pattern.into(),
-            replay: None,
-            since: None,
+            replay,
+            since: opts.since,
         };
         within("sub", self.timeout(), async {
             let mut flights = Vec::new();
@@ -210,12 +234,13 @@ impl Client {
                 let c = b.conn(s);
                 // Local handler first, so that no message right after the
                 // broker's confirmation is missed.
-                if lock(&c.subs).add(pattern, id, h.clone()) {
-                    flights.push(send_one(c, &req).await?);
+                if lock(&c.subs).add(pattern, id, h.clone(), replay, opts.since) {
+                    flights.push((c, send_one(c, &req).await?));
                 }
             }
-            for f in flights {
-                f.await?;
+            for (c, f) in flights {
+                let r = f.await?;
+                lock(&c.subs).confirmed(pattern, sub_reply_offset(&r), false);
             }
             Ok(())
         })

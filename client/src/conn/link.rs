@@ -62,6 +62,12 @@ impl Conn {
             .ok_or_else(|| self.closed_during_hello())
     }
 
+    /// The producer id of this connection: the one presented in `hello` and
+    /// confirmed by `welcome`, or minted by the broker (kept across reconnects).
+    pub(crate) fn producer_id(&self) -> Option<String> {
+        lock(&self.io).pid.clone()
+    }
+
     fn closed_during_hello(&self) -> ClientError {
         ClientError::disconnected(format!(
             "the broker at {} closed the connection during hello",
@@ -321,17 +327,20 @@ impl Conn {
             io.link = Link::Up;
             // Replay before anyone else may write, so a subscription is back before
             // requests that rely on it.
-            let patterns = lock(&self.subs).patterns();
+            // Each subscription resumes after the highest retention offset it saw
+            // (`since`), so the retained messages it missed arrive, none twice.
+            let resubs = lock(&self.subs).resubscriptions();
             let names: Vec<String> = lock(&self.regs).keys().cloned().collect();
             // Names and patterns are plain strings: encoding cannot fail.
-            for p in patterns {
+            for r in resubs {
                 let id = self.next_id();
                 let sub = Request::Sub {
-                    channel: p.as_str().into(),
-                    replay: None,
-                    since: None,
+                    channel: r.pattern.as_str().into(),
+                    replay: r.replay,
+                    since: r.since,
                 };
-                let _ = self.write_locked(&mut io, id, &sub, Pending::Background("resubscribe"));
+                let _ =
+                    self.write_locked(&mut io, id, &sub, Pending::Resubscribe(r.pattern.clone()));
             }
             for n in names {
                 let id = self.next_id();
@@ -426,6 +435,7 @@ mod tests {
                 reconnect: false,
                 spawn: None,
                 handler_threads: 1,
+                producer: Default::default(),
             };
             let shared = Arc::new(Shared::new(settings, Dispatcher::start(vec![]).unwrap()));
             let conn = Conn::open(ShardId(0), path, "t".into(), shared).unwrap();

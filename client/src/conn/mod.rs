@@ -93,6 +93,8 @@ pub(crate) struct Settings {
     pub reconnect: bool,
     pub spawn: Option<SpawnSettings>,
     pub handler_threads: usize,
+    /// Idempotent publishing: settings and sequence numbers.
+    pub producer: crate::producer::Producer,
 }
 
 /// What the connections of one client share.
@@ -297,6 +299,7 @@ impl Conn {
         shared: Arc<Shared>,
     ) -> Result<Arc<Conn>> {
         let wire = dialect_code(shared.settings.codec.into());
+        let pid = shared.settings.producer.id.clone();
         let conn = Arc::new(Conn {
             shard,
             path,
@@ -307,7 +310,7 @@ impl Conn {
                 stream: None,
                 link: Link::Reconnecting,
                 generation: 0,
-                pid: None,
+                pid,
                 closed_reason: String::new(),
                 wbuf: Vec::new(),
                 records: None,

@@ -128,6 +128,23 @@ impl Conn {
                             message: format!("{what}: {}", ClientError::from_err_frame(&f)),
                         })
                     }
+                    Some(Pending::Resubscribe(pattern)) => {
+                        if f.kind() == Kind::Err {
+                            self.emit(Event::Error {
+                                shard: self.shard,
+                                message: format!(
+                                    "resubscribe: {}",
+                                    ClientError::from_err_frame(&f)
+                                ),
+                            });
+                        } else {
+                            // Here, before any later frame: a live message after the
+                            // reply is judged against the updated watermark.
+                            let offset =
+                                crate::pubsub::sub_reply_offset(&Reply::new(codec, f.value));
+                            lock(&self.subs).confirmed(&pattern, offset, true);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -144,7 +161,9 @@ impl Conn {
         let Ok(Some(channel)) = opt_str(f.channel, "channel") else {
             return;
         };
-        let handlers = lock(&self.subs).matching(&channel);
+        let offset = opt_u64(f.offset, "offset").ok().flatten();
+        // Skips what a subscription already saw (retention offsets), see `Subs::deliver`.
+        let handlers = lock(&self.subs).deliver(&channel, offset);
         if handlers.is_empty() {
             return;
         }
@@ -153,7 +172,6 @@ impl Conn {
             .unwrap_or(crate::value::null(codec))
             .bytes
             .to_vec();
-        let offset = opt_u64(f.offset, "offset").ok().flatten();
         self.shared.dispatch.msg(
             handlers,
             Message::new(channel.into_owned(), payload, codec, offset),

@@ -15,6 +15,7 @@ mod negotiate;
 mod pipeline;
 mod processes;
 mod pubsub;
+mod retained;
 mod rpc;
 mod sharding;
 mod stream;

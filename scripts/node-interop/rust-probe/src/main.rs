@@ -2,7 +2,7 @@
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use procmesh::{Client, Codec, LockOptions};
+use procmesh::{Acks, Client, Codec, LockOptions, PublishOptions, Published, Replay, SubscribeOptions};
 use serde_json::{json, Value};
 
 fn main() {
@@ -115,6 +115,80 @@ fn main() {
         a.fenced_set("rp:L", tok, "rp:g", &1).map_err(e)?;
         drop(g);
         Ok(())
+    })());
+    // Delivery guarantees (issue 11 item 7): the broker runs with pubsub.persist (retained channels).
+    let collect = || {
+        let (tx, rx) = channel::<(Option<u64>, i64)>();
+        let tx = std::sync::Mutex::new(tx);
+        (move |m: procmesh::Message| { let _ = tx.lock().unwrap().send((m.offset(), m.payload().unwrap())); }, rx)
+    };
+    // Everything up to the marker -1 (published last on the channel).
+    let until_end = |rx: &std::sync::mpsc::Receiver<(Option<u64>, i64)>| -> Result<Vec<(Option<u64>, i64)>, String> {
+        let mut out = Vec::new();
+        loop {
+            let (o, n) = rx.recv_timeout(Duration::from_secs(2)).map_err(|x| format!("no end marker after {out:?}: {x}"))?;
+            if n == -1 { return Ok(out); }
+            out.push((o, n));
+        }
+    };
+    let vals = |v: &[(Option<u64>, i64)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+    report("acks 0/1/all", (|| {
+        let (h, rx) = collect();
+        let sub = b.subscribe("rp.acks", h).map_err(e)?;
+        let r0 = a.publish_with("rp.acks", &1, PublishOptions::new().acks(Acks::None)).map_err(e)?;
+        let r1 = a.publish_with("rp.acks", &2, PublishOptions::new().acks(Acks::Leader)).map_err(e)?;
+        let r2 = a.publish_with("rp.acks", &3, PublishOptions::new().acks(Acks::All)).map_err(e)?;
+        if (r0, r1, r2) != (Published::Sent, Published::Delivered(1), Published::Delivered(1)) { return Err(format!("got {r0:?} {r1:?} {r2:?}")); }
+        a.publish("rp.acks", &-1).map_err(e)?;
+        let got = until_end(&rx)?;
+        if vals(&got) != [1, 2, 3] || got.iter().any(|x| x.0.is_none()) { return Err(format!("received {got:?}")); }
+        println!("     offsets: {:?}", got.iter().map(|x| x.0.unwrap()).collect::<Vec<_>>());
+        sub.unsubscribe().map_err(e)
+    })());
+    report("idempotent publish: retry deduplicated, gap filled", (|| {
+        let (h, rx) = collect();
+        let sub = b.subscribe("rp.idem", h).map_err(e)?;
+        let idem = || PublishOptions::new().idempotent(true);
+        let first = a.publish_with("rp.idem", &1, idem()).map_err(e)?;
+        a.set_sequence("rp.idem", 0).map_err(e)?;
+        let retry = a.publish_with("rp.idem", &1, idem()).map_err(e)?;
+        a.set_sequence("rp.idem", 2).map_err(e)?;
+        let three = a.publish_with("rp.idem", &3, idem()).map_err(e)?;
+        a.set_sequence("rp.idem", 1).map_err(e)?;
+        let gap = a.publish_with("rp.idem", &2, idem()).map_err(e)?;
+        if (first, retry, three, gap) != (Published::Delivered(1), Published::Duplicate, Published::Delivered(1), Published::Delivered(1)) {
+            return Err(format!("got {first:?} {retry:?} {three:?} {gap:?}"));
+        }
+        a.publish_with("rp.idem", &-1, PublishOptions::new().idempotent(false)).map_err(e)?;
+        let got = vals(&until_end(&rx)?);
+        if got != [1, 3, 2] { return Err(format!("received {got:?}")); }
+        sub.unsubscribe().map_err(e)
+    })());
+    report("replay all / last / since", (|| {
+        for n in 1..=4 { a.publish("rp.rep", &n).map_err(e)?; }
+        let (h, rx) = collect();
+        let all = b.subscribe_with("rp.rep", SubscribeOptions::new().replay(Replay::All), h).map_err(e)?;
+        let (h, last_rx) = collect();
+        let c = mk().map_err(e)?;
+        let last = c.subscribe_with("rp.rep", SubscribeOptions::new().replay(Replay::Last(2)), h).map_err(e)?;
+        a.publish("rp.rep", &-1).map_err(e)?;
+        let got = until_end(&rx)?;
+        if vals(&got) != [1, 2, 3, 4] { return Err(format!("replay all: {got:?}")); }
+        let l = vals(&until_end(&last_rx)?);
+        if l != [3, 4] { return Err(format!("replay last 2: {l:?}")); }
+        let since = got[1].0.ok_or("no offset")?;
+        let (h, since_rx) = collect();
+        let d = mk().map_err(e)?;
+        let s = d.subscribe_with("rp.rep", SubscribeOptions::new().since(since), h).map_err(e)?;
+        a.publish("rp.rep", &5).map_err(e)?;
+        a.publish("rp.rep", &-1).map_err(e)?;
+        // The backlog above `since`: 3, 4, the first marker; then 5 and the second marker.
+        let s1 = vals(&until_end(&since_rx)?);
+        let s2 = vals(&until_end(&since_rx)?);
+        if (s1.as_slice(), s2.as_slice()) != (&[3, 4][..], &[5][..]) { return Err(format!("since {since}: {s1:?} then {s2:?}")); }
+        all.unsubscribe().map_err(e)?;
+        last.unsubscribe().map_err(e)?;
+        s.unsubscribe().map_err(e)
     })());
     report("stats", (|| {
         let s = a.stats().map_err(e)?;
