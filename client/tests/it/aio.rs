@@ -522,3 +522,33 @@ fn the_async_examples_run_and_show_what_they_claim() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_subscription_replays_a_retained_backlog_then_goes_live() {
+    let b = InProc::start_with(|b| {
+        b.pubsub(procmesh_broker::retain::RetainConfig {
+            persist: true,
+            retention: 100,
+            ..Default::default()
+        })
+    });
+    let other = client_at(&b.path, Codec::MsgPack);
+    for i in 0..5 {
+        other.publish("orders", &i).unwrap();
+    }
+    let c = aclient(&b.path, Codec::MsgPack).await;
+    let mut sub = c
+        .subscribe_with(
+            "orders",
+            procmesh::SubscribeOptions::new().replay(procmesh::Replay::All),
+        )
+        .await
+        .unwrap();
+    other.publish("orders", &5).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let m = bounded("backlog then live", sub.next()).await.unwrap();
+        got.push((m.offset().is_some(), m.payload::<i32>().unwrap()));
+    }
+    assert_eq!(got, (0..6).map(|i| (true, i)).collect::<Vec<_>>());
+}
