@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Black-box abuse run against the broker (issue 12, exhaustion items 5-8, 11, 15).
+# Black-box abuse run against the broker (issue 12, exhaustion items 4-9, 11, 12, 15).
 #
 # Starts `procmesh serve` (PROCMESH_BIN, default target/release/procmesh) on a socket
 # in a temp dir for each attack, runs the attack with a small Python client, and
@@ -98,7 +98,7 @@ elif what == "emfile":
         s = conn(p); s.settimeout(5)
         try: send(s, {"t": "ping", "id": i}); f = recv(s)
         except socket.timeout: hung += 1; continue
-        except ConnectionResetError: f = {"t": "err", "message": "reset"}
+        except (ConnectionResetError, BrokenPipeError): f = {"t": "err", "message": "reset"}
         if f and f.get("t") == "pong": served += 1; keep.append(s)
         else: refused += 1; last = short(f)
     print(f"{served} served, {refused} refused ({last if refused else '-'}), {hung} hung")
@@ -131,6 +131,39 @@ elif what == "fanout":
     f = req(pub, {"t": "pub", "channel": "big", "payload": payload, "acks": "all"}, 4)
     st = req(pub, {"t": "stats"}, 5)["value"]
     print(f"same with acks all: delivered {f.get('value')}, slowClosed {st['slowClosed']}, rss {st['memory']['rss']/2**20:.0f} MiB")
+elif what == "deep":
+    # 20 MiB of JSON nested 98 deep, set over JSON, read by a MessagePack client
+    # (the frame is hand-encoded: {"t":"get","id":1,"key":"deep"}).
+    v = "x" * (20 << 20)
+    for i in range(98): v = {"n": i, "a": [True, None], "c": v}
+    s = conn(p); req(s, {"t": "set", "key": "deep", "value": v})
+    m = conn(p); get = b"\x83\xa1t\xa3get\xa2id\x01\xa3key\xa4deep"
+    t = time.time(); m.sendall(struct.pack(">I", len(get)) + get)
+    o = conn(p); pt = time.time(); pong = req(o, {"t": "ping"}, 7); pt = time.time() - pt
+    h = b""
+    while len(h) < 4: h += m.recv(4 - len(h))
+    n = struct.unpack(">I", h)[0]; got = 0; head = b""
+    while got < n:
+        c = m.recv(min(1 << 20, n - got)); got += len(c)
+        if len(head) < 16: head += c[:16]
+    ok = b"\xa1t\xa2ok" in head[:16]
+    print(f"MessagePack get of a 20 MiB JSON value nested 98 deep: {'ok' if ok else head!r}, {n} bytes in {time.time()-t:.2f}s; another client's ping meanwhile: {short(pong)} in {pt:.2f}s")
+elif what == "incr":
+    s = conn(p); a = req(s, {"t": "incr", "key": "n", "by": 1e308})
+    b = req(s, {"t": "incr", "key": "n", "by": 1e308}, 2)
+    print(f"incr by 1e308 twice: {short(a)} / {short(b)}; stored: {req(s, {'t':'get','key':'n'}, 3).get('value')}")
+elif what == "room":
+    s = conn(p); req(s, {"t": "set", "key": "k", "value": "v" * (3 << 20)})
+    b = b""
+    for i in range(3):
+        x = json.dumps({"t": "get", "key": "k", "id": 10 + i}).encode(); b += struct.pack(">I", len(x)) + x
+    s.sendall(b); fs = {}
+    while len(fs) < 3:
+        f = recv(s)
+        if f is None: break
+        fs[f.get("id")] = f
+    st = req(s, {"t": "stats"}, 5)["value"]
+    print(f"3 pipelined gets of 3 MiB, unread, sendHardLimit 8 MiB: {[fs[i]['t'] if i in fs else 'none' for i in (10, 11, 12)]}, third: {short(fs.get(12))}; tooBig {st['tooBig']}, slowClosed {st['slowClosed']}")
 elif what == "stall":
     s = conn(p); req(s, {"t": "ping"}); pid = int(sys.argv[3])
     os.kill(pid, 19); time.sleep(4); os.kill(pid, 18)
@@ -157,5 +190,22 @@ attack "11. per-connection caps (defaults)"
 serve caps -- ; echo "rss before: $(rss $PID)"; py subs 200000; py calls 100000; echo "rss after: $(rss $PID)"; stop $PID
 attack "11. global output cap (maxOutputBytes 256 MiB)"
 serve fan -- ; echo "rss before: $(rss $PID)"; py fanout; echo "rss after: $(rss $PID)"; stop $PID
+attack "4. reply room and incr overflow (sendHardLimit 8 MiB)"
+serve room -- --send-hard-limit 8MiB; py room; py incr; echo "rss: $(rss $PID)"; stop $PID
+attack "9. JSON→MessagePack transcoding of a deep large value"
+serve deep -- ; echo "rss before: $(rss $PID)"; py deep; echo "rss after: $(rss $PID)"; stop $PID
+attack "12. files and identity"
+# tried BIN ARGS...: runs a `serve` that must fail; prints its exit code and message.
+tried() { local rc=0; timeout 20 "$BIN" serve --heartbeat 0 "$@" >"$TMP/t.out" 2>&1 || rc=$?; echo "exit $rc: $(tail -c 400 "$TMP/t.out" | tr '\n' ' ')"; }
+serve files -- --persist-dir "$TMP/pdir/data"
+echo "persist dir $(stat -c %a "$TMP/pdir/data"), files: $(cd "$TMP/pdir/data" && stat -c '%n %a' * | tr '\n' ' '), socket $(stat -c %a "$SOCK")"; stop $PID
+ln -s "$TMP/victim" "$TMP/planted.sock.lock"
+echo -n "symlink planted at the lock path: "; tried --socket "$TMP/planted.sock"
+echo "  link followed (victim created): $([ -e "$TMP/victim" ] && echo yes || echo no)"
+echo "not a socket" > "$TMP/file.sock"
+echo -n "regular file planted at the socket path: "; tried --socket "$TMP/file.sock"
+flock -n -o "$TMP/held.sock.lock" -c 'sleep 30' & FL=$!; PIDS+=("$FL"); sleep 0.3
+echo -n "address lock held by another process (flock $FL): "; tried --socket "$TMP/held.sock"
+kill "$FL" 2>/dev/null || true
 attack "15. heartbeat after a broker stall"
 serve stall -- --heartbeat 1000; py stall "$PID"; echo "rss: $(rss $PID)"; stop $PID

@@ -401,6 +401,53 @@ impl Conns {
         r
     }
 
+    /// Room for one more reply on `id`: the reply budget, or less when the
+    /// connection's queue already holds most of the hard limit (a reply that passes
+    /// the room would close the connection as a slow consumer, unanswered).
+    #[inline]
+    pub fn reply_room(&self, id: ConnId) -> usize {
+        let q = self.slab[id.0].queued();
+        self.reply_budget.min(self.hard_limit.saturating_sub(q))
+    }
+
+    /// [`send_reply`](Self::send_reply) for a reply that carries a value of at
+    /// least `least` bytes (see [`least_reply_len`]): refused with `ETOOBIG` before
+    /// anything is built when `least` passes [`reply_room`](Self::reply_room), and
+    /// after building when the frame does; `None` when refused before building.
+    /// Either way the request is answered once and the connection stays open.
+    #[inline]
+    pub fn send_value_reply<R>(
+        &mut self,
+        id: ConnId,
+        req: Raw<'_>,
+        least: usize,
+        encode: impl FnOnce(Codec, &mut Vec<u8>) -> R,
+    ) -> Option<R> {
+        let room = self.reply_room(id);
+        let conn = &mut self.slab[id.0];
+        let at = conn.wbuf.len();
+        let r = if least > room {
+            None
+        } else {
+            Some(encode(conn.codec, &mut conn.wbuf))
+        };
+        let n = if r.is_some() {
+            conn.wbuf.len() - at
+        } else {
+            least
+        };
+        if n > room {
+            conn.wbuf.truncate(at);
+            too_big_reply(conn.codec, &mut conn.wbuf, req, n, room);
+            self.too_big += 1;
+        }
+        if conn.records {
+            self.convert_to_records(id, at);
+        }
+        self.wrote(id);
+        r
+    }
+
     /// Re-counts `id`'s queued bytes into the total (after a flush or a write).
     #[inline]
     pub fn sync(&mut self, id: ConnId) {
@@ -590,12 +637,25 @@ impl Conns {
     }
 }
 
+/// A lower bound of the bytes `v` takes in a reply in codec `to`, known without
+/// converting it: its length in its own codec. A conversion may shrink a value to
+/// almost nothing (JSON whitespace; a MessagePack extension of any size becomes
+/// `null`), so a converted reply is checked after building only.
+#[inline]
+pub fn least_reply_len(v: Raw<'_>, to: Codec) -> usize {
+    if v.codec == to {
+        v.bytes.len()
+    } else {
+        0
+    }
+}
+
 /// The `ETOOBIG` error that replaces a reply of `n` bytes over `budget`.
 #[cold]
 fn too_big_reply(codec: Codec, out: &mut Vec<u8>, req: Raw<'_>, n: usize, budget: usize) {
     let message = format!(
-        "the reply ({n} bytes) exceeds the reply limit ({budget} bytes, sendHardLimit): \
-         ask for less at a time"
+        "the reply ({n} bytes) exceeds the reply limit ({budget} bytes, sendHardLimit less \
+         unread output): ask for less at a time"
     );
     Reply::Err {
         code: ErrorCode::TooBig,
@@ -631,6 +691,46 @@ mod tests {
         c.set_codec(Codec::MsgPack);
         assert_eq!(c.codec(), Codec::MsgPack);
         assert!(c.is_codec_known());
+    }
+
+    #[test]
+    fn a_value_reply_past_the_room_is_refused_before_it_is_built() {
+        let mut conns = Conns::new(2000, usize::MAX);
+        let id = conns.insert(Connection::new(1, true, 0));
+        let req = Raw::new(Codec::Json, b"7");
+        // 1400 bytes queued and unread: 600 left of the hard limit.
+        conns.send(id, |_, out| out.extend_from_slice(&[b'q'; 1400]));
+        assert_eq!(conns.reply_room(id), 600);
+        let mut built = false;
+        let r = conns.send_value_reply(id, req, 700, |_, _| built = true);
+        assert!(r.is_none() && !built, "refused before building");
+        let text = std::str::from_utf8(&conns[id].wbuf[1404..])
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("ETOOBIG") && text.contains("\"id\":7"),
+            "{text}"
+        );
+        // A reply the lower bound let through is still checked once built.
+        let room = conns.reply_room(id);
+        let r = conns.send_value_reply(id, req, 10, |_, out| {
+            out.extend_from_slice(&vec![b'x'; room + 1])
+        });
+        assert_eq!(r, Some(()));
+        assert_eq!(conns.too_big, 2);
+        assert_eq!(
+            conns[id].closing,
+            Closing::No,
+            "answered, and the connection stays open"
+        );
+        // Same codec: the lower bound is the value's length; across codecs none (a value may shrink).
+        let v = Raw::new(Codec::MsgPack, &[0xcb, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(least_reply_len(v, Codec::MsgPack), 9);
+        assert_eq!(least_reply_len(v, Codec::Json), 0);
+        assert_eq!(
+            least_reply_len(Raw::new(Codec::Json, b"[ 1 ]"), Codec::MsgPack),
+            0
+        );
     }
 
     #[test]

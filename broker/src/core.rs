@@ -68,10 +68,6 @@ pub struct Core {
     /// When the next `stats` event is due (`u64::MAX`: never).
     next_stats: u64,
     expiry_busy: bool,
-    /// Connections refused at `maxConnections` (or for lack of descriptors).
-    pub refused: u64,
-    /// Connections closed at the handshake deadline.
-    pub handshake_closed: u64,
 }
 
 impl Core {
@@ -125,8 +121,6 @@ impl Core {
             last_turn: 0,
             next_stats,
             expiry_busy: false,
-            refused: 0,
-            handshake_closed: 0,
         }
     }
 
@@ -194,7 +188,7 @@ impl Core {
     /// The frame (JSON: the peer's codec is unknown) a refused connection gets, and
     /// counts the refusal. `why` says what ran out.
     pub fn refusal(&mut self, why: &str) -> Vec<u8> {
-        self.refused += 1;
+        self.mesh.stats.refused += 1;
         self.mesh.stats.error(ErrorCode::Broker);
         let mut out = Vec::new();
         procmesh_proto::Reply::Err {
@@ -472,7 +466,7 @@ impl Core {
             }
         }
         for k in late {
-            self.handshake_closed += 1;
+            self.mesh.stats.handshake_closed += 1;
             self.mesh.stats.error(ErrorCode::Auth);
             dispatch::send_err(
                 &mut self.conns,

@@ -6,6 +6,13 @@
 //! token ever issued or accepted is kept (never lowered, kept after the lock is
 //! freed) and fenced writes below it are refused.
 //!
+//! Bound: the marks of keys without a live lock are forgotten when there are more
+//! than [`MAX_FENCE_MARKS`] marks (all of them at once, amortized O(1) per mark), and
+//! the highest forgotten mark becomes a floor for every key without a mark: a token at
+//! or below a forgotten mark can then never pass where the mark would have refused it
+//! (an old holder stays fenced); the price is that a holder whose lock ran out may be
+//! refused even when nobody took the lock after it. Keys with a live lock keep theirs.
+//!
 //! Invariants: a lock has at most one holder; `grants` maps each live grant's token to
 //! its key; `waiting` maps each queued waiter's id to its slot in `nodes`; a lock's
 //! waiters are a doubly linked list through `nodes` (head = next to be served), so a
@@ -127,7 +134,17 @@ pub struct LockTable {
     /// With persistence: tokens up to this are durably reserved.
     reserved_to: Option<u64>,
     reserve_pending: bool,
+    /// The highest mark forgotten: a key without a mark refuses tokens below it.
+    forgotten: u64,
+    /// Marks kept without a sweep (see [`MAX_FENCE_MARKS`]).
+    mark_cap: usize,
+    /// The mark count that triggers the next sweep (at least `mark_cap`).
+    sweep_at: usize,
 }
+
+/// Fence marks kept before the marks of keys without a live lock are forgotten (see
+/// the module docs: forgetting is safe, so this needs no knob).
+pub const MAX_FENCE_MARKS: usize = 65_536;
 
 /// Tokens reserved per durable FENCE record.
 pub const RESERVE_BLOCK: u64 = 1000;
@@ -156,7 +173,46 @@ impl LockTable {
             floor: 0,
             reserved_to: None,
             reserve_pending: false,
+            forgotten: 0,
+            mark_cap: MAX_FENCE_MARKS,
+            sweep_at: MAX_FENCE_MARKS,
         }
+    }
+
+    /// Sets how many fence marks are kept before idle ones are forgotten (tests).
+    pub fn set_fence_mark_cap(&mut self, cap: usize) {
+        self.mark_cap = cap;
+        self.sweep_at = cap;
+    }
+
+    /// Fence marks kept (bounded: see [`MAX_FENCE_MARKS`]).
+    pub fn fence_marks(&self) -> usize {
+        self.high.len()
+    }
+
+    /// After a mark was added: past the sweep point, forgets every mark of a key
+    /// without a live lock, raising the floor of unmarked keys to the highest.
+    #[inline]
+    fn marks_grew(&mut self) {
+        if self.high.len() > self.sweep_at {
+            self.forget_idle_marks();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn forget_idle_marks(&mut self) {
+        let (locks, mut forgotten) = (&self.locks, self.forgotten);
+        self.high.retain(|k, m| {
+            let keep = locks.contains_key(k);
+            if !keep {
+                forgotten = forgotten.max(m.0);
+            }
+            keep
+        });
+        self.forgotten = forgotten;
+        // The next sweep only after as many marks again: amortized O(1) per mark.
+        self.sweep_at = self.mark_cap.max(2 * self.high.len());
     }
 
     /// Continues after a restart whose log reserved tokens up to `reserved`: every
@@ -226,8 +282,12 @@ impl LockTable {
         let lock = self.locks.entry_ref(key).or_default();
         lock.holder = Some(Holder { conn, token });
         // Raise, never lower: a fenced write may have presented a higher token.
+        let before = self.high.len();
         let mark = self.high.entry_ref(key).or_insert(token);
         *mark = (*mark).max(token);
+        if self.high.len() > before {
+            self.marks_grew();
+        }
         self.grants.insert(token.0, key.into());
         timers.add(now.saturating_add(ttl_ms), TimerKind::LockExpiry(token.0));
         token
@@ -515,8 +575,11 @@ impl LockTable {
                 *mark = token;
                 true
             }
+            // A key without a mark: its mark may have been forgotten.
+            None if token.0 < self.forgotten => false,
             None => {
                 self.high.insert(key.into(), token);
+                self.marks_grew();
                 true
             }
         }
@@ -635,6 +698,43 @@ mod tests {
             "the forged token did not raise the mark"
         );
         assert!(l.fence("never", Some(tok)));
+    }
+
+    #[test]
+    fn fence_marks_are_bounded_and_an_old_holder_stays_fenced() {
+        let mut t = LockTable::new(0);
+        t.set_fence_mark_cap(4);
+        let mut timers = Timers::default();
+        let mut ev = Vec::new();
+        let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
+        // A held K, then B did: A's token is below K's mark.
+        let ta = granted(t.lock("K", a, 1000, 0, None, 0, &mut timers));
+        assert!(t.unlock("K", a, 0, &mut timers, &mut ev));
+        let tb = granted(t.lock("K", b, 1000, 0, None, 0, &mut timers));
+        assert!(t.unlock("K", b, 0, &mut timers, &mut ev));
+        // C holds J throughout.
+        let tc = granted(t.lock("J", c, 1_000_000, 0, None, 0, &mut timers));
+        // Many keys locked and freed: the marks stay bounded.
+        for i in 0..100 {
+            let k = format!("x{i}");
+            granted(t.lock(&k, a, 1000, 0, None, 0, &mut timers));
+            assert!(t.unlock(&k, a, 0, &mut timers, &mut ev));
+            assert!(t.fence_marks() <= 8, "{} marks", t.fence_marks());
+        }
+        // K's mark was forgotten, and A is still fenced there; B (the last holder,
+        // at the mark) too, as the module docs say; C's live lock kept its mark.
+        assert!(!t.high.contains_key("K"));
+        assert!(!t.fence("K", Some(ta)));
+        assert!(!t.fence("K", Some(tb)));
+        assert!(t.fence("J", Some(tc)));
+        assert!(!t.fence("J", Some(ta)), "below J's kept mark");
+        // Valid tokens on never-marked keys, from anyone, cannot grow the table either.
+        let last = FencingToken(t.last_token());
+        for i in 0..100 {
+            assert!(t.fence(&format!("y{i}"), Some(last)));
+            assert!(t.fence_marks() <= 8);
+        }
+        assert!(t.fence("J", Some(tc)));
     }
 
     #[test]
@@ -884,6 +984,11 @@ mod tests {
         fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let mut t = Timers::default();
             let mut l = LockTable::default();
+            // The same operations on a table that keeps one mark: forgetting marks
+            // may refuse more, never accept what the model (every mark kept) refuses.
+            let mut capped = LockTable::default();
+            capped.set_fence_mark_cap(1);
+            let (mut ct, mut cev) = (Timers::default(), Vec::new());
             let mut m = Model::default();
             let mut ev = Vec::new();
             let (mut now, mut req, mut max_token) = (0u64, 0u64, 0u64);
@@ -912,6 +1017,7 @@ mod tests {
                             now,
                             &mut t,
                         );
+                        capped.lock(KEYS[key], conn(c), ttl, wait, None, now, &mut ct);
                         let free = m.locks.get(&key).is_none_or(|x| x.holder.is_none());
                         let expect = if free {
                             LockOutcome::Granted(FencingToken(m.grant(key, c, ttl, now)))
@@ -941,6 +1047,8 @@ mod tests {
                             .and_then(|x| x.holder)
                             .is_some_and(|h| h.0 == c);
                         prop_assert_eq!(l.unlock(KEYS[key], conn(c), now, &mut t, &mut ev), holds);
+                        capped.unlock(KEYS[key], conn(c), now, &mut ct, &mut cev);
+                        cev.clear();
                         if holds {
                             m.release(key, now, &mut want);
                         }
@@ -951,6 +1059,10 @@ mod tests {
                         // Only issued tokens (≤ the counter) at or above the mark pass.
                         let pass = tok <= m.last && m.high.get(&key).is_none_or(|h| tok >= *h);
                         prop_assert_eq!(l.fence(KEYS[key], Some(FencingToken(tok))), pass);
+                        if capped.fence(KEYS[key], Some(FencingToken(tok))) {
+                            prop_assert!(pass, "the capped table accepted {} on {}", tok, key);
+                        }
+                        prop_assert!(capped.fence_marks() <= KEYS.len());
                         prop_assert!(!l.fence(KEYS[key], None));
                         if pass {
                             m.high.insert(key, tok);
@@ -961,10 +1073,16 @@ mod tests {
                         while let Some(k) = t.pop_due(now) {
                             l.on_timer(k, now, &mut t, &mut ev);
                         }
+                        while let Some(k) = ct.pop_due(now) {
+                            capped.on_timer(k, now, &mut ct, &mut cev);
+                        }
+                        cev.clear();
                         m.advance(now, &mut want);
                     }
                     Op::Disconnect(c) => {
                         l.remove_conn(conn(c), now, &mut t, &mut ev);
+                        capped.remove_conn(conn(c), now, &mut ct, &mut cev);
+                        cev.clear();
                         let handoffs = m.disconnect(c);
                         // The table may free the keys in any order: compare without
                         // tokens, then check they are the next ones and adopt them.

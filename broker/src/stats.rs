@@ -26,6 +26,12 @@ pub struct Stats {
     pub slow_closed: u64,
     /// Connections accepted since start.
     pub accepted: u64,
+    /// Connections refused at `maxConnections` (or for lack of descriptors).
+    pub refused: u64,
+    /// Connections closed at the handshake deadline.
+    pub handshake_closed: u64,
+    /// Replies refused with `ETOOBIG` (counted by the connection table).
+    pub too_big: u64,
 }
 
 impl Default for Stats {
@@ -38,6 +44,9 @@ impl Default for Stats {
             reaped: 0,
             slow_closed: 0,
             accepted: 0,
+            refused: 0,
+            handshake_closed: 0,
+            too_big: 0,
         }
     }
 }
@@ -76,6 +85,10 @@ pub struct Gauges<'a> {
     pub evicted: u64,
     /// Entries removed by TTL.
     pub expired: u64,
+    /// Cache reads that found a live value.
+    pub hits: u64,
+    /// Cache reads that found none.
+    pub misses: u64,
     /// Locks held.
     pub locks: usize,
     /// Lock waiters queued.
@@ -135,6 +148,8 @@ impl Stats {
             cache_bytes: g.cache_bytes as u64,
             evicted: g.evicted,
             expired: g.expired,
+            hits: g.hits,
+            misses: g.misses,
             ops: Kind::ALL
                 .iter()
                 .zip(&self.ops)
@@ -152,6 +167,9 @@ impl Stats {
             dedup_size: g.dedup_size as u64,
             reaped: self.reaped,
             slow_closed: self.slow_closed,
+            refused: self.refused,
+            handshake_closed: self.handshake_closed,
+            too_big: self.too_big,
             locks: g.locks as u64,
             lock_waiters: g.lock_waiters as u64,
             pending_calls: g.pending_calls as u64,
@@ -203,7 +221,7 @@ mod tests {
             s.encode(&g, &mut Writer::new(codec, &mut out));
             let v = validate(codec, &out).unwrap();
             let m: Vec<_> = v.map().unwrap().collect();
-            assert_eq!(m.len(), 24);
+            assert_eq!(m.len(), 29);
             let core = m.iter().find(|(k, _)| k == "core").unwrap().1;
             assert!(core.is_nil(), "no pinned core is encoded as null");
             let ops = m.iter().find(|(k, _)| k == "ops").unwrap().1;
@@ -228,8 +246,10 @@ mod tests {
             .enumerate()
             .filter(|(_, n)| *n > 0)
             .collect();
-        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one)
-        w.begin_map(24 + usize::from(!g.io_backend.is_empty()));
+        // (plus `ioBackend`, added with the io_uring driver, when the gauges name one;
+        // `hits` and `misses` were added with the inline store layout, and the three
+        // limit counters of issue 12 after `subscriptions`)
+        w.begin_map(29 + usize::from(!g.io_backend.is_empty()));
         w.key("persistence");
         match &g.persistence {
             Some(p) => {
@@ -274,6 +294,10 @@ mod tests {
         w.uint(g.evicted);
         w.key("expired");
         w.uint(g.expired);
+        w.key("hits");
+        w.uint(g.hits);
+        w.key("misses");
+        w.uint(g.misses);
         w.key("ops");
         w.begin_map(ops.len());
         for (i, n) in ops {
@@ -306,6 +330,12 @@ mod tests {
         w.uint(g.pending_calls as u64);
         w.key("subscriptions");
         w.uint(g.subscriptions as u64);
+        w.key("refused");
+        w.uint(s.refused);
+        w.key("handshakeClosed");
+        w.uint(s.handshake_closed);
+        w.key("tooBig");
+        w.uint(s.too_big);
         w.key("procs");
         w.begin_array(g.procs.len());
         for (name, workers) in &g.procs {
@@ -351,6 +381,7 @@ mod tests {
         s.dropped = 3;
         s.reaped = 4;
         s.slow_closed = 5;
+        (s.refused, s.handshake_closed, s.too_big) = (6, 7, 8);
         let persistence = PersistGauges {
             fsync: "always",
             log_bytes: 77,
@@ -373,6 +404,8 @@ mod tests {
                 cache_bytes: 70,
                 evicted: 1,
                 expired: 2,
+                hits: 10,
+                misses: 11,
                 locks: 3,
                 lock_waiters: 4,
                 pending_calls: 5,

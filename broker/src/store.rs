@@ -2,12 +2,38 @@
 //!
 //! `store` owns every cached entry and knows nothing about sockets or codecs beyond
 //! the tag it keeps beside each value. Values are stored as the encoded bytes the
-//! writer sent (one allocation holding key and value), with the codec they are in.
+//! writer sent, with the codec they are in.
+//!
+//! Layout (chosen so a lookup follows as few pointers as possible, and a key costs
+//! few bytes beyond its payload):
+//!
+//! ```text
+//! table     HashTable<u32>      slot index per key (hashbrown: 1 control byte + 4 B)
+//! entries   Vec<Entry>          slab, 64 B per slot, slots never move while live
+//!   Entry   data: Inline {codec, key_len, len, [u8; 52]}   key + value inside the entry
+//!              | Heap   {codec, key_len, Box<[u8]>}        larger: one allocation
+//!              | Free   {next}                             free-list link
+//!           used: u32            the access clock at the last read or write (LRU)
+//!           exp_idx: u32         position in `expiring`, NIL without a deadline
+//! expiring  Vec<Deadline>       (slot, deadline) of the keys with a TTL only
+//! ```
+//!
+//! A hit costs the table's control bytes, its bucket and one entry (for a key and
+//! value of at most 52 bytes together): no key allocation to follow, no list
+//! neighbours to relink. LRU is sampled (Redis-style): every read or write stamps the
+//! entry with the store's access clock, and an eviction looks at [`LRU_SAMPLES`]
+//! random live entries and evicts the one used longest ago. A store of at most
+//! `2 × LRU_SAMPLES` slots is scanned whole, so small caches evict exactly in LRU
+//! order. The clock is 32 bits: an entry idle for more than 2^32 reads and writes
+//! looks recently used again (Redis's LRU clock wraps the same way, after 194 days).
 //!
 //! Invariants:
-//! - every live slot is in `table` exactly once, in the LRU list exactly once, and in
-//!   `expiring` exactly when it has an expiry (`exp_idx` is its position there);
+//! - every live slot is in `table` exactly once, and in `expiring` exactly when it
+//!   has a deadline (`exp_idx` is its position there); free slots are on the free
+//!   list (`free`, linked through [`Data::Free`]);
 //! - `bytes` is the sum of the value lengths of live slots;
+//! - a live slot keeps its index until it is removed (snapshots walk the slab by
+//!   index across loop turns while the store changes);
 //! - an expired entry is never returned: reads check the deadline (lazy expiry), and
 //!   [`Store::reclaim`] samples `expiring` each loop turn (Redis-style active expiry).
 //!
@@ -24,10 +50,23 @@ use procmesh_proto::{Codec, Num, Raw, Writer};
 
 const NIL: u32 = u32::MAX;
 
+/// Key and value bytes kept inside the entry itself when together at most this long
+/// (the rest of a 64-byte entry is its tags, lengths, LRU stamp and expiry index).
+pub const INLINE_BYTES: usize = 52;
+
+/// Live entries an eviction compares (Redis's `maxmemory-samples`, which defaults
+/// to 5); more samples evict closer to true LRU order at one cache miss each.
+pub const LRU_SAMPLES: usize = 8;
+
+/// Slots an LRU sample walks forward from its random start to find a live entry
+/// (a slab left sparse by deletes); past that the eviction scans the slab.
+const LRU_PROBE: usize = 64;
+
 /// Cache bounds (the Node.js package's `cache` options).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Maximum number of entries (least recently used evicted first); 0 = unbounded.
+    /// Maximum number of entries (least recently used evicted first, sampled: see
+    /// the module docs); 0 = unbounded.
     pub max_entries: usize,
     /// Maximum total bytes of encoded values; when non-zero it replaces `max_entries`.
     pub max_bytes: usize,
@@ -45,34 +84,151 @@ impl Default for StoreConfig {
     }
 }
 
-struct Entry {
-    /// Key bytes followed by value bytes.
-    data: Box<[u8]>,
-    key_len: u32,
-    prev: u32,
-    /// LRU successor, or the next free slot when the slot is free.
-    next: u32,
-    exp_idx: u32,
-    /// Deadline in ms on the broker clock; 0 = none.
-    expire_at: u64,
-    codec: Codec,
+/// Where a slot keeps its key and value.
+enum Data {
+    /// Key then value inside the entry: no allocation and no pointer to follow.
+    Inline {
+        codec: Codec,
+        key_len: u8,
+        len: u8,
+        buf: [u8; INLINE_BYTES],
+    },
+    /// Key then value in one allocation.
+    Heap {
+        codec: Codec,
+        key_len: u32,
+        bytes: Box<[u8]>,
+    },
+    /// A free slot, linking to the next free one.
+    Free { next: u32 },
 }
 
-impl Entry {
+impl Data {
+    #[inline]
+    fn new(key: &[u8], codec: Codec, value: &[u8]) -> Data {
+        let len = key.len() + value.len();
+        if len <= INLINE_BYTES {
+            let mut buf = [0u8; INLINE_BYTES];
+            buf[..key.len()].copy_from_slice(key);
+            buf[key.len()..len].copy_from_slice(value);
+            Data::Inline {
+                codec,
+                key_len: key.len() as u8,
+                len: len as u8,
+                buf,
+            }
+        } else {
+            let mut bytes = Vec::with_capacity(len);
+            bytes.extend_from_slice(key);
+            bytes.extend_from_slice(value);
+            Data::Heap {
+                codec,
+                key_len: key.len() as u32,
+                bytes: bytes.into_boxed_slice(),
+            }
+        }
+    }
+
     #[inline]
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        match self {
+            Data::Inline { key_len, buf, .. } => &buf[..*key_len as usize],
+            Data::Heap { key_len, bytes, .. } => &bytes[..*key_len as usize],
+            Data::Free { .. } => &[],
+        }
     }
 
     #[inline]
     fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
+        match self {
+            Data::Inline {
+                key_len, len, buf, ..
+            } => &buf[*key_len as usize..*len as usize],
+            Data::Heap { key_len, bytes, .. } => &bytes[*key_len as usize..],
+            Data::Free { .. } => &[],
+        }
     }
 
     #[inline]
-    fn is_expired(&self, now: u64) -> bool {
-        self.expire_at != 0 && self.expire_at <= now
+    fn codec(&self) -> Codec {
+        match self {
+            Data::Inline { codec, .. } | Data::Heap { codec, .. } => *codec,
+            Data::Free { .. } => Codec::MsgPack,
+        }
     }
+
+    #[inline]
+    fn raw(&self) -> Raw<'_> {
+        Raw::new(self.codec(), self.value())
+    }
+
+    #[inline]
+    fn is_free(&self) -> bool {
+        matches!(self, Data::Free { .. })
+    }
+
+    /// Replaces the value, in place when the new one fits where the old one was.
+    #[inline]
+    fn set_value(&mut self, new_codec: Codec, value: &[u8]) {
+        match self {
+            Data::Inline {
+                codec,
+                key_len,
+                len,
+                buf,
+            } if *key_len as usize + value.len() <= INLINE_BYTES => {
+                let k = *key_len as usize;
+                let end = k + value.len();
+                buf[k..end].copy_from_slice(value);
+                *len = end as u8;
+                *codec = new_codec;
+            }
+            Data::Heap {
+                codec,
+                key_len,
+                bytes,
+            } if bytes.len() - *key_len as usize == value.len() => {
+                bytes[*key_len as usize..].copy_from_slice(value);
+                *codec = new_codec;
+            }
+            _ => *self = Data::new(self.key(), new_codec, value),
+        }
+    }
+}
+
+struct Entry {
+    data: Data,
+    /// The store's access clock at this entry's last read or write.
+    used: u32,
+    /// Position in `expiring`, or NIL when the entry has no deadline.
+    exp_idx: u32,
+}
+
+/// One entry with a deadline (ms on the broker clock, never 0).
+#[derive(Clone, Copy)]
+struct Deadline {
+    slot: u32,
+    at: u64,
+}
+
+/// Key equality with word compares for the common short keys (no `bcmp` call).
+#[inline(always)]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let w =
+            |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        return w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8);
+    }
+    if (4..8).contains(&n) {
+        let w =
+            |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+        return w(a, 0) == w(b, 0) && w(a, n - 4) == w(b, n - 4);
+    }
+    a == b
 }
 
 /// Why an atomic operation failed.
@@ -80,6 +236,8 @@ impl Entry {
 pub enum AtomicError {
     /// The stored value is not a number.
     NotNumber,
+    /// The result is not finite (a float sum past ±f64::MAX): nothing was stored.
+    NotFinite,
 }
 
 /// Counters the store keeps for stats.
@@ -89,8 +247,11 @@ pub struct StoreCounters {
     pub evicted: u64,
     /// Entries removed because their TTL passed.
     pub expired: u64,
+    /// Reads (`get`, each key of `mget`, `has`) that found a live value.
+    pub hits: u64,
+    /// Reads (`get`, each key of `mget`, `has`) that found none (missing or expired).
+    pub misses: u64,
 }
-
 /// Receives the store's effects as they happen, in order. Deadlines are in ms on
 /// the broker clock (0 = none). Implementations must not allocate per call on the
 /// hot path (append to a reused buffer).
@@ -172,13 +333,13 @@ pub struct Store<E = NoEffects> {
     table: HashTable<u32>,
     entries: Vec<Entry>,
     free: u32,
-    head: u32,
-    tail: u32,
     len: usize,
     bytes: usize,
-    expiring: Vec<u32>,
+    expiring: Vec<Deadline>,
     cursor: usize,
     rng: u64,
+    /// Ticks once per read or write; entries keep the tick of their last use.
+    clock: u32,
     counters: StoreCounters,
     scratch: Vec<u8>,
     undo: Undo,
@@ -204,13 +365,12 @@ impl<E: EffectSink> Store<E> {
             table: HashTable::new(),
             entries: Vec::new(),
             free: NIL,
-            head: NIL,
-            tail: NIL,
             len: 0,
             bytes: 0,
             expiring: Vec::new(),
             cursor: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
+            clock: 0,
             counters: StoreCounters::default(),
             scratch: Vec::new(),
             undo: Undo::default(),
@@ -234,13 +394,13 @@ impl<E: EffectSink> Store<E> {
     ) -> Option<usize> {
         let end = from.saturating_add(max).min(self.entries.len());
         for e in &self.entries[from.min(end)..end] {
-            if e.data.is_empty() || e.is_expired(now) {
+            if e.data.is_free() || self.entry_expired(e, now) {
                 continue;
             }
             f(
-                std::str::from_utf8(e.key()).unwrap_or_default(),
-                Raw::new(e.codec, e.value()),
-                e.expire_at,
+                std::str::from_utf8(e.data.key()).unwrap_or_default(),
+                e.data.raw(),
+                self.deadline_of(e),
             );
         }
         (end < self.entries.len()).then_some(end)
@@ -266,7 +426,7 @@ impl<E: EffectSink> Store<E> {
         self.bytes
     }
 
-    /// Eviction and expiry counters.
+    /// Eviction, expiry and hit/miss counters.
     pub fn counters(&self) -> StoreCounters {
         self.counters
     }
@@ -276,50 +436,91 @@ impl<E: EffectSink> Store<E> {
         self.hasher.hash_one(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &[u8]) -> Option<u32> {
         let h = self.hash(key);
         let entries = &self.entries;
         self.table
-            .find(h, |&i| entries[i as usize].key() == key)
+            .find(h, |&i| same_key(entries[i as usize].data.key(), key))
             .copied()
     }
 
-    /// Looks a key up, applying lazy expiry. Returns its slot when live.
+    /// The absolute deadline of `e` (0 = none).
     #[inline]
+    fn deadline_of(&self, e: &Entry) -> u64 {
+        if e.exp_idx == NIL {
+            0
+        } else {
+            self.expiring[e.exp_idx as usize].at
+        }
+    }
+
+    #[inline]
+    fn entry_expired(&self, e: &Entry, now: u64) -> bool {
+        e.exp_idx != NIL && self.expiring[e.exp_idx as usize].at <= now
+    }
+
+    #[inline]
+    fn is_expired(&self, slot: u32, now: u64) -> bool {
+        self.entry_expired(&self.entries[slot as usize], now)
+    }
+
+    /// Marks `slot` as used now (sampled LRU).
+    #[inline]
+    fn stamp(&mut self, slot: u32) {
+        self.clock = self.clock.wrapping_add(1);
+        self.entries[slot as usize].used = self.clock;
+    }
+
+    /// Looks a key up, applying lazy expiry. Returns its slot when live. (Inlined:
+    /// as a call it cost 20 instructions of register saves per lookup.)
+    #[inline(always)]
     fn live(&mut self, key: &[u8], now: u64) -> Option<u32> {
         let slot = self.find(key)?;
-        if self.entries[slot as usize].is_expired(now) {
-            self.remove_slot(slot);
-            self.counters.expired += 1;
+        if self.is_expired(slot, now) {
+            self.expire(slot);
             return None;
         }
         Some(slot)
     }
 
-    /// The value of `key`, marking it most recently used.
-    #[inline]
-    pub fn get(&mut self, key: &str, now: u64) -> Option<Raw<'_>> {
-        let slot = self.live(key.as_bytes(), now)?;
-        self.touch(slot);
-        let e = &self.entries[slot as usize];
-        Some(Raw::new(e.codec, e.value()))
+    /// Lazy expiry of a slot a read found past its deadline (kept out of line so
+    /// the lookup stays small enough to inline).
+    #[cold]
+    #[inline(never)]
+    fn expire(&mut self, slot: u32) {
+        self.remove_slot(slot);
+        self.counters.expired += 1;
     }
 
-    /// Whether `key` holds a live value.
+    /// The value of `key`, marking it most recently used (counted as a hit or a miss).
+    #[inline]
+    pub fn get(&mut self, key: &str, now: u64) -> Option<Raw<'_>> {
+        let Some(slot) = self.live(key.as_bytes(), now) else {
+            self.counters.misses += 1;
+            return None;
+        };
+        self.counters.hits += 1;
+        self.stamp(slot);
+        Some(self.entries[slot as usize].data.raw())
+    }
+
+    /// Whether `key` holds a live value (counted as a hit or a miss).
     pub fn has(&mut self, key: &str, now: u64) -> bool {
-        self.live(key.as_bytes(), now).is_some()
+        let live = self.live(key.as_bytes(), now).is_some();
+        if live {
+            self.counters.hits += 1;
+        } else {
+            self.counters.misses += 1;
+        }
+        live
     }
 
     /// Remaining time to live of `key` in ms (`None`: missing; `Some(0)`: no expiry).
     pub fn ttl_left(&mut self, key: &str, now: u64) -> Option<u64> {
         let slot = self.live(key.as_bytes(), now)?;
-        let e = &self.entries[slot as usize];
-        Some(if e.expire_at == 0 {
-            0
-        } else {
-            e.expire_at - now
-        })
+        let at = self.deadline_of(&self.entries[slot as usize]);
+        Some(if at == 0 { 0 } else { at - now })
     }
 
     fn deadline(&self, ttl_ms: Option<u64>, now: u64) -> u64 {
@@ -362,39 +563,24 @@ impl<E: EffectSink> Store<E> {
         }
         let slot = match found {
             Some(slot) => {
-                let e = &mut self.entries[slot as usize];
-                let old_len = e.data.len() - e.key_len as usize;
-                if old_len == value.len() {
-                    let kl = e.key_len as usize;
-                    e.data[kl..].copy_from_slice(value);
-                } else {
-                    let mut data = Vec::with_capacity(key.len() + value.len());
-                    data.extend_from_slice(key);
-                    data.extend_from_slice(value);
-                    e.data = data.into_boxed_slice();
-                }
-                e.codec = codec;
+                let data = &mut self.entries[slot as usize].data;
+                let old_len = data.value().len();
+                data.set_value(codec, value);
                 self.bytes = self.bytes - old_len + value.len();
                 self.set_expiry(slot, expire_at);
-                self.touch(slot);
                 slot
             }
             None => {
-                let mut data = Vec::with_capacity(key.len() + value.len());
-                data.extend_from_slice(key);
-                data.extend_from_slice(value);
                 let entry = Entry {
-                    data: data.into_boxed_slice(),
-                    key_len: key.len() as u32,
-                    prev: NIL,
-                    next: NIL,
+                    data: Data::new(key, codec, value),
+                    used: 0,
                     exp_idx: NIL,
-                    expire_at: 0,
-                    codec,
                 };
                 let slot = if self.free != NIL {
                     let s = self.free;
-                    self.free = self.entries[s as usize].next;
+                    if let Data::Free { next } = self.entries[s as usize].data {
+                        self.free = next;
+                    }
                     self.entries[s as usize] = entry;
                     s
                 } else {
@@ -404,15 +590,16 @@ impl<E: EffectSink> Store<E> {
                 let h = self.hash(key);
                 let entries = &self.entries;
                 let hasher = &self.hasher;
-                self.table
-                    .insert_unique(h, slot, |&i| hasher.hash_one(entries[i as usize].key()));
+                self.table.insert_unique(h, slot, |&i| {
+                    hasher.hash_one(entries[i as usize].data.key())
+                });
                 self.len += 1;
                 self.bytes += value.len();
-                self.link_front(slot);
                 self.set_expiry(slot, expire_at);
                 slot
             }
         };
+        self.stamp(slot);
         if self.undo.replaying {
             // Restoring the turn's starting state, which was within bounds.
             return slot;
@@ -429,9 +616,14 @@ impl<E: EffectSink> Store<E> {
         u.bytes.extend_from_slice(key);
         let value = slot.map(|s| {
             let e = &self.entries[s as usize];
+            let at = if e.exp_idx == NIL {
+                0
+            } else {
+                self.expiring[e.exp_idx as usize].at
+            };
             let v = u.bytes.len();
-            u.bytes.extend_from_slice(e.value());
-            (v, e.value().len(), e.codec, e.expire_at)
+            u.bytes.extend_from_slice(e.data.value());
+            (v, e.data.value().len(), e.data.codec(), at)
         });
         u.before.push(Before {
             key: (k, key.len()),
@@ -441,15 +633,16 @@ impl<E: EffectSink> Store<E> {
 
     /// Records the entry at `slot` before a write removes it.
     fn remember_slot(&mut self, slot: u32) {
-        let u = &mut self.undo;
         let e = &self.entries[slot as usize];
+        let at = self.deadline_of(e);
+        let u = &mut self.undo;
         let k = u.bytes.len();
-        u.bytes.extend_from_slice(e.key());
+        u.bytes.extend_from_slice(e.data.key());
         let v = u.bytes.len();
-        u.bytes.extend_from_slice(e.value());
+        u.bytes.extend_from_slice(e.data.value());
         u.before.push(Before {
-            key: (k, e.key().len()),
-            value: Some((v, e.value().len(), e.codec, e.expire_at)),
+            key: (k, e.data.key().len()),
+            value: Some((v, e.data.value().len(), e.data.codec(), at)),
         });
     }
 
@@ -495,42 +688,100 @@ impl<E: EffectSink> Store<E> {
             if !over {
                 return;
             }
-            let victim = self.tail;
-            if victim == NIL || victim == keep {
+            let Some(victim) = self.lru_victim(keep) else {
                 // The entry just written is the only one left: a single value larger
                 // than max_bytes is kept rather than refused (as the Node.js store does).
                 return;
-            }
+            };
             self.remove_logged(victim);
             self.counters.evicted += 1;
         }
     }
 
-    fn set_expiry(&mut self, slot: u32, expire_at: u64) {
-        let e = &mut self.entries[slot as usize];
-        e.expire_at = expire_at;
-        match (expire_at != 0, e.exp_idx != NIL) {
-            (true, false) => {
-                e.exp_idx = self.expiring.len() as u32;
-                self.expiring.push(slot);
+    #[inline]
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// The live entry other than `keep` used longest ago among [`LRU_SAMPLES`] random
+    /// ones (every one, in a slab of at most `2 × LRU_SAMPLES` slots).
+    fn lru_victim(&mut self, keep: u32) -> Option<u32> {
+        let n = self.entries.len();
+        let clock = self.clock;
+        let mut best: Option<(u32, u32)> = None; // (age, slot)
+        let mut consider = |entries: &[Entry], s: usize| -> bool {
+            let e = &entries[s];
+            if e.data.is_free() || s as u32 == keep {
+                return false;
             }
+            let age = clock.wrapping_sub(e.used);
+            if best.is_none_or(|(a, _)| age > a) {
+                best = Some((age, s as u32));
+            }
+            true
+        };
+        if n <= 2 * LRU_SAMPLES {
+            for s in 0..n {
+                consider(&self.entries, s);
+            }
+            return best.map(|(_, s)| s);
+        }
+        let mut any = false;
+        for _ in 0..LRU_SAMPLES {
+            let mut s = (self.next_random() % n as u64) as usize;
+            for _ in 0..LRU_PROBE {
+                if consider(&self.entries, s) {
+                    any = true;
+                    break;
+                }
+                s = if s + 1 == n { 0 } else { s + 1 };
+            }
+        }
+        if !any {
+            // Fewer than one slot in LRU_PROBE is live: any live one will do.
+            for s in 0..n {
+                if consider(&self.entries, s) {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+
+    #[inline]
+    fn set_expiry(&mut self, slot: u32, expire_at: u64) {
+        let idx = self.entries[slot as usize].exp_idx;
+        if expire_at == 0 && idx == NIL {
+            return;
+        }
+        self.change_expiry(slot, idx, expire_at);
+    }
+
+    fn change_expiry(&mut self, slot: u32, idx: u32, expire_at: u64) {
+        match (expire_at != 0, idx != NIL) {
+            (true, false) => {
+                self.entries[slot as usize].exp_idx = self.expiring.len() as u32;
+                self.expiring.push(Deadline {
+                    slot,
+                    at: expire_at,
+                });
+            }
+            (true, true) => self.expiring[idx as usize].at = expire_at,
             (false, true) => {
-                let idx = e.exp_idx;
-                e.exp_idx = NIL;
+                self.entries[slot as usize].exp_idx = NIL;
                 self.unlist_expiring(idx);
             }
-            _ => {}
+            (false, false) => {}
         }
     }
 
     fn unlist_expiring(&mut self, idx: u32) {
-        let last = self
-            .expiring
-            .pop()
-            .expect("invariant: expiring is non-empty when an entry is listed");
-        if (idx as usize) < self.expiring.len() {
-            self.expiring[idx as usize] = last;
-            self.entries[last as usize].exp_idx = idx;
+        self.expiring.swap_remove(idx as usize);
+        if let Some(moved) = self.expiring.get(idx as usize) {
+            self.entries[moved.slot as usize].exp_idx = idx;
         }
     }
 
@@ -538,7 +789,7 @@ impl<E: EffectSink> Store<E> {
     pub fn del(&mut self, key: &str, now: u64) -> bool {
         match self.find(key.as_bytes()) {
             Some(slot) => {
-                let live = !self.entries[slot as usize].is_expired(now);
+                let live = !self.is_expired(slot, now);
                 self.remove_logged(slot);
                 live
             }
@@ -552,23 +803,20 @@ impl<E: EffectSink> Store<E> {
         if !self.undo.replaying && self.effects.wants_undo() {
             self.remember_slot(slot);
         }
-        self.effects.del(self.entries[slot as usize].key());
+        self.effects.del(self.entries[slot as usize].data.key());
         self.remove_slot(slot);
     }
 
     fn remove_slot(&mut self, slot: u32) {
-        let h = self.hash(self.entries[slot as usize].key());
+        let h = self.hash(self.entries[slot as usize].data.key());
         if let Ok(found) = self.table.find_entry(h, |&i| i == slot) {
             found.remove();
         }
-        self.unlink(slot);
         let e = &mut self.entries[slot as usize];
         let idx = e.exp_idx;
         e.exp_idx = NIL;
-        self.bytes -= e.data.len() - e.key_len as usize;
-        e.data = Box::default();
-        e.key_len = 0;
-        e.next = self.free;
+        self.bytes -= e.data.value().len();
+        e.data = Data::Free { next: self.free };
         self.free = slot;
         self.len -= 1;
         if idx != NIL {
@@ -576,16 +824,13 @@ impl<E: EffectSink> Store<E> {
         }
     }
 
-    /// Every live key.
+    /// Every live key (in slot order).
     pub fn keys(&mut self, now: u64) -> Vec<&str> {
         let mut out = Vec::with_capacity(self.len);
-        let mut s = self.head;
-        while s != NIL {
-            let e = &self.entries[s as usize];
-            if !e.is_expired(now) {
-                out.push(std::str::from_utf8(e.key()).unwrap_or_default());
+        for e in &self.entries {
+            if !e.data.is_free() && !self.entry_expired(e, now) {
+                out.push(std::str::from_utf8(e.data.key()).unwrap_or_default());
             }
-            s = e.next;
         }
         out
     }
@@ -593,10 +838,10 @@ impl<E: EffectSink> Store<E> {
     /// Removes everything.
     pub fn clear(&mut self) {
         if self.effects.wants_undo() {
-            let mut s = self.head;
-            while s != NIL {
-                self.remember_slot(s);
-                s = self.entries[s as usize].next;
+            for s in 0..self.entries.len() {
+                if !self.entries[s].data.is_free() {
+                    self.remember_slot(s as u32);
+                }
             }
         }
         self.effects.clear();
@@ -606,8 +851,6 @@ impl<E: EffectSink> Store<E> {
         self.expiring.clear();
         self.expiring.shrink_to(1024);
         self.free = NIL;
-        self.head = NIL;
-        self.tail = NIL;
         self.len = 0;
         self.bytes = 0;
         self.cursor = 0;
@@ -620,14 +863,18 @@ impl<E: EffectSink> Store<E> {
         let (current, codec, deadline) = match found {
             Some(slot) => {
                 let e = &self.entries[slot as usize];
-                match Raw::new(e.codec, e.value()).as_num() {
-                    Some(n) => (n, e.codec, e.expire_at),
+                match e.data.raw().as_num() {
+                    Some(n) => (n, e.data.codec(), self.deadline_of(e)),
                     None => return Err(AtomicError::NotNumber),
                 }
             }
             None => (Num::Int(0), Codec::MsgPack, self.deadline(None, now)),
         };
         let result = current + by;
+        if !result.is_finite() {
+            // JSON has no infinity: stored, JSON readers would get `null` (issue 12 #15).
+            return Err(AtomicError::NotFinite);
+        }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         result.write(&mut Writer::new(codec, &mut buf));
@@ -650,10 +897,7 @@ impl<E: EffectSink> Store<E> {
         let slot = self.live(key.as_bytes(), now);
         let matches = match (slot, prev) {
             (None, None) => true,
-            (Some(s), Some(p)) => {
-                let e = &self.entries[s as usize];
-                Raw::new(e.codec, e.value()).structurally_eq(&p)
-            }
+            (Some(s), Some(p)) => self.entries[s as usize].data.raw().structurally_eq(&p),
             _ => false,
         };
         if !matches {
@@ -662,7 +906,7 @@ impl<E: EffectSink> Store<E> {
         match (slot, next) {
             (Some(s), None) => self.remove_logged(s),
             (Some(s), Some(n)) => {
-                let deadline = self.entries[s as usize].expire_at;
+                let deadline = self.deadline_of(&self.entries[s as usize]);
                 self.put_at(Some(s), key.as_bytes(), n.codec, n.bytes, deadline);
             }
             (None, Some(n)) => {
@@ -688,15 +932,12 @@ impl<E: EffectSink> Store<E> {
                 }
                 if self.cursor >= self.expiring.len() {
                     // Restart at a random place so a hot region is not always first.
-                    self.rng ^= self.rng << 13;
-                    self.rng ^= self.rng >> 7;
-                    self.rng ^= self.rng << 17;
-                    self.cursor = (self.rng % self.expiring.len() as u64) as usize;
+                    self.cursor = (self.next_random() % self.expiring.len() as u64) as usize;
                 }
-                let slot = self.expiring[self.cursor];
-                if self.entries[slot as usize].is_expired(now) {
+                let d = self.expiring[self.cursor];
+                if d.at <= now {
                     // swap_remove moves another entry into `cursor`: look at it next.
-                    self.remove_slot(slot);
+                    self.remove_slot(d.slot);
                     self.counters.expired += 1;
                     expired += 1;
                 } else {
@@ -709,45 +950,6 @@ impl<E: EffectSink> Store<E> {
             }
         }
         !self.expiring.is_empty() && sampled >= budget
-    }
-
-    fn touch(&mut self, slot: u32) {
-        if self.head != slot {
-            self.unlink(slot);
-            self.link_front(slot);
-        }
-    }
-
-    fn link_front(&mut self, slot: u32) {
-        let old = self.head;
-        {
-            let e = &mut self.entries[slot as usize];
-            e.prev = NIL;
-            e.next = old;
-        }
-        if old != NIL {
-            self.entries[old as usize].prev = slot;
-        } else {
-            self.tail = slot;
-        }
-        self.head = slot;
-    }
-
-    fn unlink(&mut self, slot: u32) {
-        let (prev, next) = {
-            let e = &self.entries[slot as usize];
-            (e.prev, e.next)
-        };
-        if prev != NIL {
-            self.entries[prev as usize].next = next;
-        } else {
-            self.head = next;
-        }
-        if next != NIL {
-            self.entries[next as usize].prev = prev;
-        } else {
-            self.tail = prev;
-        }
     }
 }
 
@@ -889,6 +1091,16 @@ mod tests {
         assert_eq!(s.incr("fresh", -Num::Int(3), 0), Ok(Num::Int(-3)));
         s.set("s", j("\"x\""), None, 0);
         assert_eq!(s.incr("s", Num::Int(1), 0), Err(AtomicError::NotNumber));
+        // Overflowing to infinity is refused and stores nothing.
+        assert_eq!(
+            s.incr("big", Num::Float(f64::MAX), 0),
+            Ok(Num::Float(f64::MAX))
+        );
+        assert_eq!(
+            s.incr("big", Num::Float(f64::MAX), 0),
+            Err(AtomicError::NotFinite)
+        );
+        assert_eq!(s.incr("big", Num::Int(0), 0), Ok(Num::Float(f64::MAX)));
         assert_eq!(
             Num::Int(i64::MAX) + Num::Int(1),
             Num::UInt(i64::MAX as u64 + 1)
@@ -905,6 +1117,126 @@ mod tests {
         assert_eq!(s.ttl_left("k", 100), Some(400));
         assert!(s.cas("k", Some(j("3")), None, 100));
         assert!(!s.has("k", 100));
+    }
+
+    #[test]
+    fn an_entry_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    #[test]
+    fn values_move_between_inline_and_heap_storage() {
+        let mut s = store(0);
+        let long = |n: usize| format!("\"{}\"", "y".repeat(n));
+        // Inline (short), heap (long), inline again, heap of another length, the same
+        // length in place, inline.
+        for v in [
+            "1".to_string(),
+            long(200),
+            long(2),
+            long(100),
+            long(100),
+            long(1),
+        ] {
+            s.set("k", j(&v), None, 0);
+            assert_eq!(text(s.get("k", 0)), Some(v.clone()));
+            assert_eq!(s.value_bytes(), v.len());
+        }
+        let key = "k".repeat(INLINE_BYTES);
+        s.set(&key, j("7"), Some(10), 0);
+        assert_eq!(s.incr(&key, Num::Int(1), 1), Ok(Num::Int(8)));
+        assert_eq!(s.ttl_left(&key, 1), Some(9));
+        assert_eq!(s.keys(1).len(), 2);
+        assert!(s.del(&key, 1));
+        assert!(!s.has(&key, 1));
+    }
+
+    #[test]
+    fn hits_and_misses_count_get_and_has() {
+        let mut s = store(0);
+        s.set("a", j("1"), Some(10), 0);
+        assert!(s.get("a", 1).is_some());
+        assert!(s.has("a", 1));
+        assert!(s.get("b", 1).is_none());
+        assert!(!s.has("b", 1));
+        assert!(s.get("a", 10).is_none(), "expired: a miss");
+        let c = s.counters();
+        assert_eq!((c.hits, c.misses, c.expired), (2, 3, 1));
+        // Writes, deletes and ttl lookups are not reads.
+        s.set("c", j("1"), None, 20);
+        s.incr("c", Num::Int(1), 20).unwrap();
+        s.ttl_left("c", 20);
+        s.del("c", 20);
+        assert_eq!((s.counters().hits, s.counters().misses), (2, 3));
+    }
+
+    #[test]
+    fn sampled_lru_evicts_mostly_cold_keys() {
+        // 10k hot keys read after every write; 10k cold ones written once. Each new
+        // key evicts one: with 8 samples, a cold key is the victim nearly always.
+        let n = 10_000;
+        let mut s = store(2 * n);
+        for i in 0..2 * n {
+            s.set(&format!("k{i}"), j("1"), None, 0);
+        }
+        for i in 0..n {
+            s.get(&format!("k{i}"), 0);
+        }
+        for i in 0..n / 2 {
+            s.set(&format!("new{i}"), j("1"), None, 0);
+            s.get(&format!("k{}", i % n), 0);
+        }
+        assert_eq!(s.len(), 2 * n);
+        assert_eq!(s.counters().evicted, (n / 2) as u64);
+        let hot_left = (0..n).filter(|i| s.has(&format!("k{i}"), 0)).count();
+        assert!(hot_left > n * 95 / 100, "hot keys kept: {hot_left} of {n}");
+    }
+
+    #[test]
+    fn eviction_finds_live_entries_in_a_sparse_slab() {
+        let mut s = Store::new(StoreConfig {
+            max_entries: 0,
+            max_bytes: 6000,
+            default_ttl_ms: 0,
+        });
+        for i in 0..5000 {
+            s.set(&format!("k{i}"), j("0"), None, 0);
+        }
+        // Leaves a slab of 5000 slots with 2 live ones (one beyond the probe reach).
+        for i in 1..4999 {
+            s.del(&format!("k{i}"), 0);
+        }
+        let big = format!("\"{}\"", "x".repeat(5998));
+        s.set("big", j(&big), None, 0);
+        assert!(s.has("big", 0));
+        assert_eq!(s.value_bytes(), 6000);
+        assert_eq!(s.counters().evicted, 2);
+    }
+
+    #[test]
+    fn visit_slots_keeps_every_untouched_key_while_the_store_changes() {
+        // A snapshot walks the slab over many turns: keys not written meanwhile are
+        // visited exactly once however many others come and go.
+        let mut s = store(0);
+        for i in 0..1000 {
+            s.set(&format!("k{i}"), j("1"), None, 0);
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut from = Some(0);
+        let mut turn = 0;
+        while let Some(f) = from {
+            from = s.visit_slots(f, 50, 0, |k, _, _| {
+                *seen.entry(k.to_string()).or_insert(0) += 1
+            });
+            for x in 0..20 {
+                s.set(&format!("t{turn}-{x}"), j("2"), None, 0);
+                s.del(&format!("t{}-{x}", turn.max(1) - 1), 0);
+            }
+            turn += 1;
+        }
+        for i in 0..1000 {
+            assert_eq!(seen.get(&format!("k{i}")), Some(&1), "k{i}");
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -970,6 +1302,46 @@ mod tests {
                 let want: Vec<String> = model.keys().cloned().collect();
                 prop_assert_eq!(keys, want);
                 prop_assert!(s.len() >= model.len());
+            }
+        }
+    }
+
+    proptest! {
+        // Model test over values of every size around the inline limit (inline and
+        // heap storage, in-place and resizing overwrites) and keys of 0..40 bytes.
+        #[test]
+        fn matches_model_with_values_of_any_size(
+            ops in prop::collection::vec((0u8..12, 0usize..80, prop::option::of(1u64..20), 0u8..4), 1..300)
+        ) {
+            let mut s = store(0);
+            let mut model: BTreeMap<String, (String, u64)> = BTreeMap::new();
+            let mut now = 1u64;
+            for (k, len, ttl, what) in ops {
+                let key = "k".repeat(k as usize * 3);
+                match what {
+                    0 | 1 => {
+                        let v = format!("\"{}\"", "v".repeat(len));
+                        s.set(&key, j(&v), ttl, now);
+                        model.insert(key.clone(), (v, ttl.map_or(0, |t| now + t)));
+                    }
+                    2 => {
+                        prop_assert_eq!(s.del(&key, now), model.remove(&key).is_some());
+                    }
+                    _ => {
+                        now += len as u64 / 8;
+                        s.reclaim(now, 5);
+                    }
+                }
+                model.retain(|_, (_, d)| *d == 0 || *d > now);
+                for (mk, (mv, md)) in &model {
+                    prop_assert_eq!(text(s.get(mk, now)), Some(mv.clone()));
+                    prop_assert_eq!(s.ttl_left(mk, now), Some(if *md == 0 { 0 } else { md - now }));
+                }
+                let mut keys: Vec<String> = s.keys(now).into_iter().map(String::from).collect();
+                keys.sort();
+                prop_assert_eq!(keys, model.keys().cloned().collect::<Vec<_>>());
+                let live: usize = model.values().map(|(v, _)| v.len()).sum();
+                prop_assert!(s.value_bytes() >= live);
             }
         }
     }

@@ -33,6 +33,9 @@ struct Options {
 enum Target {
     Mesh(String),
     Sockets(Vec<PathBuf>),
+    /// A Redis URL, handed to `ClientBuilder::redis` as is.
+    #[cfg(feature = "redis")]
+    Redis(String),
 }
 
 fn bad(addr: &str, why: impl std::fmt::Display) -> ClientError {
@@ -174,8 +177,10 @@ fn parse(addr: &str) -> Result<(Target, Options)> {
         return Ok((Target::Sockets(paths), o));
     }
     if a.starts_with("redis://") || a.starts_with("rediss://") {
-        // Redis backend arm: the REDIS work wires this to its backend behind the
-        // `redis` feature.
+        // Redis backend arm: the whole string goes to `ClientBuilder::redis`.
+        #[cfg(feature = "redis")]
+        return Ok((Target::Redis(a.to_owned()), Options::default()));
+        #[cfg(not(feature = "redis"))]
         return Err(bad(addr, "procmesh was built without the redis feature"));
     }
     let scheme = a.split_once(':').map_or(a, |(s, _)| s);
@@ -193,7 +198,8 @@ impl ClientBuilder {
     ///   (empty: `default`), optionally sharded over `N` brokers;
     /// - `unix:/path/a.sock[,/path/b.sock…][?token=T&codec=…]`: explicit socket
     ///   paths, one per shard in shard order;
-    /// - `redis://…`: reserved for the Redis backend (an error in this build).
+    /// - `redis://…` / `rediss://…`: the Redis backend (feature `redis`; an error
+    ///   without it), the URL as `ClientBuilder::redis` takes it.
     ///
     /// Query values are percent-decoded. An unknown option or scheme, a
     /// repeated option or a bad value fails with [`ClientError::Config`]
@@ -218,6 +224,10 @@ impl ClientBuilder {
             }
             Target::Sockets(paths) => {
                 b = b.addresses(paths);
+            }
+            #[cfg(feature = "redis")]
+            Target::Redis(url) => {
+                b = b.redis(url);
             }
         }
         if let Some(t) = o.token {
@@ -313,7 +323,13 @@ mod tests {
         assert!(err("procmesh://a/b").contains("cannot contain `/`"));
         assert!(err("unix:").contains("no socket path"));
         assert!(err("unix:/a,/b?shards=3").contains("number of socket paths"));
+        #[cfg(not(feature = "redis"))]
         assert!(err("redis://localhost:6379").contains("without the redis feature"));
+        #[cfg(feature = "redis")]
+        assert_eq!(
+            parse("redis://localhost:6379/").unwrap().0,
+            Target::Redis("redis://localhost:6379/".into())
+        );
         assert!(err("http://x").contains("unknown scheme `http`"));
         let e = err("procmesh://m?token=s3cret&bogus=1");
         assert!(!e.contains("s3cret") && e.contains("token=***"), "{e}");

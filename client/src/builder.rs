@@ -55,6 +55,8 @@ pub struct ClientBuilder {
     producer_id: Option<String>,
     sequences: std::collections::HashMap<String, u64>,
     publish_retries: u32,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis::RedisTarget>,
 }
 
 impl Client {
@@ -103,6 +105,8 @@ impl Default for ClientBuilder {
             producer_id: None,
             sequences: std::collections::HashMap::new(),
             publish_retries: 3,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -291,6 +295,45 @@ impl ClientBuilder {
         self
     }
 
+    /// Use the Redis server at `url` (`redis://host:6379/`, `rediss://…`,
+    /// `redis+unix:///path/redis.sock`) instead of a broker: the same API, the
+    /// mesh's keys under `{name}:` (see the crate docs, "Past one machine:
+    /// Redis", for the differences). Socket, shard and spawn options are ignored.
+    ///
+    /// ```no_run
+    /// use procmesh::Client;
+    ///
+    /// let client = Client::builder()
+    ///     .name("jobs")
+    ///     .redis("redis://127.0.0.1:6379/")
+    ///     .connect()?;
+    /// client.set("greeting", &"hello")?;
+    /// # Ok::<(), procmesh::ClientError>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(crate::redis::RedisTarget {
+            urls: vec![url.into()],
+            cluster: false,
+        });
+        self
+    }
+
+    /// Use the Redis Cluster reached through these seed nodes (`redis://…`
+    /// URLs) instead of a broker; see [`ClientBuilder::redis`].
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis = Some(crate::redis::RedisTarget {
+            urls: urls.into_iter().map(Into::into).collect(),
+            cluster: true,
+        });
+        self
+    }
+
     /// The `(socket path, mesh name)` of each shard.
     pub(crate) fn targets(&self) -> Result<Vec<(PathBuf, String)>> {
         if let Some(list) = &self.addresses {
@@ -353,6 +396,27 @@ impl ClientBuilder {
     /// Connects to every shard (spawning brokers when allowed), fails if any
     /// shard cannot be reached.
     pub fn connect(self) -> Result<Client> {
+        #[cfg(feature = "redis")]
+        if let Some(target) = self.redis.clone() {
+            let settings = Settings {
+                codec: self.codec,
+                negotiate: false,
+                token: self.token,
+                call_timeout: self.call_timeout,
+                connect_timeout: self.connect_timeout,
+                ping_interval: None,
+                reconnect: self.reconnect,
+                spawn: None,
+                handler_threads: self.handler_threads,
+                producer: crate::producer::Producer::new(
+                    self.idempotent,
+                    self.producer_id,
+                    self.publish_retries,
+                    self.sequences,
+                ),
+            };
+            return Client::open_redis(settings, self.callbacks, target, self.name);
+        }
         let targets = self.targets()?;
         let spawn = self.auto_spawn.then(|| SpawnSettings {
             program: self.broker_bin.clone(),

@@ -130,6 +130,27 @@ impl Client {
         })
     }
 
+    /// A client whose one connection is the Redis backend.
+    #[cfg(feature = "redis")]
+    pub(crate) fn open_redis(
+        settings: Settings,
+        callbacks: Vec<EventCallback>,
+        target: crate::redis::RedisTarget,
+        name: String,
+    ) -> Result<Client> {
+        let dispatch = Dispatcher::start(callbacks)
+            .map_err(|e| ClientError::Config(format!("cannot start a thread: {e}")))?;
+        let shared = Arc::new(Shared::new(settings, dispatch));
+        let conn = Conn::open_redis(target, name, shared.clone())?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                conns: vec![conn],
+                shared,
+                next_sub: AtomicU64::new(1),
+            }),
+        })
+    }
+
     // ------------------------------------------------------------ routing
 
     /// The number of shards (1 for a plain client).

@@ -213,6 +213,16 @@ impl Subs {
         out
     }
 
+    /// The handlers of exactly `pattern` (the Redis backend delivers per
+    /// subscription matched, not per connection).
+    #[cfg(feature = "redis")]
+    pub fn handlers(&self, pattern: &str) -> Vec<MsgHandler> {
+        self.by_pattern
+            .get(pattern)
+            .map(|e| e.handlers.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The patterns to subscribe again after a reconnect, each resuming after
     /// its watermark (or with its pending replay).
     pub fn resubscriptions(&self) -> Vec<Resub> {

@@ -119,6 +119,29 @@
 //! - `stats`: [`Stats`] and its sum over shards.
 //! - `event`: [`Event`] and [`ShardId`].
 //! - `error`: [`ClientError`], [`HandlerError`] and their stable codes.
+//! - `redis` (feature `redis`): the Redis backend behind `conn`: every request
+//!   mapped to Redis commands and Lua scripts, its subscriber thread and RPC
+//!   workers (`redis::pubsub`, `redis::rpc`, `redis::scripts`).
+//!
+//! # Past one machine: Redis
+//! With the cargo feature `redis`, `ClientBuilder::redis("redis://host:6379/")` (or
+//! `redis_cluster([...seeds])`) connects the same [`Client`] API to Redis instead of a
+//! broker, so moving from one box to a Redis deployment is a configuration change.
+//! The mesh's keys live under `{name}:` (one Cluster hash slot per mesh, so every
+//! multi-key script runs on Cluster); values are stored as MessagePack, so clients in
+//! either codec read the same bytes. What differs from the broker (the README's
+//! section of the same name has the details):
+//! - lock waiters poll with backoff (up to 50 ms) instead of queueing FIFO, and a
+//!   crashed holder's lock lasts until its TTL;
+//! - a publish's delivered count is one per matching subscription, not per
+//!   connection; Redis disconnects slow subscribers (the client resubscribes; messages
+//!   meanwhile are lost); retention and replay are broker-only (refused with an
+//!   error), idempotent publishing works (a Lua script keeps the dedup window);
+//! - a call fails with `ECALLTIMEOUT` at its timeout (no grace), `EHANDLERGONE` once a
+//!   crashed worker's heartbeat expires (about 3 s);
+//! - counters are exact up to 2^53 (Redis's Lua numbers);
+//! - `stats` combines this client's counters with `INFO`; `shutdown_broker` only
+//!   closes the client.
 //!
 //! # Example
 //! ```
@@ -195,6 +218,8 @@ mod pipeline;
 mod pool;
 mod producer;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis;
 mod rpc;
 mod spawn;
 mod stats;

@@ -12,11 +12,29 @@ use crate::codec::{Codec, Raw, MAX_DEPTH};
 use crate::num::Num;
 use crate::DecodeError;
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes the reader's primitives stepped over (tests only): the work measure of
+    /// `transcode`'s linear-cost test, counted where the scanning happens.
+    pub(crate) static STEPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts `n` bytes stepped over (tests only; nothing in other builds).
+#[inline(always)]
+fn stepped(n: usize) {
+    #[cfg(test)]
+    STEPPED.with(|c| c.set(c.get() + n));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
 #[inline]
 pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    let start = i;
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }
+    stepped(i - start);
     i
 }
 
@@ -46,6 +64,7 @@ impl<'a> JsonParser<'a> {
     pub(crate) fn expect(&mut self, c: u8) -> Result<(), DecodeError> {
         if self.peek() == Some(c) {
             self.i += 1;
+            stepped(1);
             Ok(())
         } else {
             self.err(&format!("expected '{}'", c as char))
@@ -119,6 +138,7 @@ impl<'a> JsonParser<'a> {
     pub(crate) fn lit(&mut self, w: &[u8]) -> Result<(), DecodeError> {
         if self.b[self.i..].starts_with(w) {
             self.i += w.len();
+            stepped(w.len());
             Ok(())
         } else {
             self.err("invalid literal")
@@ -130,6 +150,7 @@ impl<'a> JsonParser<'a> {
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
+        stepped(self.i - s);
         self.i - s
     }
 
@@ -179,6 +200,7 @@ impl<'a> JsonParser<'a> {
                 return self.err("unterminated string");
             };
             self.i += off;
+            stepped(off + 1);
             match self.b[self.i] {
                 b'"' => {
                     self.i += 1;
@@ -279,34 +301,6 @@ pub(crate) fn json_number(text: &[u8]) -> Num {
         }
     }
     Num::Float(s.parse::<f64>().unwrap_or(f64::NAN))
-}
-
-/// Number of elements (map: entries) of the container starting at `b[start]`,
-/// nested `depth` deep; validates the whole container first.
-pub(crate) fn count_elements(b: &[u8], start: usize, depth: usize) -> Result<usize, DecodeError> {
-    JsonParser { b, i: start }.skip_value(depth)?;
-    let map = b.get(start) == Some(&b'{');
-    let mut p = JsonParser { b, i: start + 1 };
-    let mut n = 0;
-    loop {
-        p.ws();
-        match p.peek() {
-            Some(b'}' | b']') | None => return Ok(n),
-            Some(b',') => {
-                p.i += 1;
-                p.ws();
-            }
-            _ => {}
-        }
-        if map {
-            p.skip_string()?;
-            p.ws();
-            p.expect(b':')?;
-            p.ws();
-        }
-        p.skip_value(depth + 1)?;
-        n += 1;
-    }
 }
 
 /// Walks the top-level map of a JSON payload (see `value::for_each_field`).

@@ -49,9 +49,18 @@ pub(crate) enum MpHead {
     },
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Headers read by [`mp_head`] (tests only): the work measure of `transcode`'s
+    /// linear-cost test.
+    pub(crate) static HEADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Reads the header at `pos`; returns it and the position of its body.
 #[inline]
 pub(crate) fn mp_head(b: &[u8], pos: usize) -> Result<(MpHead, usize), DecodeError> {
+    #[cfg(test)]
+    HEADS.with(|c| c.set(c.get() + 1));
     let c = *b
         .get(pos)
         .ok_or_else(|| DecodeError::new("truncated MessagePack value"))?;

@@ -8,7 +8,7 @@
 //! doubles and may add fields: a missing or mistyped counter reads as 0, unknown keys
 //! are ignored, and only a value that is not a map is an error.
 //!
-//! Layout of one broker's report (24 keys, in this order; a sum has no `pid`/`core`):
+//! Layout of one broker's report (29 keys, in this order; a sum has no `pid`/`core`):
 //!
 //! ```text
 //! persistence  null | {fsync: str, logBytes, error: str|null, errors, snapshots, snapshotRunning: bool}
@@ -16,14 +16,16 @@
 //! pid          uint          operating-system process id
 //! core         uint | null   the CPU the broker is pinned to
 //! uptimeMs connections cacheSize cacheBytes evicted expired                  uint
+//! hits misses  uint          cache reads that found a live value / found none (ours)
 //! ops          {tag: uint}   requests handled per type tag (only non-zero)
 //! errors       {code: uint}  error replies per code (only non-zero)
 //! dropped duplicates dedupSize reaped slowClosed                            uint
 //! locks lockWaiters pendingCalls subscriptions                              uint
+//! refused handshakeClosed tooBig                                            uint
 //! procs        [{name: str, workers: uint}]
 //! memory       {rss: uint, …}
 //! cpuCoreFraction float      CPU time over wall time since start
-//! ioBackend    str           the broker's I/O driver, `uring` or `epoll` (a 25th key;
+//! ioBackend    str           the broker's I/O driver, `uring` or `epoll` (a 30th key;
 //!                            absent from a sum and from reports that name none)
 //! ```
 
@@ -53,6 +55,10 @@ pub struct StatsReport {
     pub evicted: u64,
     /// Entries removed by TTL.
     pub expired: u64,
+    /// Cache reads (`get`, each key of `mget`, `has`) that found a live value.
+    pub hits: u64,
+    /// Cache reads (`get`, each key of `mget`, `has`) that found none.
+    pub misses: u64,
     /// Requests handled, by type tag.
     pub ops: BTreeMap<String, u64>,
     /// Error replies sent, by code.
@@ -75,6 +81,12 @@ pub struct StatsReport {
     pub pending_calls: u64,
     /// Subscriptions, over all connections.
     pub subscriptions: u64,
+    /// Connections refused at `maxConnections` or for lack of descriptors.
+    pub refused: u64,
+    /// Connections closed at the handshake deadline (no `hello` with the token).
+    pub handshake_closed: u64,
+    /// Replies refused with `ETOOBIG` (over the reply budget or the connection's room).
+    pub too_big: u64,
     /// Registered procedures and their worker counts.
     pub procs: Vec<ProcStats>,
     /// Memory figures in bytes (at least `rss`).
@@ -169,7 +181,7 @@ impl StatsReport {
     /// order of the module docs.
     pub fn encode_into(&self, w: &mut Writer<'_>) {
         let io = usize::from(!self.io_backend.is_empty());
-        w.begin_map(if self.pid.is_some() { 24 } else { 22 } + io);
+        w.begin_map(if self.pid.is_some() { 29 } else { 27 } + io);
         w.key("persistence");
         match &self.persistence {
             Some(p) => {
@@ -211,6 +223,8 @@ impl StatsReport {
             ("cacheBytes", self.cache_bytes),
             ("evicted", self.evicted),
             ("expired", self.expired),
+            ("hits", self.hits),
+            ("misses", self.misses),
         ];
         for (k, n) in counters1 {
             w.key(k);
@@ -232,6 +246,15 @@ impl StatsReport {
             ("subscriptions", self.subscriptions),
         ];
         for (k, n) in counters2 {
+            w.key(k);
+            w.uint(n);
+        }
+        let limits = [
+            ("refused", self.refused),
+            ("handshakeClosed", self.handshake_closed),
+            ("tooBig", self.too_big),
+        ];
+        for (k, n) in limits {
             w.key(k);
             w.uint(n);
         }
@@ -275,6 +298,8 @@ impl StatsReport {
                 "cacheBytes" => s.cache_bytes = count(x),
                 "evicted" => s.evicted = count(x),
                 "expired" => s.expired = count(x),
+                "hits" => s.hits = count(x),
+                "misses" => s.misses = count(x),
                 "ops" => s.ops = counts(x),
                 "errors" => s.errors = counts(x),
                 "dropped" => s.dropped = count(x),
@@ -286,6 +311,9 @@ impl StatsReport {
                 "lockWaiters" => s.lock_waiters = count(x),
                 "pendingCalls" => s.pending_calls = count(x),
                 "subscriptions" => s.subscriptions = count(x),
+                "refused" => s.refused = count(x),
+                "handshakeClosed" => s.handshake_closed = count(x),
+                "tooBig" => s.too_big = count(x),
                 "procs" => {
                     s.procs = x
                         .array()
@@ -355,6 +383,8 @@ impl StatsReport {
                 (&mut t.cache_bytes, s.cache_bytes),
                 (&mut t.evicted, s.evicted),
                 (&mut t.expired, s.expired),
+                (&mut t.hits, s.hits),
+                (&mut t.misses, s.misses),
                 (&mut t.dropped, s.dropped),
                 (&mut t.duplicates, s.duplicates),
                 (&mut t.dedup_size, s.dedup_size),
@@ -364,6 +394,9 @@ impl StatsReport {
                 (&mut t.lock_waiters, s.lock_waiters),
                 (&mut t.pending_calls, s.pending_calls),
                 (&mut t.subscriptions, s.subscriptions),
+                (&mut t.refused, s.refused),
+                (&mut t.handshake_closed, s.handshake_closed),
+                (&mut t.too_big, s.too_big),
             ] {
                 *acc = acc.saturating_add(n);
             }
@@ -412,6 +445,8 @@ mod tests {
             cache_bytes: 30,
             evicted: 1,
             expired: 4,
+            hits: 13,
+            misses: 14,
             ops: [("get".to_string(), 5), ("set".to_string(), 1)].into(),
             errors: [("EUNKNOWN".to_string(), 2)].into(),
             dropped: 6,
@@ -423,6 +458,9 @@ mod tests {
             lock_waiters: 10,
             pending_calls: 11,
             subscriptions: 12,
+            refused: 13,
+            handshake_closed: 14,
+            too_big: 15,
             procs: vec![ProcStats::new("f", 2)],
             memory: [("rss".to_string(), 4096)].into(),
             cpu_core_fraction: 0.25,
@@ -454,16 +492,18 @@ mod tests {
                 r#"{"persistence":{"fsync":"everysec","logBytes":100,"error":null,"errors":0,"#,
                 r#""snapshots":1,"snapshotRunning":false},"name":"m","pid":42,"core":null,"#,
                 r#""uptimeMs":1500,"connections":2,"cacheSize":3,"cacheBytes":30,"evicted":1,"#,
-                r#""expired":4,"ops":{"get":5,"set":1},"errors":{"EUNKNOWN":2},"dropped":6,"#,
+                r#""expired":4,"hits":13,"misses":14,"ops":{"get":5,"set":1},"#,
+                r#""errors":{"EUNKNOWN":2},"dropped":6,"#,
                 r#""duplicates":0,"dedupSize":0,"reaped":7,"slowClosed":8,"locks":9,"#,
                 r#""lockWaiters":10,"pendingCalls":11,"subscriptions":12,"#,
+                r#""refused":13,"handshakeClosed":14,"tooBig":15,"#,
                 r#""procs":[{"name":"f","workers":2}],"memory":{"rss":4096},"#,
                 r#""cpuCoreFraction":0.25}"#
             )
         );
         let mp = encode(Codec::MsgPack, &sample());
-        // map16 of 24, then fixstr "persistence" and a fixmap of 6.
-        assert_eq!(&mp[..3], [0xde, 0x00, 24]);
+        // map16 of 29, then fixstr "persistence" and a fixmap of 6.
+        assert_eq!(&mp[..3], [0xde, 0x00, 29]);
         assert_eq!(&mp[3..15], b"\xabpersistence");
         assert_eq!(mp[15], 0x86);
         // Ends with "cpuCoreFraction" and a float64 0.25.
@@ -533,6 +573,8 @@ mod tests {
             [("get".to_string(), 7), ("set".to_string(), 1)].into()
         );
         assert_eq!(t.errors["EUNKNOWN"], 4);
+        assert_eq!((t.hits, t.misses), (26, 28));
+        assert_eq!((t.refused, t.handshake_closed, t.too_big), (26, 28, 30));
         assert_eq!(
             t.procs,
             vec![ProcStats::new("f", 3), ProcStats::new("g", 1)]
@@ -547,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn io_backend_is_a_25th_key_when_named() {
+    fn io_backend_is_one_more_key_when_named() {
         let mut s = sample();
         s.io_backend = "uring".into();
         for codec in [Codec::Json, Codec::MsgPack] {
@@ -556,7 +598,7 @@ mod tests {
         }
         let json = String::from_utf8(encode(Codec::Json, &s)).unwrap();
         assert!(json.ends_with(r#","ioBackend":"uring"}"#), "{json}");
-        assert_eq!(encode(Codec::MsgPack, &s)[..3], [0xde, 0x00, 25]);
+        assert_eq!(encode(Codec::MsgPack, &s)[..3], [0xde, 0x00, 30]);
         assert_eq!(StatsReport::sum(&[s.clone(), s]).io_backend, "");
     }
 }

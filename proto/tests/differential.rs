@@ -707,3 +707,63 @@ fn msgpack_forms_golden() {
         assert!(validate(Codec::MsgPack, bad).is_err(), "{bad:02x?}");
     }
 }
+
+// ---------------------------------------------------------------- deep values (issue 12 #9)
+
+/// A value nested `depth` deep (containers of 1..4 elements, maps and arrays mixed),
+/// with the chain through the first element of each level and leaves beside it.
+fn arb_deep() -> impl Strategy<Value = J> {
+    (
+        (MAX_DEPTH - 8)..=MAX_DEPTH,
+        prop::collection::vec(
+            (
+                any::<bool>(),
+                0usize..4,
+                any::<i64>(),
+                "[a-z\u{e9}\"\\\\]{0,6}",
+            ),
+            MAX_DEPTH,
+        ),
+    )
+        .prop_map(|(depth, levels)| {
+            let mut v = J::Null;
+            for (map, siblings, n, s) in levels.into_iter().take(depth) {
+                let mut items = vec![v];
+                for i in 0..siblings {
+                    items.push(if i % 2 == 0 {
+                        J::from(n)
+                    } else {
+                        J::from(s.clone())
+                    });
+                }
+                v = if map {
+                    J::Object(
+                        items
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, x)| (format!("k{i}{s}"), x))
+                            .collect(),
+                    )
+                } else {
+                    J::Array(items)
+                };
+            }
+            v
+        })
+}
+
+proptest! {
+    #![proptest_config(cfg(64))]
+
+    #[test]
+    fn deep_values_transcode_both_ways_as_serde_json_and_rmp_read_them(v in arb_deep(), pretty in any::<bool>()) {
+        let text = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+        let r = validate(Codec::Json, &text).expect("within the nesting limit");
+        check_leaves(r, &v)?;
+        let m = to_mp(r);
+        let back: J = rmp_serde::from_slice(&m).unwrap();
+        prop_assert!(same(&back, &v));
+        let again: J = serde_json::from_slice(&to_json(validate(Codec::MsgPack, &m).unwrap())).unwrap();
+        prop_assert!(same(&again, &v));
+    }
+}

@@ -373,3 +373,87 @@ fn a_few_megabytes_of_nested_values() {
     let doc = big_doc(2 << 20, 42);
     check_big(&doc, &[1, 3, 4, 5, 1000, 65_536, 1 << 20, 3 << 20]).unwrap();
 }
+
+// ---------------------------------------------------------------- deep values (issue 12 #9)
+
+/// Nested `depth` deep, each level a map or array, with a mutated byte somewhere:
+/// what validates transcodes both ways to a structurally equal value, what does not
+/// is refused by both paths, and no path panics.
+fn deep_text(depth: usize, kinds: &[bool], bulk: usize) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &map in kinds.iter().cycle().take(depth) {
+        t.extend_from_slice(if map {
+            b"{\"a\":[1,\"s\"],\"c\":"
+        } else {
+            b"[null,-2.5e3,"
+        });
+    }
+    t.push(b'"');
+    t.extend(std::iter::repeat_n(b'y', bulk));
+    t.push(b'"');
+    for &map in kinds
+        .iter()
+        .cycle()
+        .take(depth)
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+    {
+        t.push(if *map { b'}' } else { b']' });
+    }
+    t
+}
+
+proptest! {
+    #![proptest_config(cfg(64))]
+
+    #[test]
+    fn fuzz_deep_values_transcode_or_refuse(
+        depth in 90usize..=102,
+        kinds in prop::collection::vec(any::<bool>(), 1..8),
+        bulk in 0usize..4096,
+        edit in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+        let mut text = deep_text(depth, &kinds, bulk);
+        if let Some((at, byte)) = edit {
+            let i = at.index(text.len());
+            text[i] = byte;
+        }
+        match validate(Codec::Json, &text) {
+            Ok(j) => {
+                let mut m = Vec::new();
+                prop_assert!(transcode(j, Codec::MsgPack, &mut m).is_ok());
+                let mr = validate(Codec::MsgPack, &m).expect("our MessagePack validates");
+                prop_assert!(mr.structurally_eq(&j));
+                let mut back = Vec::new();
+                prop_assert!(transcode(mr, Codec::Json, &mut back).is_ok());
+                prop_assert!(validate(Codec::Json, &back).unwrap().structurally_eq(&j));
+            }
+            Err(_) => {
+                // Not a value: the converter, given the same bytes, refuses too.
+                let mut m = Vec::new();
+                prop_assert!(transcode(Raw::new(Codec::Json, &text), Codec::MsgPack, &mut m).is_err()
+                    || edit.is_some_and(|_| std::str::from_utf8(&text).is_err()));
+            }
+        }
+    }
+}
+
+#[test]
+fn deep_values_at_the_nesting_limit() {
+    for depth in [99, 100] {
+        let text = deep_text(depth, &[true, false], 1 << 16);
+        let j = validate(Codec::Json, &text).expect("within the limit");
+        let mut m = Vec::new();
+        transcode(j, Codec::MsgPack, &mut m).unwrap();
+        assert!(validate(Codec::MsgPack, &m).unwrap().structurally_eq(&j));
+    }
+    let text = deep_text(101, &[true, false], 10);
+    assert!(validate(Codec::Json, &text).is_err());
+    assert!(transcode(
+        Raw::new(Codec::Json, &text),
+        Codec::MsgPack,
+        &mut Vec::new()
+    )
+    .is_err());
+}

@@ -86,6 +86,18 @@ const SCALARS: &[Scalar] = &[
         |r| r.expired as f64,
     ),
     (
+        "procmesh_cache_hits_total",
+        Kind::Counter,
+        "Cache reads (get, each mget key, has) that found a live value.",
+        |r| r.hits as f64,
+    ),
+    (
+        "procmesh_cache_misses_total",
+        Kind::Counter,
+        "Cache reads (get, each mget key, has) that found no live value.",
+        |r| r.misses as f64,
+    ),
+    (
         "procmesh_pubsub_dropped_total",
         Kind::Counter,
         "Message frames dropped for slow consumers.",
@@ -120,6 +132,24 @@ const SCALARS: &[Scalar] = &[
         Kind::Counter,
         "Connections closed for passing the send hard limit.",
         |r| r.slow_closed as f64,
+    ),
+    (
+        "procmesh_conn_refused_total",
+        Kind::Counter,
+        "Connections refused at maxConnections or for lack of descriptors.",
+        |r| r.refused as f64,
+    ),
+    (
+        "procmesh_conn_handshake_closed_total",
+        Kind::Counter,
+        "Connections closed at the handshake deadline.",
+        |r| r.handshake_closed as f64,
+    ),
+    (
+        "procmesh_conn_reply_too_big_total",
+        Kind::Counter,
+        "Replies refused with ETOOBIG for passing the reply budget.",
+        |r| r.too_big as f64,
     ),
     ("procmesh_locks_held", Kind::Gauge, "Locks held.", |r| {
         r.locks as f64

@@ -9,7 +9,7 @@ use procmesh_proto::response::{self, MgetReply};
 use procmesh_proto::{ErrorCode, Num, Raw, Reply};
 
 use super::{clip, reply, write_ok_value, Fail, Res};
-use crate::connection::{ConnId, Conns};
+use crate::connection::{least_reply_len, ConnId, Conns};
 use crate::mesh::Mesh;
 use crate::store::AtomicError;
 
@@ -18,7 +18,10 @@ use crate::store::AtomicError;
 pub(super) fn get(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let Some(id) = id else { return };
     let v = m.store.get(key, m.now);
-    out.send_reply(from, id, |codec, buf| {
+    // The room is checked before the copy (a large value for a connection near its
+    // hard limit is refused without building its reply), and again after.
+    let least = v.map_or(0, |v| least_reply_len(v, out[from].codec()));
+    out.send_value_reply(from, id, least, |codec, buf| {
         write_ok_value(codec, buf, id, v, "the stored value")
     });
 }
@@ -57,7 +60,7 @@ pub(super) fn keys(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'
     // The reply budget, checked before building: a key list is at least its bytes
     // plus two quotes each (JSON escapes only add; the final check catches them).
     let least: usize = keys.iter().map(|k| k.len() + 2).sum();
-    let budget = out.reply_budget();
+    let budget = out.reply_room(from);
     if least > budget {
         return too_big(out, from, id, "keys", least, budget);
     }
@@ -86,7 +89,7 @@ where
     let Some(id) = id else { return Ok(()) };
     let now = m.now;
     let store = &mut m.store;
-    let budget = out.reply_budget();
+    let budget = out.reply_room(from);
     let over = out.send_reply(from, id, |codec, buf| {
         let mut r = MgetReply::begin(codec, Some(id), names.len(), buf);
         for name in names {
@@ -159,6 +162,13 @@ pub(super) fn incr(
         Err(AtomicError::NotNumber) => Err(Fail::new(
             ErrorCode::NotNumber,
             format!("value at key `{}` is not a number", clip(key, 200)),
+        )),
+        Err(AtomicError::NotFinite) => Err(Fail::new(
+            ErrorCode::Broker,
+            format!(
+                "incr of key `{}` would overflow to infinity: nothing was stored",
+                clip(key, 200)
+            ),
         )),
     }
 }

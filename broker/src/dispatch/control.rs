@@ -75,7 +75,7 @@ pub(super) fn ping(out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
 /// `stats`: counters and gauges of every module.
 pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
     let Some(id) = id else { return };
-    let open = (out.len(), out.slow_closed);
+    let open = (out.len(), out.slow_closed, out.too_big);
     with_gauges(m, open, |stats, g| {
         out.send(from, |codec, buf| {
             response::ok_with(codec, Some(id), buf, |w| stats.encode(g, w))
@@ -85,21 +85,26 @@ pub(super) fn stats(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<
 
 /// The stats report of this moment (the periodic `stats` event).
 pub(crate) fn report(m: &mut Mesh, out: &mut Conns) -> StatsReport {
-    with_gauges(m, (out.len(), out.slow_closed), |stats, g| stats.report(g))
+    with_gauges(m, (out.len(), out.slow_closed, out.too_big), |stats, g| {
+        stats.report(g)
+    })
 }
 
 /// Gathers the gauges of every module and hands them, with the counters, to `f`;
-/// `open` is the connection table's (open connections, hard-limit closes).
+/// `open` is the connection table's (open connections, hard-limit closes, ETOOBIG
+/// replies).
 fn with_gauges<R>(
     m: &mut Mesh,
-    open: (usize, u64),
+    open: (usize, u64, u64),
     f: impl FnOnce(&crate::stats::Stats, &Gauges<'_>) -> R,
 ) -> R {
     let uptime = m.now.max(1);
     let cpu = sys::cpu_time().saturating_sub(m.cpu_start).as_secs_f64() * 1000.0;
     let counters = m.store.counters();
-    // The connection table counts hard-limit closes; stats exports them.
+    // The connection table counts hard-limit closes and ETOOBIG replies; stats
+    // exports them.
     m.stats.slow_closed = open.1;
+    m.stats.too_big = open.2;
     let g = Gauges {
         name: &m.cfg.name,
         uptime_ms: m.now,
@@ -108,6 +113,8 @@ fn with_gauges<R>(
         cache_bytes: m.store.value_bytes(),
         evicted: counters.evicted,
         expired: counters.expired,
+        hits: counters.hits,
+        misses: counters.misses,
         locks: m.locks.held(),
         lock_waiters: m.locks.waiters(),
         pending_calls: m.rpc.pending(),

@@ -146,9 +146,13 @@ pub(super) fn result(
                 r.encode_into(codec, Some(id), buf)
             });
         }
-        None => out.send_reply(call.caller, id, |codec, buf| {
-            write_ok_value(codec, buf, id, result, "the worker's result")
-        }),
+        None => {
+            // The caller's room is checked before the copy, and again after.
+            let least = result.map_or(0, |v| crate::connection::least_reply_len(v, codec));
+            out.send_value_reply(call.caller, id, least, |codec, buf| {
+                write_ok_value(codec, buf, id, result, "the worker's result")
+            });
+        }
     }
 }
 

@@ -118,6 +118,14 @@ pub enum BindError {
     /// The persistence directory could not be recovered (the message names the file
     /// and offset) or is in use.
     Recovery(String),
+    /// The address lock is held but nothing serves the address (within
+    /// [`LOCK_HELD_GRACE`]): a stuck broker, or a process that took the lock to keep
+    /// brokers out. The message names the lock, the holder when known, and what to do.
+    LockHeld(String),
+    /// Something not ours sits at the socket or lock path (a symbolic link, a file that
+    /// is not a socket, a file owned by another user): the broker neither follows nor
+    /// removes it. The message names the path and what to do.
+    Unsafe(String),
     /// Anything else.
     Io(io::Error),
 }
@@ -128,7 +136,9 @@ impl std::fmt::Display for BindError {
             BindError::AlreadyRunning(p) => {
                 write!(f, "a broker is already serving {}", p.display())
             }
-            BindError::Recovery(m) => write!(f, "{m}"),
+            BindError::Recovery(m) | BindError::LockHeld(m) | BindError::Unsafe(m) => {
+                write!(f, "{m}")
+            }
             BindError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -154,28 +164,106 @@ fn lock_path(socket: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How long a broker whose address lock is held waits for the holder to start
+/// serving before it fails with [`BindError::LockHeld`] (a broker that just took the
+/// lock, e.g. the winner of a spawn race, binds within it unless recovering a large
+/// log).
+pub const LOCK_HELD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens (creating, 0600) the lock file at `path` without following a symbolic link,
+/// close-on-exec, and checks that it is a regular file of ours.
+fn open_lock_file(path: &Path) -> Result<File, BindError> {
+    let opened = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(BindError::Unsafe(format!(
+                "the lock path {} is a symbolic link; the broker does not follow links there \
+                 (one planted in a shared directory could redirect it): remove it, or choose \
+                 another --socket (or $TMPDIR, $PROCMESH_SOCKET)",
+                path.display()
+            )))
+        }
+        Err(e) => {
+            return Err(BindError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot open the lock file {}: {e}", path.display()),
+            )))
+        }
+    };
+    let m = file.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(BindError::Unsafe(format!(
+            "the lock path {} is not a regular file: remove it, or choose another --socket",
+            path.display()
+        )));
+    }
+    if let Some(why) = foreign_owner("lock file", path, m.uid(), current_uid()) {
+        return Err(BindError::Unsafe(why));
+    }
+    Ok(file)
+}
+
+/// This process's effective uid.
+pub(crate) fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why a file at `path` owned by `owner` is not ours to use (`None`: it is `ours`).
+/// The seam of the owner check (a file of another uid is hard to make in a test).
+pub(crate) fn foreign_owner(what: &str, path: &Path, owner: u32, ours: u32) -> Option<String> {
+    (owner != ours).then(|| {
+        format!(
+            "the {what} {} belongs to uid {owner}, not to this broker's uid {ours} (someone \
+             may have planted it in a shared directory): remove it as its owner or root, or \
+             choose another --socket (or $TMPDIR, $PROCMESH_SOCKET)",
+            path.display()
+        )
+    })
+}
+
+/// Whether a live broker answers at `socket`.
+fn serving(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok_and(|s| listener_alive(&s))
+}
+
+/// The pid holding a `flock` on the file with inode `ino`, from `/proc/locks`.
+fn flock_holder(ino: u64) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (blocked waiters have "->")
+        let (kind, pid, dev_ino) = (f.get(1)?, f.get(4)?, f.get(5)?);
+        (*kind == "FLOCK" && dev_ino.rsplit(':').next()?.parse::<u64>().ok()? == ino)
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
 fn acquire_lock(socket: &Path) -> Result<AddressLock, BindError> {
     let path = lock_path(socket);
     loop {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
+        let file = open_lock_file(&path)?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::WouldBlock {
-                return Err(BindError::AlreadyRunning(socket.to_path_buf()));
+                return Err(lock_held(socket, &path, &file));
             }
             return Err(e.into());
         }
         // The previous owner may have unlinked the file between our open and flock:
         // then we locked an orphan and must retry on the new file.
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.ino() == file.metadata()?.ino() && m.dev() == file.metadata()?.dev() => {
                 return Ok(AddressLock { file, path });
             }
@@ -184,11 +272,47 @@ fn acquire_lock(socket: &Path) -> Result<AddressLock, BindError> {
     }
 }
 
-/// Takes the address lock (creating the socket's directory if needed).
+/// The lock at `path` is held: a live broker at `socket` (now, or within
+/// [`LOCK_HELD_GRACE`]) makes it [`BindError::AlreadyRunning`] (the quiet exit of a
+/// spawn race's loser); else [`BindError::LockHeld`], naming the holder.
+#[cold]
+fn lock_held(socket: &Path, path: &Path, file: &File) -> BindError {
+    let deadline = std::time::Instant::now() + LOCK_HELD_GRACE;
+    loop {
+        if serving(socket) {
+            return BindError::AlreadyRunning(socket.to_path_buf());
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let holder = file
+        .metadata()
+        .ok()
+        .and_then(|m| flock_holder(m.ino()))
+        .map_or_else(
+            || "another process".to_string(),
+            |pid| format!("process {pid}"),
+        );
+    BindError::LockHeld(format!(
+        "the address lock {} is held by {holder}, but nothing serves {} (waited {} s): \
+         stop that process, or choose another --socket",
+        path.display(),
+        socket.display(),
+        LOCK_HELD_GRACE.as_secs()
+    ))
+}
+
+/// Takes the address lock (creating the socket's directory, 0700, if needed).
 pub(crate) fn lock_address(socket: &Path) -> Result<AddressLock, BindError> {
     if let Some(dir) = socket.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
     }
     acquire_lock(socket)
@@ -197,6 +321,28 @@ pub(crate) fn lock_address(socket: &Path) -> Result<AddressLock, BindError> {
 /// Binds the socket (with the address lock held): replaces a stale socket file,
 /// refuses when a live broker answers, and restricts the socket to its owner (0600).
 pub(crate) fn bind(socket: &Path) -> Result<UnixListener, BindError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(socket) {
+        // Only a socket of ours is probed and replaced; anything else is left alone.
+        let kind = m.file_type();
+        if !kind.is_socket() {
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_dir() {
+                "a directory"
+            } else {
+                "a file that is not a socket"
+            };
+            return Err(BindError::Unsafe(format!(
+                "{} is {what}; the broker neither follows nor removes it: remove it \
+                 yourself, or choose another --socket (or $TMPDIR, $PROCMESH_SOCKET)",
+                socket.display()
+            )));
+        }
+        if let Some(why) = foreign_owner("socket", socket, m.uid(), current_uid()) {
+            return Err(BindError::Unsafe(why));
+        }
+    }
     if socket.exists() {
         // A broker that does not use our lock (the Node.js one) may be alive.
         if let Ok(s) = std::os::unix::net::UnixStream::connect(socket) {
@@ -244,5 +390,40 @@ fn listener_alive(s: &std::os::unix::net::UnixStream) -> bool {
             Some('Z' | 'X')
         ),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_another_uid_is_refused_naming_the_path_and_both_uids() {
+        let p = Path::new("/tmp/procmesh-default.sock.lock");
+        assert_eq!(foreign_owner("lock file", p, 1000, 1000), None);
+        let why = foreign_owner("lock file", p, 1001, 1000).expect("refused");
+        assert!(
+            why.contains("/tmp/procmesh-default.sock.lock")
+                && why.contains("uid 1001")
+                && why.contains("uid 1000")
+                && why.contains("remove it"),
+            "{why}"
+        );
+        // Root gets no pass: a file another user planted is refused for root too.
+        assert!(foreign_owner("socket", p, 1000, 0).is_some());
+    }
+
+    #[test]
+    fn the_lock_holder_is_found_in_proc_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let lock = lock_address(&sock).unwrap();
+        let ino = lock.file.metadata().unwrap().ino();
+        assert_eq!(flock_holder(ino), Some(std::process::id()));
+        // A second take of the same lock (another descriptor) is refused as held.
+        let second = open_lock_file(&lock_path(&sock)).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(second.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(rc, 0);
     }
 }

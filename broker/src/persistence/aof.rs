@@ -486,7 +486,7 @@ pub struct AppendLog {
 impl AppendLog {
     /// Opens (creating) a segment for appending, positioned at `len`.
     pub fn open(path: &Path) -> io::Result<AppendLog> {
-        let file = File::options().create(true).append(true).open(path)?;
+        let file = super::private_file().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(AppendLog {
             file,

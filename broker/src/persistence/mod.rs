@@ -270,15 +270,21 @@ impl Persistence {
     ) -> Result<(Persistence, Recovered), RecoveryError> {
         let dir = &cfg.dir;
         let ctx = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ctx("cannot create the persistence directory", e))?;
-        let lock = File::options()
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| ctx("cannot create the persistence directory", e))?;
+        }
+        let lock = private_file()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(dir.join("LOCK"))
-            .map_err(|e| ctx("cannot open LOCK", e))?;
+            .map_err(|e| ctx("cannot open LOCK (a symbolic link is not followed)", e))?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(format!(
@@ -286,7 +292,10 @@ impl Persistence {
                 dir.display()
             ));
         }
-        let mut rec = Recovered::default();
+        let mut rec = Recovered {
+            warnings: exposure_warnings(dir),
+            ..Recovered::default()
+        };
         let now_unix = unix_ms();
         let mut apply = |store: &mut Store<E>, r: Record<'_>, rec: &mut Recovered| match r {
             Record::Set {
@@ -646,6 +655,59 @@ impl Persistence {
     }
 }
 
+/// Options for a file of the persistence directory: created 0600 (the directory is
+/// 0700 when the broker creates it), never through a symbolic link, close-on-exec.
+/// Persisted values are the users' data: nobody else may read them.
+pub(crate) fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = File::options();
+    o.mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// Warnings for a persistence directory, or files in it, that other users may read
+/// or change. The broker does not change modes it did not set (the operator may
+/// share the directory with a group on purpose); it says so at every start.
+fn exposure_warnings(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.permissions().mode() & 0o777);
+    if let Ok(m) = mode(dir) {
+        if m & 0o077 != 0 {
+            out.push(format!(
+                "the persistence directory {} is accessible to other users (mode {m:03o}): \
+                 persisted values are readable by them; `chmod 700 {}` unless shared on purpose",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    let exposed: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == "LOCK" || name.starts_with("snapshot") || name.starts_with("aof-")
+        })
+        .filter_map(|e| {
+            let m = mode(&e.path()).ok()?;
+            (m & 0o077 != 0).then(|| format!("{} ({m:03o})", e.file_name().to_string_lossy()))
+        })
+        .collect();
+    if !exposed.is_empty() {
+        out.push(format!(
+            "files in {} are readable by other users: {} (new files are created 0600); \
+             `chmod 600` them unless shared on purpose",
+            dir.display(),
+            exposed.join(", ")
+        ));
+    }
+    out
+}
+
 /// Rewrites the segment at `path` without its `damaged` byte ranges (and without the
 /// torn tail from `kept_end`), after saving each range to `<path>.damaged-<offset>`.
 /// The new segment replaces the old one atomically (written aside, synced, renamed).
@@ -669,7 +731,11 @@ fn repair(
         let (a, b) = (*a, *b);
         kept.extend_from_slice(&data[from..a]);
         let p = side(a);
-        let mut f = File::create(&p)?;
+        let mut f = private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)?;
         f.write_all(&data[a..b])?;
         f.sync_all()?;
         sides.push(format!("offset {a}: {why}, moved to {}", p.display()));
@@ -682,7 +748,11 @@ fn repair(
         name.push(".repair");
         PathBuf::from(name)
     };
-    let mut f = File::create(&tmp)?;
+    let mut f = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     f.write_all(&kept)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -38,7 +38,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// Starts a snapshot whose log continues in segment `base_seq`.
     pub fn begin(dir: &Path, base_seq: u64) -> io::Result<Snapshot> {
-        let file = File::create(dir.join(TMP))?;
+        let file = super::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(TMP))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(MAGIC)?;
         w.write_all(&base_seq.to_be_bytes())?;

@@ -225,3 +225,26 @@ fn expired_keys_are_reclaimed_without_reads() {
     assert!(st["expired"].as_u64().unwrap() >= (N - N / 100) as u64);
     assert_eq!(st["evicted"], 0);
 }
+
+#[test]
+fn stats_count_cache_hits_and_misses_of_get_mget_and_has() {
+    let b = TestBroker::start(&[]);
+    let mut c = TestClient::hello(&b.path, Codec::Json, None);
+    c.ok(json!({"t":"set","key":"a","value":1}));
+    c.ok(json!({"t":"set","key":"b","value":2}));
+    let st = c.stats();
+    assert_eq!((&st["hits"], &st["misses"]), (&json!(0), &json!(0)), "{st}");
+    c.ok(json!({"t":"get","key":"a"})); // hit
+    c.request(json!({"t":"get","key":"zz"})); // miss
+    c.ok(json!({"t":"mget","keys":["a","b","zz"]})); // 2 hits, 1 miss
+    c.ok(json!({"t":"has","key":"b"})); // hit
+    c.ok(json!({"t":"has","key":"zz"})); // miss
+                                         // Writes, deletes and atomics are not reads.
+    c.ok(json!({"t":"incr","key":"n"}));
+    c.ok(json!({"t":"del","key":"b"}));
+    c.ok(json!({"t":"cas","key":"a","prev":1,"next":3}));
+    c.request(json!({"t":"get","key":"b"})); // miss: deleted
+    let st = c.stats();
+    assert_eq!(st["hits"], 4, "{st}");
+    assert_eq!(st["misses"], 4, "{st}");
+}

@@ -830,3 +830,27 @@ fn lock_passes_sigterm_on_to_the_command_and_holds_until_it_exits() {
     let r = c.ok(json!({"t":"lock","key":"job","ttl":1000}));
     assert_eq!(r["acquired"], true, "released after CMD exited: {r}");
 }
+
+#[test]
+fn prometheus_reports_cache_hits_and_misses() {
+    let b = TestBroker::start(&[]);
+    expect(at(&b.path, "set", &["a", "1"]), 0);
+    expect(at(&b.path, "get", &["a"]), 0);
+    expect(at(&b.path, "get", &["a"]), 0);
+    expect(at(&b.path, "get", &["nope"]), 4);
+    let text = expect(at(&b.path, "stats", &["--format", "prometheus"]), 0);
+    let scrape = parse_prometheus(&text);
+    for (name, help, want) in [
+        ("procmesh_cache_hits_total", "found a live value", 2.0),
+        ("procmesh_cache_misses_total", "found no live value", 1.0),
+    ] {
+        assert!(
+            scrape.docs.get(name).is_some_and(|d| d.contains(help)),
+            "HELP of {name}: {:?}",
+            scrape.docs.get(name)
+        );
+        let s = samples(&scrape, name);
+        assert_eq!(s.len(), 1, "{name}");
+        assert_eq!(counter(s[0]), want, "{name}");
+    }
+}

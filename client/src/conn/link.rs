@@ -145,6 +145,14 @@ impl Conn {
         };
         let timeout = self.shared.settings.connect_timeout;
         s.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        // The token goes only to a listener of our own user (or root): anyone may
+        // bind a socket at a path in a shared directory first.
+        if self.shared.settings.token.is_some() {
+            let peer = peer_uid(&s).map_err(io_err)?;
+            if let Some(e) = token_refusal(&self.path, peer, current_uid()) {
+                return Err(e);
+            }
+        }
         let id = self.next_id();
         let pid = lock(&self.io).pid.clone();
         // {"t":"hello","id":ID,"name":NAME,"token"?:T,"pid"?:P}
@@ -368,8 +376,84 @@ fn lists_codec(codecs: Option<Raw<'_>>, codec: &str) -> bool {
         .is_some_and(|mut it| it.any(|v| v.as_str().is_some_and(|s| s == codec)))
 }
 
+/// This process's effective uid.
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process listening behind `s` (`SO_PEERCRED`, as of its bind).
+fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// The error that keeps the token from a listener at `path` owned by `peer`, when
+/// it is neither `ours` nor root (root can read our memory anyway): `EAUTH`,
+/// raised here without sending anything (docs/protocol.md §3).
+fn token_refusal(path: &std::path::Path, peer: u32, ours: u32) -> Option<ClientError> {
+    (peer != ours && peer != 0).then(|| ClientError::Remote {
+        code: procmesh_proto::ErrorCode::Auth.as_str().to_string(),
+        message: format!(
+            "the token was not sent: the listener at {} runs as uid {peer}, not as this \
+             process's uid {ours} or root (another user may have bound the path first); \
+             use a socket in a private directory ($TMPDIR or PROCMESH_SOCKET)",
+            path.display()
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_token_is_kept_from_a_listener_of_another_uid() {
+        let path = std::path::Path::new("/tmp/procmesh-default.sock");
+        let e = super::token_refusal(path, 1001, 1000).expect("refused");
+        assert_eq!(e.code(), Some(procmesh_proto::ErrorCode::Auth));
+        let text = e.to_string();
+        assert!(
+            text.contains("/tmp/procmesh-default.sock") && text.contains("uid 1001"),
+            "{text}"
+        );
+        assert!(
+            super::token_refusal(path, 1000, 1000).is_none(),
+            "our own uid"
+        );
+        assert!(super::token_refusal(path, 0, 1000).is_none(), "root");
+    }
+
+    #[test]
+    fn the_peer_uid_of_a_real_listener_is_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+        let _accepted = l.accept().unwrap();
+        assert_eq!(super::peer_uid(&s).unwrap(), super::current_uid());
+        assert!(
+            super::token_refusal(&p, super::peer_uid(&s).unwrap(), super::current_uid()).is_none()
+        );
+    }
+
     use std::os::unix::net::UnixListener;
     use std::sync::Arc;
 

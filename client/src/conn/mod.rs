@@ -278,6 +278,10 @@ pub(crate) struct Conn {
     pub regs: Mutex<HashMap<String, RpcHandler>>,
     /// The wire dialect of the current link ([`dialect_code`]), fixed by each handshake.
     wire: AtomicU8,
+    /// The Redis backend, when this connection is to Redis instead of a broker:
+    /// every request is then executed by it (the socket fields stay unused).
+    #[cfg(feature = "redis")]
+    redis: Option<Arc<crate::redis::Backend>>,
 }
 
 /// A dialect as stored in [`Conn`]'s `wire`.
@@ -321,6 +325,8 @@ impl Conn {
             subs: Mutex::new(Subs::default()),
             regs: Mutex::new(HashMap::new()),
             wire: AtomicU8::new(wire),
+            #[cfg(feature = "redis")]
+            redis: None,
         });
         let (stream, buf) = conn.establish()?;
         let writer = stream.try_clone().map_err(|source| ClientError::Connect {
@@ -342,6 +348,67 @@ impl Conn {
             .spawn(move || reader::run(c, stream, buf))
             .map_err(|e| ClientError::Config(format!("cannot start the I/O thread: {e}")))?;
         Ok(conn)
+    }
+
+    /// Connects to Redis instead of a broker (the Redis backend executes every
+    /// request; subscriptions and registrations use this connection's tables).
+    #[cfg(feature = "redis")]
+    pub fn open_redis(
+        target: crate::redis::RedisTarget,
+        name: String,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Conn>> {
+        let backend = Arc::new(crate::redis::Backend::connect(
+            target,
+            &name,
+            shared.settings.connect_timeout,
+            shared.settings.call_timeout,
+        )?);
+        // Idempotent publishing's producer id: the configured one, else this
+        // client's own (a broker would mint one at hello).
+        let pid = shared
+            .settings
+            .producer
+            .id
+            .clone()
+            .unwrap_or_else(|| backend.id().to_owned());
+        let conn = Arc::new(Conn {
+            shard: ShardId(0),
+            path: PathBuf::from(backend.display_url()),
+            name,
+            shared,
+            next_id: AtomicU64::new(1),
+            io: Mutex::new(Io {
+                stream: None,
+                link: Link::Up,
+                generation: 0,
+                // Idempotent publishing's producer id: the configured one, else
+                // this client's own (a broker would mint one at hello).
+                pid: Some(pid),
+                closed_reason: String::new(),
+                wbuf: Vec::new(),
+                records: None,
+            }),
+            link_changed: Condvar::new(),
+            link_wakers: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            subs: Mutex::new(Subs::default()),
+            regs: Mutex::new(HashMap::new()),
+            wire: AtomicU8::new(dialect_code(Dialect::MSGPACK)),
+            redis: Some(backend.clone()),
+        });
+        backend.attach(Arc::downgrade(&conn))?;
+        conn.emit(Event::Connected {
+            shard: conn.shard,
+            path: conn.path.clone(),
+        });
+        Ok(conn)
+    }
+
+    /// What the connections of this client share.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The wire dialect of the current link: the configured codec, or what the last
@@ -377,6 +444,19 @@ impl Conn {
         let id = self.next_id();
         let deadline = Instant::now() + timeout;
         let slot = Arc::new(Slot::default());
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            // Executed now; the ticket only hands the outcome over.
+            slot.fill(b.execute(self, req, timeout));
+            return Ok(Ticket {
+                conn: self,
+                id,
+                slot,
+                deadline,
+                op: req.kind().tag(),
+                timeout,
+            });
+        }
         let mut io = self.wait_up(deadline)?;
         self.write_locked(&mut io, id, req, Pending::Waiter(slot.clone()))?;
         drop(io);
@@ -395,6 +475,25 @@ impl Conn {
     pub fn start_batch(&self, reqs: &[Request<'_>], timeout: Duration) -> Result<Vec<Ticket<'_>>> {
         let deadline = Instant::now() + timeout;
         let slots: Vec<Arc<Slot>> = reqs.iter().map(|_| Arc::default()).collect();
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            // Executed now, one by one; the tickets only hand the outcomes over.
+            for (req, slot) in reqs.iter().zip(&slots) {
+                slot.fill(b.execute(self, req, timeout));
+            }
+            return Ok(slots
+                .into_iter()
+                .zip(reqs)
+                .map(|(slot, req)| Ticket {
+                    conn: self,
+                    id: self.next_id(),
+                    slot,
+                    deadline,
+                    op: req.kind().tag(),
+                    timeout,
+                })
+                .collect());
+        }
         let mut io = self.wait_up(deadline)?;
         let ids = self.write_batch_locked(&mut io, reqs, &slots)?;
         drop(io);
@@ -417,6 +516,13 @@ impl Conn {
     /// reconnect: `Ok(None)` while the link is down and may come back.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub fn try_start(&self, req: &Request<'_>, slot: &Arc<Slot>) -> Result<Option<u64>> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            // The Redis backend executes on the calling thread (blocking it for
+            // the round trip); the slot is filled before the task awaits it.
+            slot.fill(b.execute(self, req, self.shared.settings.call_timeout));
+            return Ok(Some(self.next_id()));
+        }
         let mut io = lock(&self.io);
         match io.link {
             Link::Up => {
@@ -439,6 +545,15 @@ impl Conn {
         reqs: &[Request<'_>],
         slots: &[Arc<Slot>],
     ) -> Result<Option<Vec<u64>>> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            let mut ids = Vec::with_capacity(reqs.len());
+            for (req, slot) in reqs.iter().zip(slots) {
+                slot.fill(b.execute(self, req, self.shared.settings.call_timeout));
+                ids.push(self.next_id());
+            }
+            return Ok(Some(ids));
+        }
         let mut io = lock(&self.io);
         match io.link {
             Link::Up => self.write_batch_locked(&mut io, reqs, slots).map(Some),
@@ -451,6 +566,12 @@ impl Conn {
     /// reconnects (wait with [`Conn::poll_link`]), an error once closed.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub fn try_send_oneway(&self, req: &Request<'_>) -> Result<bool> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            return b
+                .execute(self, req, self.shared.settings.call_timeout)
+                .map(|_| true);
+        }
         let mut io = lock(&self.io);
         match io.link {
             Link::Up => {
@@ -496,6 +617,16 @@ impl Conn {
     /// Does nothing while the link is down (what it would undo, such as a lock
     /// or a subscription, died with the old connection).
     pub fn request_nowait(&self, req: &Request<'_>) {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            if let Err(e) = b.execute(self, req, self.shared.settings.call_timeout) {
+                self.emit(Event::Error {
+                    shard: self.shard,
+                    message: format!("{}: {e}", req.kind().tag()),
+                });
+            }
+            return;
+        }
         let id = self.next_id();
         let mut io = lock(&self.io);
         if io.link != Link::Up {
@@ -514,6 +645,12 @@ impl Conn {
     /// Sends `req` without an id, which the broker never answers. Waits for a
     /// reconnect like a request would.
     pub fn send_oneway(&self, req: &Request<'_>) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            return b
+                .execute(self, req, self.shared.settings.call_timeout)
+                .map(drop);
+        }
         let deadline = Instant::now() + self.shared.settings.call_timeout;
         let mut io = self.wait_up(deadline)?;
         io.encode(self.dialect(), req, None)?;
@@ -595,6 +732,10 @@ impl Conn {
     /// Closes the connection for good: no reconnect; requests in flight fail
     /// with `EDISCONNECTED`.
     pub fn close(&self, reason: &str) {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            b.close();
+        }
         let mut io = lock(&self.io);
         if io.link == Link::Closed {
             return;

@@ -3,11 +3,13 @@
 //! and re-executions of this binary for everything about processes (sharing,
 //! auto-spawn races, kill and restart, sharding).
 
+mod redis_support;
 mod support;
 
 mod address;
 #[cfg(feature = "tokio")]
 mod aio;
+mod behaviour;
 mod cache;
 mod connection;
 mod locks;
@@ -15,6 +17,10 @@ mod negotiate;
 mod pipeline;
 mod processes;
 mod pubsub;
+#[cfg(feature = "redis")]
+mod redis_backend;
+#[cfg(feature = "redis")]
+mod redis_cluster;
 mod retained;
 mod rpc;
 mod sharding;
