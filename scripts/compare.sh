@@ -21,7 +21,9 @@
 # (requests per 50x1 run, 300000),
 # PUB_DURATION (3s), MEM_KEYS (1000000), PROFILE (1: strace -c syscalls per request),
 # OUT (results file; default bench/results/<date>-compare.md), SKIP_BUILD (0),
-# ONLY (empty; `many` = only the 50x1 rows and their syscall profile),
+# N_FSYNC (requests per logged-SET run, 200000),
+# ONLY (empty; `many` = only the 50x1 rows and their syscall profile; `fsync` = only the
+# logged-SET rows),
 # SNAPSHOT (0; 1 = build the committed HEAD from `git archive` instead of the working
 # tree, so the results name exactly one commit), QUIET_WAIT (180 s).
 set -euo pipefail
@@ -34,6 +36,7 @@ N=${N:-2000000}
 N_LAT=${N_LAT:-50000}
 N_LAT_CROSS=${N_LAT_CROSS:-10000}
 N_MANY=${N_MANY:-300000}
+N_FSYNC=${N_FSYNC:-200000}
 PUB_DURATION=${PUB_DURATION:-3s}
 CALL_DURATION=${CALL_DURATION:-3s}
 MEM_KEYS=${MEM_KEYS:-1000000}
@@ -155,10 +158,10 @@ rb() {
 # ------------------------------------------------------------------ workloads
 # Every key the GET rows read exists on both systems (3-byte values, as redis-benchmark's).
 log "prefilling $KEYSPACE keys on both systems"
-"$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
-"$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+"$BENCH" --socket "$PSOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
+"$BENCH" --target redis --socket "$RSOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
 if [[ -n $EPOLL_PID ]]; then
-    "$BENCH" --socket "$ESOCK" -t fill -c 4 -P 64 -r "$KEYSPACE" --size 3 >/dev/null
+    "$BENCH" --socket "$ESOCK" -t fill -c 4 -P 64 -n "$KEYSPACE" -r "$KEYSPACE" --size 3 >/dev/null
 fi
 
 PIPE=(-c 4 -P 64 -n "$N" -r "$KEYSPACE" --threads 1)
@@ -244,16 +247,60 @@ many() {
     done
 }
 
+# fsync ROUND: pipelined SET 4x64 with every write logged, against fresh servers: the
+# broker with --persist-dir and --fsync everysec|always (on the main broker's driver),
+# Redis with appendonly yes and appendfsync everysec|always, both logging to $WORK (the
+# machine's temp disk). Targets: `always` >= Redis's ops/s; `everysec` costs <= 15% of
+# the plain "SET 4 conn x 64 in flight" row's throughput (compare those two rows). Each
+# run also records the server's CPU per request.
+FSYNC_PIPE=(-t set -c 4 -P 64 -n "$N_FSYNC" -r "$KEYSPACE" --threads 1)
+fsync_rows() {
+    local r=$1 mode sys
+    for mode in everysec always; do
+        local row="SET 4 conn x 64, fsync $mode (Redis: appendfsync $mode)"
+        local order=(procmesh redis)
+        ((r % 2 == 0)) && order=(redis procmesh)
+        for sys in "${order[@]}"; do
+            local dir=$WORK/fsync-$sys-$mode-$r sock=$WORK/fsync-$sys.sock
+            mkdir -p "$dir"
+            if [[ $sys == redis ]]; then
+                taskset -c "$SERVER_CPU" redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 \
+                    --save '' --appendonly yes --appendfsync "$mode" --daemonize no --dir "$dir" \
+                    --logfile "$WORK/redis-fsync.log" &
+                START_PID=$!
+                PIDS+=("$START_PID")
+                wait_for "redis-server" redis-cli -s "$sock" ping
+                cpu_run "$sock" "$START_PID" --target redis "${FSYNC_PIPE[@]}"
+            else
+                taskset -c "$SERVER_CPU" "$BROKER" serve --socket "$sock" --max-keys 0 --io "$IO_MAIN" \
+                    --persist-dir "$dir" --fsync "$mode" >>"$WORK/broker.log" 2>&1 &
+                START_PID=$!
+                PIDS+=("$START_PID")
+                wait_for "procmesh broker" "$BROKER" status --socket "$sock"
+                cpu_run "$sock" "$START_PID" "${FSYNC_PIPE[@]}"
+            fi
+            [[ -n $CPU_JSON ]] && record "$row" "$sys" procmesh-bench "$r" "ops_per_sec>=1" "$CPU_CMD" "$CPU_JSON"
+            stop_pid "$START_PID"
+            rm -f "$sock"
+        done
+    done
+}
+
 ONLY=${ONLY:-}
 for r in $(seq "$ROUNDS"); do
     if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
     log "round $r/$ROUNDS: ${order[*]}"
-    if [[ $ONLY != many ]]; then
+    if [[ -z $ONLY ]]; then
         for sys in "${order[@]}"; do
             one_system "$sys" "$r"
         done
     fi
-    many "$r"
+    if [[ -z $ONLY || $ONLY == fsync ]]; then
+        fsync_rows "$r"
+    fi
+    if [[ -z $ONLY || $ONLY == many ]]; then
+        many "$r"
+    fi
 done
 
 # ------------------------------------------------------------------ memory
@@ -262,7 +309,7 @@ rss_bytes() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
 log "memory: $MEM_KEYS keys of 16 B with 32 B values, fresh servers"
 MEM_ROW="RSS with $MEM_KEYS keys (16 B keys, 32 B values)"
 for r in $(seq "$ROUNDS"); do
-    [[ $ONLY == many ]] && break
+    [[ -n $ONLY ]] && break
     if ((r % 2 == 1)); then order=(procmesh redis); else order=(redis procmesh); fi
     for sys in "${order[@]}"; do
         sock=$WORK/mem-$sys-$r.sock
@@ -275,7 +322,7 @@ for r in $(seq "$ROUNDS"); do
         fi
         pid=$START_PID
         empty=$(rss_bytes "$pid")
-        cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -r "$MEM_KEYS" --size 32 --json)
+        cmd=(taskset -c "$CLIENT_CPU" "$BENCH" "${extra[@]}" --socket "$sock" -t fill -c 4 -P 64 -n "$MEM_KEYS" -r "$MEM_KEYS" --size 32 --json)
         if client "$WORK/fill.json" "${cmd[@]}"; then
             sleep 0.5
             full=$(rss_bytes "$pid")
@@ -338,14 +385,16 @@ if strace_profile; then
             profile_one "$sys" "$pid" "GET 1x1, same core, 20k requests" "$SERVER_CPU" -t get -c 1 -P 1 -n 20000 -r "$KEYSPACE"
             profile_one "$sys" "$pid" "GET 4x64, 400k requests" "$CLIENT_CPU" -t get -c 4 -P 64 -n 400000 -r "$KEYSPACE" --threads 1
         fi
-        profile_one "$sys" "$pid" "GET 50x1, 100k requests" "$CLIENT_CPU" -t get -c 50 -P 1 -n 100000 -r "$KEYSPACE" --threads 1
+        if [[ $ONLY != fsync ]]; then
+            profile_one "$sys" "$pid" "GET 50x1, 100k requests" "$CLIENT_CPU" -t get -c 50 -P 1 -n 100000 -r "$KEYSPACE" --threads 1
+        fi
     done
 fi
 
 # Where the broker's time goes on the pipelined GET and INCR rows (perf, if it works here).
 PERF_MD=$WORK/perf.md
 : >"$PERF_MD"
-if [[ $PROFILE == 1 && $ONLY != many ]] && command -v perf >/dev/null; then
+if [[ $PROFILE == 1 && -z $ONLY ]] && command -v perf >/dev/null; then
     for w in get incr; do
         log "profile: perf record of the broker during ${w^^} 4x64"
         pd=$WORK/perf-$w.data
@@ -395,7 +444,7 @@ machine_facts
     echo "- \"client on the server's core\": the client also on CPU $SERVER_CPU; \"other core\": CPU $CLIENT_CPU."
     echo "- Servers: \`taskset -c $SERVER_CPU redis-server --port 0 --unixsocket SOCK --unixsocketperm 700 --save '' --appendonly no --daemonize no\`"
     echo "  and \`taskset -c $SERVER_CPU $BROKER serve --socket SOCK --max-keys 0\`; before the rounds both got every key of"
-    echo "  the keyspace once (\`$BENCH [--target redis] --socket SOCK -t fill -c 4 -P 64 -r $KEYSPACE --size 3\`)."
+    echo "  the keyspace once (\`$BENCH [--target redis] --socket SOCK -t fill -c 4 -P 64 -n $KEYSPACE -r $KEYSPACE --size 3\`)."
     echo "- Memory rows: a fresh server per round, filled by procmesh-bench (\`fill\`: each key set once; RESP SET for Redis), VmRSS read 0.5 s later."
     echo
     echo "## Which tool measured what"

@@ -225,6 +225,18 @@ pub struct ServeArgs {
     /// I/O driver: auto (io_uring when the kernel allows it, else epoll), uring or epoll.
     #[arg(long, env = "PROCMESH_IO", value_parser = ["auto", "uring", "epoll"])]
     pub io: Option<String>,
+    /// io_uring with a kernel submission thread (SQPOLL) that sleeps after IDLE_MS
+    /// without work (default 1000; 0 = the kernel's default, 1 s): for a broker pinned
+    /// to its own core. Needs io_uring: a startup error where the kernel refuses it,
+    /// and with --io epoll.
+    #[arg(
+        long,
+        env = "PROCMESH_URING_SQPOLL",
+        value_name = "IDLE_MS",
+        num_args = 0..=1,
+        default_missing_value = "1000"
+    )]
+    pub sqpoll: Option<u32>,
 }
 
 impl ServeArgs {
@@ -282,6 +294,9 @@ pub struct BrokerConfig {
     pub pubsub: crate::retain::RetainConfig,
     /// Which I/O driver runs the loop (after start: the one that runs).
     pub io: IoBackend,
+    /// io_uring's kernel submission thread (`--sqpoll`, `ioSqpoll`): its idle time
+    /// in ms before it sleeps; `None` = off (the loop submits with its one enter).
+    pub sqpoll: Option<u32>,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
 }
@@ -346,6 +361,10 @@ pub struct LimitArgs {
     /// and the biggest queue is disconnected (0 = unbounded): bytes or 256MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output_bytes: Option<usize>,
+    /// Most (key, connection) pairs the near-cache tracking table holds; past it the
+    /// oldest tracked keys are invalidated (0 = unbounded).
+    #[arg(long)]
+    pub max_tracked_keys: Option<usize>,
 }
 
 /// Bounds on per-connection and global state. `usize::MAX` (0 on the command line)
@@ -366,6 +385,9 @@ pub struct Limits {
     pub max_pending_calls: usize,
     /// `maxOutputBytes`, `--max-output-bytes` (default 256 MiB over all connections).
     pub max_output_bytes: usize,
+    /// `maxTrackedKeys`, `--max-tracked-keys` (default 1 000 000 (key, connection)
+    /// pairs in the near-cache tracking table).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for Limits {
@@ -378,6 +400,7 @@ impl Default for Limits {
             max_lock_waiters: 100_000,
             max_pending_calls: 100_000,
             max_output_bytes: 256 << 20,
+            max_tracked_keys: 1_000_000,
         }
     }
 }
@@ -404,6 +427,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, a.max_lock_waiters);
         set(&mut self.max_pending_calls, a.max_pending_calls);
         set(&mut self.max_output_bytes, a.max_output_bytes);
+        set(&mut self.max_tracked_keys, a.max_tracked_keys);
         if let Some(n) = a.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -422,6 +446,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, o.max_lock_waiters);
         set(&mut self.max_pending_calls, o.max_pending_calls);
         set(&mut self.max_output_bytes, o.max_output_bytes);
+        set(&mut self.max_tracked_keys, o.max_tracked_keys);
         if let Some(n) = o.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -453,6 +478,7 @@ impl Default for BrokerConfig {
             dedup: Default::default(),
             pubsub: Default::default(),
             io: IoBackend::Auto,
+            sqpoll: None,
         }
     }
 }
@@ -541,6 +567,14 @@ impl BrokerConfig {
         cfg.limits.apply_args(&a.limits);
         if let Some(b) = a.io.as_deref().and_then(IoBackend::parse) {
             cfg.io = b;
+        }
+        if a.sqpoll.is_some() {
+            cfg.sqpoll = a.sqpoll;
+        }
+        if cfg.sqpoll.is_some() && cfg.io == IoBackend::Epoll {
+            return Err(
+                "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll".into(),
+            );
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));
@@ -654,6 +688,9 @@ impl BrokerConfig {
         if let Some(b) = o.io_backend.as_deref().and_then(IoBackend::parse) {
             self.io = b;
         }
+        if o.io_sqpoll.is_some() {
+            self.sqpoll = o.io_sqpoll;
+        }
         self.limits.apply_opts(o);
         self.persist = o.persist_config(&self.name, None);
         self.apply_delivery_opts(o);
@@ -751,6 +788,8 @@ pub struct NodeOpts {
     pub pubsub: Option<PubsubOpts>,
     /// The I/O driver (ours); read by the driver selection.
     pub io_backend: Option<String>,
+    /// io_uring SQPOLL idle time, ms (ours; `--sqpoll`; 0 = the kernel's default).
+    pub io_sqpoll: Option<u32>,
     /// Most open connections (ours, [`Limits`]; 0 = unbounded).
     pub max_connections: Option<usize>,
     /// Handshake deadline, ms (ours; 0 = never).
@@ -765,6 +804,8 @@ pub struct NodeOpts {
     pub max_pending_calls: Option<usize>,
     /// Total queued output cap, bytes (ours; 0 = unbounded).
     pub max_output_bytes: Option<usize>,
+    /// Near-cache tracking table bound, (key, connection) pairs (ours; 0 = unbounded).
+    pub max_tracked_keys: Option<usize>,
     /// Keys this broker does not know.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, Value>,
@@ -1227,6 +1268,31 @@ mod tests {
 
     fn ok(args: &[&str], opts: Option<&str>) -> BrokerConfig {
         serve(args, opts).unwrap()
+    }
+
+    #[test]
+    fn sqpoll_is_a_flag_or_an_option_and_refused_with_epoll() {
+        std::env::remove_var("PROCMESH_URING_SQPOLL");
+        assert_eq!(ok(&[], None).sqpoll, None);
+        assert_eq!(ok(&["--sqpoll"], None).sqpoll, Some(1000));
+        assert_eq!(ok(&["--sqpoll=50"], None).sqpoll, Some(50));
+        assert_eq!(ok(&[], Some(r#"{"ioSqpoll":0}"#)).sqpoll, Some(0));
+        assert_eq!(
+            ok(&["--sqpoll=7"], Some(r#"{"ioSqpoll":0}"#)).sqpoll,
+            Some(7),
+            "the flag wins"
+        );
+        for (args, opts) in [
+            (&["--sqpoll", "--io", "epoll"][..], None),
+            (&["--io", "epoll"][..], Some(r#"{"ioSqpoll":10}"#)),
+            (&[][..], Some(r#"{"ioSqpoll":10,"ioBackend":"epoll"}"#)),
+        ] {
+            let e = serve(args, opts).unwrap_err();
+            assert!(
+                e.contains("--sqpoll") && e.contains("epoll"),
+                "{args:?} {opts:?}: {e}"
+            );
+        }
     }
 
     /// The precedence table of [`BrokerConfig::resolve`], row by row. One test, because

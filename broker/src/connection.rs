@@ -264,6 +264,19 @@ impl Connection {
         self.rbuf = buf;
     }
 
+    /// Unread input when a whole frame waits at its head (the core stopped at its
+    /// per-turn frame budget), else 0. Past their read budget, the drivers stop
+    /// reading such a connection until the core catches up, so a peer that sends
+    /// faster than it is served waits in its socket. A partial frame never counts:
+    /// reading is what completes it, and the frame limit bounds it.
+    #[inline]
+    pub fn backlog(&self) -> usize {
+        match procmesh_proto::frame::try_decode(&self.rbuf[self.rpos..self.rend], usize::MAX) {
+            Ok(Some(_)) => self.rend - self.rpos,
+            _ => 0,
+        }
+    }
+
     /// Bytes queued for the peer and not yet written.
     #[inline]
     pub fn queued(&self) -> usize {

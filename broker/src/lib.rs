@@ -31,6 +31,8 @@
 //! - [`connection`]: per-connection buffers, codec and close state; the `Conns` table,
 //!   its dirty list and the one reply helper; [`connection::ConnId`].
 //! - [`store`]: the cache (TTL, LRU, atomics); effects go to an [`store::EffectSink`].
+//! - [`tracking`]: near-cache tracking (ours): which connections read which keys, the
+//!   `inv` pushes owed when they change; [`tracking::MeshEffects`], the store's sink.
 //! - [`locks`]: locks, FIFO waiters and fencing tokens.
 //! - [`pubsub`]: subscriptions and the wildcard index.
 //! - [`rpc`]: worker pools and pending calls.
@@ -83,6 +85,7 @@ pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timers;
+pub mod tracking;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     broker_bin: Option<PathBuf>,
     handler_threads: usize,
     callbacks: Vec<EventCallback>,
+    near_cache: Option<(usize, usize)>,
     idempotent: bool,
     producer_id: Option<String>,
     sequences: std::collections::HashMap<String, u64>,
@@ -101,6 +102,7 @@ impl Default for ClientBuilder {
             handler_threads: std::thread::available_parallelism()
                 .map_or(4, |n| n.get().clamp(2, 16)),
             callbacks: Vec::new(),
+            near_cache: None,
             idempotent: false,
             producer_id: None,
             sequences: std::collections::HashMap::new(),
@@ -240,6 +242,24 @@ impl ClientBuilder {
     /// Threads running RPC handlers (default: the number of cores, 2 to 16).
     pub fn handler_threads(mut self, n: usize) -> Self {
         self.handler_threads = n.max(1);
+        self
+    }
+
+    /// Keeps a near cache of up to `max_entries` keys this client read, served
+    /// locally until the broker says they changed (default: off). See the crate
+    /// docs, "Near cache", for what it guarantees.
+    pub fn near_cache(mut self, max_entries: usize) -> Self {
+        let bytes = self.near_cache.map_or(0, |(_, b)| b);
+        self.near_cache = Some((max_entries.max(1), bytes));
+        self
+    }
+
+    /// Also bounds the near cache by the bytes of the values it holds (default: no
+    /// byte bound; the entry bound of [`ClientBuilder::near_cache`] applies, 10 000
+    /// when that was not called).
+    pub fn near_cache_bytes(mut self, max_bytes: usize) -> Self {
+        let entries = self.near_cache.map_or(10_000, |(e, _)| e);
+        self.near_cache = Some((entries, max_bytes));
         self
     }
 
@@ -408,6 +428,8 @@ impl ClientBuilder {
                 reconnect: self.reconnect,
                 spawn: None,
                 handler_threads: self.handler_threads,
+                // Kept so `near_cache_stats` reports it as off (see `open_redis`).
+                near_cache: self.near_cache,
                 producer: crate::producer::Producer::new(
                     self.idempotent,
                     self.producer_id,
@@ -434,6 +456,7 @@ impl ClientBuilder {
             reconnect: self.reconnect,
             spawn,
             handler_threads: self.handler_threads,
+            near_cache: self.near_cache,
             producer: crate::producer::Producer::new(
                 self.idempotent,
                 self.producer_id,

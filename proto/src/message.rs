@@ -95,6 +95,8 @@ kinds! {
     Call = "call",
     Invoke = "invoke",
     Result = "result",
+    Track = "track",
+    Inv = "inv",
 }
 
 impl Kind {

@@ -409,6 +409,41 @@ impl Push<'_> {
     }
 }
 
+/// The near-cache invalidation push (ours, docs/protocol.md "Near-cache tracking"),
+/// sent only to connections that sent `track`: `keys` changed and are no longer
+/// tracked for this connection.
+///
+/// ```text
+/// {"t":"inv","keys":["a","b"]}
+/// 0x82 a1 "t" a3 "inv" a4 "keys" 0x92 a1 "a" a1 "b"
+/// ```
+pub fn inv_keys<'k, I>(codec: Codec, keys: I, out: &mut Vec<u8>)
+where
+    I: ExactSizeIterator<Item = &'k str>,
+{
+    let mut m = MapEnc::begin(codec, out, "inv");
+    let w = m.key("keys");
+    w.begin_array(keys.len());
+    for k in keys {
+        w.str(k);
+    }
+    w.end_array();
+    m.finish();
+}
+
+/// The near-cache "everything changed" push (ours): every key this connection
+/// tracked is invalid (after `clear`, or when its tracking state was dropped).
+///
+/// ```text
+/// {"t":"inv","keys":null}
+/// 0x82 a1 "t" a3 "inv" a4 "keys" c0
+/// ```
+pub fn inv_all(codec: Codec, out: &mut Vec<u8>) {
+    let mut m = MapEnc::begin(codec, out, "inv");
+    m.key("keys").nil();
+    m.finish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,6 +636,31 @@ mod tests {
             r#"{"t":"invoke","id":3,"name":"add","args":{"a":[1,"x"]}}"#,
         );
         all
+    }
+
+    #[test]
+    fn inv_pushes_are_golden() {
+        let mut o = Vec::new();
+        inv_keys(Codec::Json, ["a", "b\"c"].into_iter(), &mut o);
+        assert_eq!(&o[4..], br#"{"t":"inv","keys":["a","b\"c"]}"#);
+        o.clear();
+        inv_all(Codec::Json, &mut o);
+        assert_eq!(&o[4..], br#"{"t":"inv","keys":null}"#);
+        o.clear();
+        inv_keys(Codec::MsgPack, ["a", "b"].into_iter(), &mut o);
+        assert_eq!(
+            &o[4..],
+            &[
+                0x82, 0xa1, b't', 0xa3, b'i', b'n', b'v', 0xa4, b'k', b'e', b'y', b's', 0x92, 0xa1,
+                b'a', 0xa1, b'b'
+            ][..]
+        );
+        o.clear();
+        inv_all(Codec::MsgPack, &mut o);
+        assert_eq!(
+            &o[4..],
+            &[0x82, 0xa1, b't', 0xa3, b'i', b'n', b'v', 0xa4, b'k', b'e', b'y', b's', 0xc0][..]
+        );
     }
 
     #[rustfmt::skip]

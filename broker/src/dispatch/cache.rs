@@ -17,6 +17,7 @@ use crate::store::AtomicError;
 #[inline]
 pub(super) fn get(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let Some(id) = id else { return };
+    m.store.effects_mut().track.note_read(from, key);
     let v = m.store.get(key, m.now);
     // The room is checked before the copy (a large value for a connection near its
     // hard limit is refused without building its reply), and again after.
@@ -49,8 +50,16 @@ pub(super) fn del(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_
 
 /// `has`.
 pub(super) fn has(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
+    m.store.effects_mut().track.note_read(from, key);
     let has = m.store.has(key, m.now);
     reply(out, from, id, Reply::Bool(has));
+}
+
+/// `track` (ours): the keys this connection reads from now on are tracked, and an
+/// `inv` push follows when one changes (`tracking`).
+pub(super) fn track(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
+    m.store.effects_mut().track.enable(from);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `keys`: every live key.

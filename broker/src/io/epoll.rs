@@ -17,34 +17,22 @@
 //! ```
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::net::{UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Registry, Token};
 
-use super::{bind, lock_address, AddressLock, BindError};
+use super::common::{self, Base, SIGNALS, WAKER};
+use super::{BindError, READ_BUDGET};
 use crate::config::BrokerConfig;
-use crate::connection::{Closing, ConnId, Connection, Transport};
+use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
-use crate::locks::LockTable;
-use crate::persistence::aof::EffectLog;
-use crate::persistence::{self, Persistence};
-use crate::store::Store;
 
-/// Wakes the loop for shutdown requests from other threads.
-pub const WAKER: Token = Token(usize::MAX);
 /// The listening socket.
 pub const LISTENER: Token = Token(usize::MAX - 1);
-/// The signal pipe of the `procmesh serve` binary.
-pub const SIGNALS: Token = Token(usize::MAX - 2);
 
 const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_BATCH: usize = 128;
-/// Bytes read from one connection per wake before others get a turn.
-const READ_BUDGET: usize = 1 << 20;
 
 /// The connections' sockets, indexed by [`ConnId`] (the core's table decides ids).
 struct Sockets {
@@ -85,17 +73,11 @@ impl Transport for Sockets {
 
 /// A bound broker, ready to run its loop on the calling thread.
 pub struct Reactor {
-    poll: Poll,
+    pub(crate) base: Base,
     events: Events,
     listener: UnixListener,
-    lock: Option<AddressLock>,
-    socket: PathBuf,
     core: Core,
     sockets: Sockets,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    signals: Option<UnixStream>,
     pending_reads: Vec<ConnId>,
     requeue: Vec<ConnId>,
     idle_since: Option<u64>,
@@ -107,7 +89,6 @@ pub struct Reactor {
     /// A descriptor held open (`/dev/null`) to free on EMFILE, so the backlog can
     /// still be accepted and refused instead of hanging (as Redis and nginx do).
     reserve: Option<std::fs::File>,
-    warnings: Vec<String>,
 }
 
 /// How long to wait before accepting again after running out of descriptors with
@@ -124,97 +105,34 @@ impl Reactor {
     /// With persistence configured, the directory is recovered (snapshot, then log)
     /// before the socket is bound, so no client ever sees a partial state.
     pub fn bind(cfg: BrokerConfig) -> Result<Reactor, BindError> {
-        let lock = lock_address(&cfg.socket)?;
-        let start = Instant::now();
-        let unix_base = persistence::unix_ms();
-        let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
-        let mut locks = LockTable::default();
-        let mut warnings = Vec::new();
-        let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
-        let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
-        let persist = match &cfg.persist {
-            Some(pc) => {
-                let (p, rec) = Persistence::open_with(
-                    pc.clone(),
-                    &mut store,
-                    unix_base,
-                    &mut retain,
-                    &mut dedup,
-                )
-                .map_err(BindError::Recovery)?;
-                // Recovery replayed with the sink off; from here on effects are logged.
-                *store.effects_mut() = Some(EffectLog::new(unix_base));
-                locks = LockTable::with_reservations(rec.fence_reserved);
-                warnings = rec.warnings;
-                Some(p)
-            }
-            None => None,
-        };
-        let mut listener = bind(&cfg.socket)?;
-        let poll = Poll::new()?;
-        poll.registry()
+        let (base, core, mut listener) = common::open(cfg)?;
+        base.poll
+            .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let registry = poll.registry().try_clone()?;
-        let socket = cfg.socket.clone();
+        let registry = base.poll.registry().try_clone()?;
         Ok(Reactor {
-            poll,
+            base,
             events: Events::with_capacity(EVENTS_CAPACITY),
             listener,
-            lock: Some(lock),
-            socket,
-            core: Core::new(cfg, store, locks, persist).restore(retain, dedup),
+            core,
             sockets: Sockets {
                 registry,
                 streams: Vec::new(),
             },
-            start,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
-            signals: None,
             pending_reads: Vec::new(),
             requeue: Vec::new(),
             idle_since: Some(0),
             accept_more: false,
             accept_retry_at: None,
             reserve: open_reserve(),
-            warnings,
         })
-    }
-
-    /// Notes from recovery (torn log tails cut, repairs) for the operator.
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// A flag and waker that stop the loop from another thread.
-    pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
-        (self.stop.clone(), self.waker.clone())
-    }
-
-    /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
-    pub fn watch_signals(&mut self, mut stream: UnixStream) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut stream, SIGNALS, Interest::READABLE)?;
-        self.signals = Some(stream);
-        Ok(())
-    }
-
-    fn clock(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.pending_reads.is_empty() || self.core.is_busy() || self.accept_more {
             return Some(Duration::ZERO);
         }
-        let now = self.clock();
+        let now = self.base.clock();
         let mut next = self.core.next_wake(now).unwrap_or(u64::MAX);
         if let Some(t) = self.accept_retry_at {
             next = next.min(t);
@@ -239,24 +157,20 @@ impl Reactor {
                 result = Err(io::Error::other(e));
             }
         }
-        let _ = std::fs::remove_file(&self.socket);
-        if let Some(lock) = self.lock.take() {
-            let _ = std::fs::remove_file(&lock.path);
-            drop(lock.file);
-        }
+        self.base.release();
         result
     }
 
     fn run_loop(&mut self) -> io::Result<()> {
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if let Err(e) = self.base.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            let now = self.clock();
+            let now = self.base.clock();
             self.core.set_now(now);
             let mut readable: Vec<ConnId> = std::mem::take(&mut self.requeue);
             let mut accept = std::mem::take(&mut self.accept_more);
@@ -293,21 +207,14 @@ impl Reactor {
                 self.read_conn(id);
             }
             self.requeue = readable;
-            self.core.end_turn();
-            self.core.flush(&mut self.sockets);
-            if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
-                self.core.flush(&mut self.sockets);
+            if common::end_turn(
+                &self.base,
+                &mut self.core,
+                &mut self.sockets,
+                &mut self.idle_since,
+                now,
+            ) {
                 return Ok(());
-            }
-            if self.core.has_no_conns() {
-                let since = *self.idle_since.get_or_insert(now);
-                if let Some(idle) = self.core.cfg().idle_timeout {
-                    if now.saturating_sub(since) >= idle.as_millis() as u64 {
-                        return Ok(());
-                    }
-                }
-            } else {
-                self.idle_since = None;
             }
         }
     }
@@ -340,6 +247,7 @@ impl Reactor {
                 Ok((mut stream, _)) => {
                     let id = self.core.next_conn_id();
                     if self
+                        .base
                         .poll
                         .registry()
                         .register(
@@ -379,7 +287,7 @@ impl Reactor {
                             continue;
                         }
                     }
-                    self.accept_retry_at = Some(self.clock() + ACCEPT_RETRY_MS);
+                    self.accept_retry_at = Some(self.base.clock() + ACCEPT_RETRY_MS);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -402,7 +310,13 @@ impl Reactor {
         let Some(stream) = self.sockets.get_mut(id) else {
             return;
         };
-        let outcome = conn.fill(stream, budget);
+        // A backlog past the budget waits in the socket (requeued: the core says
+        // "more" for a budget outcome) until the core catches up.
+        let outcome = if conn.backlog() >= budget {
+            ReadOutcome::Budget
+        } else {
+            conn.fill(stream, budget)
+        };
         if self.core.input(id, outcome, &mut self.sockets) {
             self.pending_reads.push(id);
         }

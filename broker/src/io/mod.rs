@@ -7,6 +7,7 @@
 //! `Core` through [`crate::connection::Transport`]: [`uring`] (io_uring, the default
 //! where the kernel allows it) and [`epoll`] (mio, the fallback).
 
+mod common;
 pub mod epoll;
 pub mod uring;
 
@@ -23,6 +24,12 @@ use mio::net::{UnixListener, UnixStream};
 
 use crate::config::{BrokerConfig, IoBackend};
 
+/// Bytes read from one connection per wake (epoll), or the unread input at which a
+/// connection the core is behind on stops receiving (io_uring), before others get a
+/// turn. Before `hello` the core's smaller pre-auth budget applies
+/// ([`crate::core::Core::read_budget`]).
+pub(crate) const READ_BUDGET: usize = 1 << 20;
+
 /// A bound broker on the chosen driver, ready to run its loop on the calling thread.
 pub enum Reactor {
     /// The io_uring driver.
@@ -36,14 +43,25 @@ impl Reactor {
     /// it, else epoll with one log line saying why; `uring` where it is refused is
     /// an error), then binds the socket of `cfg` and prepares the loop.
     pub fn bind(mut cfg: BrokerConfig) -> Result<Reactor, BindError> {
-        let ring = match cfg.io {
-            IoBackend::Epoll => None,
-            IoBackend::Uring => Some(uring::probe().map_err(|why| {
+        let ring = match (cfg.io, cfg.sqpoll) {
+            (IoBackend::Epoll, Some(_)) => {
+                return Err(BindError::Io(io::Error::other(
+                    "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll",
+                )))
+            }
+            (IoBackend::Epoll, None) => None,
+            // SQPOLL is only ever asked for: refused is an error, as with `--io uring`.
+            (_, Some(idle)) => Some(uring::probe(Some(idle)).map_err(|why| {
+                BindError::Io(io::Error::other(format!(
+                    "io_uring SQPOLL was asked for (--sqpoll) but is refused: {why}"
+                )))
+            })?),
+            (IoBackend::Uring, None) => Some(uring::probe(None).map_err(|why| {
                 BindError::Io(io::Error::other(format!(
                     "io_uring was asked for (--io uring) but is refused: {why}"
                 )))
             })?),
-            IoBackend::Auto => match uring::probe() {
+            (IoBackend::Auto, None) => match uring::probe(None) {
                 Ok(ring) => Some(ring),
                 Err(why) => {
                     log_line!("procmesh: io_uring unavailable ({why}); using epoll");
@@ -67,35 +85,33 @@ impl Reactor {
         }
     }
 
+    fn base(&self) -> &common::Base {
+        match self {
+            Reactor::Uring(r) => &r.base,
+            Reactor::Epoll(r) => &r.base,
+        }
+    }
+
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub fn warnings(&self) -> &[String] {
-        match self {
-            Reactor::Uring(r) => r.warnings(),
-            Reactor::Epoll(r) => r.warnings(),
-        }
+        self.base().warnings()
     }
 
     /// The socket path.
     pub fn socket(&self) -> &Path {
-        match self {
-            Reactor::Uring(r) => r.socket(),
-            Reactor::Epoll(r) => r.socket(),
-        }
+        self.base().socket()
     }
 
     /// A flag and waker that stop the loop from another thread.
     pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<mio::Waker>) {
-        match self {
-            Reactor::Uring(r) => r.stopper(),
-            Reactor::Epoll(r) => r.stopper(),
-        }
+        self.base().stopper()
     }
 
     /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
     pub fn watch_signals(&mut self, stream: UnixStream) -> io::Result<()> {
         match self {
-            Reactor::Uring(r) => r.watch_signals(stream),
-            Reactor::Epoll(r) => r.watch_signals(stream),
+            Reactor::Uring(r) => r.base.watch_signals(stream),
+            Reactor::Epoll(r) => r.base.watch_signals(stream),
         }
     }
 

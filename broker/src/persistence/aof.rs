@@ -26,8 +26,10 @@
 //! Encoders append entries to a buffer that [`open`]s with a reserved frame header;
 //! [`seal`] fills it in before the buffer is written. The same frames make up snapshots.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use procmesh_proto::Codec;
@@ -475,6 +477,36 @@ pub fn read_records<'a>(data: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize
     (off, None)
 }
 
+/// Where the log's writes go instead of `write(2)` and `fdatasync(2)`: the io_uring
+/// driver submits them through its ring (the write and, when a sync is due, the
+/// fsync linked after it) in one `io_uring_enter` with whatever else the loop has
+/// queued, and waits for their completions. The call is synchronous, so the
+/// durability gate sees a result before any reply that waits for it is flushed,
+/// exactly as with the plain path.
+pub trait LogSubmit {
+    /// Appends all of `buf` to `fd`; with `sync`, then makes the file's data
+    /// durable. Returns the write's result and, when `sync` was asked for and the
+    /// write succeeded, the sync's.
+    fn append(
+        &mut self,
+        fd: RawFd,
+        buf: &[u8],
+        sync: bool,
+    ) -> (io::Result<()>, Option<io::Result<()>>);
+}
+
+thread_local! {
+    /// The loop thread's submitter: set by the driver for the time its loop runs, so
+    /// every segment the loop opens uses it (snapshot rotation included).
+    static SUBMIT: RefCell<Option<Box<dyn LogSubmit>>> = const { RefCell::new(None) };
+}
+
+/// Installs `s` as this thread's log submitter (`None` removes it); returns the
+/// previous one.
+pub fn set_submit(s: Option<Box<dyn LogSubmit>>) -> Option<Box<dyn LogSubmit>> {
+    SUBMIT.with(|cell| std::mem::replace(&mut *cell.borrow_mut(), s))
+}
+
 /// The log file being appended to.
 pub struct AppendLog {
     file: File,
@@ -504,16 +536,33 @@ impl AppendLog {
     /// On failure the file is cut back to its previous length, so a half-written
     /// record never sits in the middle of the log.
     pub fn write(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self.file.write_all(buf) {
-            Ok(()) => {
-                self.len += buf.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
+        self.append(buf, false).0
+    }
+
+    /// Writes `buf` to the file and, with `sync`, makes it durable: through this
+    /// thread's [`LogSubmit`] when one is installed (one submission, the fsync
+    /// linked after the write), else `write(2)` then `fdatasync(2)`. Returns the
+    /// write's result and, when `sync` was asked for and the write succeeded, the
+    /// sync's. On a failed write the file is cut back as with [`AppendLog::write`].
+    pub fn append(&mut self, buf: &[u8], sync: bool) -> (io::Result<()>, Option<io::Result<()>>) {
+        let fd = self.file.as_raw_fd();
+        let submitted = SUBMIT.with(|cell| {
+            cell.try_borrow_mut()
+                .ok()
+                .and_then(|mut s| s.as_mut().map(|s| s.append(fd, buf, sync)))
+        });
+        let (w, s) = submitted.unwrap_or_else(|| {
+            let w = self.file.write_all(buf);
+            let s = (sync && w.is_ok()).then(|| self.file.sync_data());
+            (w, s)
+        });
+        match &w {
+            Ok(()) => self.len += buf.len() as u64,
+            Err(_) => {
                 let _ = self.file.set_len(self.len);
-                Err(e)
             }
         }
+        (w, s)
     }
 
     /// Makes written data durable.

@@ -493,13 +493,15 @@ impl Persistence {
                 aof::encode_fence(buf, self.reserved_to);
             }
         }
-        // One frame for the whole turn.
-        let r = if aof::seal(buf) {
-            self.log
-                .write(buf)
-                .map_err(|e| format!("writing {} failed: {e}", self.log.path().display()))
+        let sync_now = self.cfg.fsync == FsyncMode::Always || force_sync;
+        // One frame for the whole turn; a due sync goes out with the write (under
+        // io_uring one submission, the fsync linked after the write).
+        let (r, synced) = if aof::seal(buf) {
+            let (w, s) = self.log.append(buf, sync_now);
+            let w = w.map_err(|e| format!("writing {} failed: {e}", self.log.path().display()));
+            (w, s)
         } else {
-            Ok(())
+            (Ok(()), None)
         };
         match r {
             Ok(()) => self.probe_len = 0,
@@ -507,9 +509,9 @@ impl Persistence {
         }
         buf.clear();
         let r = r.and_then(|_| {
-            if self.cfg.fsync == FsyncMode::Always || force_sync {
-                self.log
-                    .sync()
+            if sync_now {
+                synced
+                    .unwrap_or_else(|| self.log.sync())
                     .map_err(|e| format!("fsync of {} failed: {e}", self.log.path().display()))
             } else {
                 if let Some(s) = &self.sync {

@@ -82,6 +82,56 @@ fn preauth_frame_over_64k_is_refused_before_its_buffer_grows() {
     ok.ok(json!({"t": "set", "key": "k", "value": big(200 * 1024)}));
 }
 
+/// The broker's peak resident memory (VmHWM), bytes.
+fn peak_rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+#[test]
+fn preauth_flood_of_tiny_frames_waits_in_the_socket_not_in_the_broker() {
+    // Unauthenticated peers each send 4 MiB of 6-byte frames (answered with nothing:
+    // no id) as fast as they can: far more per turn than the core's frame budget
+    // handles. The read budget must leave the rest in their sockets: without it (the
+    // io_uring driver's multishot receive before this fix), each connection's buffer
+    // held most of its 4 MiB at once.
+    const PEERS: usize = 4;
+    const EACH: usize = 4 * MIB;
+    let b = TestBroker::start(&["--token", "s3cret", "--handshake-timeout", "120000"]);
+    let mut warm = TestClient::hello(&b.path, crate::support::Codec::Json, Some("s3cret"));
+    assert_eq!(warm.request(json!({"t": "ping"}))["t"], "pong");
+    let before = peak_rss(b.pid());
+    let frame = [0, 0, 0, 2, b'{', b'}'];
+    let flood: Vec<u8> = frame.iter().copied().cycle().take(EACH / 6 * 6).collect();
+    let peers: Vec<_> = (0..PEERS)
+        .map(|_| {
+            let mut c = b.client();
+            let flood = flood.clone();
+            std::thread::spawn(move || {
+                c.send_raw(&flood).expect("the broker takes the flood");
+                // A ping after the flood: its pong says every frame before it was
+                // handled.
+                let pong = c.request(json!({"t": "ping"}));
+                assert_eq!(pong["t"], "pong", "{pong}");
+            })
+        })
+        .collect();
+    for p in peers {
+        p.join().expect("peer");
+    }
+    let grown = peak_rss(b.pid()).saturating_sub(before);
+    assert!(
+        grown < 10 * MIB,
+        "{PEERS} unauthenticated floods of {EACH} bytes grew the broker's peak RSS by {grown} bytes"
+    );
+    assert_eq!(warm.request(json!({"t": "ping"}))["t"], "pong");
+}
+
 #[test]
 fn handshake_deadline_closes_an_unauthenticated_trickler() {
     let b = TestBroker::start(&["--token", "s3cret", "--handshake-timeout", "1000"]);

@@ -20,3 +20,4 @@ mod pubsub;
 mod retained;
 mod rpc;
 mod shell;
+mod tracking;

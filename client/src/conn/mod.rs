@@ -63,6 +63,7 @@ use procmesh_proto::{Codec, Dialect, Request};
 use crate::dispatch::{Dispatcher, Subs};
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
+use crate::near::NearCache;
 pub(crate) use crate::pending::Reply;
 use crate::pending::{lock, Pending, Slot};
 use crate::pool::{Pool, RpcHandler};
@@ -93,6 +94,8 @@ pub(crate) struct Settings {
     pub reconnect: bool,
     pub spawn: Option<SpawnSettings>,
     pub handler_threads: usize,
+    /// Near cache bounds (entries, value bytes; 0 = no byte bound), when on.
+    pub near_cache: Option<(usize, usize)>,
     /// Idempotent publishing: settings and sequence numbers.
     pub producer: crate::producer::Producer,
 }
@@ -102,14 +105,20 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub dispatch: Dispatcher,
     pool: Mutex<Option<Arc<Pool>>>,
+    /// The near cache every connection of the client fills and invalidates.
+    pub near: Option<Arc<NearCache>>,
 }
 
 impl Shared {
     pub fn new(settings: Settings, dispatch: Dispatcher) -> Self {
+        let near = settings
+            .near_cache
+            .map(|(entries, bytes)| Arc::new(NearCache::new(entries, bytes)));
         Shared {
             settings,
             dispatch,
             pool: Mutex::new(None),
+            near,
         }
     }
 

@@ -13,6 +13,7 @@ mod behaviour;
 mod cache;
 mod connection;
 mod locks;
+mod near_cache;
 mod negotiate;
 mod pipeline;
 mod processes;
@@ -32,5 +33,9 @@ mod stream;
 #[ignore = "child-process entry, run by the multi-process tests"]
 fn child_entry() {
     let role = std::env::var("PROCMESH_IT_ROLE").expect("PROCMESH_IT_ROLE");
-    processes::run_role(&role);
+    if role.starts_with("near-") {
+        near_cache::run_role(&role);
+    } else {
+        processes::run_role(&role);
+    }
 }

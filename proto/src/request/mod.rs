@@ -74,6 +74,9 @@ pub enum Request<'a> {
     Stats,
     /// `shutdown`.
     Shutdown,
+    /// `track` (ours, docs/protocol.md "Near-cache tracking"): from now on the broker
+    /// remembers which keys this connection reads and pushes `inv` when one changes.
+    Track,
     /// `get key`.
     Get {
         /// The key.
@@ -261,6 +264,7 @@ impl<'a> Request<'a> {
             Kind::Pong => Request::Pong,
             Kind::Stats => Request::Stats,
             Kind::Shutdown => Request::Shutdown,
+            Kind::Track => Request::Track,
             Kind::Get => Request::Get {
                 key: need_str(f.key, "key")?,
             },
@@ -397,6 +401,7 @@ impl<'a> Request<'a> {
             Request::Pong => Kind::Pong,
             Request::Stats => Kind::Stats,
             Request::Shutdown => Kind::Shutdown,
+            Request::Track => Kind::Track,
             Request::Get { .. } => Kind::Get,
             Request::Set { .. } => Kind::Set,
             Request::Del { .. } => Kind::Del,
@@ -491,6 +496,7 @@ impl<'a> Request<'a> {
             | Request::Pong
             | Request::Stats
             | Request::Shutdown
+            | Request::Track
             | Request::Keys
             | Request::Clear => {}
             Request::Get { key }
@@ -1313,5 +1319,30 @@ mod tests {
         .encode_into(Codec::Json, Some(1), &mut out);
         assert!(r.is_err());
         assert_eq!(out, [7]);
+    }
+
+    #[test]
+    fn track_is_golden_and_round_trips() {
+        let mut o = Vec::new();
+        Request::Track
+            .encode_into(Codec::Json, Some(5), &mut o)
+            .unwrap();
+        assert_eq!(&o[4..], br#"{"t":"track","id":5}"#);
+        assert_eq!(
+            Request::decode(Codec::Json, &o[4..]).unwrap(),
+            Request::Track
+        );
+        o.clear();
+        Request::Track
+            .encode_into(Codec::MsgPack, Some(5), &mut o)
+            .unwrap();
+        assert_eq!(
+            &o[4..],
+            &[0x82, 0xa1, b't', 0xa5, b't', b'r', b'a', b'c', b'k', 0xa2, b'i', b'd', 0x05][..]
+        );
+        assert_eq!(
+            Request::decode(Codec::MsgPack, &o[4..]).unwrap(),
+            Request::Track
+        );
     }
 }

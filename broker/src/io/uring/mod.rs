@@ -30,34 +30,40 @@
 //!      with the next wait)
 //! ```
 //!
-//! The persistence log write stays synchronous through the gate (it precedes the
-//! flush, so replies that wait for it are still queued behind it).
-//! `PROCMESH_URING_SQPOLL=<idle ms>` sets up a kernel submission thread (for pinned
-//! shards; off by default).
+//! The persistence log write goes through the ring (`RingLog`, the log's
+//! [`aof::LogSubmit`]): the turn's write (and, when a sync is due, its fdatasync linked
+//! after it) is submitted with whatever the turn queued so far, in one enter that
+//! waits for it. The gate still sees the result before the flush, so a reply that
+//! waits for the log is queued only after it (and with `always`, after the fsync);
+//! completions reaped by that enter are the next turn's, which then skips its own.
+//!
+//! Receiving keeps to the read budget as epoll does: before `hello` one receive of
+//! one ring buffer per turn, after it a multishot receive, cancelled while the
+//! connection's backlog of whole frames reaches the budget (`Reactor::rearm`).
+//!
+//! `--sqpoll[=IDLE_MS]` (`ioSqpoll`, `PROCMESH_URING_SQPOLL`) sets up a kernel
+//! submission thread (for pinned shards; off by default; refused is a startup error).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types, IoUring, Probe};
-use mio::net::UnixStream as MioStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::Events;
 use slab::Slab;
 
-use super::{bind, lock_address, AddressLock, BindError};
+use super::common::{self, Base, SIGNALS};
+use super::{BindError, READ_BUDGET};
 use crate::config::{BrokerConfig, IoBackend};
 use crate::connection::{Closing, ConnId, Connection, ReadOutcome, Transport};
 use crate::core::Core;
-use crate::locks::LockTable;
-use crate::persistence::aof::EffectLog;
-use crate::persistence::{self, Persistence};
-use crate::store::Store;
+use crate::persistence::aof;
 
-const WAKER: Token = Token(0);
-const SIGNALS: Token = Token(1);
+mod bufring;
+mod log;
+
+use bufring::BufRing;
+use log::{RingLog, STASH};
 
 const RING_ENTRIES: u32 = 4096;
 /// Most bytes copied into one send; the rest waits in the connection's queue.
@@ -82,15 +88,21 @@ const KIND_SEND: u64 = 2;
 const TAG_ACCEPT: u64 = u64::MAX;
 const TAG_WAKE: u64 = u64::MAX - 1;
 const TAG_IGNORE: u64 = u64::MAX - 2;
+const TAG_LOG_WRITE: u64 = u64::MAX - 3;
+const TAG_LOG_SYNC: u64 = u64::MAX - 4;
 
 /// The driver's ring, or why io_uring cannot serve here (for `auto`'s one log line
 /// or `uring`'s error): set up, timed waits, and the opcodes the driver uses.
-pub fn probe() -> Result<IoUring, String> {
-    let sqpoll = std::env::var("PROCMESH_URING_SQPOLL")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok());
+///
+/// `sqpoll` (idle ms, [`BrokerConfig::sqpoll`]) asks for a kernel submission thread;
+/// a kernel that refuses it refuses the ring (the caller turns that into a startup
+/// error: SQPOLL is only ever asked for explicitly).
+pub fn probe(sqpoll: Option<u32>) -> Result<IoUring, String> {
     let ring = match sqpoll {
-        Some(idle) => IoUring::builder().setup_sqpoll(idle).build(RING_ENTRIES),
+        Some(idle) => IoUring::builder()
+            .setup_sqpoll(idle)
+            .build(RING_ENTRIES)
+            .map_err(|e| format!("io_uring_setup with IORING_SETUP_SQPOLL failed: {e}"))?,
         // Completion work runs only when the loop enters (no interrupts of the loop
         // between waits), for the one thread that runs it: the ring starts disabled
         // and `run` enables it on that thread. Older kernels (before 6.1) get a plain ring.
@@ -99,9 +111,9 @@ pub fn probe() -> Result<IoUring, String> {
             .setup_defer_taskrun()
             .setup_r_disabled()
             .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES)),
-    }
-    .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+            .or_else(|_| IoUring::new(RING_ENTRIES))
+            .map_err(|e| format!("io_uring_setup failed: {e}"))?,
+    };
     if !ring.params().is_feature_ext_arg() {
         return Err("the kernel's io_uring has no timed wait (IORING_FEAT_EXT_ARG, 5.11)".into());
     }
@@ -130,6 +142,8 @@ struct Sock {
     conn: Option<ConnId>,
     rbuf: Box<[u8]>,
     recv_armed: bool,
+    /// The armed receive is multishot (cancelled when its connection falls behind).
+    multishot: bool,
     sbuf: Vec<u8>,
     spos: usize,
     send_armed: bool,
@@ -179,17 +193,25 @@ impl Ring {
         self.by_conn.get(id.index()).copied().flatten()
     }
 
-    fn arm_recv(&mut self, key: usize) {
+    /// Arms a receive on socket `key`: multishot from the buffer ring when `multi`
+    /// (and the kernel has buffer rings), else one receive of at most one buffer.
+    fn arm_recv(&mut self, key: usize, multi: bool) {
         let s = &mut self.socks[key];
         if s.recv_armed || s.conn.is_none() {
             return;
         }
         s.recv_armed = true;
+        s.multishot = multi && self.bufs.is_some();
         let fd = types::Fd(s.fd.as_raw_fd());
-        let sqe = if self.bufs.is_some() {
-            // Stays armed across completions (IORING_CQE_F_MORE) until it fails or
-            // runs out of buffers.
+        let sqe = if s.multishot {
+            // Stays armed across completions (IORING_CQE_F_MORE) until it fails,
+            // runs out of buffers or is cancelled.
             opcode::RecvMulti::new(fd, BUF_GROUP).build()
+        } else if self.bufs.is_some() {
+            opcode::Recv::new(fd, std::ptr::null_mut(), RING_BUF_SIZE as u32)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
         } else {
             opcode::Recv::new(fd, s.rbuf.as_mut_ptr(), s.rbuf.len() as u32).build()
         };
@@ -261,91 +283,6 @@ impl Read for Received<'_> {
     }
 }
 
-/// A provided buffer ring (kernel 5.19+): entries in page-aligned memory shared with
-/// the kernel, buffers in one allocation, the tail published with release ordering.
-struct BufRing {
-    entries: *mut types::BufRingEntry,
-    map_len: usize,
-    bufs: Box<[u8]>,
-    tail: u16,
-}
-
-impl BufRing {
-    /// Maps the ring and registers it with `ring` as [`BUF_GROUP`], every buffer given.
-    fn register(ring: &IoUring) -> io::Result<BufRing> {
-        let map_len = usize::from(RING_BUFS) * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping; no existing memory is involved.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = BufRing {
-            entries: p.cast(),
-            map_len,
-            bufs: vec![0; usize::from(RING_BUFS) * RING_BUF_SIZE].into_boxed_slice(),
-            tail: 0,
-        };
-        // SAFETY: the mapping is page-aligned, holds RING_BUFS entries and lives as
-        // long as `b`, which the driver drops only after the ring.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(p as u64, RING_BUFS, BUF_GROUP, 0)?
-        };
-        for bid in 0..RING_BUFS {
-            b.give(bid);
-        }
-        Ok(b)
-    }
-
-    /// Hands buffer `bid` (back) to the kernel.
-    fn give(&mut self, bid: u16) {
-        let i = usize::from(self.tail & (RING_BUFS - 1));
-        let addr = self.bufs[usize::from(bid) * RING_BUF_SIZE..].as_ptr() as u64;
-        // SAFETY: `i` < RING_BUFS entries of the mapping; the kernel reads an entry only
-        // once the tail below covers it.
-        unsafe {
-            let e = &mut *self.entries.add(i);
-            e.set_addr(addr);
-            e.set_len(RING_BUF_SIZE as u32);
-            e.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field lives in the first entry of the mapping; the kernel
-        // reads it with acquire ordering.
-        unsafe {
-            let tail =
-                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * RING_BUF_SIZE;
-        &self.bufs[start..start + len.min(RING_BUF_SIZE)]
-    }
-}
-
-// SAFETY: the mapping and buffers are owned by the ring's one driver, which moves to
-// the loop's thread before anything is registered and touches them from there only.
-unsafe impl Send for BufRing {}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; the ring that used it is gone (field
-        // order of `Ring`) or never saw it.
-        unsafe { libc::munmap(self.entries.cast(), self.map_len) };
-    }
-}
-
 impl Transport for Ring {
     fn flush(&mut self, id: ConnId, conn: &mut Connection) -> bool {
         let Some(key) = self.key_of(id) else {
@@ -397,64 +334,28 @@ pub struct Reactor {
     /// A spare descriptor (`/dev/null`), freed to accept and refuse one peer when the
     /// process runs out of descriptors, so the backlog never hangs (as epoll does).
     reserve: Option<std::fs::File>,
-    /// Readiness of the stop waker and the signal pipe, watched through the ring.
-    poll: Poll,
+    /// The stop waker and the signal pipe live in its poll, watched through the ring.
+    pub(crate) base: Base,
     events: Events,
     wake_armed: bool,
-    lock: Option<AddressLock>,
-    socket: PathBuf,
     core: Core,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    signals: Option<MioStream>,
     cqes: Vec<(u64, i32, u32)>,
     inputs: Vec<usize>,
     pending: Vec<ConnId>,
     idle_since: Option<u64>,
-    warnings: Vec<String>,
 }
 
 impl Reactor {
     /// Recovers persistence and binds the socket of `cfg`, to run on `ring` (from
     /// [`probe`]).
     pub fn bind(mut cfg: BrokerConfig, ring: IoUring) -> Result<Reactor, BindError> {
-        let lock = lock_address(&cfg.socket)?;
-        let start = Instant::now();
-        let unix_base = persistence::unix_ms();
-        let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
-        let mut locks = LockTable::default();
-        let mut warnings = Vec::new();
-        let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
-        let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
-        let persist = match &cfg.persist {
-            Some(pc) => {
-                let (p, rec) = Persistence::open_with(
-                    pc.clone(),
-                    &mut store,
-                    unix_base,
-                    &mut retain,
-                    &mut dedup,
-                )
-                .map_err(BindError::Recovery)?;
-                // Recovery replayed with the sink off; from here on effects are logged.
-                *store.effects_mut() = Some(EffectLog::new(unix_base));
-                locks = LockTable::with_reservations(rec.fence_reserved);
-                warnings = rec.warnings;
-                Some(p)
-            }
-            None => None,
-        };
-        let listener = bind(&cfg.socket)?;
+        cfg.io = IoBackend::Uring;
+        let (base, core, listener) = common::open(cfg)?;
         // SAFETY: the fd comes from a listener we own and give up here.
         let listener = unsafe { OwnedFd::from_raw_fd(listener.into_raw_fd()) };
         // Blocking, so the ring's accept waits on readiness instead of failing with
         // EAGAIN (a non-blocking file makes io_uring return it).
         set_blocking(listener.as_raw_fd())?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let socket = cfg.socket.clone();
-        cfg.io = IoBackend::Uring;
         Ok(Reactor {
             io: Ring {
                 ring,
@@ -468,50 +369,15 @@ impl Reactor {
             accept_armed: false,
             accept_retry_at: None,
             reserve: std::fs::File::open("/dev/null").ok(),
-            poll,
+            base,
             events: Events::with_capacity(16),
             wake_armed: false,
-            lock: Some(lock),
-            socket,
-            core: Core::new(cfg, store, locks, persist).restore(retain, dedup),
-            start,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
-            signals: None,
+            core,
             cqes: Vec::with_capacity(RING_ENTRIES as usize),
             inputs: Vec::new(),
             pending: Vec::new(),
             idle_since: Some(0),
-            warnings,
         })
-    }
-
-    /// Notes from recovery (torn log tails cut, repairs) for the operator.
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// A flag and waker that stop the loop from another thread.
-    pub fn stopper(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
-        (self.stop.clone(), self.waker.clone())
-    }
-
-    /// Watches a stream whose readability means "shut down" (the binary's signal pipe).
-    pub fn watch_signals(&mut self, mut stream: MioStream) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut stream, SIGNALS, Interest::READABLE)?;
-        self.signals = Some(stream);
-        Ok(())
-    }
-
-    fn clock(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
     }
 
     /// The wait of this turn: `None` = until a completion, zero = none.
@@ -519,7 +385,7 @@ impl Reactor {
         if !self.pending.is_empty() || self.core.is_busy() {
             return Some(Duration::ZERO);
         }
-        let now = self.clock();
+        let now = self.base.clock();
         let mut next = self.core.next_wake(now).unwrap_or(u64::MAX);
         if let (Some(since), Some(idle)) = (self.idle_since, self.core.cfg().idle_timeout) {
             next = next.min(since + idle.as_millis() as u64);
@@ -537,6 +403,13 @@ impl Reactor {
         }
         // Registered on the loop's thread (a single-issuer ring's owner).
         self.io.bufs = BufRing::register(&self.io.ring).ok();
+        // The log's writes go through the ring while the loop runs: `self` stays
+        // where it is until `run` returns, and the submitter is removed before that.
+        let log = RingLog {
+            ring: &self.io.ring,
+        };
+        STASH.with(|s| s.borrow_mut().clear());
+        let previous = aof::set_submit(Some(Box::new(log)));
         let mut result = self.run_loop();
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
@@ -547,11 +420,10 @@ impl Reactor {
             }
         }
         self.drain();
-        let _ = std::fs::remove_file(&self.socket);
-        if let Some(lock) = self.lock.take() {
-            let _ = std::fs::remove_file(&lock.path);
-            drop(lock.file);
-        }
+        aof::set_submit(previous);
+        // Nothing of this ring may reach another one run later on this thread.
+        STASH.with(|s| s.borrow_mut().clear());
+        self.base.release();
         result
     }
 
@@ -630,6 +502,7 @@ impl Reactor {
 
     fn collect(&mut self) {
         self.cqes.clear();
+        STASH.with(|s| self.cqes.append(&mut s.borrow_mut()));
         let cq = self.io.ring.completion();
         self.cqes
             .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
@@ -651,7 +524,7 @@ impl Reactor {
     }
 
     fn arm_wake(&mut self) {
-        let sqe = opcode::PollAdd::new(types::Fd(self.poll.as_raw_fd()), libc::POLLIN as u32)
+        let sqe = opcode::PollAdd::new(types::Fd(self.base.poll.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(TAG_WAKE);
@@ -664,13 +537,21 @@ impl Reactor {
             if !self.wake_armed {
                 self.arm_wake();
             }
-            if !self.accept_armed && self.accept_retry_at.is_none_or(|at| self.clock() >= at) {
+            if !self.accept_armed
+                && self
+                    .accept_retry_at
+                    .is_none_or(|at| self.base.clock() >= at)
+            {
                 self.accept_retry_at = None;
                 self.arm_accept();
             }
-            let wait = self.wait_for();
-            self.enter(wait)?;
-            let now = self.clock();
+            // The last turn's log commit already entered the ring (submitting what
+            // was queued) and reaped completions: handle those before entering again.
+            if STASH.with(|s| s.borrow().is_empty()) {
+                let wait = self.wait_for();
+                self.enter(wait)?;
+            }
+            let now = self.base.clock();
             self.core.set_now(now);
             self.collect();
             for i in 0..self.cqes.len() {
@@ -694,21 +575,14 @@ impl Reactor {
                 self.input(key);
             }
             self.inputs.clear();
-            self.core.end_turn();
-            self.core.flush(&mut self.io);
-            if self.stop.load(Ordering::Relaxed) || self.core.is_shutdown() {
-                self.core.flush(&mut self.io);
+            if common::end_turn(
+                &self.base,
+                &mut self.core,
+                &mut self.io,
+                &mut self.idle_since,
+                now,
+            ) {
                 return Ok(());
-            }
-            if self.core.has_no_conns() {
-                let since = *self.idle_since.get_or_insert(now);
-                if let Some(idle) = self.core.cfg().idle_timeout {
-                    if now.saturating_sub(since) >= idle.as_millis() as u64 {
-                        return Ok(());
-                    }
-                }
-            } else {
-                self.idle_since = None;
             }
         }
     }
@@ -738,6 +612,7 @@ impl Reactor {
                     vec![0; RECV_MIN].into_boxed_slice()
                 },
                 recv_armed: false,
+                multishot: false,
                 sbuf: Vec::new(),
                 spos: 0,
                 send_armed: false,
@@ -751,7 +626,7 @@ impl Reactor {
                 self.io.by_conn.resize(i + 1, None);
             }
             self.io.by_conn[i] = Some(key);
-            self.io.arm_recv(key);
+            self.rearm(key);
             return Ok(());
         }
         match -res {
@@ -772,7 +647,7 @@ impl Reactor {
                         return Ok(());
                     }
                 }
-                self.accept_retry_at = Some(self.clock() + ACCEPT_RETRY_MS);
+                self.accept_retry_at = Some(self.base.clock() + ACCEPT_RETRY_MS);
             }
             libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::ECANCELED => {}
             e => return Err(io::Error::from_raw_os_error(e)),
@@ -843,6 +718,7 @@ impl Reactor {
             self.wake_armed = false;
         }
         if self
+            .base
             .poll
             .poll(&mut self.events, Some(Duration::ZERO))
             .is_err()
@@ -857,7 +733,7 @@ impl Reactor {
         }
         if signalled {
             self.core.request_shutdown();
-            if let Some(s) = self.signals.as_mut() {
+            if let Some(s) = self.base.signals.as_mut() {
                 let mut b = [0u8; 64];
                 while matches!(s.read(&mut b), Ok(n) if n > 0) {}
             }
@@ -884,9 +760,8 @@ impl Reactor {
         };
         let conn = s.conn;
         if kind == KIND_RECV {
-            let multishot = self.io.bufs.is_some();
             // A multishot receive stays armed while its completions say "more".
-            s.recv_armed = multishot && cqueue::more(flags);
+            s.recv_armed = s.multishot && cqueue::more(flags);
             let picked = cqueue::buffer_select(flags);
             let Some(id) = conn else {
                 if let (Some(bid), Some(b)) = (picked, self.io.bufs.as_mut()) {
@@ -915,15 +790,22 @@ impl Reactor {
                         }
                     }
                 }
+                // Re-armed (a single-shot receive) after the core has seen the bytes.
                 self.list(key, ReadOutcome::Drained);
-                self.io.arm_recv(key);
-            } else if res == 0 || !matches!(-res, libc::EINTR | libc::EAGAIN | libc::ENOBUFS) {
+            } else if res == 0
+                || !matches!(
+                    -res,
+                    // ECANCELED: stopped by `rearm` at the read budget (a released
+                    // socket's cancel is handled above).
+                    libc::EINTR | libc::EAGAIN | libc::ENOBUFS | libc::ECANCELED
+                )
+            {
                 if let Some(c) = self.core.conn_mut(id) {
                     c.peer_closed = true;
                 }
                 self.list(key, ReadOutcome::Closed);
             } else {
-                self.io.arm_recv(key);
+                self.rearm(key);
             }
         } else {
             s.send_armed = false;
@@ -990,6 +872,40 @@ impl Reactor {
         }
         if self.core.input(id, outcome, &mut self.io) {
             self.pending.push(id);
+        }
+        self.rearm(key);
+    }
+
+    /// Keeps socket `key` receiving within its connection's read budget, as epoll
+    /// does: before `hello` (when a token is required) one receive of at most one
+    /// ring buffer per turn; after it, a multishot receive. Either way, while the
+    /// connection's backlog ([`Connection::backlog`]) reaches the budget, nothing
+    /// more is received (a multishot receive is cancelled) until the core catches up.
+    fn rearm(&mut self, key: usize) {
+        let Some(s) = self.io.socks.get(key) else {
+            return;
+        };
+        let Some(id) = s.conn else {
+            return;
+        };
+        let (armed, multishot) = (s.recv_armed, s.multishot);
+        let budget = self.core.read_budget(id, READ_BUDGET);
+        let Some(c) = self.core.conn_mut(id) else {
+            return;
+        };
+        if c.closing != Closing::No {
+            return;
+        }
+        let full = c.backlog() >= budget;
+        let authed = c.authed;
+        if armed {
+            if full && multishot {
+                // Its final completion (without "more") clears `recv_armed`; the
+                // turn that sees the core caught up arms it again.
+                self.io.cancel(key, KIND_RECV);
+            }
+        } else if !full {
+            self.io.arm_recv(key, authed);
         }
     }
 }
