@@ -190,6 +190,8 @@ impl ClientBuilder {
     }
 
     /// The broker's token, sent in `hello` (and given to a spawned broker).
+    /// Without it the client uses `PROCMESH_TOKEN` when that is set and not
+    /// empty, as the `procmesh` CLI does.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -449,7 +451,7 @@ impl ClientBuilder {
         let settings = Settings {
             codec: self.codec,
             negotiate: self.negotiate,
-            token: self.token,
+            token: self.token.or_else(|| env_token(|k| std::env::var(k).ok())),
             call_timeout: self.call_timeout,
             connect_timeout: self.connect_timeout,
             ping_interval: self.ping_interval,
@@ -467,6 +469,11 @@ impl ClientBuilder {
         };
         Client::open(settings, self.callbacks, targets)
     }
+}
+
+/// `PROCMESH_TOKEN` (read through `var`), when set and not empty.
+fn env_token(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    var("PROCMESH_TOKEN").filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -505,6 +512,14 @@ mod tests {
             );
             assert_eq!(t[2].1, "m#2");
         }
+    }
+
+    #[test]
+    fn procmesh_token_is_the_default_token() {
+        let env = |k: &str| (k == "PROCMESH_TOKEN").then(|| "from-env".to_owned());
+        assert_eq!(env_token(env).as_deref(), Some("from-env"));
+        assert_eq!(env_token(|_| Some(String::new())), None, "empty is unset");
+        assert_eq!(env_token(|_| None), None);
     }
 
     #[test]

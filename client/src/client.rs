@@ -206,6 +206,12 @@ impl Client {
         &self.inner.conns[s]
     }
 
+    /// The connection of shard `s`, to keep past a borrow (a handler run later).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn conn_arc(&self, s: usize) -> Arc<Conn> {
+        self.inner.conns[s].clone()
+    }
+
     /// What the connections share (settings, dispatch thread, handler pool).
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
@@ -618,7 +624,7 @@ fn decode_cached<T: DeserializeOwned>(c: Cached) -> Result<Option<T>> {
 }
 
 /// Splits an `mget` reply `{"values":[...],"found":[...]}`.
-fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
+pub(crate) fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
     let bad = || ClientError::Decode("mget reply is not {values, found}".into());
     let mut values = None;
     let mut found = None;

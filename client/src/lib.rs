@@ -118,6 +118,13 @@
 //! - `pubsub`: [`Subscription`] and the delivery options; `subscribe`,
 //!   `subscribe_with`, `publish`, `publish_with` (and the idempotent retries).
 //! - `producer`: the idempotent producer's settings and per-channel sequences.
+//! - `stream`: [`Messages`] (`subscribe_iter`) and the bounded queue behind it
+//!   and behind the async streams.
+//! - `pipeline`: [`Pipeline`], [`PipelineResult`], [`FromPipeline`]: many
+//!   commands in one write per shard, results in order.
+//! - `address`: address strings (`procmesh://NAME?shards=N&token=T`,
+//!   `unix:/path`) for [`ClientBuilder::from_address`] and [`Client::from_env`].
+//! - `aio` (feature `tokio`): the async client on the same connections.
 //! - `rpc`: [`Registration`]; `register` and `call`.
 //! - `conn`: one connection: pipelined requests and the state shared with its
 //!   reader thread (documents the lock order and a request's path).
@@ -213,11 +220,17 @@
 //! # }
 //! ```
 //!
+//! # Async
+//! With the cargo feature `tokio`, `procmesh::aio::Client` offers every operation
+//! as a cancel-safe `async fn` on the same connections, subscriptions as bounded
+//! `Stream`s, and async pipelines; see the `aio` module.
+//!
 //! # Errors
 //! Every call returns [`ClientError`]; [`ClientError::code`] gives the stable
 //! wire code (`EFENCED`, `ETIMEOUT`, `EDISCONNECTED`, …) as an [`ErrorCode`].
 #![deny(missing_docs)]
 
+mod address;
 mod builder;
 mod client;
 mod conn;
@@ -227,6 +240,7 @@ mod event;
 mod lock;
 mod near;
 mod pending;
+mod pipeline;
 mod pool;
 mod producer;
 mod pubsub;
@@ -235,7 +249,11 @@ mod redis;
 mod rpc;
 mod spawn;
 mod stats;
+mod stream;
 mod value;
+
+#[cfg(feature = "tokio")]
+pub mod aio;
 
 pub use builder::ClientBuilder;
 pub use client::{Client, Scan};
@@ -244,10 +262,12 @@ pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
 pub use near::NearCacheStats;
+pub use pipeline::{FromPipeline, Pipeline, PipelineResult};
 pub use procmesh_proto::{Codec, ErrorCode};
 pub use pubsub::{Acks, PublishOptions, Published, Replay, SubscribeOptions, Subscription};
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
+pub use stream::{Messages, DEFAULT_QUEUE_CAPACITY};
 
 /// The FNV-1a hash that places keys on shards (over UTF-16 code units, as the
 /// Node.js package computes it): a key lives on shard `fnv1a(key) % n`.

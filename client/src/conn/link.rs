@@ -351,7 +351,7 @@ impl Conn {
             }
         }
         let drained = std::mem::take(&mut *lock(&self.pending));
-        self.link_changed.notify_all();
+        self.notify_link();
         let closed = io.link == Link::Closed;
         drop(io);
         fail_all(
@@ -443,7 +443,7 @@ impl Conn {
                 };
                 let _ = self.write_locked(&mut io, id, &reg, Pending::Background("re-register"));
             }
-            self.link_changed.notify_all();
+            self.notify_link();
             drop(io);
             self.emit(Event::Reconnected {
                 shard: self.shard,

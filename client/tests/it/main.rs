@@ -6,12 +6,16 @@
 mod redis_support;
 mod support;
 
+mod address;
+#[cfg(feature = "tokio")]
+mod aio;
 mod behaviour;
 mod cache;
 mod connection;
 mod locks;
 mod near_cache;
 mod negotiate;
+mod pipeline;
 mod processes;
 mod pubsub;
 #[cfg(feature = "redis")]
@@ -21,6 +25,7 @@ mod redis_cluster;
 mod retained;
 mod rpc;
 mod sharding;
+mod stream;
 
 /// Entry point of child processes: the multi-process tests run this binary
 /// again with `PROCMESH_IT_ROLE` set (see `support::child`).
