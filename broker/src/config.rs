@@ -129,13 +129,37 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|n| usize::try_from(n).map_err(|_| format!("`{s}` is too large")))
 }
 
-/// How much `procmesh serve` logs.
+/// How much `procmesh serve` logs (the two levels `--log` had before it took a
+/// filter; kept for embedders that used it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
     /// Startup, warnings, persistence errors.
     Info,
     /// Also every broker event.
     Debug,
+}
+
+/// This broker's place in a sharded mesh: shard `index` of `count` (`--shard 2/8`).
+/// Announced in `welcome` (`shard`, `shards`; ours) so a client that routes over
+/// another shard count refuses to connect instead of sending keys to the wrong shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardOf {
+    /// Its index, `0..count`.
+    pub index: u32,
+    /// How many shards the mesh has (at least 1).
+    pub count: u32,
+}
+
+/// Parses `I/N` (`0 <= I < N`, `N <= 65535`) into a [`ShardOf`].
+pub fn parse_shard(s: &str) -> Result<ShardOf, String> {
+    let bad = || format!("`{s}` is not a shard; use INDEX/COUNT, e.g. 2/8 (0-based)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let index: u32 = i.trim().parse().map_err(|_| bad())?;
+    let count: u32 = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || count > u32::from(u16::MAX) || index >= count {
+        return Err(bad());
+    }
+    Ok(ShardOf { index, count })
 }
 
 /// The flags of `procmesh serve`; [`BrokerConfig::resolve`] turns them into a config.
@@ -180,10 +204,12 @@ pub struct ServeArgs {
     /// Emit a `stats` event this often (0 = never; logged with --log debug): ms or 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
     pub stats_interval: Option<u64>,
-    /// What `serve` logs to stderr: `info` (startup, warnings, persistence errors)
-    /// or `debug` (also every broker event: connect, disconnect, drop, reap, stats).
-    #[arg(long, value_enum, default_value = "info", env = "PROCMESH_LOG")]
-    pub log: LogLevel,
+    /// What `serve` logs to stderr, as a filter: `info` (the startup and shutdown
+    /// lines, recovery progress, warnings, errors), `warn` (only problems), `debug`
+    /// (also every broker event: connect, disconnect, drop, reap, stats), or per
+    /// module (`procmesh_broker::persistence=debug,info`). See `procmesh_broker::log`.
+    #[arg(long, value_name = "FILTER", default_value = crate::log::DEFAULT_FILTER, env = "PROCMESH_LOG")]
+    pub log: String,
     /// Turn idempotent-producer dedup off (`dedup.enabled: false`).
     #[arg(long)]
     pub no_dedup: bool,
@@ -237,6 +263,10 @@ pub struct ServeArgs {
         default_missing_value = "1000"
     )]
     pub sqpoll: Option<u32>,
+    /// This broker is shard INDEX of a COUNT-shard mesh (`2/8`, 0-based; procmesh-launch
+    /// sets it): announced in `welcome`, so a client with another shard count refuses.
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = parse_shard)]
+    pub shard: Option<ShardOf>,
 }
 
 impl ServeArgs {
@@ -299,6 +329,9 @@ pub struct BrokerConfig {
     pub sqpoll: Option<u32>,
     /// Bounds on what one peer (or all of them) may hold.
     pub limits: Limits,
+    /// Its place in a sharded mesh (`--shard`), announced in `welcome`; `None` for a
+    /// broker that was not told (nothing is announced).
+    pub shard: Option<ShardOf>,
 }
 
 /// The I/O driver choice: `auto` tries io_uring and falls back to epoll.
@@ -361,6 +394,10 @@ pub struct LimitArgs {
     /// and the biggest queue is disconnected (0 = unbounded): bytes or 256MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output_bytes: Option<usize>,
+    /// Most (key, connection) pairs the near-cache tracking table holds; past it the
+    /// oldest tracked keys are invalidated (0 = unbounded).
+    #[arg(long)]
+    pub max_tracked_keys: Option<usize>,
 }
 
 /// Bounds on per-connection and global state. `usize::MAX` (0 on the command line)
@@ -381,6 +418,9 @@ pub struct Limits {
     pub max_pending_calls: usize,
     /// `maxOutputBytes`, `--max-output-bytes` (default 256 MiB over all connections).
     pub max_output_bytes: usize,
+    /// `maxTrackedKeys`, `--max-tracked-keys` (default 1 000 000 (key, connection)
+    /// pairs in the near-cache tracking table).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for Limits {
@@ -393,6 +433,7 @@ impl Default for Limits {
             max_lock_waiters: 100_000,
             max_pending_calls: 100_000,
             max_output_bytes: 256 << 20,
+            max_tracked_keys: 1_000_000,
         }
     }
 }
@@ -419,6 +460,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, a.max_lock_waiters);
         set(&mut self.max_pending_calls, a.max_pending_calls);
         set(&mut self.max_output_bytes, a.max_output_bytes);
+        set(&mut self.max_tracked_keys, a.max_tracked_keys);
         if let Some(n) = a.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -437,6 +479,7 @@ impl Limits {
         set(&mut self.max_lock_waiters, o.max_lock_waiters);
         set(&mut self.max_pending_calls, o.max_pending_calls);
         set(&mut self.max_output_bytes, o.max_output_bytes);
+        set(&mut self.max_tracked_keys, o.max_tracked_keys);
         if let Some(n) = o.handshake_timeout {
             self.handshake_timeout = (n > 0).then(|| Duration::from_millis(n));
         }
@@ -469,6 +512,7 @@ impl Default for BrokerConfig {
             pubsub: Default::default(),
             io: IoBackend::Auto,
             sqpoll: None,
+            shard: None,
         }
     }
 }
@@ -565,6 +609,9 @@ impl BrokerConfig {
             return Err(
                 "--sqpoll (ioSqpoll) is an io_uring mode: it cannot run with --io epoll".into(),
             );
+        }
+        if a.shard.is_some() {
+            cfg.shard = a.shard;
         }
         if let Some(n) = a.stats_interval {
             cfg.stats_interval = (n > 0).then(|| ms(n));
@@ -794,6 +841,8 @@ pub struct NodeOpts {
     pub max_pending_calls: Option<usize>,
     /// Total queued output cap, bytes (ours; 0 = unbounded).
     pub max_output_bytes: Option<usize>,
+    /// Near-cache tracking table bound, (key, connection) pairs (ours; 0 = unbounded).
+    pub max_tracked_keys: Option<usize>,
     /// Keys this broker does not know.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, Value>,

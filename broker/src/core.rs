@@ -322,6 +322,9 @@ impl Core {
         self.compact_timers();
         let errors = self.persist_errors();
         self.commit();
+        // After the commit: a retracted turn's invalidations still go out (harmless),
+        // and none is cut back with its replies.
+        self.mesh.store.effects_mut().track.flush(&mut self.conns);
         let m = &mut self.mesh;
         let (retain, dedup) = (&m.retain, &m.dedup);
         m.gate
@@ -563,6 +566,7 @@ impl Core {
         io.release(id);
         let m = &mut self.mesh;
         m.pubsub.remove_conn(id);
+        m.store.effects_mut().track.remove_conn(id);
         let mut events = std::mem::take(&mut m.lock_events);
         m.locks.remove_conn(id, m.now, &mut m.timers, &mut events);
         dispatch::locks::deliver_events(&mut self.conns, &mut events);

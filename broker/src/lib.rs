@@ -31,6 +31,8 @@
 //! - [`connection`]: per-connection buffers, codec and close state; the `Conns` table,
 //!   its dirty list and the one reply helper; [`connection::ConnId`].
 //! - [`store`]: the cache (TTL, LRU, atomics); effects go to an [`store::EffectSink`].
+//! - [`tracking`]: near-cache tracking (ours): which connections read which keys, the
+//!   `inv` pushes owed when they change; [`tracking::MeshEffects`], the store's sink.
 //! - [`locks`]: locks, FIFO waiters and fencing tokens.
 //! - [`pubsub`]: subscriptions and the wildcard index.
 //! - [`rpc`]: worker pools and pending calls.
@@ -41,6 +43,8 @@
 //! - [`events`]: broker events for an embedder (connect, disconnect, drop, reap,
 //!   stats, persist-error) on a bounded channel ([`BrokerBuilder::events`]).
 //! - [`config`](crate::config): configuration.
+//! - [`log`]: what the broker logs (`tracing` events; it installs no subscriber) and
+//!   the line format the binaries install.
 //! - [`cli`]: the blocking JSON connection of `procmesh status|stop|stats` (the binary, `main.rs` + `commands/`, is not part of the library).
 //!
 //! # Example
@@ -56,15 +60,6 @@
 //! ```
 #![warn(missing_docs)]
 
-/// Writes one line to stderr, ignoring failures: a broker whose stderr was closed
-/// (its parent went away) must keep serving, where `eprintln!` would panic.
-macro_rules! log_line {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -74,6 +69,7 @@ mod dispatch;
 pub mod events;
 pub mod io;
 pub mod locks;
+pub mod log;
 mod mesh;
 pub mod persistence;
 pub mod pubsub;
@@ -83,6 +79,7 @@ pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timers;
+pub mod tracking;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +90,7 @@ use std::time::Duration;
 
 pub use config::BrokerConfig;
 pub use events::BrokerEvent;
-pub use io::{BindError, Reactor};
+pub use io::{BindError, Reactor, StopReason};
 pub use store::StoreConfig;
 
 /// Entry point for embedding a broker: `Broker::builder()…start()`.
@@ -257,7 +254,7 @@ impl BrokerBuilder {
         let (stop, waker) = reactor.stopper();
         let thread = std::thread::Builder::new()
             .name("procmesh-broker".into())
-            .spawn(move || reactor.run())
+            .spawn(move || reactor.run().map(drop))
             .map_err(BindError::Io)?;
         Ok(BrokerHandle {
             path,

@@ -57,9 +57,24 @@ pub struct MeshArgs {
     /// The broker.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1`.
-    #[arg(long, value_name = "N", conflicts_with = "socket", value_parser = clap::value_parser!(u16).range(1..))]
+    /// The mesh is sharded over N brokers `NAME#0` … `NAME#N-1` (one shard: `NAME`);
+    /// `auto` finds N from the mesh (what `NAME#0` announces, else by probing).
+    #[arg(long, value_name = "N|auto", conflicts_with = "socket", value_parser = parse_shard_count)]
     pub shards: Option<u16>,
+}
+
+/// `--shards`: a count in 1..=65535, or `auto` ([`commands::SHARDS_AUTO`], resolved
+/// by [`commands::resolve_shards`] before use).
+fn parse_shard_count(s: &str) -> Result<u16, String> {
+    if s == "auto" {
+        return Ok(commands::SHARDS_AUTO);
+    }
+    match s.parse::<u16>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a shard count: use 1..=65535 or `auto`"
+        )),
+    }
 }
 
 /// How `stats` prints.
@@ -258,21 +273,26 @@ fn main() -> ExitCode {
     use commands::shell;
     match cli.cmd {
         Cmd::Serve { args } => {
+            // Only the binary installs a subscriber; the library just emits events.
+            if let Err(e) = procmesh_broker::log::init("procmesh", &args.log) {
+                eprintln!("procmesh: {e}");
+                return ExitCode::from(2);
+            }
             let serve = matches
                 .subcommand_matches("serve")
                 .expect("invariant: the serve subcommand was parsed");
             let metrics = match args.metrics_listen() {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("procmesh: {e}");
+                    tracing::error!("{e}");
                     return ExitCode::from(2);
                 }
             };
             let opts = std::env::var("PROCMESH_BROKER_OPTS").ok();
             match BrokerConfig::resolve(serve, opts.as_deref()) {
-                Ok(cfg) => commands::serve(cfg, metrics, args.log),
+                Ok(cfg) => commands::serve(cfg, metrics),
                 Err(e) => {
-                    eprintln!("procmesh: {e}");
+                    tracing::error!("{e}");
                     ExitCode::from(1)
                 }
             }

@@ -16,7 +16,6 @@ use crate::config::BrokerConfig;
 use crate::connection::ConnId;
 use crate::dedup::Dedup;
 use crate::locks::{LockEvent, LockTable};
-use crate::persistence::aof::EffectLog;
 use crate::persistence::gate::Gate;
 use crate::pubsub::PubSub;
 use crate::retain::Retain;
@@ -24,12 +23,14 @@ use crate::rpc::Rpc;
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::timers::Timers;
+use crate::tracking::MeshEffects;
 
 /// The fan-out slot of connections that write msgpackr records.
 pub const FANOUT_RECORDS: usize = 2;
 
-/// The broker's cache: effects are logged once persistence is switched on.
-pub type MeshStore = Store<Option<EffectLog>>;
+/// The broker's cache: effects are logged once persistence is switched on, and key
+/// changes reach the near-cache tracking table.
+pub type MeshStore = Store<MeshEffects>;
 
 /// All mesh state; see the module doc.
 pub struct Mesh {

@@ -262,6 +262,11 @@ pub trait EffectSink {
     fn del(&mut self, key: &[u8]);
     /// Everything was removed.
     fn clear(&mut self);
+    /// `key` passed its deadline and was removed (lazily or by the sweep). Not a
+    /// persistence effect (records carry absolute deadlines); near-cache tracking
+    /// needs it.
+    #[inline]
+    fn expired(&mut self, _key: &[u8]) {}
     /// Whether the store should keep before-images of this turn's writes so that
     /// [`Store::undo_turn`] can take them back (a log that may refuse them).
     #[inline]
@@ -301,6 +306,12 @@ impl<E: EffectSink> EffectSink for Option<E> {
     fn clear(&mut self) {
         if let Some(e) = self {
             e.clear();
+        }
+    }
+    #[inline]
+    fn expired(&mut self, key: &[u8]) {
+        if let Some(e) = self {
+            e.expired(key);
         }
     }
     #[inline]
@@ -489,6 +500,7 @@ impl<E: EffectSink> Store<E> {
     #[cold]
     #[inline(never)]
     fn expire(&mut self, slot: u32) {
+        self.effects.expired(self.entries[slot as usize].data.key());
         self.remove_slot(slot);
         self.counters.expired += 1;
     }
@@ -937,6 +949,8 @@ impl<E: EffectSink> Store<E> {
                 let d = self.expiring[self.cursor];
                 if d.at <= now {
                     // swap_remove moves another entry into `cursor`: look at it next.
+                    self.effects
+                        .expired(self.entries[d.slot as usize].data.key());
                     self.remove_slot(d.slot);
                     self.counters.expired += 1;
                     expired += 1;

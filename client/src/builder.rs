@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     broker_bin: Option<PathBuf>,
     handler_threads: usize,
     callbacks: Vec<EventCallback>,
+    near_cache: Option<(usize, usize)>,
     idempotent: bool,
     producer_id: Option<String>,
     sequences: std::collections::HashMap<String, u64>,
@@ -101,6 +102,7 @@ impl Default for ClientBuilder {
             handler_threads: std::thread::available_parallelism()
                 .map_or(4, |n| n.get().clamp(2, 16)),
             callbacks: Vec::new(),
+            near_cache: None,
             idempotent: false,
             producer_id: None,
             sequences: std::collections::HashMap::new(),
@@ -188,6 +190,8 @@ impl ClientBuilder {
     }
 
     /// The broker's token, sent in `hello` (and given to a spawned broker).
+    /// Without it the client uses `PROCMESH_TOKEN` when that is set and not
+    /// empty, as the `procmesh` CLI does.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -238,6 +242,24 @@ impl ClientBuilder {
     /// Threads running RPC handlers (default: the number of cores, 2 to 16).
     pub fn handler_threads(mut self, n: usize) -> Self {
         self.handler_threads = n.max(1);
+        self
+    }
+
+    /// Keeps a near cache of up to `max_entries` keys this client read, served
+    /// locally until the broker says they changed (default: off). See the crate
+    /// docs, "Near cache", for what it guarantees.
+    pub fn near_cache(mut self, max_entries: usize) -> Self {
+        let bytes = self.near_cache.map_or(0, |(_, b)| b);
+        self.near_cache = Some((max_entries.max(1), bytes));
+        self
+    }
+
+    /// Also bounds the near cache by the bytes of the values it holds (default: no
+    /// byte bound; the entry bound of [`ClientBuilder::near_cache`] applies, 10 000
+    /// when that was not called).
+    pub fn near_cache_bytes(mut self, max_bytes: usize) -> Self {
+        let entries = self.near_cache.map_or(10_000, |(e, _)| e);
+        self.near_cache = Some((entries, max_bytes));
         self
     }
 
@@ -363,7 +385,7 @@ impl ClientBuilder {
             return Ok(paths
                 .into_iter()
                 .enumerate()
-                .map(|(i, p)| (p, addr::shard_name(&self.name, i)))
+                .map(|(i, p)| (p, addr::member_name(&self.name, i, n)))
                 .collect());
         }
         let path = self.address.clone().unwrap_or_else(|| {
@@ -406,6 +428,10 @@ impl ClientBuilder {
                 reconnect: self.reconnect,
                 spawn: None,
                 handler_threads: self.handler_threads,
+                // Kept so `near_cache_stats` reports it as off (see `open_redis`).
+                near_cache: self.near_cache,
+                // One Redis server, no broker welcome to check against.
+                shards: 1,
                 producer: crate::producer::Producer::new(
                     self.idempotent,
                     self.producer_id,
@@ -425,13 +451,15 @@ impl ClientBuilder {
         let settings = Settings {
             codec: self.codec,
             negotiate: self.negotiate,
-            token: self.token,
+            token: self.token.or_else(|| env_token(|k| std::env::var(k).ok())),
             call_timeout: self.call_timeout,
             connect_timeout: self.connect_timeout,
             ping_interval: self.ping_interval,
             reconnect: self.reconnect,
             spawn,
             handler_threads: self.handler_threads,
+            near_cache: self.near_cache,
+            shards: targets.len(),
             producer: crate::producer::Producer::new(
                 self.idempotent,
                 self.producer_id,
@@ -441,6 +469,11 @@ impl ClientBuilder {
         };
         Client::open(settings, self.callbacks, targets)
     }
+}
+
+/// `PROCMESH_TOKEN` (read through `var`), when set and not empty.
+fn env_token(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    var("PROCMESH_TOKEN").filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -479,6 +512,14 @@ mod tests {
             );
             assert_eq!(t[2].1, "m#2");
         }
+    }
+
+    #[test]
+    fn procmesh_token_is_the_default_token() {
+        let env = |k: &str| (k == "PROCMESH_TOKEN").then(|| "from-env".to_owned());
+        assert_eq!(env_token(env).as_deref(), Some("from-env"));
+        assert_eq!(env_token(|_| Some(String::new())), None, "empty is unset");
+        assert_eq!(env_token(|_| None), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::conn::{Conn, Settings, Shared, Ticket};
 use crate::dispatch::{Dispatcher, EventCallback};
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
+use crate::near::{Cached, Lookup, NearCache, NearCacheStats};
 use crate::stats::Stats;
 use crate::value::encode;
 
@@ -141,6 +142,12 @@ impl Client {
         let dispatch = Dispatcher::start(callbacks)
             .map_err(|e| ClientError::Config(format!("cannot start a thread: {e}")))?;
         let shared = Arc::new(Shared::new(settings, dispatch));
+        // No invalidations reach this backend's connections (Redis's own CLIENT
+        // TRACKING is not wired in): a near cache would serve stale values, so it
+        // stays off and says so in `near_cache_stats`.
+        if let Some(near) = &shared.near {
+            near.disable();
+        }
         let conn = Conn::open_redis(target, name, shared.clone())?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -199,6 +206,12 @@ impl Client {
         &self.inner.conns[s]
     }
 
+    /// The connection of shard `s`, to keep past a borrow (a handler run later).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn conn_arc(&self, s: usize) -> Arc<Conn> {
+        self.inner.conns[s].clone()
+    }
+
     /// What the connections share (settings, dispatch thread, handler pool).
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
@@ -236,11 +249,51 @@ impl Client {
 
     // ------------------------------------------------------------ cache
 
-    /// The value of `key`, or `None` when it is missing or expired.
+    /// The value of `key`, or `None` when it is missing or expired. With a near
+    /// cache, answered locally when the key is cached.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.route(key)
-            .request(&Request::Get { key: key.into() }, self.timeout())?
-            .opt()
+        let req = Request::Get { key: key.into() };
+        let Some(near) = self.near() else {
+            return self.route(key).request(&req, self.timeout())?.opt();
+        };
+        let token = match near.lookup(key) {
+            Lookup::Hit(c) => return decode_cached(c),
+            Lookup::Off => return self.route(key).request(&req, self.timeout())?.opt(),
+            Lookup::Miss(t) => t,
+        };
+        match self.route(key).request(&req, self.timeout()) {
+            Ok(r) => {
+                near.fill(key, token, r.raw_value());
+                r.opt()
+            }
+            Err(e) => {
+                near.abandon(key, token);
+                Err(e)
+            }
+        }
+    }
+
+    /// The near cache, when configured.
+    fn near(&self) -> Option<&NearCache> {
+        self.inner.shared.near.as_deref()
+    }
+
+    /// Runs a write of `key`, dropping its near-cache copy before it is sent and
+    /// again once answered (read-your-writes; a read that crossed it is not kept).
+    pub(crate) fn writing<R>(&self, key: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let Some(near) = self.near() else {
+            return f();
+        };
+        near.invalidate(key);
+        let r = f();
+        near.invalidate(key);
+        r
+    }
+
+    /// Near-cache counters (hits, misses, invalidations, size); `None` without a
+    /// near cache ([`crate::ClientBuilder::near_cache`]).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near().map(NearCache::stats)
     }
 
     /// Stores `value` under `key` with no expiry of its own (the broker's
@@ -271,17 +324,27 @@ impl Client {
             value: self.raw(&v),
             ttl_ms: ttl.map(ms),
         };
-        self.route(key).request(&req, self.timeout())?;
+        self.writing(key, || self.route(key).request(&req, self.timeout()))?;
         Ok(())
     }
 
     /// Deletes `key`; true if it existed.
     pub fn del(&self, key: &str) -> Result<bool> {
-        self.key_op(&Request::Del { key: key.into() }, key)?.value()
+        self.writing(key, || self.key_op(&Request::Del { key: key.into() }, key))?
+            .value()
     }
 
-    /// Whether `key` holds a live value.
+    /// Whether `key` holds a live value (with a near cache, answered locally when
+    /// the key's value is cached).
     pub fn has(&self, key: &str) -> Result<bool> {
+        if let Some(near) = self.near() {
+            match near.lookup(key) {
+                Lookup::Hit(c) => return Ok(c.is_some()),
+                // `has` carries no value to fill with; the broker still tracks the key.
+                Lookup::Miss(t) => near.abandon(key, t),
+                Lookup::Off => {}
+            }
+        }
         self.key_op(&Request::Has { key: key.into() }, key)?.value()
     }
 
@@ -295,31 +358,107 @@ impl Client {
         Ok(per_shard.into_iter().flatten().collect())
     }
 
+    /// Every live key starting with `prefix` (`""`: every key), of every shard in
+    /// turn, fetched a page at a time with `scan` (ours; a Node.js broker answers
+    /// it `EUNKNOWN`, use [`keys`](Client::keys) there). Unlike `keys`, no reply
+    /// holds more than one page, so a store of millions of keys is listed without
+    /// one giant frame.
+    ///
+    /// Every key present for the whole iteration is yielded; a key written or
+    /// deleted meanwhile may or may not be, and may come twice. An error ends the
+    /// iteration after it is yielded.
+    ///
+    /// ```no_run
+    /// # fn main() -> procmesh::Result<()> {
+    /// let client = procmesh::Client::connect()?;
+    /// for key in client.scan("session:") {
+    ///     println!("{}", key?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(&self, prefix: &str) -> Scan<'_> {
+        Scan {
+            client: self,
+            prefix: prefix.to_owned(),
+            limit: None,
+            shard: 0,
+            cursor: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// Every live key starting with `prefix`, of every shard: [`scan`](Client::scan)
+    /// collected.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.scan(prefix).collect()
+    }
+
     /// Deletes every key (on every shard).
     pub fn clear(&self) -> Result<()> {
-        self.fan_out(&Request::Clear, |_| Ok(()))?;
+        if let Some(near) = self.near() {
+            near.clear();
+        }
+        let r = self.fan_out(&Request::Clear, |_| Ok(()));
+        if let Some(near) = self.near() {
+            near.clear();
+        }
+        r?;
         Ok(())
     }
 
     /// The values of `keys`, in order (`None` for a missing key).
     pub fn mget<T: DeserializeOwned, K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<T>>> {
         let n = self.shard_count();
+        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); n];
+        // With a near cache: cached keys are answered here, the others marked pending.
+        let mut tokens: Vec<Option<u64>> = vec![None; keys.len()];
         for (i, k) in keys.iter().enumerate() {
+            if let Some(near) = self.near() {
+                match near.lookup(k.as_ref()) {
+                    Lookup::Hit(c) => {
+                        out[i] = decode_cached(c)?;
+                        continue;
+                    }
+                    Lookup::Miss(t) => tokens[i] = Some(t),
+                    Lookup::Off => {}
+                }
+            }
             groups[hash::shard_index(k.as_ref(), n)].push(i);
         }
+        let abandon = |idx: &[usize]| {
+            if let Some(near) = self.near() {
+                for &i in idx {
+                    if let Some(t) = tokens[i] {
+                        near.abandon(keys[i].as_ref(), t);
+                    }
+                }
+            }
+        };
         let mut tickets = Vec::new();
         for (s, idx) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
             let names: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();
             let req = Request::Mget {
                 keys: KeyList::from_strs(&names),
             };
-            let tk = self.inner.conns[s].start(&req, self.timeout())?;
-            tickets.push((idx, tk));
+            match self.inner.conns[s].start(&req, self.timeout()) {
+                Ok(tk) => tickets.push((idx, tk)),
+                Err(e) => {
+                    groups.iter().for_each(|g| abandon(g));
+                    return Err(e);
+                }
+            }
         }
-        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
         for (idx, tk) in tickets {
-            let reply = tk.wait()?;
+            let reply = match tk.wait() {
+                Ok(r) => r,
+                Err(e) => {
+                    // Fills already stored stay; every other mark goes.
+                    groups.iter().for_each(|g| abandon(g));
+                    return Err(e);
+                }
+            };
             let raw = reply
                 .raw_value()
                 .ok_or_else(|| ClientError::Decode("mget reply has no value".into()))?;
@@ -330,6 +469,9 @@ impl Client {
                 ));
             }
             for ((&i, v), f) in idx.iter().zip(values).zip(found) {
+                if let (Some(near), Some(t)) = (self.near(), tokens[i]) {
+                    near.fill(keys[i].as_ref(), t, f.then_some(v));
+                }
                 if f {
                     out[i] = Some(crate::value::decode(v)?);
                 }
@@ -340,6 +482,10 @@ impl Client {
 
     /// Stores every `(key, value)` pair (one request per shard involved).
     pub fn mset<K: AsRef<str>, V: Serialize>(&self, entries: &[(K, V)]) -> Result<()> {
+        self.mset_near(entries)
+    }
+
+    fn mset_inner<K: AsRef<str>, V: Serialize>(&self, entries: &[(K, V)]) -> Result<()> {
         let n = self.shard_count();
         let mut groups: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); n];
         for (i, (k, v)) in entries.iter().enumerate() {
@@ -360,6 +506,21 @@ impl Client {
             tk.wait()?;
         }
         Ok(())
+    }
+
+    /// `mset` dropping each key's near-cache copy before and after.
+    fn mset_near<K: AsRef<str>, V: Serialize>(&self, entries: &[(K, V)]) -> Result<()> {
+        let Some(near) = self.near() else {
+            return self.mset_inner(entries);
+        };
+        entries
+            .iter()
+            .for_each(|(k, _)| near.invalidate(k.as_ref()));
+        let r = self.mset_inner(entries);
+        entries
+            .iter()
+            .for_each(|(k, _)| near.invalidate(k.as_ref()));
+        r
     }
 
     // ------------------------------------------------------------ atomics
@@ -385,13 +546,14 @@ impl Client {
     /// `incr` (or `decr`) `key` by `by`.
     fn add<N: DeserializeOwned>(&self, key: &str, by: Num, decr: bool) -> Result<N> {
         let c = self.route(key);
-        let key = key.into();
+        let k = key.into();
         let req = if decr {
-            Request::Decr { key, by }
+            Request::Decr { key: k, by }
         } else {
-            Request::Incr { key, by }
+            Request::Incr { key: k, by }
         };
-        c.request(&req, self.timeout())?.value()
+        self.writing(key, || c.request(&req, self.timeout()))?
+            .value()
     }
 
     /// Compare-and-swap: if the value at `key` equals `prev` (`None`: the key is
@@ -406,7 +568,8 @@ impl Client {
             prev: p.as_deref().map(|b| self.raw(b)),
             next: n.as_deref().map(|b| self.raw(b)),
         };
-        self.route(key).request(&req, self.timeout())?.value()
+        self.writing(key, || self.route(key).request(&req, self.timeout()))?
+            .value()
     }
 
     // ------------------------------------------------------------ control
@@ -454,8 +617,14 @@ impl Client {
     }
 }
 
+/// A near-cache hit decoded (`None`: the key is known missing).
+fn decode_cached<T: DeserializeOwned>(c: Cached) -> Result<Option<T>> {
+    c.map(|(codec, b)| crate::value::decode(Raw::new(codec, &b)))
+        .transpose()
+}
+
 /// Splits an `mget` reply `{"values":[...],"found":[...]}`.
-fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
+pub(crate) fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
     let bad = || ClientError::Decode("mget reply is not {values, found}".into());
     let mut values = None;
     let mut found = None;
@@ -474,6 +643,76 @@ fn mget_parts(raw: Raw<'_>) -> Result<(Vec<Raw<'_>>, Vec<bool>)> {
         }
     }
     Ok((values.ok_or_else(bad)?, found.ok_or_else(bad)?))
+}
+
+/// The iterator of [`Client::scan`]: keys of shard 0, page by page, then shard 1, …
+pub struct Scan<'c> {
+    client: &'c Client,
+    prefix: String,
+    limit: Option<u64>,
+    shard: usize,
+    /// Where the current shard's scan resumes; `None` before its first page.
+    cursor: Option<String>,
+    page: std::vec::IntoIter<String>,
+    done: bool,
+}
+
+impl Scan<'_> {
+    /// Asks for pages of at most `n` keys (the broker caps it, at 10 000 for ours;
+    /// default 1000).
+    pub fn page_size(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Fetches the next page of the current shard, moving to the next shard when it
+    /// is complete.
+    fn fetch(&mut self) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            keys: Vec<String>,
+            cursor: Option<String>,
+        }
+        let req = Request::Scan {
+            prefix: (!self.prefix.is_empty()).then(|| self.prefix.as_str().into()),
+            limit: self.limit,
+            cursor: self.cursor.as_deref().map(Into::into),
+        };
+        let page: Page = self
+            .client
+            .conn(self.shard)
+            .request(&req, self.client.timeout())?
+            .value()?;
+        self.page = page.keys.into_iter();
+        match page.cursor {
+            Some(c) => self.cursor = Some(c),
+            None => {
+                self.cursor = None;
+                self.shard += 1;
+                self.done = self.shard >= self.client.shard_count();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        loop {
+            if let Some(k) = self.page.next() {
+                return Some(Ok(k));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,11 @@ pub(crate) type MsgHandler = Arc<dyn Fn(Message) + Send + Sync>;
 /// An event callback.
 pub(crate) type EventCallback = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// An event listener added after the start (the async client's event stream):
+/// returns false once it is gone, and is then removed.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) type EventSink = Box<dyn FnMut(&Event) -> bool + Send>;
+
 /// One published message, as delivered to a subscription handler.
 ///
 /// Cheap to clone. The payload stays encoded until [`Message::payload`]
@@ -242,6 +247,8 @@ enum Job {
     Event(Event),
     Msg(Vec<MsgHandler>, Message),
     Listen(Sender<Event>),
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Sink(EventSink),
 }
 
 /// The sending side of the dispatch thread. The thread ends when every
@@ -270,6 +277,12 @@ impl Dispatcher {
         let _ = self.tx.send(Job::Msg(handlers, msg));
     }
 
+    /// Adds `sink` as a listener of every later event.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn listen_with(&self, sink: EventSink) {
+        let _ = self.tx.send(Job::Sink(sink));
+    }
+
     /// A new receiver of every later event.
     pub fn listen(&self) -> Receiver<Event> {
         let (tx, rx) = channel();
@@ -280,6 +293,7 @@ impl Dispatcher {
 
 fn run(rx: Receiver<Job>, callbacks: Vec<EventCallback>) {
     let mut listeners: Vec<Sender<Event>> = Vec::new();
+    let mut sinks: Vec<EventSink> = Vec::new();
     while let Ok(job) = rx.recv() {
         match job {
             Job::Event(e) => {
@@ -288,6 +302,7 @@ fn run(rx: Receiver<Job>, callbacks: Vec<EventCallback>) {
                     let _ = catch_unwind(AssertUnwindSafe(|| cb(&e)));
                 }
                 listeners.retain(|l| l.send(e.clone()).is_ok());
+                sinks.retain_mut(|s| s(&e));
             }
             Job::Msg(handlers, msg) => {
                 for h in handlers {
@@ -296,6 +311,7 @@ fn run(rx: Receiver<Job>, callbacks: Vec<EventCallback>) {
                 }
             }
             Job::Listen(l) => listeners.push(l),
+            Job::Sink(s) => sinks.push(s),
         }
     }
 }

@@ -89,6 +89,18 @@ pub enum ClientError {
     /// An invalid option or argument (for example shard count 0, or a shard count
     /// together with `PROCMESH_SOCKET`).
     Config(String),
+    /// `ESHARDS` (ours): the broker at `path` says it is shard `announced.0` of an
+    /// `announced.1`-shard mesh (`welcome`'s `shard`, `shards`), but this client
+    /// routes to it as shard `expected.0` of `expected.1`: keys would reach the wrong
+    /// shard, so the connect fails. Build the client with the mesh's shard count.
+    ShardMismatch {
+        /// The broker's socket.
+        path: PathBuf,
+        /// (index, count) this client routes with.
+        expected: (usize, usize),
+        /// (index, count) the broker announced.
+        announced: (u64, u64),
+    },
 }
 
 impl ClientError {
@@ -108,6 +120,7 @@ impl ClientError {
             }
             ClientError::Timeout { .. } => Some(ErrorCode::Timeout),
             ClientError::LockTimeout { .. } => Some(ErrorCode::LockTimeout),
+            ClientError::ShardMismatch { .. } => Some(ErrorCode::ShardMismatch),
             _ => None,
         }
     }
@@ -196,6 +209,21 @@ impl fmt::Display for ClientError {
             ClientError::Encode(m) => write!(f, "cannot encode value: {m}"),
             ClientError::Decode(m) => write!(f, "cannot decode reply: {m}"),
             ClientError::Config(m) => write!(f, "invalid configuration: {m}"),
+            ClientError::ShardMismatch {
+                path,
+                expected,
+                announced,
+            } => write!(
+                f,
+                "ESHARDS: the broker at {} is shard {} of {}, but this client routes to it \
+                 as shard {} of {}; connect with the mesh's shard count ({})",
+                path.display(),
+                announced.0,
+                announced.1,
+                expected.0,
+                expected.1,
+                announced.1
+            ),
         }
     }
 }

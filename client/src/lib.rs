@@ -26,6 +26,29 @@
 //! subscriptions and registrations; [`Client::sharded`] spreads keys over
 //! several brokers behind the same API.
 //!
+//! # Near cache
+//! [`ClientBuilder::near_cache`] keeps copies of the values this client read (`get`,
+//! `mget`, and `has` of a cached key are then answered locally) and asks each broker
+//! to track the keys it reads (`track`, ours: docs/protocol.md "Near-cache tracking",
+//! after Redis client-side caching). The broker pushes an invalidation when such a key
+//! changes by any path — a write from any client, atomics, `cas`, fenced writes,
+//! expiry, LRU eviction, `clear` — and each connection's reader thread applies it. What
+//! it guarantees:
+//! - **read-your-writes within a client:** its own `set`, `mset`, `del`, `incr`/`decr`,
+//!   `cas`, fenced writes and `clear` drop the keys locally before they are sent and
+//!   again once answered; a later read of this client goes to the broker;
+//! - **another client's acknowledged write is invisible for at most the invalidation's
+//!   delivery time:** the broker queues the invalidation in the same loop turn as that
+//!   write's reply, and a read answered before it arrived is never cached after it (a
+//!   read in flight when an invalidation for its key arrives is not stored);
+//! - **after a reconnect the cache is empty:** losing any shard's connection flushes
+//!   everything (invalidations may have been lost), and reads in flight are not stored;
+//! - against a broker without tracking (a Node.js broker) nothing is served locally.
+//!
+//! Counters: [`Client::near_cache_stats`]. Bounds: entries (and optionally value bytes,
+//! [`ClientBuilder::near_cache_bytes`]), least recently used evicted first; the broker
+//! bounds its side (`maxTrackedKeys`).
+//!
 //! # Delivery guarantees
 //! Against a broker with retained pub/sub (`pubsub.persist`, `procmesh serve
 //! --pubsub-persist`), and ideally persistence, the client gives at-most-once
@@ -95,6 +118,13 @@
 //! - `pubsub`: [`Subscription`] and the delivery options; `subscribe`,
 //!   `subscribe_with`, `publish`, `publish_with` (and the idempotent retries).
 //! - `producer`: the idempotent producer's settings and per-channel sequences.
+//! - `stream`: [`Messages`] (`subscribe_iter`) and the bounded queue behind it
+//!   and behind the async streams.
+//! - `pipeline`: [`Pipeline`], [`PipelineResult`], [`FromPipeline`]: many
+//!   commands in one write per shard, results in order.
+//! - `address`: address strings (`procmesh://NAME?shards=N&token=T`,
+//!   `unix:/path`) for [`ClientBuilder::from_address`] and [`Client::from_env`].
+//! - `aio` (feature `tokio`): the async client on the same connections.
 //! - `rpc`: [`Registration`]; `register` and `call`.
 //! - `conn`: one connection: pipelined requests and the state shared with its
 //!   reader thread (documents the lock order and a request's path).
@@ -102,6 +132,8 @@
 //!   - `conn::reader`: the reader thread: decodes each frame once and routes
 //!     replies, messages, invokes and pings; liveness pings.
 //!   - `conn::buf`: the read buffer, consumed by offset, shared with the handshake.
+//! - `near`: the near cache ([`ClientBuilder::near_cache`]): entries, LRU, the
+//!   pending-fill protocol against crossing invalidations, counters.
 //! - `pending`: hand-off of replies (the decoded value) between the reader and
 //!   callers.
 //! - `dispatch`: [`Message`], a connection's subscription table and the
@@ -188,11 +220,17 @@
 //! # }
 //! ```
 //!
+//! # Async
+//! With the cargo feature `tokio`, `procmesh::aio::Client` offers every operation
+//! as a cancel-safe `async fn` on the same connections, subscriptions as bounded
+//! `Stream`s, and async pipelines; see the `aio` module.
+//!
 //! # Errors
 //! Every call returns [`ClientError`]; [`ClientError::code`] gives the stable
 //! wire code (`EFENCED`, `ETIMEOUT`, `EDISCONNECTED`, …) as an [`ErrorCode`].
 #![deny(missing_docs)]
 
+mod address;
 mod builder;
 mod client;
 mod conn;
@@ -200,7 +238,9 @@ mod dispatch;
 mod error;
 mod event;
 mod lock;
+mod near;
 mod pending;
+mod pipeline;
 mod pool;
 mod producer;
 mod pubsub;
@@ -209,18 +249,25 @@ mod redis;
 mod rpc;
 mod spawn;
 mod stats;
+mod stream;
 mod value;
 
+#[cfg(feature = "tokio")]
+pub mod aio;
+
 pub use builder::ClientBuilder;
-pub use client::Client;
+pub use client::{Client, Scan};
 pub use dispatch::Message;
 pub use error::{ClientError, HandlerError, Result};
 pub use event::{Event, ShardId};
 pub use lock::{FencingToken, LockGuard, LockOptions};
+pub use near::NearCacheStats;
+pub use pipeline::{FromPipeline, Pipeline, PipelineResult};
 pub use procmesh_proto::{Codec, ErrorCode};
 pub use pubsub::{Acks, PublishOptions, Published, Replay, SubscribeOptions, Subscription};
 pub use rpc::Registration;
 pub use stats::{ProcStats, Stats};
+pub use stream::{Messages, DEFAULT_QUEUE_CAPACITY};
 
 /// The FNV-1a hash that places keys on shards (over UTF-16 code units, as the
 /// Node.js package computes it): a key lives on shard `fnv1a(key) % n`.

@@ -266,7 +266,7 @@ impl Client {
             value: self.raw(&v),
             ttl_ms: ttl.map(ms),
         };
-        self.route(lock_key).request(&req, self.timeout())?;
+        self.writing(key, || self.route(lock_key).request(&req, self.timeout()))?;
         Ok(())
     }
 
@@ -288,7 +288,8 @@ impl Client {
             prev: p.as_deref().map(|b| self.raw(b)),
             next: n.as_deref().map(|b| self.raw(b)),
         };
-        self.route(lock_key).request(&req, self.timeout())?.value()
+        self.writing(key, || self.route(lock_key).request(&req, self.timeout()))?
+            .value()
     }
 
     /// Fenced delete: fails with `EFENCED` when `token` is stale; true if the
@@ -299,6 +300,7 @@ impl Client {
             token: Some(token.0),
             k: key.into(),
         };
-        self.route(lock_key).request(&req, self.timeout())?.value()
+        self.writing(key, || self.route(lock_key).request(&req, self.timeout()))?
+            .value()
     }
 }

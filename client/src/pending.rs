@@ -1,13 +1,18 @@
 //! Requests in flight: one [`Slot`] per request, filled by the reader thread
-//! and waited on by the calling thread, and the [`Reply`] it carries.
+//! and waited on by the calling thread (a condvar) or polled by an async task
+//! (a waker), and the [`Reply`] it carries.
 //!
 //! Owns the hand-off of a reply between two threads; knows nothing about
 //! sockets. The reader decodes a reply frame once and hands over only the
 //! `value` field's bytes, so the caller never parses the envelope again.
 //! Invariant: a slot is filled at most once (the first fill wins: a reply
-//! racing a disconnect or a timeout never overwrites the other).
+//! racing a disconnect or a timeout never overwrites the other). A slot whose
+//! waiter went away (a dropped future) is *abandoned*: its outcome, when it
+//! comes, goes to the abandon handler (an unlock for a granted lock) or is
+//! dropped, never to a waker of a task that is gone.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use procmesh_proto::{Codec, Raw};
@@ -42,6 +47,11 @@ impl Reply {
         }
     }
 
+    /// The codec of the value.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
     /// The `value` field, if present.
     pub fn raw_value(&self) -> Option<Raw<'_>> {
         self.value.as_deref().map(|b| Raw::new(self.codec, b))
@@ -70,11 +80,19 @@ pub(crate) struct Slot<T = Reply> {
     ready: Condvar,
 }
 
+/// What an abandoned slot does with an outcome that arrives after its waiter left.
+pub(crate) type OnAbandon<T = Reply> = Box<dyn FnOnce(Outcome<T>) + Send>;
+
 struct State<T> {
     outcome: Option<Outcome<T>>,
     /// Set by the first fill, and never cleared: a later fill is ignored even
     /// after the waiter has taken the first.
     filled: bool,
+    /// The task to wake at the fill (an async waiter), replaced at each poll.
+    waker: Option<Waker>,
+    /// The waiter is gone; a later outcome goes to `on_abandon` (if any).
+    abandoned: bool,
+    on_abandon: Option<OnAbandon<T>>,
 }
 
 impl<T> Default for Slot<T> {
@@ -83,6 +101,9 @@ impl<T> Default for Slot<T> {
             state: Mutex::new(State {
                 outcome: None,
                 filled: false,
+                waker: None,
+                abandoned: false,
+                on_abandon: None,
             }),
             ready: Condvar::new(),
         }
@@ -90,14 +111,67 @@ impl<T> Default for Slot<T> {
 }
 
 impl<T> Slot<T> {
-    /// Stores the outcome unless one is already there, and wakes the waiter.
+    /// Stores the outcome unless one is already there, and wakes the waiter
+    /// (a thread or a task). An abandoned slot hands it to its handler instead,
+    /// outside the slot's lock.
     pub fn fill(&self, o: Outcome<T>) {
         let mut g = lock(&self.state);
-        if !g.filled {
-            g.filled = true;
-            g.outcome = Some(o);
-            self.ready.notify_all();
+        if g.filled {
+            return;
         }
+        g.filled = true;
+        if g.abandoned {
+            let h = g.on_abandon.take();
+            drop(g);
+            if let Some(h) = h {
+                h(o);
+            }
+            return;
+        }
+        g.outcome = Some(o);
+        self.ready.notify_all();
+        let w = g.waker.take();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Polls for the outcome from an async task: ready once filled, else the
+    /// task's waker is kept and woken by the fill.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
+        let mut g = lock(&self.state);
+        match g.outcome.take() {
+            Some(o) => Poll::Ready(o),
+            None => {
+                if !g.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    g.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The waiter is gone (its future was dropped): an outcome already here, or
+    /// the one still to come, goes to `on_abandon` (or is dropped without one).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn abandon(&self, on_abandon: Option<OnAbandon<T>>) {
+        let mut g = lock(&self.state);
+        g.waker = None;
+        if let Some(o) = g.outcome.take() {
+            drop(g);
+            if let Some(h) = on_abandon {
+                h(o);
+            }
+            return;
+        }
+        if g.filled {
+            // Taken already by the waiter; nothing is left to hand over.
+            return;
+        }
+        g.abandoned = true;
+        g.on_abandon = on_abandon;
     }
 
     /// Takes the outcome if it has arrived.
@@ -171,6 +245,48 @@ mod tests {
             assert_eq!(none.value::<Option<u64>>().unwrap(), None);
             assert_eq!(none.opt::<u64>().unwrap(), None);
         }
+    }
+
+    #[test]
+    fn an_abandoned_slot_hands_its_outcome_to_the_handler() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let seen = Arc::new(AtomicU32::new(0));
+        // Abandoned before the fill: the fill goes to the handler.
+        let s: Slot<u32> = Slot::default();
+        let s2 = seen.clone();
+        s.abandon(Some(Box::new(move |o| {
+            s2.fetch_add(o.unwrap(), Ordering::SeqCst);
+        })));
+        s.fill(Ok(5));
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
+        assert!(s.take().is_none(), "an abandoned slot keeps nothing");
+        // Filled, never taken, then abandoned: the handler gets it at once.
+        let s: Slot<u32> = Slot::default();
+        s.fill(Ok(7));
+        let s2 = seen.clone();
+        s.abandon(Some(Box::new(move |o| {
+            s2.fetch_add(o.unwrap(), Ordering::SeqCst);
+        })));
+        assert_eq!(seen.load(Ordering::SeqCst), 12);
+    }
+
+    #[test]
+    fn a_fill_wakes_the_polling_task() {
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let s: Slot<u32> = Slot::default();
+        assert!(s.poll(&mut cx).is_pending());
+        s.fill(Ok(3));
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(matches!(s.poll(&mut cx), Poll::Ready(Ok(3))));
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub enum Replay {
 #[must_use = "options do nothing until passed to `subscribe_with`"]
 pub struct SubscribeOptions {
     replay: Option<Replay>,
-    since: Option<u64>,
+    pub(crate) since: Option<u64>,
 }
 
 impl SubscribeOptions {
@@ -182,7 +182,7 @@ impl SubscribeOptions {
     }
 
     /// `replay` on the wire.
-    fn wire_replay(&self) -> Option<u64> {
+    pub(crate) fn wire_replay(&self) -> Option<u64> {
         match self.replay? {
             Replay::All => Some(REPLAY_ALL),
             Replay::Last(0) => None,

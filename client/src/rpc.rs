@@ -62,7 +62,7 @@ impl std::fmt::Debug for Registration {
 
 /// Extra time a caller waits for a `call` beyond its timeout, so that the
 /// broker's own `ECALLTIMEOUT` (sent at the timeout) arrives first.
-const CALL_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CALL_GRACE: Duration = Duration::from_secs(5);
 
 impl Client {
     /// Serves the procedure `name` with `handler` until the returned

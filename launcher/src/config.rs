@@ -49,6 +49,9 @@ pub struct LaunchConfig {
     /// Token every shard requires; handed over in `PROCMESH_TOKEN`, not on the
     /// command line, so `ps` does not show it.
     pub token: Option<String>,
+    /// A file holding the token (`--token-file`), handed to every shard in
+    /// `PROCMESH_TOKEN_FILE`; each shard reads it at every start.
+    pub token_file: Option<PathBuf>,
     /// Print the per-shard "serving" lines as JSON.
     pub json: bool,
     /// How long all shards may take to report "serving" at start.
@@ -89,7 +92,7 @@ pub fn shard_specs(
         .enumerate()
         .map(|(i, socket)| ShardSpec {
             id: ShardId(i),
-            name: addr::shard_name(name, i),
+            name: addr::member_name(name, i, n),
             socket,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
             persist_dir: persist_dir.map(|d| d.join(format!("shard-{i}"))),

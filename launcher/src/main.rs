@@ -2,8 +2,10 @@
 //!
 //! A procmesh broker is a single-threaded event loop, so one broker uses one core.
 //! To use N cores, `procmesh-launch --shards N` starts N brokers named `NAME#0` …
-//! `NAME#N-1` on the sockets of PROTOCOL.md §1, pins shard `i` to the `i`-th CPU this
-//! process may run on, and keeps them running. Clients shard the keyspace over them
+//! `NAME#N-1` on the sockets of PROTOCOL.md §1 (with `--shards 1`, the one broker is
+//! plain `NAME`, where every one-shard client connects), pins shard `i` to the `i`-th
+//! CPU this process may run on, tells each its place (`serve --shard i/N`, announced in
+//! `welcome` so a client with another N refuses to connect), and keeps them running. Clients shard the keyspace over them
 //! by FNV-1a (`Client::sharded(N)` in Rust, `createClient({ shards: N })` in Node.js).
 //! The shards share nothing: no memory, no locks, no maps; each is its own process.
 //!
@@ -50,9 +52,13 @@
 //!
 //! # Supervision
 //!
-//! See `supervisor` for the policy: restart on failure with exponential backoff
-//! (50 ms doubling to 2 s), a shard that exits 0 was stopped on purpose, SIGINT/SIGTERM
-//! stops every shard cleanly and exits 0. Shards get SIGTERM as their parent-death
+//! See `supervisor` for the policy: restart with exponential backoff (50 ms doubling
+//! to 2 s) whatever the shard's exit, even a clean one after a client's `shutdown`;
+//! only its idle timeout stops a shard for good. SIGINT/SIGTERM stops every shard
+//! cleanly and exits 0 (`procmesh stop` sends it to the launcher of a launched broker).
+//! Shards report readiness and their stop reason on the launcher's notification
+//! socket (`NOTIFY_SOCKET`, sd_notify form); under systemd the launcher itself sends
+//! `READY=1` once every shard serves. Shards get SIGTERM as their parent-death
 //! signal, so even a SIGKILLed launcher leaves no orphan brokers behind.
 //!
 //! # Output
@@ -60,7 +66,8 @@
 //! stdout carries exactly one line per shard each time it starts serving (`--json`
 //! for one JSON object per line: `shard`, `name`, `socket`, `pid`, `core`, `start`).
 //! Everything else, including each broker's own output prefixed with `[NAME#i]`, goes
-//! to stderr.
+//! to stderr: `tracing` lines (`<time> procmesh-launch: [<level>: ]<message>`),
+//! filtered by `PROCMESH_LOG` (default `info`), which the shards inherit.
 //!
 //! # Layout
 //! - `config`: command line → [`config::LaunchConfig`] (shards, sockets, cores).
@@ -73,10 +80,11 @@
 //! procmesh-launch: jobs#0 serving at /tmp/procmesh-jobs#0.sock (pid 4101, core 0)
 //! procmesh-launch: jobs#1 serving at /tmp/procmesh-jobs#1.sock (pid 4102, core 1)
 //! $ procmesh stats --shards 2 --name jobs
-//! $ procmesh stop --shards 2 --name jobs     # the launcher exits 0 once all stopped
+//! $ procmesh stop --shards 2 --name jobs     # signals the launcher; it stops both, exits 0
 //! ```
 
 mod config;
+mod log;
 mod shard;
 mod supervisor;
 
@@ -105,12 +113,22 @@ struct Cli {
     /// Number of shards [default: the number of CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     shards: Option<u32>,
-    /// Mesh name; shard i is the broker `NAME#i` at `<tmpdir>/procmesh-NAME#i.sock`.
+    /// Mesh name; shard i is the broker `NAME#i` at `<tmpdir>/procmesh-NAME#i.sock`
+    /// (one shard: `NAME` at `<tmpdir>/procmesh-NAME.sock`).
     #[arg(long, default_value = addr::DEFAULT_NAME)]
     name: String,
     /// Token every shard requires (passed to them in the environment, not argv).
     #[arg(long, env = "PROCMESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File whose first line is the token (keeps it out of argv and the environment);
+    /// every shard reads it at each start; wins over --token.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PROCMESH_TOKEN_FILE",
+        hide_env_values = true
+    )]
+    token_file: Option<PathBuf>,
     /// Persist each shard under DIR/shard-i (`procmesh serve --persist-dir`).
     #[arg(long, env = "PROCMESH_PERSIST_DIR", value_name = "DIR")]
     persist_dir: Option<PathBuf>,
@@ -138,8 +156,8 @@ struct Cli {
     /// Heartbeat interval in ms (0 = off).
     #[arg(long, help_heading = "Broker options (per shard)")]
     heartbeat: Option<u64>,
-    /// A shard exits after this many ms without connections and is not restarted; the
-    /// launcher exits once all have (0 = never).
+    /// A shard exits after this many ms without connections and is not restarted (the
+    /// one clean stop that is not); the launcher exits once all have (0 = never).
     #[arg(long, help_heading = "Broker options (per shard)")]
     idle_timeout: Option<u64>,
     /// Default RPC call timeout in ms.
@@ -200,12 +218,28 @@ impl Cli {
         let cores = config::allowed_cores();
         let n = self.shards.map_or(cores.len(), |n| n as usize);
         if !self.no_pin && n > cores.len() {
-            eprintln!(
-                "procmesh-launch: {n} shards on {} CPUs: some shards share a CPU",
+            tracing::warn!(
+                "{n} shards on {} CPUs: some shards share a CPU",
                 cores.len()
             );
         }
         let pin_to: &[usize] = if self.no_pin { &[] } else { &cores };
+        // Checked here so a bad path fails the launch, not every shard's start; made
+        // absolute so it means the same file to the shards.
+        let token_file = match &self.token_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read the token file {}: {e}", p.display()))?;
+                if text.lines().next().is_none_or(|l| l.trim().is_empty()) {
+                    return Err(format!(
+                        "the token file {} has an empty first line",
+                        p.display()
+                    ));
+                }
+                Some(std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => None,
+        };
         let shards = config::shard_specs(&self.name, n, pin_to, self.persist_dir.as_deref())?;
         Ok(LaunchConfig {
             broker_args: self.broker_args(),
@@ -213,6 +247,7 @@ impl Cli {
             name: self.name,
             shards,
             token: self.token,
+            token_file,
             json: self.json,
             startup_timeout: STARTUP_TIMEOUT,
             stop_timeout: Duration::from_millis(self.stop_timeout),
@@ -222,10 +257,16 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shards inherit PROCMESH_LOG: one filter for the whole mesh.
+    let filter = std::env::var("PROCMESH_LOG").unwrap_or_else(|_| "info".into());
+    if let Err(e) = log::init(&filter) {
+        eprintln!("procmesh-launch: {e}");
+        return ExitCode::from(2);
+    }
     let cfg = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("procmesh-launch: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -238,18 +279,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Outcome::Killed(names)) => {
-            eprintln!(
-                "procmesh-launch: stopped, but had to kill {}",
-                names.join(", ")
-            );
+            tracing::error!("stopped, but had to kill {}", names.join(", "));
             ExitCode::from(1)
         }
         Ok(Outcome::StartFailed(why)) => {
-            eprintln!("procmesh-launch: the mesh did not start: {why}");
+            tracing::error!("the mesh did not start: {why}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("procmesh-launch: {e}");
+            tracing::error!("{e}");
             ExitCode::from(1)
         }
     }

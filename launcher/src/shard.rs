@@ -1,52 +1,61 @@
-//! Starting one shard's broker process: its command line, its pinning and
-//! parent-death signal (set between fork and exec), and a thread that forwards its
-//! output to our stderr and reports when it is serving.
+//! Starting one shard's broker process: its command line (`--shard I/N`), its
+//! pinning and parent-death signal (set between fork and exec), its readiness socket
+//! (`NOTIFY_SOCKET`, the sd_notify protocol `procmesh serve` already speaks), and a
+//! thread that forwards its output to our stderr.
 //!
 //! Owns nothing after `spawn` returns: the supervisor owns the `Child`. Invariant: the
 //! broker is pinned before its first instruction runs, so it never runs on another
 //! core, not even while it binds.
 
+use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 
-use crate::config::{LaunchConfig, ShardId, ShardSpec};
+use crate::config::{LaunchConfig, ShardSpec};
 
-/// The line a broker prints on stderr once it has bound its socket.
-const SERVING_PREFIX: &str = "procmesh: serving at ";
-
-/// What output-forwarding threads tell the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// Start number `generation` of `shard` printed its "serving" line.
-    Serving {
-        /// The shard.
-        shard: ShardId,
-        /// Which start of it (0 for the first, +1 per restart).
-        generation: u64,
-    },
+/// What a broker said on its notification socket (one datagram, sd_notify(3) form:
+/// `VAR=value` lines; `procmesh serve` sends `READY=1` once it serves and
+/// `STOPPING=1` with `STATUS=stopping: <reason>` when it stops).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Notice {
+    /// `MAINPID`: the sender.
+    pub pid: Option<u32>,
+    /// `READY=1`: it serves.
+    pub ready: bool,
+    /// `STOPPING=1`: it is stopping.
+    pub stopping: bool,
+    /// `STATUS`, when given.
+    pub status: Option<String>,
 }
 
-/// Where forwarding threads report: the event channel, and the write end of the
-/// supervisor's wake-up socket (one byte per event).
-#[derive(Clone)]
-pub struct Notifier {
-    /// Events, in the order they happened per shard.
-    pub events: Sender<Event>,
-    /// Wakes the supervisor's wait.
-    pub waker: std::sync::Arc<UnixStream>,
-}
-
-impl Notifier {
-    fn send(&self, e: Event) {
-        // The supervisor outlives every start it cares about; a closed channel means it
-        // is exiting and nobody listens.
-        if self.events.send(e).is_ok() {
-            let _ = (&*self.waker).write(&[1]);
+impl Notice {
+    /// Parses one datagram; unknown variables are ignored, as systemd does.
+    pub fn parse(msg: &[u8]) -> Notice {
+        let mut n = Notice::default();
+        for line in String::from_utf8_lossy(msg).lines() {
+            match line.split_once('=') {
+                Some(("MAINPID", v)) => n.pid = v.trim().parse().ok(),
+                Some(("READY", "1")) => n.ready = true,
+                Some(("STOPPING", "1")) => n.stopping = true,
+                Some(("STATUS", v)) => n.status = Some(v.to_string()),
+                _ => {}
+            }
         }
+        n
+    }
+
+    /// Whether the broker says it stops because it was idle (the one clean stop the
+    /// launcher honours while it runs: `--idle-timeout` is meant to end the mesh).
+    pub fn is_idle_stop(&self) -> bool {
+        self.stopping
+            && self
+                .status
+                .as_deref()
+                .is_some_and(|s| s.contains("idle timeout"))
     }
 }
 
@@ -60,24 +69,22 @@ pub struct Started {
     pub output_done: Receiver<()>,
 }
 
-/// Starts `procmesh serve` for `spec`: pinned to its core when it has one, with
-/// SIGTERM as its parent-death signal, stdout and stderr forwarded to our stderr
-/// (prefixed with the shard name) by a thread that sends [`Event::Serving`].
+/// Starts `procmesh serve` for `spec` as shard `i/N`: pinned to its core when it has
+/// one, with SIGTERM as its parent-death signal, `NOTIFY_SOCKET=notify_socket` (it
+/// reports readiness and its stop reason there, see [`Notice`]), stdout and stderr
+/// forwarded to our stderr (prefixed with the shard name).
 ///
 /// Must be called from the thread that lives as long as the supervisor (the main
 /// thread): Linux sends the parent-death signal when the *thread* that forked exits.
-pub fn spawn(
-    cfg: &LaunchConfig,
-    spec: &ShardSpec,
-    generation: u64,
-    notify: &Notifier,
-) -> io::Result<Started> {
+pub fn spawn(cfg: &LaunchConfig, spec: &ShardSpec, notify_socket: &OsStr) -> io::Result<Started> {
     let mut cmd = Command::new(&cfg.broker_bin);
     cmd.arg("serve")
         .arg("--name")
         .arg(&spec.name)
         .arg("--socket")
-        .arg(&spec.socket);
+        .arg(&spec.socket)
+        .arg("--shard")
+        .arg(format!("{}/{}", spec.id, cfg.shards.len()));
     if let Some(dir) = &spec.persist_dir {
         cmd.arg("--persist-dir").arg(dir);
     }
@@ -89,6 +96,14 @@ pub fn spawn(
         Some(t) => cmd.env("PROCMESH_TOKEN", t),
         None => cmd.env_remove("PROCMESH_TOKEN"),
     };
+    // The shard reads the file itself at every start (a rotated token applies to
+    // restarts); it wins over PROCMESH_TOKEN there as it does here.
+    match &cfg.token_file {
+        Some(p) => cmd.env("PROCMESH_TOKEN_FILE", p),
+        None => cmd.env_remove("PROCMESH_TOKEN_FILE"),
+    };
+    // Readiness and stop reasons come back on our socket, not systemd's.
+    cmd.env("NOTIFY_SOCKET", notify_socket);
     // stdout and stderr share one socket so lines keep their order and one thread
     // reads both ("a broker already serves …" goes to stdout, the rest to stderr).
     let (reader, writer) = UnixStream::pair()?;
@@ -125,13 +140,11 @@ pub fn spawn(
     drop(cmd);
 
     let name = spec.name.clone();
-    let shard = spec.id;
-    let notify = notify.clone();
     let (done, output_done) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name(format!("{name}-output"))
         .spawn(move || {
-            forward(reader, &name, shard, generation, &notify);
+            forward(reader, &name);
             drop(done);
         })?;
     Ok(Started { child, output_done })
@@ -148,12 +161,10 @@ fn one_cpu_mask(cpu: usize) -> libc::cpu_set_t {
     }
 }
 
-/// Copies the broker's output to our stderr as `[NAME#i] line`, except its first
-/// "serving" line, which becomes an [`Event::Serving`] (the supervisor prints its own).
-fn forward(reader: UnixStream, name: &str, shard: ShardId, generation: u64, notify: &Notifier) {
+/// Copies the broker's output to our stderr as `[NAME#i] line`.
+fn forward(reader: UnixStream, name: &str) {
     let mut r = BufReader::new(reader);
     let mut buf = Vec::new();
-    let mut announced = false;
     loop {
         buf.clear();
         match r.read_until(b'\n', &mut buf) {
@@ -161,19 +172,24 @@ fn forward(reader: UnixStream, name: &str, shard: ShardId, generation: u64, noti
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&buf);
-        let text = text.trim_end();
-        if !announced && text.starts_with(SERVING_PREFIX) {
-            announced = true;
-            notify.send(Event::Serving { shard, generation });
-            continue;
-        }
-        let _ = writeln!(io::stderr().lock(), "[{name}] {text}");
+        let _ = writeln!(io::stderr().lock(), "[{name}] {}", text.trim_end());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notices_parse_like_sd_notify() {
+        let n = Notice::parse(b"STOPPING=1\nSTATUS=stopping: idle timeout\nMAINPID=42");
+        assert_eq!(n.pid, Some(42));
+        assert!(n.stopping && !n.ready && n.is_idle_stop());
+        let n = Notice::parse(b"READY=1\nMAINPID=7\nX_OTHER=1");
+        assert!(n.ready && !n.stopping && !n.is_idle_stop());
+        let n = Notice::parse(b"STOPPING=1\nSTATUS=stopping: shutdown request\nMAINPID=7");
+        assert!(!n.is_idle_stop());
+    }
 
     #[test]
     fn one_cpu_mask_has_exactly_that_cpu() {

@@ -5,17 +5,25 @@
 //! (one line per shard each time it starts serving). Does not own what a shard does:
 //! brokers remove their own sockets and flush their own persistence when told to stop.
 //!
-//! Everything happens on the main thread in one loop; it sleeps on a socket that
-//! receives a byte for every SIGCHLD, SIGINT, SIGTERM and "serving" event, so no
-//! event waits for a timer tick.
+//! Everything happens on the main thread in one loop; it sleeps in `poll` on a socket
+//! that receives a byte for every SIGCHLD, SIGINT and SIGTERM, and on the shards'
+//! notification socket (`READY=1` once a shard serves, `STOPPING=1` with its reason
+//! when it stops; see [`Notice`]), so no event waits for a timer tick. A shard's
+//! notices are read before its exit is looked at: it sends them before it exits, so
+//! its stop reason is known when its exit is handled.
 //!
 //! Policy (systemd's `Restart=on-failure`):
 //! - a shard that exits non-zero or is killed by a signal is restarted at the same
 //!   address after a backoff: [`Backoff::INITIAL`], doubling up to [`Backoff::MAX`],
 //!   back to the start once the shard had stayed up [`Backoff::STABLE_AFTER`];
-//! - a shard that exits 0 was stopped on purpose (`procmesh stop`, a `shutdown`
-//!   request, SIGTERM to that shard, or another broker owns its address) and stays
-//!   stopped; once every shard has stopped, the launcher exits 0;
+//! - a shard that exits 0 after serving is restarted the same way, unless it stopped
+//!   for its idle timeout: a client's `shutdown` (or a signal to that shard alone)
+//!   cannot take one shard of the mesh down for good (issue 12 item 14). Only the
+//!   launcher stopping stops the mesh (`procmesh stop` signals the launcher of a
+//!   launched broker);
+//! - a shard that stopped for its idle timeout, or exited 0 before serving (another
+//!   broker owns its address), stays stopped; once every shard has stopped, the
+//!   launcher exits 0;
 //! - SIGINT/SIGTERM sends SIGTERM to every shard and waits up to the stop timeout for
 //!   them to exit (a broker then has removed its socket and flushed its persistence);
 //!   a second signal, or the timeout, kills the stragglers with SIGKILL and removes
@@ -23,17 +31,22 @@
 //! - at start, a shard that exits or does not serve within the startup timeout
 //!   fails the whole launch: the others are stopped and the launcher exits 1.
 
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{LaunchConfig, ShardSpec};
-use crate::shard::{self, Event, Notifier};
+use crate::shard::{self, Notice};
+
+/// Largest notification datagram read (sd_notify messages are a few lines).
+const NOTICE_MAX: usize = 4096;
 
 /// The longest the loop sleeps without looking at its children (a safety net: every
 /// event also writes to the wake-up socket).
@@ -103,8 +116,10 @@ struct Slot {
     output_done: Option<mpsc::Receiver<()>>,
     /// When `child` was started.
     started: Instant,
-    /// Which start of this shard `child` is (stale "serving" events are ignored).
+    /// Which start of this shard `child` is (1 for the first).
     generation: u64,
+    /// What `child` said when it began stopping (`STOPPING=1`), if it did.
+    stop_notice: Option<Notice>,
     /// `child` has printed its "serving" line.
     serving: bool,
     /// A restart is due at this time.
@@ -129,6 +144,8 @@ pub fn run(cfg: LaunchConfig) -> io::Result<Outcome> {
         }
     }
     let (wake_rx, wake_tx) = UnixStream::pair()?;
+    wake_rx.set_nonblocking(true)?;
+    let (notices, notify_addr) = notify_socket()?;
     let term = Arc::new(AtomicBool::new(false));
     use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
     for sig in [SIGINT, SIGTERM] {
@@ -137,11 +154,6 @@ pub fn run(cfg: LaunchConfig) -> io::Result<Outcome> {
     for sig in [SIGINT, SIGTERM, SIGCHLD] {
         signal_hook::low_level::pipe::register(sig, wake_tx.try_clone()?)?;
     }
-    let (tx, events) = mpsc::channel();
-    let notify = Notifier {
-        events: tx,
-        waker: Arc::new(wake_tx),
-    };
     let now = Instant::now();
     let slots = cfg
         .shards
@@ -152,6 +164,7 @@ pub fn run(cfg: LaunchConfig) -> io::Result<Outcome> {
             output_done: None,
             started: now,
             generation: 0,
+            stop_notice: None,
             serving: false,
             restart_at: None,
             stopped: false,
@@ -161,8 +174,8 @@ pub fn run(cfg: LaunchConfig) -> io::Result<Outcome> {
     let mut sup = Supervisor {
         cfg,
         slots,
-        notify,
-        events,
+        notices,
+        notify_addr,
         wake_rx,
         term,
         started: false,
@@ -197,8 +210,10 @@ fn check_existing(cfg: &LaunchConfig) -> Option<Outcome> {
 struct Supervisor {
     cfg: LaunchConfig,
     slots: Vec<Slot>,
-    notify: Notifier,
-    events: Receiver<Event>,
+    /// The shards' notification socket (nonblocking).
+    notices: UnixDatagram,
+    /// Its address as `NOTIFY_SOCKET` spells it (`@name`, abstract).
+    notify_addr: OsString,
     wake_rx: UnixStream,
     term: Arc<AtomicBool>,
     /// Every shard has served once.
@@ -233,35 +248,26 @@ impl Supervisor {
                     Some(_) => self.stopping = Some(now),
                 }
             }
-            while let Ok(Event::Serving { shard, generation }) = self.events.try_recv() {
-                let slot = &mut self.slots[shard.0];
-                if slot.generation == generation && slot.child.is_some() && !slot.serving {
-                    slot.serving = true;
-                    let pid = slot.child.as_ref().map_or(0, Child::id);
-                    announce(&self.cfg, slot, pid);
-                }
-            }
+            self.read_notices();
             // Started as soon as every shard has announced serving, before exits are
             // looked at: a shard that dies right after the last "serving" line (a user
             // who read it may act at once) is a crash to restart, not a failed start.
             if !self.started && self.stopping.is_none() && self.slots.iter().all(|s| s.serving) {
                 self.started = true;
-                eprintln!(
-                    "procmesh-launch: mesh `{}` serving on {} shard{} (pid {})",
+                tracing::info!(
+                    "mesh `{}` serving on {} shard{} (pid {})",
                     self.cfg.name,
                     self.slots.len(),
                     if self.slots.len() == 1 { "" } else { "s" },
                     std::process::id()
                 );
+                sd_notify("READY=1");
             }
             for i in 0..self.slots.len() {
                 let status = match self.slots[i].child.as_mut().map(Child::try_wait) {
                     Some(Ok(Some(st))) => st,
                     Some(Err(e)) => {
-                        eprintln!(
-                            "procmesh-launch: cannot wait for {}: {e}",
-                            self.slots[i].spec.name
-                        );
+                        tracing::error!("cannot wait for {}: {e}", self.slots[i].spec.name);
                         continue;
                     }
                     _ => continue,
@@ -289,8 +295,8 @@ impl Supervisor {
                         if let Err(e) = self.start(i) {
                             let s = &mut self.slots[i];
                             let d = s.backoff.on_failure(Duration::ZERO);
-                            eprintln!(
-                                "procmesh-launch: cannot restart {}: {e}; retrying in {d:?}",
+                            tracing::warn!(
+                                "cannot restart {}: {e}; retrying in {d:?}",
                                 s.spec.name
                             );
                             s.restart_at = Some(now + d);
@@ -307,7 +313,7 @@ impl Supervisor {
                     self.kill_all();
                 }
             } else if !running && self.slots.iter().all(|s| s.stopped) {
-                eprintln!("procmesh-launch: every shard has stopped; exiting");
+                tracing::info!("every shard has stopped; exiting");
                 return self.finish();
             }
             let mut wait = MAX_WAIT;
@@ -326,8 +332,9 @@ impl Supervisor {
     fn start(&mut self, i: usize) -> io::Result<()> {
         let s = &mut self.slots[i];
         let generation = s.generation + 1;
-        let started = shard::spawn(&self.cfg, &s.spec, generation, &self.notify)?;
+        let started = shard::spawn(&self.cfg, &s.spec, &self.notify_addr)?;
         s.generation = generation;
+        s.stop_notice = None;
         s.child = Some(started.child);
         s.output_done = Some(started.output_done);
         s.started = Instant::now();
@@ -347,10 +354,7 @@ impl Supervisor {
         let name = s.spec.name.clone();
         if self.stopping.is_some() {
             if !status.success() && !self.killed.contains(&name) {
-                eprintln!(
-                    "procmesh-launch: {name} (pid {pid}) {} while stopping",
-                    describe(status)
-                );
+                tracing::warn!("{name} (pid {pid}) {} while stopping", describe(status));
             }
             return;
         }
@@ -363,24 +367,33 @@ impl Supervisor {
             self.fail(why);
             return;
         }
-        if status.success() {
+        let notice = s.stop_notice.take();
+        let idle = notice.as_ref().is_some_and(Notice::is_idle_stop);
+        if status.success() && (idle || !was_serving) {
             s.stopped = true;
-            eprintln!("procmesh-launch: {name} (pid {pid}) stopped; not restarting it");
+            let why = if idle {
+                "after its idle timeout"
+            } else {
+                "before serving (another broker serves its address?)"
+            };
+            tracing::info!("{name} (pid {pid}) stopped {why}; not restarting it");
             return;
         }
         let delay = s
             .backoff
             .on_failure(now.saturating_duration_since(s.started));
         s.restart_at = Some(now + delay);
-        eprintln!(
-            "procmesh-launch: {name} (pid {pid}) {}; restarting in {delay:?}",
-            describe(status)
-        );
+        let what = match notice.and_then(|n| n.status) {
+            // "stopping: shutdown request" / "stopping: signal"
+            Some(st) if status.success() => format!("exited cleanly ({st})"),
+            _ => describe(status),
+        };
+        tracing::warn!("{name} (pid {pid}) {what}; restarting in {delay:?}");
     }
 
     /// The start failed: remember why and stop whatever runs.
     fn fail(&mut self, why: String) {
-        eprintln!("procmesh-launch: {why}; stopping the mesh");
+        tracing::error!("{why}; stopping the mesh");
         self.failure.get_or_insert(why);
         if self.stopping.is_none() {
             self.begin_stop(Instant::now() + self.cfg.stop_timeout);
@@ -388,6 +401,9 @@ impl Supervisor {
     }
 
     fn begin_stop(&mut self, deadline: Instant) {
+        if self.stopping.is_none() {
+            sd_notify("STOPPING=1");
+        }
         self.stopping = Some(deadline);
         for s in &mut self.slots {
             s.restart_at = None;
@@ -401,8 +417,8 @@ impl Supervisor {
         for s in &mut self.slots {
             if let Some(c) = &mut s.child {
                 if !self.killed.contains(&s.spec.name) {
-                    eprintln!(
-                        "procmesh-launch: {} (pid {}) did not stop in time; killing it",
+                    tracing::warn!(
+                        "{} (pid {}) did not stop in time; killing it",
                         s.spec.name,
                         c.id()
                     );
@@ -430,16 +446,91 @@ impl Supervisor {
         }
     }
 
-    /// Sleeps until a signal or event arrives, or `timeout` passes.
+    /// Reads every queued notice: a `READY=1` marks its shard serving (and prints the
+    /// shard's line); a `STOPPING=1` is kept for when its exit is handled. Notices
+    /// from pids that are not a current shard (a previous start) are ignored.
+    fn read_notices(&mut self) {
+        let mut buf = [0u8; NOTICE_MAX];
+        while let Ok(n) = self.notices.recv(&mut buf) {
+            let notice = Notice::parse(&buf[..n]);
+            let Some(pid) = notice.pid else { continue };
+            let Some(slot) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.child.as_ref().is_some_and(|c| c.id() == pid))
+            else {
+                continue;
+            };
+            if notice.ready && !slot.serving {
+                slot.serving = true;
+                announce(&self.cfg, slot, pid);
+            }
+            if notice.stopping {
+                slot.stop_notice = Some(notice);
+            }
+        }
+    }
+
+    /// Sleeps until a signal or notice arrives, or `timeout` passes.
     fn wait(&mut self, timeout: Duration) {
         let t = timeout.clamp(Duration::from_millis(1), MAX_WAIT);
-        if self.wake_rx.set_read_timeout(Some(t)).is_err() {
-            return;
+        let mut fds = [
+            libc::pollfd {
+                fd: self.wake_rx.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.notices.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds that outlives the call.
+        // A wake-up, a timeout or EINTR all mean the same: look again.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                t.as_millis() as i32,
+            );
         }
-        // A byte, a timeout or EINTR all mean the same: look again.
         let mut buf = [0u8; 64];
-        let _ = self.wake_rx.read(&mut buf);
+        while matches!(self.wake_rx.read(&mut buf), Ok(n) if n > 0) {}
     }
+}
+
+/// The shards' notification socket: a datagram socket at a fresh abstract address
+/// (no file to clean up), nonblocking, and that address as `NOTIFY_SOCKET` spells it.
+fn notify_socket() -> io::Result<(UnixDatagram, OsString)> {
+    use std::os::linux::net::SocketAddrExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("procmesh-launch/{}/{nanos}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let sock = UnixDatagram::bind_addr(&addr)?;
+    sock.set_nonblocking(true)?;
+    Ok((sock, OsString::from(format!("@{name}"))))
+}
+
+/// Tells systemd (when the launcher runs under it with `Type=notify`) about the whole
+/// mesh: `READY=1` once every shard serves, `STOPPING=1` when it stops. Best effort.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("{state}\nMAINPID={}", std::process::id());
+    let _ = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = target.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(msg.as_bytes(), &addr)
+        } else {
+            sock.send_to(msg.as_bytes(), &target)
+        }
+    });
 }
 
 /// Prints the shard's "serving" line on stdout (the launcher's only stdout output).

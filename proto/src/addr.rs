@@ -61,10 +61,16 @@ impl AddrEnv {
         self.tmpdir().join(format!("procmesh-{name}.sock"))
     }
 
-    /// The socket paths of an `n`-shard mesh called `name`.
+    /// The socket paths of an `n`-shard mesh called `name`: shard `i` listens where
+    /// the broker [`member_name`]`(name, i, n)` does. A one-shard mesh is the plain
+    /// broker `name` (as procmesh-js treats `shards: 1`), so every tool agrees on it.
     ///
-    /// Errors when `PROCMESH_SOCKET` is set: every shard would collapse onto one socket.
+    /// Errors when `PROCMESH_SOCKET` is set and `n > 1`: every shard would collapse onto
+    /// one socket.
     pub fn shard_paths(&self, name: &str, n: usize) -> Result<Vec<PathBuf>, String> {
+        if n == 1 {
+            return Ok(vec![self.socket_path(name)]);
+        }
         if self.socket_override.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(
                 "PROCMESH_SOCKET is set, but a numeric shard count needs one socket per shard; \
@@ -83,6 +89,17 @@ pub fn shard_name(name: &str, i: usize) -> String {
     format!("{name}#{i}")
 }
 
+/// The broker name of shard `i` of an `n`-shard mesh `name`: `name` itself when
+/// `n == 1` (procmesh-js connects a `shards: 1` client to the plain name), else
+/// [`shard_name`].
+pub fn member_name(name: &str, i: usize, n: usize) -> String {
+    if n == 1 {
+        name.to_owned()
+    } else {
+        shard_name(name, i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +115,8 @@ mod tests {
     #[test]
     fn shard_names() {
         assert_eq!(shard_name("default", 3), "default#3");
+        assert_eq!(member_name("default", 0, 1), "default");
+        assert_eq!(member_name("default", 0, 2), "default#0");
         let p = AddrEnv::default().default_socket_path("x#1");
         assert!(p.to_string_lossy().ends_with("/procmesh-x#1.sock"));
     }
@@ -123,6 +142,8 @@ mod tests {
             PathBuf::from("/x/procmesh-m.sock")
         );
         assert!(e.shard_paths("m", 2).is_err());
+        // One shard is the plain broker, so the override applies as it does to `m`.
+        assert_eq!(e.shard_paths("m", 1).unwrap(), [PathBuf::from("/s.sock")]);
         let e = env(Some("/x"), Some(""));
         assert_eq!(e.socket_path("m"), PathBuf::from("/x/procmesh-m.sock"));
         assert_eq!(

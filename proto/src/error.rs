@@ -37,11 +37,14 @@ pub enum ErrorCode {
     Timeout,
     /// Client side: a lock was not acquired in time.
     LockTimeout,
+    /// Client side, ours: the broker announced another place in the mesh (`shard`,
+    /// `shards` in `welcome`) than the client routes to; it refuses to connect.
+    ShardMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for tests and tooling.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Auth,
         ErrorCode::Unknown,
         ErrorCode::NotNumber,
@@ -55,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Disconnected,
         ErrorCode::Timeout,
         ErrorCode::LockTimeout,
+        ErrorCode::ShardMismatch,
     ];
 
     /// The code's wire string, e.g. `"EFENCED"`.
@@ -73,6 +77,7 @@ impl ErrorCode {
             ErrorCode::Disconnected => "EDISCONNECTED",
             ErrorCode::Timeout => "ETIMEOUT",
             ErrorCode::LockTimeout => "ELOCKTIMEOUT",
+            ErrorCode::ShardMismatch => "ESHARDS",
         }
     }
 

@@ -124,6 +124,7 @@ kinds! {
     Del = "del",
     Has = "has",
     Keys = "keys",
+    Scan = "scan",
     Clear = "clear",
     Mget = "mget",
     Mset = "mset",
@@ -144,6 +145,8 @@ kinds! {
     Call = "call",
     Invoke = "invoke",
     Result = "result",
+    Track = "track",
+    Inv = "inv",
 }
 
 impl Kind {
@@ -196,6 +199,13 @@ pub struct Frame<'a> {
     pub codecs: Option<Raw<'a>>,
     pub replay: Option<Raw<'a>>,
     pub since: Option<Raw<'a>>,
+    /// `welcome`'s shard index and count (ours).
+    pub shard: Option<Raw<'a>>,
+    pub shards: Option<Raw<'a>>,
+    /// `scan`'s fields (ours).
+    pub prefix: Option<Raw<'a>>,
+    pub limit: Option<Raw<'a>>,
+    pub cursor: Option<Raw<'a>>,
 }
 
 impl<'a> Frame<'a> {
@@ -255,6 +265,11 @@ impl<'a> Frame<'a> {
         const FIELD_CODECS: u64 = pack_name(b"codecs");
         const FIELD_REPLAY: u64 = pack_name(b"replay");
         const FIELD_SINCE: u64 = pack_name(b"since");
+        const FIELD_SHARD: u64 = pack_name(b"shard");
+        const FIELD_SHARDS: u64 = pack_name(b"shards");
+        const FIELD_PREFIX: u64 = pack_name(b"prefix");
+        const FIELD_LIMIT: u64 = pack_name(b"limit");
+        const FIELD_CURSOR: u64 = pack_name(b"cursor");
         let r = for_each_field(codec, payload, |k, v| {
             let slot = match pack_name_fast(k) {
                 FIELD_T => {
@@ -298,6 +313,11 @@ impl<'a> Frame<'a> {
                 FIELD_CODECS => &mut f.codecs,
                 FIELD_REPLAY => &mut f.replay,
                 FIELD_SINCE => &mut f.since,
+                FIELD_SHARD => &mut f.shard,
+                FIELD_SHARDS => &mut f.shards,
+                FIELD_PREFIX => &mut f.prefix,
+                FIELD_LIMIT => &mut f.limit,
+                FIELD_CURSOR => &mut f.cursor,
                 _ => return,
             };
             *slot = Some(v);
@@ -438,6 +458,7 @@ pub fn welcome(codec: Codec, out: &mut Vec<u8>, id: Option<Raw<'_>>, broker: &st
         broker,
         pid,
         codecs: &[],
+        shard: None,
     }
     .encode_into(codec, id, out);
 }

@@ -72,6 +72,9 @@ pub enum Reply<'a> {
         /// The codecs the broker reads, as `"codecs":[…]` (ours: a broker that lists
         /// them re-detects the codec from the frame after `welcome`); omitted when empty.
         codecs: &'a [&'a str],
+        /// `(index, count)` of a broker told its place in a sharded mesh, as
+        /// `"shard":I,"shards":N` (ours; procmesh-js ignores both); `None` omits them.
+        shard: Option<(u32, u32)>,
     },
     /// `pong` (answers `ping`).
     Pong,
@@ -145,6 +148,7 @@ impl Reply<'_> {
                 broker,
                 pid,
                 codecs,
+                shard,
             } => {
                 m.key("version").int(PROTOCOL_VERSION);
                 m.key("broker").str(broker);
@@ -156,6 +160,10 @@ impl Reply<'_> {
                         w.str(c);
                     }
                     w.end_array();
+                }
+                if let Some((index, count)) = shard {
+                    m.key("shard").int(i64::from(index));
+                    m.key("shards").int(i64::from(count));
                 }
             }
             _ => {}
@@ -409,6 +417,41 @@ impl Push<'_> {
     }
 }
 
+/// The near-cache invalidation push (ours, docs/protocol.md "Near-cache tracking"),
+/// sent only to connections that sent `track`: `keys` changed and are no longer
+/// tracked for this connection.
+///
+/// ```text
+/// {"t":"inv","keys":["a","b"]}
+/// 0x82 a1 "t" a3 "inv" a4 "keys" 0x92 a1 "a" a1 "b"
+/// ```
+pub fn inv_keys<'k, I>(codec: Codec, keys: I, out: &mut Vec<u8>)
+where
+    I: ExactSizeIterator<Item = &'k str>,
+{
+    let mut m = MapEnc::begin(codec, out, "inv");
+    let w = m.key("keys");
+    w.begin_array(keys.len());
+    for k in keys {
+        w.str(k);
+    }
+    w.end_array();
+    m.finish();
+}
+
+/// The near-cache "everything changed" push (ours): every key this connection
+/// tracked is invalid (after `clear`, or when its tracking state was dropped).
+///
+/// ```text
+/// {"t":"inv","keys":null}
+/// 0x82 a1 "t" a3 "inv" a4 "keys" c0
+/// ```
+pub fn inv_all(codec: Codec, out: &mut Vec<u8>) {
+    let mut m = MapEnc::begin(codec, out, "inv");
+    m.key("keys").nil();
+    m.finish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,11 +556,13 @@ mod tests {
                     broker: "default",
                     pid: "p1",
                     codecs: &[],
+                    shard: None,
                 }
                 .encode_into(c, id, o)
             },
             r#"{"t":"welcome","id":12,"version":4,"broker":"default","pid":"p1"}"#,
         );
+
         one(
             &|o| Reply::Pong.encode_into(c, id, o),
             r#"{"t":"pong","id":12}"#,
@@ -603,6 +648,31 @@ mod tests {
         all
     }
 
+    #[test]
+    fn inv_pushes_are_golden() {
+        let mut o = Vec::new();
+        inv_keys(Codec::Json, ["a", "b\"c"].into_iter(), &mut o);
+        assert_eq!(&o[4..], br#"{"t":"inv","keys":["a","b\"c"]}"#);
+        o.clear();
+        inv_all(Codec::Json, &mut o);
+        assert_eq!(&o[4..], br#"{"t":"inv","keys":null}"#);
+        o.clear();
+        inv_keys(Codec::MsgPack, ["a", "b"].into_iter(), &mut o);
+        assert_eq!(
+            &o[4..],
+            &[
+                0x82, 0xa1, b't', 0xa3, b'i', b'n', b'v', 0xa4, b'k', b'e', b'y', b's', 0x92, 0xa1,
+                b'a', 0xa1, b'b'
+            ][..]
+        );
+        o.clear();
+        inv_all(Codec::MsgPack, &mut o);
+        assert_eq!(
+            &o[4..],
+            &[0x82, 0xa1, b't', 0xa3, b'i', b'n', b'v', 0xa4, b'k', b'e', b'y', b's', 0xc0][..]
+        );
+    }
+
     #[rustfmt::skip]
     const MSGPACK: &[&str] = &[
     "82a174a26f6ba269640c",
@@ -647,6 +717,30 @@ mod tests {
             let p = payload(&out);
             assert_eq!(std::str::from_utf8(p).unwrap(), want);
             assert!(validate(Codec::Json, p).is_ok());
+        }
+    }
+
+    #[test]
+    fn welcome_announces_the_shard_only_when_told() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let mut out = Vec::new();
+            Reply::Welcome {
+                broker: "m#2",
+                pid: "p1",
+                codecs: &[],
+                shard: Some((2, 8)),
+            }
+            .encode_into(codec, None, &mut out);
+            let p = payload(&out);
+            let v: serde_json::Value = match codec {
+                Codec::Json => serde_json::from_slice(p).unwrap(),
+                _ => rmp_serde::from_slice(p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"t":"welcome","version":PROTOCOL_VERSION,"broker":"m#2",
+                    "pid":"p1","shard":2,"shards":8})
+            );
         }
     }
 

@@ -239,6 +239,7 @@ fn our_frames() -> Vec<(&'static str, Vec<u8>)> {
         broker: "default",
         pid: "p1733000000000_1",
         codecs: &[],
+        shard: None,
     }
     .encode_into(Codec::MsgPack, Some(id(1)), &mut out);
     frames.push(("welcome", strip(std::mem::take(&mut out))));

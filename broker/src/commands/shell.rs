@@ -23,6 +23,8 @@ enum Failure {
     Usage(String),
     /// A client error (exit 3 when no broker listens, else 1).
     Client(ClientError),
+    /// Already reported; exit with this code.
+    Exit(ExitCode),
 }
 
 impl From<ClientError> for Failure {
@@ -41,6 +43,7 @@ fn finish(r: Outcome) -> ExitCode {
             eprintln!("procmesh: {m}");
             ExitCode::from(2)
         }
+        Err(Failure::Exit(code)) => code,
         Err(Failure::Client(e)) => {
             let code = match e {
                 ClientError::Connect { ref path, .. } => {
@@ -65,7 +68,9 @@ fn connect(m: &MeshArgs) -> Result<Client, Failure> {
         .auto_spawn(false)
         .reconnect(false)
         .ping_interval(None);
-    if let Some(n) = m.shards {
+    let shards = super::resolve_shards(t, m.shards, t.resolve_token().ok().flatten().as_deref())
+        .map_err(Failure::Exit)?;
+    if let Some(n) = shards {
         b = b.shards(n.into());
     } else {
         b = b.address(t.path());
@@ -134,13 +139,22 @@ pub fn del(m: &MeshArgs, key: &str) -> ExitCode {
     })())
 }
 
-/// `procmesh keys [--prefix P] [--limit N]`: sorted, one a line.
+/// `procmesh keys [--prefix P] [--limit N]`: sorted, one a line (the first N).
 pub fn keys(m: &MeshArgs, prefix: Option<&str>, limit: Option<usize>) -> ExitCode {
     finish((|| {
-        let mut keys = connect(m)?.keys()?;
-        if let Some(p) = prefix {
-            keys.retain(|k| k.starts_with(p));
-        }
+        // Page by page (`scan`): no reply is larger than a page, however many keys
+        // the mesh holds; the prefix is matched by the broker. A procmesh-js broker
+        // does not know `scan`: plain `keys` there.
+        let c = connect(m)?;
+        let p = prefix.unwrap_or("");
+        let mut keys = match c.keys_with_prefix(p) {
+            Err(e) if e.code() == Some(procmesh::ErrorCode::Unknown) => {
+                let mut all = c.keys()?;
+                all.retain(|k| k.starts_with(p));
+                all
+            }
+            r => r?,
+        };
         keys.sort_unstable();
         keys.truncate(limit.unwrap_or(usize::MAX));
         let mut out = String::new();

@@ -17,6 +17,7 @@ use crate::store::AtomicError;
 #[inline]
 pub(super) fn get(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
     let Some(id) = id else { return };
+    m.store.effects_mut().track.note_read(from, key);
     let v = m.store.get(key, m.now);
     // The room is checked before the copy (a large value for a connection near its
     // hard limit is refused without building its reply), and again after.
@@ -49,8 +50,16 @@ pub(super) fn del(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_
 
 /// `has`.
 pub(super) fn has(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>, key: &str) {
+    m.store.effects_mut().track.note_read(from, key);
     let has = m.store.has(key, m.now);
     reply(out, from, id, Reply::Bool(has));
+}
+
+/// `track` (ours): the keys this connection reads from now on are tracked, and an
+/// `inv` push follows when one changes (`tracking`).
+pub(super) fn track(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'_>>) {
+    m.store.effects_mut().track.enable(from);
+    reply(out, from, id, Reply::Bool(true));
 }
 
 /// `keys`: every live key.
@@ -67,6 +76,137 @@ pub(super) fn keys(m: &mut Mesh, out: &mut Conns, from: ConnId, id: Option<Raw<'
     out.send_reply(from, id, |codec, buf| {
         response::keys(codec, Some(id), keys.into_iter(), buf)
     });
+}
+
+/// Keys in a `scan` page when the request names no `limit`.
+pub(crate) const SCAN_DEFAULT_LIMIT: usize = 1000;
+/// Most keys in one `scan` page: a larger `limit` is capped to it.
+pub(crate) const SCAN_MAX_LIMIT: usize = 10_000;
+/// Slots a page may visit per key asked for (Redis visits 10 × COUNT buckets): a
+/// narrow prefix gets short or empty pages with a cursor, never a long turn.
+const SCAN_VISIT_FACTOR: usize = 10;
+/// Key bytes after which a page ends early (also never past the reply budget).
+const SCAN_PAGE_BYTES: usize = 1 << 20;
+/// Slots visited per store call; the page checks its bounds between calls.
+const SCAN_CHUNK: usize = 256;
+/// Longest cursor quoted back in an error.
+const CURSOR_QUOTE_MAX: usize = 40;
+
+/// `scan` (ours): one page of the live keys starting with `prefix`, from `cursor`.
+///
+/// The cursor is the store slot to resume at (opaque to clients). A key keeps its
+/// slot for as long as it lives (the store never moves entries; only `clear`
+/// frees them all), so every key present for the whole scan is returned (exactly
+/// once); a key written or deleted meanwhile may or may not be, and one deleted and
+/// written again may come twice. (A turn rolled back after a failed log write puts
+/// the keys it deleted back, possibly in other slots: a scan running then may miss
+/// them.) A page holds at most `limit` keys
+/// ([`SCAN_MAX_LIMIT`] at most) and ends early after visiting `10 × limit` slots or
+/// [`SCAN_PAGE_BYTES`] of keys, so it may be short, even empty, with a cursor:
+/// only `cursor: null` means done.
+pub(super) fn scan(
+    m: &mut Mesh,
+    out: &mut Conns,
+    from: ConnId,
+    id: Option<Raw<'_>>,
+    prefix: Option<&str>,
+    limit: Option<u64>,
+    cursor: Option<&str>,
+) -> Res {
+    let Some(id) = id else { return Ok(()) };
+    let limit = match limit {
+        None => SCAN_DEFAULT_LIMIT,
+        Some(0) => {
+            return Err(Fail::new(
+                ErrorCode::Broker,
+                "scan `limit` must be at least 1",
+            ))
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(SCAN_MAX_LIMIT),
+    };
+    let start = match cursor {
+        None => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            Fail::new(
+                ErrorCode::Broker,
+                format!(
+                    "scan cursor `{}` is not one this broker returned (pass the last \
+                     reply's `cursor`, or none to start)",
+                    clip(c, CURSOR_QUOTE_MAX)
+                ),
+            )
+        })?,
+    };
+    let prefix = prefix.unwrap_or("");
+    let budget = out.reply_budget();
+    let page_bytes = budget.min(SCAN_PAGE_BYTES);
+    let max_visit = limit.saturating_mul(SCAN_VISIT_FACTOR);
+    // The page's keys, back to back, and where each ends (two allocations a page).
+    let mut names = String::new();
+    let mut ends: Vec<usize> = Vec::new();
+    let mut visited = 0;
+    let mut chunk_max = SCAN_CHUNK;
+    let mut next = Some(start);
+    while let Some(at) = next {
+        if ends.len() >= limit || visited >= max_visit {
+            break;
+        }
+        let chunk = (limit - ends.len()).min(chunk_max).min(max_visit - visited);
+        let before = (names.len(), ends.len());
+        let after = m.store.visit_slots(at, chunk, m.now, |k, _, _| {
+            if k.starts_with(prefix) {
+                names.push_str(k);
+                ends.push(names.len());
+            }
+        });
+        visited += chunk;
+        if names.len() <= page_bytes {
+            next = after;
+            continue;
+        }
+        // Past the page's bytes: the cursor can only resume at a chunk's start, so
+        // take the chunk back and retry it in smaller chunks, down to one slot; a
+        // single key past the bound ends the page before it (or, alone, is the page).
+        let added = ends.len() - before.1;
+        if added > 1 || (added == 1 && before.1 > 0) {
+            names.truncate(before.0);
+            ends.truncate(before.1);
+            if added == 1 {
+                break;
+            }
+            chunk_max = (chunk / 2).max(1);
+            continue;
+        }
+        next = after;
+        break;
+    }
+    // At least its bytes plus two quotes each (escapes only add).
+    let least = names.len() + 2 * ends.len();
+    if least > budget {
+        too_big(out, from, id, "scan", least, budget);
+        return Ok(());
+    }
+    let cursor = next.map(|n| n.to_string());
+    out.send_reply(from, id, |codec, buf| {
+        response::ok_with(codec, Some(id), buf, |w| {
+            w.begin_map(2);
+            w.key("keys");
+            w.begin_array(ends.len());
+            let mut s = 0;
+            for &e in &ends {
+                w.str(&names[s..e]);
+                s = e;
+            }
+            w.end_array();
+            w.key("cursor");
+            match &cursor {
+                Some(c) => w.str(c),
+                None => w.nil(),
+            }
+            w.end_map();
+        })
+    });
+    Ok(())
 }
 
 /// `clear`.

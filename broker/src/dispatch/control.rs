@@ -63,6 +63,7 @@ pub(super) fn hello(
         broker: &m.cfg.name,
         pid: &pid,
         codecs: CODECS,
+        shard: m.cfg.shard.map(|s| (s.index, s.count)),
     };
     out.send(from, |codec, buf| r.encode_into(codec, id, buf));
 }

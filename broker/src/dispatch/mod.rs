@@ -196,12 +196,34 @@ fn route<T: Transport>(
     let id = f.id;
     match Request::from_frame(kind, f)? {
         Request::Get { key } => cache::get(m, out, from, id, &key),
+        Request::Track => cache::track(m, out, from, id),
         Request::Set { key, value, ttl_ms } => cache::set(m, out, from, id, &key, value, ttl_ms),
         Request::Del { key } => cache::del(m, out, from, id, &key),
         Request::Has { key } => cache::has(m, out, from, id, &key),
         Request::Keys => cache::keys(m, out, from, id),
+        Request::Scan {
+            prefix,
+            limit,
+            cursor,
+        } => cache::scan(
+            m,
+            out,
+            from,
+            id,
+            prefix.as_deref(),
+            limit,
+            cursor.as_deref(),
+        )?,
         Request::Clear => cache::clear(m, out, from, id),
-        Request::Mget { keys } => cache::mget(m, out, from, id, keys.iter())?,
+        Request::Mget { keys } => {
+            let track = &mut m.store.effects_mut().track;
+            if track.is_tracking(from) {
+                for k in keys.iter() {
+                    track.note_read(from, &k);
+                }
+            }
+            cache::mget(m, out, from, id, keys.iter())?
+        }
         Request::Mset { entries } => cache::mset(m, out, from, id, entries.iter()),
         Request::Incr { key, by } => cache::incr(m, out, from, id, &key, by)?,
         Request::Decr { key, by } => cache::incr(m, out, from, id, &key, -by)?,

@@ -139,7 +139,7 @@ pub(super) fn publish<T: Transport>(
         if logged {
             let durable = durable(m.retain.cfg().durable_acks, acks);
             let reservation = m.retain.reserve(offset);
-            if let Some(buf) = m.store.effects_mut().as_mut().map(|e| e.buf()) {
+            if let Some(buf) = m.store.effects_mut().log_mut().map(|e| e.buf()) {
                 if let Some(r) = reservation {
                     aof::encode_offset(buf, r);
                 }
@@ -157,7 +157,7 @@ pub(super) fn publish<T: Transport>(
         Some(offset)
     } else {
         if let (true, Some((pid, seq))) = (logged, idem) {
-            if let Some(buf) = m.store.effects_mut().as_mut().map(|e| e.buf()) {
+            if let Some(buf) = m.store.effects_mut().log_mut().map(|e| e.buf()) {
                 aof::encode_dedup(buf, pid, channel, seq);
             }
         }

@@ -24,6 +24,7 @@ use crate::locks::LockTable;
 use crate::persistence::aof::EffectLog;
 use crate::persistence::{self, Persistence};
 use crate::store::Store;
+use crate::tracking::MeshEffects;
 
 /// Wakes the loop for shutdown requests from other threads.
 pub const WAKER: Token = Token(usize::MAX);
@@ -43,6 +44,8 @@ pub(crate) struct Base {
     /// The signal pipe, once watched: readable means "shut down".
     pub(crate) signals: Option<UnixStream>,
     warnings: Vec<String>,
+    /// Keys recovered from persistence and how long recovery took.
+    recovered: Option<(usize, std::time::Duration)>,
 }
 
 /// Takes the address lock, recovers the persistence directory of `cfg` (snapshot,
@@ -52,9 +55,13 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
     let lock = lock_address(&cfg.socket)?;
     let start = Instant::now();
     let unix_base = persistence::unix_ms();
-    let mut store = Store::with_effects(cfg.cache.clone(), None::<EffectLog>);
+    let mut store = Store::with_effects(
+        cfg.cache.clone(),
+        MeshEffects::new(cfg.limits.max_tracked_keys),
+    );
     let mut locks = LockTable::default();
     let mut warnings = Vec::new();
+    let mut recovered = None;
     let mut retain = crate::retain::Retain::new(cfg.pubsub.clone());
     let mut dedup = crate::dedup::Dedup::new(cfg.dedup.clone());
     let persist = match &cfg.persist {
@@ -63,9 +70,10 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
                 Persistence::open_with(pc.clone(), &mut store, unix_base, &mut retain, &mut dedup)
                     .map_err(BindError::Recovery)?;
             // Recovery replayed with the sink off; from here on effects are logged.
-            *store.effects_mut() = Some(EffectLog::new(unix_base));
+            store.effects_mut().log = Some(EffectLog::new(unix_base));
             locks = LockTable::with_reservations(rec.fence_reserved);
             warnings = rec.warnings;
+            recovered = Some((rec.keys, start.elapsed()));
             Some(p)
         }
         None => None,
@@ -84,6 +92,7 @@ pub(crate) fn open(cfg: BrokerConfig) -> Result<(Base, Core, UnixListener), Bind
         waker,
         signals: None,
         warnings,
+        recovered,
     };
     Ok((base, core, listener))
 }
@@ -92,6 +101,11 @@ impl Base {
     /// Notes from recovery (torn log tails cut, repairs) for the operator.
     pub(crate) fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Keys recovered from persistence and the time it took (`None` without it).
+    pub(crate) fn recovered(&self) -> Option<(usize, std::time::Duration)> {
+        self.recovered
     }
 
     /// The socket path.
@@ -139,19 +153,20 @@ pub(crate) fn end_turn<T: Transport>(
     io: &mut T,
     idle_since: &mut Option<u64>,
     now: u64,
-) -> bool {
+) -> Option<super::StopReason> {
     core.end_turn();
     core.flush(io);
     if base.stop.load(Ordering::Relaxed) || core.is_shutdown() {
         core.flush(io);
-        return true;
+        return Some(super::StopReason::Requested);
     }
     if !core.has_no_conns() {
         *idle_since = None;
-        return false;
+        return None;
     }
     let since = *idle_since.get_or_insert(now);
     core.cfg()
         .idle_timeout
         .is_some_and(|idle| now.saturating_sub(since) >= idle.as_millis() as u64)
+        .then_some(super::StopReason::IdleTimeout)
 }

@@ -147,12 +147,12 @@ impl Reactor {
         }
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(mut self) -> io::Result<super::StopReason> {
         let mut result = self.run_loop();
         if let Err(e) = self.core.shutdown(&mut self.sockets) {
             // Acknowledged writes may not be durable: the stop must not look clean.
-            log_line!("procmesh: {e}");
+            tracing::error!("{e}");
             if result.is_ok() {
                 result = Err(io::Error::other(e));
             }
@@ -161,7 +161,7 @@ impl Reactor {
         result
     }
 
-    fn run_loop(&mut self) -> io::Result<()> {
+    fn run_loop(&mut self) -> io::Result<super::StopReason> {
         loop {
             let timeout = self.poll_timeout();
             if let Err(e) = self.base.poll.poll(&mut self.events, timeout) {
@@ -207,14 +207,14 @@ impl Reactor {
                 self.read_conn(id);
             }
             self.requeue = readable;
-            if common::end_turn(
+            if let Some(reason) = common::end_turn(
                 &self.base,
                 &mut self.core,
                 &mut self.sockets,
                 &mut self.idle_since,
                 now,
             ) {
-                return Ok(());
+                return Ok(reason);
             }
         }
     }

@@ -64,7 +64,7 @@ impl Reactor {
             (IoBackend::Auto, None) => match uring::probe(None) {
                 Ok(ring) => Some(ring),
                 Err(why) => {
-                    log_line!("procmesh: io_uring unavailable ({why}); using epoll");
+                    tracing::info!("io_uring unavailable ({why}); using epoll");
                     None
                 }
             },
@@ -97,6 +97,12 @@ impl Reactor {
         self.base().warnings()
     }
 
+    /// Keys recovered from persistence and the time recovery took (`None` without
+    /// persistence).
+    pub fn recovered(&self) -> Option<(usize, std::time::Duration)> {
+        self.base().recovered()
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         self.base().socket()
@@ -115,13 +121,24 @@ impl Reactor {
         }
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(self) -> io::Result<StopReason> {
         match self {
             Reactor::Uring(r) => r.run(),
             Reactor::Epoll(r) => r.run(),
         }
     }
+}
+
+/// Why a broker's loop stopped (the driver cannot tell a signal from a `shutdown`
+/// request: both raise the same flag; the binary knows whether it caught a signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// A client's `shutdown`, a signal, or [`crate::BrokerHandle::shutdown`].
+    Requested,
+    /// No connection for the idle timeout.
+    IdleTimeout,
 }
 
 /// Why a broker could not start.

@@ -26,12 +26,12 @@
 
 use procmesh_proto::{ErrorCode, Raw, Reply};
 
-use super::aof::EffectLog;
 use super::Persistence;
 use crate::connection::{Closing, ConnId, Conns};
 use crate::locks::LockTable;
 use crate::stats::Stats;
 use crate::store::Store;
+use crate::tracking::MeshEffects;
 
 /// A write whose reply waits for this turn's fsync.
 struct Held {
@@ -139,7 +139,7 @@ impl Gate {
     /// when that fails.
     pub fn commit(
         &mut self,
-        store: &mut Store<Option<EffectLog>>,
+        store: &mut Store<MeshEffects>,
         locks: &mut LockTable,
         conns: &mut Conns,
         stats: &mut Stats,
@@ -148,7 +148,7 @@ impl Gate {
             return;
         };
         let reservation = locks.take_reservation();
-        let Some(effects) = store.effects_mut().as_mut() else {
+        let Some(effects) = store.effects_mut().log_mut() else {
             return;
         };
         let buf = effects.buf();
@@ -162,7 +162,7 @@ impl Gate {
             Ok(()) => {
                 store.commit_turn();
                 if was_failing && p.error.is_none() {
-                    log_line!("procmesh: persistence recovered; writes are accepted again");
+                    tracing::info!("persistence recovered; writes are accepted again");
                 }
             }
             Err(e) => {
@@ -171,8 +171,8 @@ impl Gate {
                 }
                 let undone = store.undo_turn();
                 if !was_failing {
-                    log_line!(
-                        "procmesh: persistence error: {e}; undid {undone} write(s) of this turn; \
+                    tracing::error!(
+                        "persistence error: {e}; undid {undone} write(s) of this turn; \
                          refusing writes until it recovers"
                     );
                 }
@@ -219,12 +219,7 @@ impl Gate {
     }
 
     /// Starts, advances or completes a snapshot (once per turn, after the commit).
-    pub fn tick(
-        &mut self,
-        store: &Store<Option<EffectLog>>,
-        now: u64,
-        carry: impl FnOnce(&mut Vec<u8>),
-    ) {
+    pub fn tick(&mut self, store: &Store<MeshEffects>, now: u64, carry: impl FnOnce(&mut Vec<u8>)) {
         if let Some(p) = self.log.as_mut() {
             p.tick(store, now, carry);
         }
@@ -241,14 +236,17 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+    use super::super::aof::EffectLog;
     use super::super::FsyncMode;
     use super::*;
     use crate::connection::Connection;
     use crate::store::StoreConfig;
     use procmesh_proto::Codec;
 
-    fn store() -> Store<Option<EffectLog>> {
-        Store::with_effects(StoreConfig::default(), Some(EffectLog::new(0)))
+    fn store() -> Store<MeshEffects> {
+        let mut e = MeshEffects::new(1);
+        e.log = Some(EffectLog::new(0));
+        Store::with_effects(StoreConfig::default(), e)
     }
 
     fn gate(fsync: FsyncMode, dir: &std::path::Path) -> Gate {

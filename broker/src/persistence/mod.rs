@@ -350,6 +350,15 @@ impl Persistence {
         };
         // Snapshot.
         let snap_path = dir.join(snapshot::SNAPSHOT);
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut progress = crate::log::Progress::new(
+            size(&snap_path)
+                + list_segments(dir)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(_, p)| size(p))
+                    .sum::<u64>(),
+        );
         let mut base_seq = 0;
         if let Ok(data) = std::fs::read(&snap_path) {
             if data.len() < 16 || &data[..8] != snapshot::MAGIC {
@@ -359,7 +368,11 @@ impl Persistence {
                 ));
             }
             base_seq = u64::from_be_bytes(data[8..16].try_into().unwrap_or([0; 8]));
-            let (end, dmg) = aof::read_records(&data[16..], |r| apply(store, r, &mut rec));
+            let (end, dmg) = aof::read_records(&data[16..], |r| {
+                progress.record();
+                apply(store, r, &mut rec)
+            });
+            progress.file_done(data.len() as u64);
             if let Some(d) = dmg {
                 // Snapshots are renamed into place only when complete: any damage is real.
                 return Err(format!(
@@ -385,7 +398,10 @@ impl Persistence {
             let mut pos = 0;
             let mut damaged: Vec<(usize, usize, String)> = Vec::new();
             let kept_end = loop {
-                let (n, dmg) = aof::read_records(&data[pos..], |r| apply(store, r, &mut rec));
+                let (n, dmg) = aof::read_records(&data[pos..], |r| {
+                    progress.record();
+                    apply(store, r, &mut rec)
+                });
                 let end = pos + n;
                 match dmg {
                     None => break end,
@@ -413,6 +429,7 @@ impl Persistence {
                     }
                 }
             };
+            progress.file_done(data.len() as u64);
             if damaged.is_empty() {
                 if kept_end < data.len() {
                     truncate(path, kept_end as u64)

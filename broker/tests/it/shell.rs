@@ -832,6 +832,28 @@ fn lock_passes_sigterm_on_to_the_command_and_holds_until_it_exits() {
 }
 
 #[test]
+fn keys_lists_a_store_too_big_for_one_keys_reply_page_by_page() {
+    let b = TestBroker::start(&["--send-hard-limit", "1MiB", "--max-keys", "0"]);
+    let mut c = TestClient::hello(&b.path, Codec::Json, None);
+    let big = "x".repeat(5000);
+    let entries: Vec<Value> = (0..300)
+        .map(|i| json!([format!("{i:03}{big}"), 1]))
+        .collect();
+    c.request(json!({"t": "mset", "entries": entries}));
+    // The plain `keys` reply would pass the reply limit…
+    assert_eq!(c.request(json!({"t": "keys"}))["code"], "ETOOBIG");
+    // …the shell's `keys` scans instead, and lists them all, sorted.
+    let out = expect(at(&b.path, "keys", &[]), 0);
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(listed.len(), 300);
+    assert!(listed.windows(2).all(|w| w[0] < w[1]));
+    assert!(listed[7].starts_with("007x"));
+    let out = expect(at(&b.path, "keys", &["--prefix", "29", "--limit", "3"]), 0);
+    let three: Vec<String> = (290..293).map(|i| format!("{i}{big}")).collect();
+    assert_eq!(out, three.join("\n"));
+}
+
+#[test]
 fn prometheus_reports_cache_hits_and_misses() {
     let b = TestBroker::start(&[]);
     expect(at(&b.path, "set", &["a", "1"]), 0);

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use procmesh_proto::message::opt_str;
-use procmesh_proto::{Dialect, Kind, Raw, Request};
+use procmesh_proto::{Dialect, Frame, Kind, Raw, Request};
 
 use super::buf::ReadBuf;
 use super::reader::Records;
@@ -42,7 +42,18 @@ impl Conn {
     /// a broker that closes on the JSON hello (a Node.js broker with `codec: 'msgpack'`)
     /// is connected again and greeted with a msgpackr record hello, and the link then
     /// writes records.
+    ///
+    /// With a near cache, tracking is switched on before the link is handed over
+    /// ([`Conn::track`]).
     pub(super) fn establish(&self) -> Result<(UnixStream, ReadBuf)> {
+        let (mut s, mut buf) = self.establish_link()?;
+        if let Some(near) = self.shared.near.as_ref().filter(|n| n.is_enabled()) {
+            self.track(&mut s, &mut buf, near)?;
+        }
+        Ok((s, buf))
+    }
+
+    fn establish_link(&self) -> Result<(UnixStream, ReadBuf)> {
         let s = self.connect_or_spawn()?;
         if !self.shared.settings.negotiate {
             let d = self.shared.settings.codec.into();
@@ -60,6 +71,75 @@ impl Conn {
         })?;
         self.handshake(s, Dialect::MSGPACKR)?
             .ok_or_else(|| self.closed_during_hello())
+    }
+
+    /// Sends `track` (ours) on a fresh link and reads until its reply, answering
+    /// pings: from now on the broker pushes `inv` for every key this link reads. A
+    /// broker that refuses (a Node.js broker: `EUNKNOWN`) turns the near cache off
+    /// for good, with an `Event::Error` saying so.
+    fn track(
+        &self,
+        s: &mut UnixStream,
+        buf: &mut ReadBuf,
+        near: &crate::near::NearCache,
+    ) -> Result<()> {
+        let io_err = |source: std::io::Error| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        };
+        let d = self.dialect();
+        let id = self.next_id();
+        s.write_all(&frame_in(d, &Request::Track, Some(id))?)
+            .map_err(io_err)?;
+        let mut records = Records::default();
+        loop {
+            while let Some(payload) = buf
+                .next_frame()
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+            {
+                let (_, f) = records
+                    .decode(payload)
+                    .map_err(|e| ClientError::Decode(e.message().to_owned()))?;
+                let is_ours = f.id.and_then(|r| r.as_i64()) == Some(id as i64);
+                match f.kind() {
+                    Kind::Ok if is_ours => return Ok(()),
+                    Kind::Err if is_ours => {
+                        near.disable();
+                        self.emit(Event::Error {
+                            shard: self.shard,
+                            message: format!(
+                                "near cache off: the broker at {} does not track keys ({})",
+                                self.path.display(),
+                                ClientError::from_err_frame(&f)
+                            ),
+                        });
+                        return Ok(());
+                    }
+                    Kind::Ping => {
+                        s.write_all(&frame_in(d, &Request::Pong, None)?)
+                            .map_err(io_err)?;
+                    }
+                    _ => {}
+                }
+            }
+            match buf.fill_from(s) {
+                Ok(0) => return Err(self.closed_during_hello()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout {
+                        op: "track",
+                        after: self.shared.settings.connect_timeout,
+                    })
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
     }
 
     /// The producer id of this connection: the one presented in `hello` and
@@ -187,6 +267,7 @@ impl Conn {
                 let is_ours = f.id.and_then(|r| r.as_i64()) == Some(id as i64);
                 match f.kind() {
                     Kind::Welcome | Kind::Ok if is_ours => {
+                        self.check_shard(&f)?;
                         if let Ok(Some(p)) = opt_str(f.pid, "pid") {
                             lock(&self.io).pid = Some(p.into_owned());
                         }
@@ -252,6 +333,11 @@ impl Conn {
             let _ = s.shutdown(Shutdown::Both);
         }
         io.generation += 1;
+        // Invalidations may have been lost with the socket: nothing cached is trusted,
+        // and reads in flight do not fill (their pending marks go too).
+        if let Some(near) = &self.shared.near {
+            near.flush_all();
+        }
         let was_closed = io.link == Link::Closed;
         if !was_closed {
             if self.shared.settings.reconnect {
@@ -265,7 +351,7 @@ impl Conn {
             }
         }
         let drained = std::mem::take(&mut *lock(&self.pending));
-        self.link_changed.notify_all();
+        self.notify_link();
         let closed = io.link == Link::Closed;
         drop(io);
         fail_all(
@@ -357,7 +443,7 @@ impl Conn {
                 };
                 let _ = self.write_locked(&mut io, id, &reg, Pending::Background("re-register"));
             }
-            self.link_changed.notify_all();
+            self.notify_link();
             drop(io);
             self.emit(Event::Reconnected {
                 shard: self.shard,
@@ -366,6 +452,31 @@ impl Conn {
             });
             return Some((stream, buf));
         }
+    }
+}
+
+impl Conn {
+    /// Fails with [`ClientError::ShardMismatch`] when the `welcome` announces a place
+    /// in the mesh (`shard`, `shards`; ours) other than the one this connection
+    /// routes to. A broker that announces nothing (procmesh-js, a plain `serve`)
+    /// passes.
+    fn check_shard(&self, welcome: &Frame<'_>) -> Result<()> {
+        let (Some(count), index) = (
+            welcome.shards.and_then(|r| r.as_i64()),
+            welcome.shard.and_then(|r| r.as_i64()),
+        ) else {
+            return Ok(());
+        };
+        let expected = (self.shard.0, self.shared.settings.shards);
+        let index = index.unwrap_or(0);
+        if (index, count) == (expected.0 as i64, expected.1 as i64) {
+            return Ok(());
+        }
+        Err(ClientError::ShardMismatch {
+            path: self.path.clone(),
+            expected,
+            announced: (index.max(0) as u64, count.max(0) as u64),
+        })
     }
 }
 
@@ -499,6 +610,7 @@ mod tests {
                     broker: "fake",
                     pid: "p1",
                     codecs: &[],
+                    shard: None,
                 }
                 .encode_into(
                     codec,
@@ -519,6 +631,8 @@ mod tests {
                 reconnect: false,
                 spawn: None,
                 handler_threads: 1,
+                near_cache: None,
+                shards: 1,
                 producer: Default::default(),
             };
             let shared = Arc::new(Shared::new(settings, Dispatcher::start(vec![]).unwrap()));

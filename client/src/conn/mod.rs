@@ -24,11 +24,19 @@
 //! Any number of caller threads send requests; one reader thread per
 //! connection reads every frame (replies, `msg`, `invoke`, broker `ping`) and,
 //! when the socket dies, fails what is in flight and reconnects. Subscription
-//! handlers run on the dispatch thread, RPC handlers on the pool.
+//! handlers run on the dispatch thread, RPC handlers on the pool. Async tasks
+//! (the `aio` client) share the same connection: they enter a request with
+//! [`Conn::try_start_batch`], which never waits for a reconnect (the task
+//! waits with [`Conn::poll_link`] instead), and await the slot's waker. The
+//! write itself happens on the task's thread under `io`: a small frame into the
+//! socket buffer; when the buffer is full (a broker not reading) the write
+//! blocks that thread up to the write timeout (the call timeout), after which
+//! the link is dropped and reconnected.
 //!
 //! # Lock order
-//! `io` → `pending`, `io` → `subs`, `io` → `regs`. `pending`, `subs`, `regs`,
-//! each request's `Slot` and the pool's queue are leaves: nothing else is
+//! `io` → `pending`, `io` → `subs`, `io` → `regs`, `io` → `link_wakers`.
+//! `pending`, `subs`, `regs`, `link_wakers`, each request's `Slot` and the pool's
+//! queue are leaves: nothing else is
 //! locked while one is held,
 //! and no user code ever runs under any of them. A request is entered into
 //! `pending` only while `io` is held and the link is up, and a disconnect marks
@@ -46,6 +54,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use procmesh_proto::msgpackr::Encoder;
@@ -54,6 +63,7 @@ use procmesh_proto::{Codec, Dialect, Request};
 use crate::dispatch::{Dispatcher, Subs};
 use crate::error::{ClientError, Result};
 use crate::event::{Event, ShardId};
+use crate::near::NearCache;
 pub(crate) use crate::pending::Reply;
 use crate::pending::{lock, Pending, Slot};
 use crate::pool::{Pool, RpcHandler};
@@ -84,6 +94,11 @@ pub(crate) struct Settings {
     pub reconnect: bool,
     pub spawn: Option<SpawnSettings>,
     pub handler_threads: usize,
+    /// Near cache bounds (entries, value bytes; 0 = no byte bound), when on.
+    pub near_cache: Option<(usize, usize)>,
+    /// How many shards the client routes over (checked against what a broker
+    /// announces in `welcome`).
+    pub shards: usize,
     /// Idempotent publishing: settings and sequence numbers.
     pub producer: crate::producer::Producer,
 }
@@ -93,14 +108,20 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub dispatch: Dispatcher,
     pool: Mutex<Option<Arc<Pool>>>,
+    /// The near cache every connection of the client fills and invalidates.
+    pub near: Option<Arc<NearCache>>,
 }
 
 impl Shared {
     pub fn new(settings: Settings, dispatch: Dispatcher) -> Self {
+        let near = settings
+            .near_cache
+            .map(|(entries, bytes)| Arc::new(NearCache::new(entries, bytes)));
         Shared {
             settings,
             dispatch,
             pool: Mutex::new(None),
+            near,
         }
     }
 
@@ -155,9 +176,21 @@ const WRITE_BUF_TARGET: usize = 64 * 1024;
 impl Io {
     /// Encodes `req` (with `id`) as the one frame in the write buffer.
     fn encode(&mut self, d: Dialect, req: &Request<'_>, id: Option<u64>) -> Result<()> {
+        self.encode_batch(d, std::iter::once((req, id)))
+    }
+
+    /// Encodes every `(request, id)` as consecutive frames in the write buffer,
+    /// so they go out in one write (a pipeline).
+    fn encode_batch<'r, 'a: 'r>(
+        &mut self,
+        d: Dialect,
+        reqs: impl Iterator<Item = (&'r Request<'a>, Option<u64>)>,
+    ) -> Result<()> {
         self.wbuf.clear();
-        req.encode_into(d.codec, id, &mut self.wbuf)
-            .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+        for (req, id) in reqs {
+            req.encode_into(d.codec, id, &mut self.wbuf)
+                .map_err(|e| ClientError::Encode(e.message().to_owned()))?;
+        }
         if d.records {
             let (enc, out) = &mut **self.records.get_or_insert_with(Default::default);
             out.clear();
@@ -246,6 +279,10 @@ pub(crate) struct Conn {
     io: Mutex<Io>,
     /// Signalled when the link changes state.
     link_changed: Condvar,
+    /// Tasks waiting for the link to change state (async requests during a
+    /// reconnect); woken and cleared with `link_changed`. Bounded by the tasks
+    /// waiting: a task re-polled adds its waker only when it is not there yet.
+    link_wakers: Mutex<Vec<Waker>>,
     pending: Mutex<HashMap<u64, Pending>>,
     /// This connection's subscriptions (local handlers by pattern).
     pub subs: Mutex<Subs>,
@@ -295,6 +332,7 @@ impl Conn {
                 records: None,
             }),
             link_changed: Condvar::new(),
+            link_wakers: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
             subs: Mutex::new(Subs::default()),
             regs: Mutex::new(HashMap::new()),
@@ -364,6 +402,7 @@ impl Conn {
                 records: None,
             }),
             link_changed: Condvar::new(),
+            link_wakers: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
             subs: Mutex::new(Subs::default()),
             regs: Mutex::new(HashMap::new()),
@@ -441,6 +480,149 @@ impl Conn {
             op: req.kind().tag(),
             timeout,
         })
+    }
+
+    /// Sends every request of `reqs` in one write (a pipeline); the replies are
+    /// waited for with each [`Ticket::wait`], in any order.
+    pub fn start_batch(&self, reqs: &[Request<'_>], timeout: Duration) -> Result<Vec<Ticket<'_>>> {
+        let deadline = Instant::now() + timeout;
+        let slots: Vec<Arc<Slot>> = reqs.iter().map(|_| Arc::default()).collect();
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            // Executed now, one by one; the tickets only hand the outcomes over.
+            for (req, slot) in reqs.iter().zip(&slots) {
+                slot.fill(b.execute(self, req, timeout));
+            }
+            return Ok(slots
+                .into_iter()
+                .zip(reqs)
+                .map(|(slot, req)| Ticket {
+                    conn: self,
+                    id: self.next_id(),
+                    slot,
+                    deadline,
+                    op: req.kind().tag(),
+                    timeout,
+                })
+                .collect());
+        }
+        let mut io = self.wait_up(deadline)?;
+        let ids = self.write_batch_locked(&mut io, reqs, &slots)?;
+        drop(io);
+        Ok(ids
+            .into_iter()
+            .zip(slots)
+            .zip(reqs)
+            .map(|((id, slot), req)| Ticket {
+                conn: self,
+                id,
+                slot,
+                deadline,
+                op: req.kind().tag(),
+                timeout,
+            })
+            .collect())
+    }
+
+    /// Sends `req`, its reply going to `slot`; returns its id. Never waits for a
+    /// reconnect: `Ok(None)` while the link is down and may come back.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn try_start(&self, req: &Request<'_>, slot: &Arc<Slot>) -> Result<Option<u64>> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            // The Redis backend executes on the calling thread (blocking it for
+            // the round trip); the slot is filled before the task awaits it.
+            slot.fill(b.execute(self, req, self.shared.settings.call_timeout));
+            return Ok(Some(self.next_id()));
+        }
+        let mut io = lock(&self.io);
+        match io.link {
+            Link::Up => {
+                let id = self.next_id();
+                self.write_locked(&mut io, id, req, Pending::Waiter(slot.clone()))?;
+                Ok(Some(id))
+            }
+            Link::Reconnecting => Ok(None),
+            Link::Closed => Err(ClientError::disconnected(io.closed_reason.clone())),
+        }
+    }
+
+    /// Sends every request of `reqs` in one write, each reply going to its slot
+    /// of `slots`; returns their ids. Never waits for a reconnect: `Ok(None)`
+    /// while the link is down and may come back (wait with [`Conn::poll_link`]
+    /// and try again), an error once it is closed for good.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn try_start_batch(
+        &self,
+        reqs: &[Request<'_>],
+        slots: &[Arc<Slot>],
+    ) -> Result<Option<Vec<u64>>> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            let mut ids = Vec::with_capacity(reqs.len());
+            for (req, slot) in reqs.iter().zip(slots) {
+                slot.fill(b.execute(self, req, self.shared.settings.call_timeout));
+                ids.push(self.next_id());
+            }
+            return Ok(Some(ids));
+        }
+        let mut io = lock(&self.io);
+        match io.link {
+            Link::Up => self.write_batch_locked(&mut io, reqs, slots).map(Some),
+            Link::Reconnecting => Ok(None),
+            Link::Closed => Err(ClientError::disconnected(io.closed_reason.clone())),
+        }
+    }
+
+    /// Writes `req` without an id (no reply) if the link is up: false while it
+    /// reconnects (wait with [`Conn::poll_link`]), an error once closed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn try_send_oneway(&self, req: &Request<'_>) -> Result<bool> {
+        #[cfg(feature = "redis")]
+        if let Some(b) = &self.redis {
+            return b
+                .execute(self, req, self.shared.settings.call_timeout)
+                .map(|_| true);
+        }
+        let mut io = lock(&self.io);
+        match io.link {
+            Link::Up => {
+                io.encode(self.dialect(), req, None)?;
+                io.write_encoded();
+                Ok(true)
+            }
+            Link::Reconnecting => Ok(false),
+            Link::Closed => Err(ClientError::disconnected(io.closed_reason.clone())),
+        }
+    }
+
+    /// Ready once the link is no longer reconnecting (up or closed); else the
+    /// task is woken at the next change of the link.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn poll_link(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let io = lock(&self.io);
+        if io.link != Link::Reconnecting {
+            return Poll::Ready(());
+        }
+        let mut w = lock(&self.link_wakers);
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Forgets request `id`: its reply, if it still comes, is dropped by id.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn forget(&self, id: u64) {
+        lock(&self.pending).remove(&id);
+    }
+
+    /// Wakes every thread and task waiting for the link to change (call under `io`).
+    fn notify_link(&self) {
+        self.link_changed.notify_all();
+        for w in std::mem::take(&mut *lock(&self.link_wakers)) {
+            w.wake();
+        }
     }
 
     /// Sends `req` without waiting; an error reply becomes an `Event::Error`.
@@ -523,6 +705,29 @@ impl Conn {
         Ok(())
     }
 
+    /// Encodes `reqs` with fresh ids, enters each in `pending` with its slot and
+    /// writes them in one write, with the link up; returns their ids.
+    fn write_batch_locked(
+        &self,
+        io: &mut Io,
+        reqs: &[Request<'_>],
+        slots: &[Arc<Slot>],
+    ) -> Result<Vec<u64>> {
+        let ids: Vec<u64> = reqs.iter().map(|_| self.next_id()).collect();
+        io.encode_batch(
+            self.dialect(),
+            reqs.iter().zip(ids.iter().map(|&i| Some(i))),
+        )?;
+        {
+            let mut p = lock(&self.pending);
+            for (&id, slot) in ids.iter().zip(slots) {
+                p.insert(id, Pending::Waiter(slot.clone()));
+            }
+        }
+        io.write_encoded();
+        Ok(ids)
+    }
+
     /// Writes a frame that expects no reply (a `pong`, a `result`) if the link
     /// is up and still the connection of `generation` (any, when `None`).
     fn write_oneway(&self, req: &Request<'_>, generation: Option<u64>) {
@@ -554,7 +759,7 @@ impl Conn {
             let _ = s.shutdown(Shutdown::Both);
         }
         let drained = std::mem::take(&mut *lock(&self.pending));
-        self.link_changed.notify_all();
+        self.notify_link();
         drop(io);
         fail_all(drained, reason);
     }

@@ -3,7 +3,8 @@
 //! Owns liveness (pings when the broker is quiet, a deadline for any inbound
 //! byte) and the routing of frames: a reply goes to its request's slot in
 //! `pending`, `msg` to the matching subscriptions (on the dispatch thread),
-//! `invoke` to the handler pool, a broker `ping` is answered at once. Each
+//! `invoke` to the handler pool, `inv` to the near cache (applied here, in order
+//! with the replies: see `near`), a broker `ping` is answered at once. Each
 //! frame is decoded once, here: a waiting caller receives only the reply's
 //! `value` bytes ([`Reply`]), never the frame to parse again. When the socket
 //! dies, `link` fails what is in flight and reconnects, and reading resumes on
@@ -152,6 +153,11 @@ impl Conn {
                 self.write_oneway(&Request::Pong, None);
             }
             Kind::Msg => self.on_msg(&f, codec),
+            Kind::Inv => {
+                if let Some(near) = &self.shared.near {
+                    near.on_inv(f.keys);
+                }
+            }
             Kind::Invoke => self.on_invoke(&f, codec, generation),
             _ => {}
         }

@@ -6,11 +6,16 @@
 mod redis_support;
 mod support;
 
+mod address;
+#[cfg(feature = "tokio")]
+mod aio;
 mod behaviour;
 mod cache;
 mod connection;
 mod locks;
+mod near_cache;
 mod negotiate;
+mod pipeline;
 mod processes;
 mod pubsub;
 #[cfg(feature = "redis")]
@@ -20,6 +25,7 @@ mod redis_cluster;
 mod retained;
 mod rpc;
 mod sharding;
+mod stream;
 
 /// Entry point of child processes: the multi-process tests run this binary
 /// again with `PROCMESH_IT_ROLE` set (see `support::child`).
@@ -27,5 +33,9 @@ mod sharding;
 #[ignore = "child-process entry, run by the multi-process tests"]
 fn child_entry() {
     let role = std::env::var("PROCMESH_IT_ROLE").expect("PROCMESH_IT_ROLE");
-    processes::run_role(&role);
+    if role.starts_with("near-") {
+        near_cache::run_role(&role);
+    } else {
+        processes::run_role(&role);
+    }
 }

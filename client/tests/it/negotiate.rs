@@ -118,6 +118,7 @@ fn default_client_stays_on_json_when_the_welcome_lists_no_codecs() {
             broker: "node",
             pid: "p1",
             codecs: &[],
+            shard: None,
         }
         .encode_into(Codec::Json, Some(Raw::new(Codec::Json, &id)), &mut out);
         s.write_all(&out).unwrap();
@@ -179,6 +180,7 @@ fn default_client_retries_with_a_record_hello_when_the_broker_closes_on_json() {
                 broker: "node",
                 pid: "p1",
                 codecs: &[],
+                shard: None,
             },
             &id,
         );

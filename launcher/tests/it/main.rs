@@ -2,4 +2,5 @@
 //! brokers on real sockets in a per-test temp dir (`TMPDIR`), no mocks.
 
 mod mesh;
+mod restart;
 mod support;

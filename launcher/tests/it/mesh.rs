@@ -274,27 +274,39 @@ fn a_running_mesh_is_not_launched_twice() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("already runs 2 shards"), "{text}");
 
-    // With one shard stopped on purpose, the mesh is half there: a second launcher
-    // refuses rather than start beside it.
-    let mut c = mesh.conn(1);
-    c.request(json!({"t": "shutdown"})).unwrap();
-    c.wait_closed();
-    assert!(
-        wait_gone(&mesh.socket(1), Duration::from_secs(5)),
-        "#1 stopped"
-    );
-    let out = spawn_launcher(dir.path(), 2, &[])
+    drop(mesh);
+
+    // With only one shard's broker there, the mesh is half there: a launcher refuses
+    // rather than start beside it. (A launched shard no longer stays down after a
+    // `shutdown`, so the half mesh is a lone broker at `t#0`.)
+    let half = tempfile::tempdir().unwrap();
+    let mut lone = std::process::Command::new(broker_bin())
+        .args(["serve", "--name", &format!("{NAME}#0")])
+        .env("TMPDIR", half.path())
+        .env_remove("PROCMESH_SOCKET")
+        .env_remove("PROCMESH_PERSIST_DIR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock0 = half.path().join(format!("procmesh-{NAME}#0.sock"));
+    let err = std::io::BufReader::new(lone.stderr.take().unwrap());
+    let serving = std::io::BufRead::lines(err).any(|l| l.unwrap().contains("serving at"));
+    assert!(serving, "the lone broker serves");
+    let lone_pid = stats(&mut CliConn::connect(&sock0, None).unwrap())["pid"].clone();
+    let out = spawn_launcher(half.path(), 2, &[])
         .wait_with_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{NAME}#0 already served")), "{err}");
-    // The first mesh still serves shard 0, with the same broker.
-    assert_eq!(stats(&mut mesh.conn(0))["pid"], json!(mesh.shards[0].pid));
-    assert!(
-        mesh.next_serving(Duration::from_millis(300)).is_none(),
-        "no restart of #1"
+    // The lone broker still serves shard 0, the same process.
+    assert_eq!(
+        stats(&mut CliConn::connect(&sock0, None).unwrap())["pid"],
+        lone_pid
     );
+    assert_eq!(lone_pid, json!(lone.id()));
+    kill(lone.id(), libc::SIGTERM);
+    assert!(lone.wait().unwrap().success());
 }
 
 #[test]

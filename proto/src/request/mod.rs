@@ -74,6 +74,9 @@ pub enum Request<'a> {
     Stats,
     /// `shutdown`.
     Shutdown,
+    /// `track` (ours, docs/protocol.md "Near-cache tracking"): from now on the broker
+    /// remembers which keys this connection reads and pushes `inv` when one changes.
+    Track,
     /// `get key`.
     Get {
         /// The key.
@@ -100,6 +103,17 @@ pub enum Request<'a> {
     },
     /// `keys`.
     Keys,
+    /// `scan prefix? limit? cursor?` (ours): one page of the live keys starting with
+    /// `prefix`, resumed at `cursor` (absent: from the start); answered
+    /// `{keys, cursor}` with the next cursor, `null` when the scan is complete.
+    Scan {
+        /// Only keys starting with this (absent: every key).
+        prefix: Option<Cow<'a, str>>,
+        /// Most keys in the page (absent: the broker's default; capped by it).
+        limit: Option<u64>,
+        /// Where to resume: the `cursor` of the previous page, opaque.
+        cursor: Option<Cow<'a, str>>,
+    },
     /// `clear`.
     Clear,
     /// `mget keys`.
@@ -261,6 +275,7 @@ impl<'a> Request<'a> {
             Kind::Pong => Request::Pong,
             Kind::Stats => Request::Stats,
             Kind::Shutdown => Request::Shutdown,
+            Kind::Track => Request::Track,
             Kind::Get => Request::Get {
                 key: need_str(f.key, "key")?,
             },
@@ -276,6 +291,11 @@ impl<'a> Request<'a> {
                 key: need_str(f.key, "key")?,
             },
             Kind::Keys => Request::Keys,
+            Kind::Scan => Request::Scan {
+                prefix: opt_str(f.prefix, "prefix")?,
+                limit: opt_u64(f.limit, "limit")?,
+                cursor: opt_str(f.cursor.filter(|c| !c.is_nil()), "cursor")?,
+            },
             Kind::Clear => Request::Clear,
             Kind::Mget => Request::Mget {
                 keys: KeyList::decode(need_value(f.keys, "keys")?)?,
@@ -397,11 +417,13 @@ impl<'a> Request<'a> {
             Request::Pong => Kind::Pong,
             Request::Stats => Kind::Stats,
             Request::Shutdown => Kind::Shutdown,
+            Request::Track => Kind::Track,
             Request::Get { .. } => Kind::Get,
             Request::Set { .. } => Kind::Set,
             Request::Del { .. } => Kind::Del,
             Request::Has { .. } => Kind::Has,
             Request::Keys => Kind::Keys,
+            Request::Scan { .. } => Kind::Scan,
             Request::Clear => Kind::Clear,
             Request::Mget { .. } => Kind::Mget,
             Request::Mset { .. } => Kind::Mset,
@@ -491,6 +513,7 @@ impl<'a> Request<'a> {
             | Request::Pong
             | Request::Stats
             | Request::Shutdown
+            | Request::Track
             | Request::Keys
             | Request::Clear => {}
             Request::Get { key }
@@ -501,6 +524,15 @@ impl<'a> Request<'a> {
                 s(m, "key", key);
                 m.raw("value", *value)?;
                 opt_u(m, "ttl", *ttl_ms);
+            }
+            Request::Scan {
+                prefix,
+                limit,
+                cursor,
+            } => {
+                opt_s(m, "prefix", prefix);
+                opt_u(m, "limit", *limit);
+                opt_s(m, "cursor", cursor);
             }
             Request::Mget { keys } => {
                 let w = m.key("keys");
@@ -1042,6 +1074,47 @@ mod tests {
     }
 
     #[test]
+    fn scan_round_trips_in_both_codecs() {
+        let full = Request::Scan {
+            prefix: Some("user:".into()),
+            limit: Some(500),
+            cursor: Some("42".into()),
+        };
+        let bare = Request::Scan {
+            prefix: None,
+            limit: None,
+            cursor: None,
+        };
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for (req, want) in [
+                (
+                    &full,
+                    r#"{"t":"scan","id":11,"prefix":"user:","limit":500,"cursor":"42"}"#,
+                ),
+                (&bare, r#"{"t":"scan","id":11}"#),
+            ] {
+                let mut out = Vec::new();
+                req.encode_into(codec, Some(11), &mut out).unwrap();
+                let p = payload(&out);
+                let via: serde_json::Value = match codec {
+                    Codec::Json => serde_json::from_slice(p).unwrap(),
+                    _ => rmp_serde::from_slice(p).unwrap(),
+                };
+                assert_eq!(
+                    via,
+                    serde_json::from_str::<serde_json::Value>(want).unwrap()
+                );
+                assert_eq!(Request::decode(codec, p).unwrap(), *req);
+            }
+        }
+        // A null cursor is a fresh scan; a cursor of another type is refused.
+        let r = Request::decode(Codec::Json, br#"{"t":"scan","cursor":null}"#).unwrap();
+        assert_eq!(r, bare);
+        assert!(Request::decode(Codec::Json, br#"{"t":"scan","cursor":5}"#).is_err());
+        assert!(Request::decode(Codec::Json, br#"{"t":"scan","limit":-1}"#).is_err());
+    }
+
+    #[test]
     fn decode_errors_are_the_brokers() {
         let cases: &[(&str, &str)] = &[
             (r#"{"t":"get","id":1}"#, "missing field `key`"),
@@ -1313,5 +1386,30 @@ mod tests {
         .encode_into(Codec::Json, Some(1), &mut out);
         assert!(r.is_err());
         assert_eq!(out, [7]);
+    }
+
+    #[test]
+    fn track_is_golden_and_round_trips() {
+        let mut o = Vec::new();
+        Request::Track
+            .encode_into(Codec::Json, Some(5), &mut o)
+            .unwrap();
+        assert_eq!(&o[4..], br#"{"t":"track","id":5}"#);
+        assert_eq!(
+            Request::decode(Codec::Json, &o[4..]).unwrap(),
+            Request::Track
+        );
+        o.clear();
+        Request::Track
+            .encode_into(Codec::MsgPack, Some(5), &mut o)
+            .unwrap();
+        assert_eq!(
+            &o[4..],
+            &[0x82, 0xa1, b't', 0xa5, b't', b'r', b'a', b'c', b'k', 0xa2, b'i', b'd', 0x05][..]
+        );
+        assert_eq!(
+            Request::decode(Codec::MsgPack, &o[4..]).unwrap(),
+            Request::Track
+        );
     }
 }

@@ -182,7 +182,7 @@ impl Ring {
             // and sends beyond the ring size).
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.kind() != io::ErrorKind::Interrupted {
-                    log_line!("procmesh: io_uring submit failed: {e}");
+                    tracing::error!("io_uring submit failed: {e}");
                     return;
                 }
             }
@@ -396,8 +396,8 @@ impl Reactor {
         (next != u64::MAX).then(|| Duration::from_millis(next.saturating_sub(now)))
     }
 
-    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs until `shutdown`, a stop request, a signal, or the idle timeout; says which.
+    pub fn run(mut self) -> io::Result<super::StopReason> {
         if self.io.ring.params().is_setup_single_issuer() {
             self.io.ring.submitter().register_enable_rings()?;
         }
@@ -414,7 +414,7 @@ impl Reactor {
         self.io.draining = true;
         if let Err(e) = self.core.shutdown(&mut self.io) {
             // Acknowledged writes may not be durable: the stop must not look clean.
-            log_line!("procmesh: {e}");
+            tracing::error!("{e}");
             if result.is_ok() {
                 result = Err(io::Error::other(e));
             }
@@ -532,7 +532,7 @@ impl Reactor {
         self.wake_armed = true;
     }
 
-    fn run_loop(&mut self) -> io::Result<()> {
+    fn run_loop(&mut self) -> io::Result<super::StopReason> {
         loop {
             if !self.wake_armed {
                 self.arm_wake();
@@ -575,14 +575,14 @@ impl Reactor {
                 self.input(key);
             }
             self.inputs.clear();
-            if common::end_turn(
+            if let Some(reason) = common::end_turn(
                 &self.base,
                 &mut self.core,
                 &mut self.io,
                 &mut self.idle_since,
                 now,
             ) {
-                return Ok(());
+                return Ok(reason);
             }
         }
     }
