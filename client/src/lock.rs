@@ -7,6 +7,12 @@
 //! there: if that connection drops, the broker frees the lock, and writes
 //! fenced with the old token fail with `EFENCED` once anyone has locked the
 //! key again.
+//!
+//! On a sharded client a fenced write goes to the lock's shard (the broker that
+//! issued the token is the only one that can check it), as procmesh-js does: the
+//! value then lives on the lock key's shard, not on the data key's, and a plain
+//! `get` of the data key (routed by the data key) finds it only when both keys
+//! hash to the same shard ([`Client::shard_of`] tells), e.g. with one shard.
 
 use std::fmt;
 use std::time::Duration;
