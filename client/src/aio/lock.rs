@@ -185,7 +185,7 @@ impl Client {
             value: self.inner.raw(&v),
             ttl_ms: ttl.map(ms),
         };
-        self.keyed(lock_key, &req).await?;
+        self.writing(key, self.keyed(lock_key, &req)).await?;
         Ok(())
     }
 
@@ -207,7 +207,7 @@ impl Client {
             prev: p.as_deref().map(|b| self.inner.raw(b)),
             next: n.as_deref().map(|b| self.inner.raw(b)),
         };
-        self.keyed(lock_key, &req).await?.value()
+        self.writing(key, self.keyed(lock_key, &req)).await?.value()
     }
 
     /// Fenced delete: `EFENCED` when `token` is stale; true if the key existed.
@@ -217,6 +217,6 @@ impl Client {
             token: Some(token.0),
             k: key.into(),
         };
-        self.keyed(lock_key, &req).await?.value()
+        self.writing(key, self.keyed(lock_key, &req)).await?.value()
     }
 }

@@ -552,3 +552,86 @@ async fn an_async_subscription_replays_a_retained_backlog_then_goes_live() {
     }
     assert_eq!(got, (0..6).map(|i| (true, i)).collect::<Vec<_>>());
 }
+
+/// The broker's count of `kind` requests.
+async fn ops(c: &aio::Client, kind: &str) -> u64 {
+    c.stats().await.unwrap().raw["ops"][kind]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_near_cache_serves_repeated_reads_locally_and_sees_other_writes() {
+    let b = InProc::start();
+    let c = Client::builder()
+        .address(&b.path)
+        .codec(Codec::MsgPack)
+        .auto_spawn(false)
+        .near_cache(1000)
+        .connect_async()
+        .await
+        .expect("connect");
+    c.set("k", &41).await.unwrap();
+    c.set("j", &7).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(41));
+    assert_eq!(c.get::<i64>("missing").await.unwrap(), None);
+    let v: Vec<Option<i64>> = c.mget(&["j"]).await.unwrap();
+    assert_eq!(v, vec![Some(7)], "an mget fills too");
+    let (gets, mgets, hass) = (
+        ops(&c, "get").await,
+        ops(&c, "mget").await,
+        ops(&c, "has").await,
+    );
+    let before = c.near_cache_stats().unwrap();
+    for _ in 0..50 {
+        assert_eq!(c.get::<i64>("k").await.unwrap(), Some(41));
+        assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7));
+        assert_eq!(c.get::<i64>("missing").await.unwrap(), None, "a miss too");
+        assert!(c.has("k").await.unwrap());
+        let v: Vec<Option<i64>> = c.mget(&["k", "missing", "j"]).await.unwrap();
+        assert_eq!(v, vec![Some(41), None, Some(7)]);
+    }
+    assert_eq!(ops(&c, "get").await, gets, "no get reached the broker");
+    assert_eq!(ops(&c, "mget").await, mgets, "no mget reached the broker");
+    assert_eq!(ops(&c, "has").await, hass, "no has reached the broker");
+    let after = c.near_cache_stats().unwrap();
+    assert_eq!(after.hits - before.hits, 50 * 7);
+    assert_eq!(after.misses, before.misses);
+
+    // Read-your-writes for every async write kind.
+    c.set("k", &42).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(42), "after set");
+    assert_eq!(c.incr("k", 1).await.unwrap(), 43);
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(43), "after incr");
+    assert!(c.cas("k", Some(&43), Some(&44)).await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(44), "after cas");
+    c.mset(&[("k", 45)]).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(45), "after mset");
+    let g = c
+        .lock("lk", LockOptions::new())
+        .await
+        .unwrap()
+        .expect("a free lock");
+    c.fenced_set("lk", g.token(), "k", &46).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(46), "after fset");
+    assert!(c.fenced_del("lk", g.token(), "k").await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), None, "after fdel");
+    assert!(g.unlock().await.unwrap());
+    c.set("k", &47).await.unwrap();
+    assert!(c.del("k").await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), None, "after del");
+
+    // Another client's write reaches us as an invalidation push; until it is
+    // applied the cached value may still be served, so poll up to a deadline.
+    assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7));
+    assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7), "cached");
+    let other = client_at(&b.path, Codec::Json);
+    other.set("j", &8).unwrap();
+    bounded("the other client's set seen", async {
+        while c.get::<i64>("j").await.unwrap() != Some(8) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(c.near_cache_stats().unwrap().invalidations > after.invalidations);
+}
