@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use procmesh::aio;
-use procmesh::{Client, ClientError, Codec, ErrorCode, Event, LockOptions, PipelineResult};
+use procmesh::{
+    Acks, Client, ClientError, Codec, ErrorCode, Event, LockOptions, PipelineResult,
+    PublishOptions, Published, Replay, SubscribeOptions,
+};
 
 use crate::support::{client_at, BrokerProc, InProc, CODECS, WAIT};
 
@@ -634,4 +637,110 @@ async fn an_async_near_cache_serves_repeated_reads_locally_and_sees_other_writes
     })
     .await;
     assert!(c.near_cache_stats().unwrap().invalidations > after.invalidations);
+}
+
+/// The payloads of `sub` up to the `-1` that ends them.
+async fn until_end(sub: &mut aio::Subscription) -> Vec<i64> {
+    bounded("the end marker", async {
+        let mut got = Vec::new();
+        loop {
+            let m = sub.next().await.expect("subscription ended");
+            match m.payload::<i64>().unwrap() {
+                -1 => return got,
+                v => got.push(v),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_publish_with_answers_acks_as_asked_and_deduplicates_a_sequence() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let s = aclient(&b.path, codec).await;
+        let mut sub = s.subscribe("c").await.unwrap();
+        let p = Client::builder()
+            .address(&b.path)
+            .codec(codec)
+            .auto_spawn(false)
+            .idempotent(true)
+            .connect_async()
+            .await
+            .unwrap();
+        let none = p.publish_with("c", &1, PublishOptions::new().acks(Acks::None));
+        assert_eq!(none.await.unwrap(), Published::Sent);
+        let leader = p.publish_with("c", &2, PublishOptions::new().acks(Acks::Leader));
+        assert_eq!(leader.await.unwrap(), Published::Delivered(1));
+        let all = p.publish_with("c", &3, PublishOptions::new().acks(Acks::All));
+        assert_eq!(all.await.unwrap(), Published::Delivered(1));
+        assert_eq!(p.blocking().sequence("c"), 3, "each took a sequence number");
+        // The same sequence number again (what a retry sends): deduplicated.
+        p.blocking().set_sequence("c", 2).unwrap();
+        let again = p
+            .publish_with("c", &3, PublishOptions::new())
+            .await
+            .unwrap();
+        assert!(again.is_duplicate(), "{codec:?}: {again:?}");
+        // `publish` is idempotent on an idempotent client too: a duplicate is 0.
+        p.blocking().set_sequence("c", 2).unwrap();
+        assert_eq!(p.publish("c", &3).await.unwrap(), 0);
+        assert_eq!(p.publish("c", &4).await.unwrap(), 1, "seq 4 is new");
+        // Not idempotent for one call: no sequence, always delivered.
+        p.blocking().set_sequence("c", 0).unwrap();
+        let plain = p.publish_with("c", &5, PublishOptions::new().idempotent(false));
+        assert_eq!(plain.await.unwrap(), Published::Delivered(1));
+        p.publish_with("c", &-1, PublishOptions::new().idempotent(false))
+            .await
+            .unwrap();
+        assert_eq!(until_end(&mut sub).await, vec![1, 2, 3, 4, 5], "{codec:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_idempotent_publish_cut_off_by_a_broker_crash_is_retried_after_the_reconnect() {
+    for codec in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("mesh.sock");
+        let data = dir.path().join("data");
+        let args = [
+            "--pubsub-persist",
+            "--persist-dir",
+            data.to_str().unwrap(),
+            "--fsync",
+            "always",
+        ];
+        let mut broker = BrokerProc::start(&sock, &args);
+        let p = Client::builder()
+            .address(&sock)
+            .codec(codec)
+            .auto_spawn(false)
+            .call_timeout(WAIT)
+            .idempotent(true)
+            .publish_retries(10)
+            .connect_async()
+            .await
+            .unwrap();
+        // A stopped broker takes the frame into its socket buffer and never
+        // answers; SIGKILL then cuts the connection with it unacknowledged.
+        broker.signal(libc::SIGSTOP);
+        let mut publishing =
+            Box::pin(p.publish_with("x", &1, PublishOptions::new().acks(Acks::All)));
+        assert!(pending_after_one_poll(&mut publishing).await, "written");
+        broker.kill();
+        let _broker = BrokerProc::start(&sock, &args);
+        let r = bounded("the retried publish", publishing)
+            .await
+            .expect("retried after the reconnect");
+        assert_eq!(r, Published::Delivered(0), "{codec:?}");
+        let s = aclient(&sock, codec).await;
+        let opts = SubscribeOptions::new().replay(Replay::All);
+        let mut sub = s.subscribe_with("x", opts).await.unwrap();
+        s.publish("x", &-1).await.unwrap();
+        assert_eq!(
+            until_end(&mut sub).await,
+            vec![1],
+            "{codec:?}: delivered once"
+        );
+    }
 }
