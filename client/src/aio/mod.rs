@@ -82,7 +82,7 @@ use crate::pipeline::{FromPipeline, Pipeline, PipelineResult};
 use crate::stats::Stats;
 use crate::Codec;
 
-pub use lock::LockGuard;
+pub use lock::{LockFuture, LockGuard};
 pub use pubsub::{Events, Subscription};
 pub use rpc::Registration;
 

@@ -744,3 +744,51 @@ async fn an_async_idempotent_publish_cut_off_by_a_broker_crash_is_retried_after_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_with_lock_holds_the_lock_for_the_closure_and_releases_it_after() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let c = aclient(&b.path, codec).await;
+        let other = client_at(&b.path, codec);
+        let seen = c
+            .with_lock("job", LockOptions::new(), |g| {
+                let other = other.clone();
+                Box::pin(async move {
+                    g.set("job:state", &"running").await?;
+                    // Held for the closure: another client is refused.
+                    let refused = other.lock("job", LockOptions::new())?;
+                    assert!(refused.is_none(), "held while the closure runs");
+                    Ok::<_, ClientError>(g.token())
+                })
+            })
+            .await
+            .unwrap();
+        let state: Option<String> = c.get("job:state").await.unwrap();
+        assert_eq!(state.as_deref(), Some("running"), "the fenced set landed");
+        // Released after: the other client gets it, with a newer token.
+        let g = other
+            .lock("job", LockOptions::new())
+            .unwrap()
+            .expect("free");
+        assert!(g.token() > seen);
+        // Held by the other: ELOCKTIMEOUT, and the closure never runs.
+        let e = c
+            .with_lock::<(), ClientError, _>("job", LockOptions::new(), |_| {
+                Box::pin(async { panic!("ran without the lock") })
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::LockTimeout), "{e}");
+        assert!(g.unlock().unwrap());
+        // A failing closure's error is returned, and the lock is still released.
+        let e = c
+            .with_lock("job", LockOptions::new(), |_| {
+                Box::pin(async { Err::<(), _>(ClientError::Config("the job failed".into())) })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Config(_)), "{e}");
+        assert!(other.lock("job", LockOptions::new()).unwrap().is_some());
+    }
+}
