@@ -19,7 +19,25 @@
 //! - a dropped `lock` future that the broker grants later releases the lock
 //!   at once (the grant goes to an abandon handler that sends `unlock`);
 //! - a dropped `subscribe` or `register` future undoes what it already did
-//!   (the local handler is removed, `unsub`/`unreg` is sent after the `sub`/`reg`).
+//!   (the local handler is removed, `unsub`/`unreg` is sent after the `sub`/`reg`);
+//! - with a near cache, a dropped read abandons its pending mark (nothing is
+//!   filled from it) and a dropped write drops the key's cached copy, as an
+//!   answered one does;
+//! - a dropped `publish_with` gives up its sequence number (the next
+//!   idempotent publish on the channel takes the one after);
+//! - a `with_lock` dropped while its closure runs releases the lock at once.
+//!
+//! # Same semantics as the blocking client
+//! The near cache ([`ClientBuilder::near_cache`]) is the client's own, shared
+//! with the blocking face: `get`, `mget` and `has` are answered from it when
+//! the key is cached and fill it from the broker's answer otherwise; every
+//! write (`set`, `del`, `incr`, `cas`, `mset`, the fenced writes) drops the
+//! key's copy before it is sent and again once answered. `publish_with` runs
+//! the blocking client's publish plan (`Acks`, idempotent sequences, resending
+//! after a disconnect up to `publish_retries`, `Published::Duplicate`), only
+//! awaiting where that one blocks; `publish` and `publish_nowait` are
+//! idempotent when the client is. `with_lock` takes a closure returning a
+//! boxed future that borrows the guard ([`LockFuture`]).
 //!
 //! # Blocking
 //! The write of a request happens on the task's thread. It is a copy into the
@@ -33,10 +51,11 @@
 //! time driver on (as `#[tokio::main]` sets up).
 //!
 //! # Layout
-//! - this file: [`Client`], its constructors, the request futures, the cache,
-//!   atomics, control and pipelines;
-//! - `lock`: [`LockGuard`] and `lock`, the fenced writes;
-//! - `pubsub`: [`Subscription`] (a `Stream` of messages), [`Events`], `publish`;
+//! - this file: [`Client`], its constructors, the request futures, the cache
+//!   (through the near cache), atomics, control and pipelines;
+//! - `lock`: [`LockGuard`], `lock`, `with_lock` and the fenced writes;
+//! - `pubsub`: [`Subscription`] (a `Stream` of messages), [`Events`],
+//!   `publish`, `publish_with`;
 //! - `rpc`: [`Registration`], `register` and `call`.
 //!
 //! ```no_run
