@@ -274,7 +274,7 @@ impl Client {
     }
 
     /// The near cache, when configured.
-    fn near(&self) -> Option<&NearCache> {
+    pub(crate) fn near(&self) -> Option<&NearCache> {
         self.inner.shared.near.as_deref()
     }
 
@@ -618,7 +618,7 @@ impl Client {
 }
 
 /// A near-cache hit decoded (`None`: the key is known missing).
-fn decode_cached<T: DeserializeOwned>(c: Cached) -> Result<Option<T>> {
+pub(crate) fn decode_cached<T: DeserializeOwned>(c: Cached) -> Result<Option<T>> {
     c.map(|(codec, b)| crate::value::decode(Raw::new(codec, &b)))
         .transpose()
 }

@@ -411,27 +411,23 @@ impl Client {
         payload: &V,
         opts: PublishOptions,
     ) -> Result<Published> {
-        let producer = &self.shared().settings.producer;
         let p = self.enc(payload)?;
         let payload = self.raw(&p);
         let conn = self.route(channel);
-        let acks = opts.acks.wire();
-        let timeout = opts.timeout.unwrap_or(self.timeout());
-        if !opts.idempotent.unwrap_or(producer.idempotent) {
-            let req = publish(channel, payload, acks, None, None);
-            if acks == WireAcks::None {
+        let mut plan = PubPlan::new(self, channel, opts)?;
+        loop {
+            let pid = plan.pid(conn);
+            let req = plan.request(channel, payload, pid.as_deref());
+            if plan.oneway() {
                 conn.send_oneway(&req)?;
                 return Ok(Published::Sent);
             }
-            return published(conn.request(&req, timeout)?);
+            match conn.request(&req, plan.left()?) {
+                Ok(r) => return published(r),
+                // The next send waits for the reconnect (until the deadline).
+                Err(e) => plan.retry(e)?,
+            }
         }
-        let seq = producer.next_seq(channel)?;
-        if acks == WireAcks::None {
-            let pid = conn.producer_id();
-            conn.send_oneway(&publish(channel, payload, acks, pid.as_deref(), Some(seq)))?;
-            return Ok(Published::Sent);
-        }
-        publish_retrying(conn, channel, payload, acks, seq, producer.retries, timeout)
     }
 
     /// The last sequence number this client used for idempotent publishing on
@@ -450,46 +446,91 @@ impl Client {
     }
 }
 
-/// Sends an idempotent `pub` (sequence `seq`) until it is answered, sending it
-/// again after a disconnect up to `retries` times before `timeout` is up. The
-/// producer id is read at each send: it is the one the link presented.
+/// A `publish_with` decided: the wire's acks, the sequence number of an
+/// idempotent publish and its retry budget. The blocking and the async client
+/// both drive one (they differ only in how they wait): build the request with
+/// [`PubPlan::request`] at each send, and on an error ask [`PubPlan::retry`].
 ///
-/// Only a disconnect is retried: on a live connection the frame cannot be lost,
-/// and a timeout has used up the whole budget.
-fn publish_retrying(
-    conn: &Conn,
-    channel: &str,
-    payload: Raw<'_>,
+/// Only a disconnect of an idempotent publish is retried, up to `retries` times
+/// before the deadline: on a live connection the frame cannot be lost, a
+/// timeout has used up the whole budget, and a non-idempotent publish sent
+/// again could be delivered twice.
+pub(crate) struct PubPlan {
     acks: WireAcks,
-    seq: u64,
+    seq: Option<u64>,
     retries: u32,
     timeout: Duration,
-) -> Result<Published> {
-    let deadline = Instant::now() + timeout;
-    let mut attempt = 0u32;
-    loop {
+    /// Set for an idempotent publish (the only one sent more than once).
+    deadline: Option<Instant>,
+}
+
+impl PubPlan {
+    /// Takes the channel's next sequence number when the publish is idempotent.
+    pub(crate) fn new(client: &Client, channel: &str, opts: PublishOptions) -> Result<PubPlan> {
+        let producer = &client.shared().settings.producer;
+        let timeout = opts.timeout.unwrap_or(client.timeout());
+        let idempotent = opts.idempotent.unwrap_or(producer.idempotent);
+        let seq = idempotent.then(|| producer.next_seq(channel)).transpose()?;
+        Ok(PubPlan {
+            acks: opts.acks.wire(),
+            seq,
+            retries: if idempotent { producer.retries } else { 0 },
+            timeout,
+            deadline: idempotent.then(|| Instant::now() + timeout),
+        })
+    }
+
+    /// Whether it is sent without a reply ([`Acks::None`]): never retried.
+    pub(crate) fn oneway(&self) -> bool {
+        self.acks == WireAcks::None
+    }
+
+    /// The producer id for a send on `conn` (idempotent only): read at each
+    /// send, as it is the one the current link presented.
+    pub(crate) fn pid(&self, conn: &Conn) -> Option<String> {
+        self.seq.and_then(|_| conn.producer_id())
+    }
+
+    /// The `pub` frame of one send.
+    pub(crate) fn request<'a>(
+        &self,
+        channel: &'a str,
+        payload: Raw<'a>,
+        pid: Option<&'a str>,
+    ) -> Request<'a> {
+        publish(channel, payload, self.acks, pid, self.seq)
+    }
+
+    /// The time left for the next send; `ETIMEOUT` once the deadline passed.
+    pub(crate) fn left(&self) -> Result<Duration> {
+        let Some(deadline) = self.deadline else {
+            return Ok(self.timeout);
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ClientError::Timeout {
                 op: "pub",
-                after: timeout,
+                after: self.timeout,
             });
         }
-        let pid = conn.producer_id();
-        let req = publish(channel, payload, acks, pid.as_deref(), Some(seq));
-        match conn.request(&req, left) {
-            Ok(r) => return published(r),
-            Err(ClientError::Disconnected { .. }) if attempt < retries => {
-                // The next send waits for the reconnect (until the deadline).
-                attempt += 1;
+        Ok(left)
+    }
+
+    /// A send failed with `e`: `Ok` to send again (a disconnect, retries left),
+    /// else `e`, the publish's outcome.
+    pub(crate) fn retry(&mut self, e: ClientError) -> Result<()> {
+        match e {
+            ClientError::Disconnected { .. } if self.retries > 0 => {
+                self.retries -= 1;
+                Ok(())
             }
-            Err(e) => return Err(e),
+            e => Err(e),
         }
     }
 }
 
 /// A `pub` reply: the delivered count, or null for a duplicate.
-fn published(r: Reply) -> Result<Published> {
+pub(crate) fn published(r: Reply) -> Result<Published> {
     Ok(match r.value::<Option<u64>>()? {
         Some(n) => Published::Delivered(n),
         None => Published::Duplicate,

@@ -1,5 +1,6 @@
-//! Async locks: [`LockGuard`] and the `lock` and fenced-write methods of the
-//! async [`Client`], routed by lock key like the blocking client's.
+//! Async locks: [`LockGuard`] and the `lock`, `with_lock` and fenced-write
+//! methods of the async [`Client`], routed by lock key like the blocking
+//! client's.
 //!
 //! A `lock` future dropped while the broker still queues it (FIFO wait) does
 //! not leak the lock: its request stays entered, and when the grant comes the
@@ -7,6 +8,8 @@
 //! dropped without [`LockGuard::unlock`] releases without waiting.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use procmesh_proto::Request;
@@ -16,6 +19,11 @@ use super::{request, send_one, within, Client};
 use crate::client::ms;
 use crate::error::{ClientError, Result};
 use crate::lock::{FencingToken, LockOptions};
+
+/// The future a [`Client::with_lock`] closure returns: boxed, as it borrows
+/// the guard (`|g| Box::pin(async move { g.set("k", &1).await })`).
+pub type LockFuture<'g, T, E> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send + 'g>>;
 
 #[derive(Deserialize)]
 struct LockReply {
@@ -157,6 +165,52 @@ impl Client {
         }))
     }
 
+    /// Runs `f` while holding the lock `key`, then releases it and awaits the
+    /// broker (also when `f` fails), as [`crate::Client::with_lock`] does;
+    /// `ELOCKTIMEOUT` when the lock is not acquired within `opts.wait`. The
+    /// guard's `set`/`cas`/`del` are fenced. Dropped while `f` runs, the guard
+    /// goes with it and the lock is released at once.
+    ///
+    /// ```no_run
+    /// # async fn run(client: procmesh::aio::Client) -> procmesh::Result<()> {
+    /// use std::time::Duration;
+    /// use procmesh::LockOptions;
+    ///
+    /// let opts = LockOptions::new().wait(Duration::from_secs(1));
+    /// client
+    ///     .with_lock("report", opts, |g| {
+    ///         Box::pin(async move {
+    ///             g.set("report:status", &"running").await?;
+    ///             Ok::<_, procmesh::ClientError>(())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<T, E, F>(
+        &self,
+        key: &str,
+        opts: LockOptions,
+        f: F,
+    ) -> std::result::Result<T, E>
+    where
+        F: for<'g> FnOnce(&'g LockGuard) -> LockFuture<'g, T, E>,
+        E: From<ClientError>,
+    {
+        let guard = self
+            .lock(key, opts)
+            .await?
+            .ok_or_else(|| ClientError::LockTimeout {
+                key: key.to_owned(),
+                waited: opts.wait,
+            })?;
+        let r = f(&guard).await;
+        // A failed unlock leaves nothing to undo: the lock then expires or dies
+        // with the connection.
+        let _ = guard.unlock().await;
+        r
+    }
+
     /// Sets `key` to `value` if `token` is not older than the newest token seen
     /// for the lock `lock_key`; `EFENCED` otherwise.
     pub async fn fenced_set<V: Serialize + ?Sized>(
@@ -185,7 +239,7 @@ impl Client {
             value: self.inner.raw(&v),
             ttl_ms: ttl.map(ms),
         };
-        self.keyed(lock_key, &req).await?;
+        self.writing(key, self.keyed(lock_key, &req)).await?;
         Ok(())
     }
 
@@ -207,7 +261,7 @@ impl Client {
             prev: p.as_deref().map(|b| self.inner.raw(b)),
             next: n.as_deref().map(|b| self.inner.raw(b)),
         };
-        self.keyed(lock_key, &req).await?.value()
+        self.writing(key, self.keyed(lock_key, &req)).await?.value()
     }
 
     /// Fenced delete: `EFENCED` when `token` is stale; true if the key existed.
@@ -217,6 +271,6 @@ impl Client {
             token: Some(token.0),
             k: key.into(),
         };
-        self.keyed(lock_key, &req).await?.value()
+        self.writing(key, self.keyed(lock_key, &req)).await?.value()
     }
 }

@@ -19,7 +19,25 @@
 //! - a dropped `lock` future that the broker grants later releases the lock
 //!   at once (the grant goes to an abandon handler that sends `unlock`);
 //! - a dropped `subscribe` or `register` future undoes what it already did
-//!   (the local handler is removed, `unsub`/`unreg` is sent after the `sub`/`reg`).
+//!   (the local handler is removed, `unsub`/`unreg` is sent after the `sub`/`reg`);
+//! - with a near cache, a dropped read abandons its pending mark (nothing is
+//!   filled from it) and a dropped write drops the key's cached copy, as an
+//!   answered one does;
+//! - a dropped `publish_with` gives up its sequence number (the next
+//!   idempotent publish on the channel takes the one after);
+//! - a `with_lock` dropped while its closure runs releases the lock at once.
+//!
+//! # Same semantics as the blocking client
+//! The near cache ([`ClientBuilder::near_cache`]) is the client's own, shared
+//! with the blocking face: `get`, `mget` and `has` are answered from it when
+//! the key is cached and fill it from the broker's answer otherwise; every
+//! write (`set`, `del`, `incr`, `cas`, `mset`, the fenced writes) drops the
+//! key's copy before it is sent and again once answered. `publish_with` runs
+//! the blocking client's publish plan (`Acks`, idempotent sequences, resending
+//! after a disconnect up to `publish_retries`, `Published::Duplicate`), only
+//! awaiting where that one blocks; `publish` and `publish_nowait` are
+//! idempotent when the client is. `with_lock` takes a closure returning a
+//! boxed future that borrows the guard ([`LockFuture`]).
 //!
 //! # Blocking
 //! The write of a request happens on the task's thread. It is a copy into the
@@ -33,10 +51,11 @@
 //! time driver on (as `#[tokio::main]` sets up).
 //!
 //! # Layout
-//! - this file: [`Client`], its constructors, the request futures, the cache,
-//!   atomics, control and pipelines;
-//! - `lock`: [`LockGuard`] and `lock`, the fenced writes;
-//! - `pubsub`: [`Subscription`] (a `Stream` of messages), [`Events`], `publish`;
+//! - this file: [`Client`], its constructors, the request futures, the cache
+//!   (through the near cache), atomics, control and pipelines;
+//! - `lock`: [`LockGuard`], `lock`, `with_lock` and the fenced writes;
+//! - `pubsub`: [`Subscription`] (a `Stream` of messages), [`Events`],
+//!   `publish`, `publish_with`;
 //! - `rpc`: [`Registration`], `register` and `call`.
 //!
 //! ```no_run
@@ -72,16 +91,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::builder::ClientBuilder;
-use crate::client::ms;
+use crate::client::{decode_cached, ms};
 use crate::conn::{Conn, Reply};
 use crate::error::{ClientError, Result};
 use crate::event::ShardId;
+use crate::near::{Lookup, NearCache, NearCacheStats};
 use crate::pending::{OnAbandon, Slot};
 use crate::pipeline::{FromPipeline, Pipeline, PipelineResult};
 use crate::stats::Stats;
 use crate::Codec;
 
-pub use lock::LockGuard;
+pub use lock::{LockFuture, LockGuard};
 pub use pubsub::{Events, Subscription};
 pub use rpc::Registration;
 
@@ -214,6 +234,78 @@ async fn request(conn: &Conn, req: &Request<'_>, timeout: Duration) -> Result<Re
     .await
 }
 
+/// A near-cache pending mark of a read in flight: filled with the broker's
+/// answer, or abandoned when dropped first (the read failed or was cancelled).
+struct Mark<'a> {
+    near: &'a NearCache,
+    key: &'a str,
+    token: Option<u64>,
+}
+
+impl<'a> Mark<'a> {
+    /// Looks `key` up in `near`: `Err` with the cached answer on a hit, the
+    /// pending mark on a miss, `Ok(None)` when the near cache is off.
+    fn lookup(
+        near: Option<&'a NearCache>,
+        key: &'a str,
+    ) -> std::result::Result<Option<Mark<'a>>, crate::near::Cached> {
+        let Some(near) = near else {
+            return Ok(None);
+        };
+        match near.lookup(key) {
+            Lookup::Hit(c) => Err(c),
+            Lookup::Miss(t) => Ok(Some(Mark {
+                near,
+                key,
+                token: Some(t),
+            })),
+            Lookup::Off => Ok(None),
+        }
+    }
+
+    fn fill(mut self, value: Option<procmesh_proto::Raw<'_>>) {
+        if let Some(t) = self.token.take() {
+            self.near.fill(self.key, t, value);
+        }
+    }
+}
+
+impl Drop for Mark<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.token.take() {
+            self.near.abandon(self.key, t);
+        }
+    }
+}
+
+/// Drops the near-cache copies of the keys a write touches when dropped: once
+/// the write is answered, failed or was cancelled (a read that crossed it is
+/// not kept; the first invalidation is made before the write is sent).
+struct Invalidate<'a, K: AsRef<str>> {
+    near: Option<&'a NearCache>,
+    keys: &'a [K],
+}
+
+impl<'a, K: AsRef<str>> Invalidate<'a, K> {
+    fn before(near: Option<&'a NearCache>, keys: &'a [K]) -> Self {
+        let g = Invalidate { near, keys };
+        g.now();
+        g
+    }
+
+    fn now(&self) {
+        if let Some(near) = self.near {
+            self.keys.iter().for_each(|k| near.invalidate(k.as_ref()));
+        }
+    }
+}
+
+impl<K: AsRef<str>> Drop for Invalidate<'_, K> {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
 impl Client {
     /// Connects to the mesh `"default"` with default options, starting a broker
     /// if none is running.
@@ -270,6 +362,25 @@ impl Client {
         self.inner.route(key)
     }
 
+    /// Runs the write `f` of `key` the way [`crate::Client`] does: its
+    /// near-cache copy is dropped before the write is sent and again once it
+    /// is answered (or the future is dropped).
+    pub(crate) async fn writing<R>(
+        &self,
+        key: &str,
+        f: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
+        let keys = [key];
+        let _after = Invalidate::before(self.inner.near(), &keys);
+        f.await
+    }
+
+    /// Near-cache counters; `None` without a near cache (see
+    /// [`crate::Client::near_cache_stats`]).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.inner.near_cache_stats()
+    }
+
     /// Sends `req` to the shard of `key` and awaits the reply.
     async fn keyed(&self, key: &str, req: &Request<'_>) -> Result<Reply> {
         request(self.route(key), req, self.timeout()).await
@@ -293,11 +404,19 @@ impl Client {
 
     // ------------------------------------------------------------ cache
 
-    /// The value of `key`, or `None` when it is missing or expired.
+    /// The value of `key`, or `None` when it is missing or expired. With a near
+    /// cache, answered locally when the key is cached.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.keyed(key, &Request::Get { key: key.into() })
-            .await?
-            .opt()
+        let mark = match Mark::lookup(self.inner.near(), key) {
+            Err(hit) => return decode_cached(hit),
+            Ok(m) => m,
+        };
+        // On an error or a cancel, `mark` is dropped here and abandons.
+        let r = self.keyed(key, &Request::Get { key: key.into() }).await?;
+        if let Some(m) = mark {
+            m.fill(r.raw_value());
+        }
+        r.opt()
     }
 
     /// Stores `value` under `key`.
@@ -327,19 +446,24 @@ impl Client {
             value: self.inner.raw(&v),
             ttl_ms: ttl.map(ms),
         };
-        self.keyed(key, &req).await?;
+        self.writing(key, self.keyed(key, &req)).await?;
         Ok(())
     }
 
     /// Deletes `key`; true if it existed.
     pub async fn del(&self, key: &str) -> Result<bool> {
-        self.keyed(key, &Request::Del { key: key.into() })
-            .await?
-            .value()
+        let req = Request::Del { key: key.into() };
+        self.writing(key, self.keyed(key, &req)).await?.value()
     }
 
-    /// Whether `key` holds a live value.
+    /// Whether `key` holds a live value (with a near cache, answered locally
+    /// when the key's value is cached).
     pub async fn has(&self, key: &str) -> Result<bool> {
+        match Mark::lookup(self.inner.near(), key) {
+            Err(hit) => return Ok(hit.is_some()),
+            // `has` carries no value to fill with: the mark is dropped (abandoned).
+            Ok(m) => drop(m),
+        }
         self.keyed(key, &Request::Has { key: key.into() })
             .await?
             .value()
@@ -356,22 +480,37 @@ impl Client {
 
     /// Deletes every key (on every shard).
     pub async fn clear(&self) -> Result<()> {
-        self.fan_out(&Request::Clear).await?;
+        let near = self.inner.near();
+        near.inspect(|n| n.clear());
+        let r = self.fan_out(&Request::Clear).await;
+        near.inspect(|n| n.clear());
+        r?;
         Ok(())
     }
 
     /// The values of `keys`, in order (`None` for a missing key); one request
-    /// per shard involved.
+    /// per shard involved. With a near cache, cached keys are answered locally
+    /// and only the others are asked.
     pub async fn mget<T: DeserializeOwned, K: AsRef<str>>(
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<T>>> {
         let n = self.shard_count();
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+        // Pending marks of the keys asked: filled from the replies; on an error
+        // or a cancel the rest are dropped, which abandons them.
+        let mut marks: Vec<Option<Mark<'_>>> = (0..keys.len()).map(|_| None).collect();
         for (i, k) in keys.iter().enumerate() {
+            match Mark::lookup(self.inner.near(), k.as_ref()) {
+                Err(hit) => {
+                    out[i] = decode_cached(hit)?;
+                    continue;
+                }
+                Ok(m) => marks[i] = m,
+            }
             groups[hash::shard_index(k.as_ref(), n)].push(i);
         }
-        let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
         within("mget", self.timeout(), async {
             let mut flights = Vec::new();
             for (s, idx) in groups.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
@@ -393,6 +532,9 @@ impl Client {
                     ));
                 }
                 for ((&i, v), f) in idx.iter().zip(values).zip(found) {
+                    if let Some(m) = marks[i].take() {
+                        m.fill(f.then_some(v));
+                    }
                     if f {
                         out[i] = Some(crate::value::decode(v)?);
                     }
@@ -406,6 +548,8 @@ impl Client {
 
     /// Stores every `(key, value)` pair (one request per shard involved).
     pub async fn mset<K: AsRef<str>, V: Serialize>(&self, entries: &[(K, V)]) -> Result<()> {
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+        let _after = Invalidate::before(self.inner.near(), &keys);
         let n = self.shard_count();
         let mut groups: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); n];
         for (i, (k, v)) in entries.iter().enumerate() {
@@ -455,7 +599,7 @@ impl Client {
         } else {
             Request::Incr { key: k, by }
         };
-        self.keyed(key, &req).await?.value()
+        self.writing(key, self.keyed(key, &req)).await?.value()
     }
 
     /// Compare-and-swap (see [`crate::Client::cas`]).
@@ -472,7 +616,7 @@ impl Client {
             prev: p.as_deref().map(|b| self.inner.raw(b)),
             next: n.as_deref().map(|b| self.inner.raw(b)),
         };
-        self.keyed(key, &req).await?.value()
+        self.writing(key, self.keyed(key, &req)).await?.value()
     }
 
     // ------------------------------------------------------------ control

@@ -12,15 +12,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use procmesh_proto::{topic, Acks, Request};
+use procmesh_proto::{topic, Request};
 use serde::Serialize;
 
-use super::{send_one, within, Client};
+use super::{request, send_one, within, Client};
 use crate::dispatch::{Message, MsgHandler};
 use crate::error::Result;
 use crate::event::Event;
 use crate::pending::lock;
-use crate::pubsub::{sub_reply_offset, SubscribeOptions};
+use crate::pubsub::{
+    published, sub_reply_offset, PubPlan, PublishOptions, Published, SubscribeOptions,
+};
 use crate::stream::{Queue, DEFAULT_QUEUE_CAPACITY};
 
 /// A live subscription of the async client, read as a `Stream` of messages.
@@ -248,18 +250,14 @@ impl Client {
         Ok(out)
     }
 
-    /// Publishes `payload` on `channel`; how many connections it reached.
+    /// Publishes `payload` on `channel`; how many connections it reached (0
+    /// for a deduplicated retry). Idempotent when the client is
+    /// ([`ClientBuilder::idempotent`](crate::ClientBuilder::idempotent)).
     pub async fn publish<V: Serialize + ?Sized>(&self, channel: &str, payload: &V) -> Result<u64> {
-        let p = self.inner.enc(payload)?;
-        let req = Request::Pub {
-            channel: channel.into(),
-            payload: Some(self.inner.raw(&p)),
-            acks: Acks::One,
-            pid: None,
-            seq: None,
-        };
-        let n: Option<u64> = self.keyed(channel, &req).await?.value()?;
-        Ok(n.unwrap_or(0))
+        let p = self
+            .publish_with(channel, payload, PublishOptions::new())
+            .await?;
+        Ok(p.delivered().unwrap_or(0))
     }
 
     /// Publishes without an acknowledgement (`acks: 0`): done once the frame
@@ -270,21 +268,47 @@ impl Client {
         channel: &str,
         payload: &V,
     ) -> Result<()> {
+        let opts = PublishOptions::new().acks(crate::Acks::None);
+        self.publish_with(channel, payload, opts).await?;
+        Ok(())
+    }
+
+    /// Publishes `payload` on `channel` with options, as
+    /// [`crate::Client::publish_with`] does: how it is acknowledged
+    /// ([`Acks`](crate::Acks)) and whether it is idempotent. An idempotent
+    /// publish that fails with `EDISCONNECTED` is sent again with the same
+    /// sequence number once the link is back (awaited, no thread parked), up to
+    /// the client's `publish_retries` within the timeout; a repeat the broker
+    /// already had is [`Published::Duplicate`]. Dropping the future gives up
+    /// its sequence number (the next publish takes the one after).
+    pub async fn publish_with<V: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        payload: &V,
+        opts: PublishOptions,
+    ) -> Result<Published> {
         let p = self.inner.enc(payload)?;
-        let req = Request::Pub {
-            channel: channel.into(),
-            payload: Some(self.inner.raw(&p)),
-            acks: Acks::None,
-            pid: None,
-            seq: None,
-        };
+        let payload = self.inner.raw(&p);
         let conn = self.route(channel);
-        within("pub", self.timeout(), async {
-            while !conn.try_send_oneway(&req)? {
-                std::future::poll_fn(|cx| conn.poll_link(cx)).await;
+        let mut plan = PubPlan::new(&self.inner, channel, opts)?;
+        loop {
+            let pid = plan.pid(conn);
+            let req = plan.request(channel, payload, pid.as_deref());
+            if plan.oneway() {
+                within("pub", plan.left()?, async {
+                    while !conn.try_send_oneway(&req)? {
+                        std::future::poll_fn(|cx| conn.poll_link(cx)).await;
+                    }
+                    Ok(())
+                })
+                .await?;
+                return Ok(Published::Sent);
             }
-            Ok(())
-        })
-        .await
+            match request(conn, &req, plan.left()?).await {
+                Ok(r) => return published(r),
+                // The next send waits for the reconnect (until the deadline).
+                Err(e) => plan.retry(e)?,
+            }
+        }
     }
 }

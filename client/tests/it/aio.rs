@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use procmesh::aio;
-use procmesh::{Client, ClientError, Codec, ErrorCode, Event, LockOptions, PipelineResult};
+use procmesh::{
+    Acks, Client, ClientError, Codec, ErrorCode, Event, LockOptions, PipelineResult,
+    PublishOptions, Published, Replay, SubscribeOptions,
+};
 
 use crate::support::{client_at, BrokerProc, InProc, CODECS, WAIT};
 
@@ -551,4 +554,241 @@ async fn an_async_subscription_replays_a_retained_backlog_then_goes_live() {
         got.push((m.offset().is_some(), m.payload::<i32>().unwrap()));
     }
     assert_eq!(got, (0..6).map(|i| (true, i)).collect::<Vec<_>>());
+}
+
+/// The broker's count of `kind` requests.
+async fn ops(c: &aio::Client, kind: &str) -> u64 {
+    c.stats().await.unwrap().raw["ops"][kind]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_near_cache_serves_repeated_reads_locally_and_sees_other_writes() {
+    let b = InProc::start();
+    let c = Client::builder()
+        .address(&b.path)
+        .codec(Codec::MsgPack)
+        .auto_spawn(false)
+        .near_cache(1000)
+        .connect_async()
+        .await
+        .expect("connect");
+    c.set("k", &41).await.unwrap();
+    c.set("j", &7).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(41));
+    assert_eq!(c.get::<i64>("missing").await.unwrap(), None);
+    let v: Vec<Option<i64>> = c.mget(&["j"]).await.unwrap();
+    assert_eq!(v, vec![Some(7)], "an mget fills too");
+    let (gets, mgets, hass) = (
+        ops(&c, "get").await,
+        ops(&c, "mget").await,
+        ops(&c, "has").await,
+    );
+    let before = c.near_cache_stats().unwrap();
+    for _ in 0..50 {
+        assert_eq!(c.get::<i64>("k").await.unwrap(), Some(41));
+        assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7));
+        assert_eq!(c.get::<i64>("missing").await.unwrap(), None, "a miss too");
+        assert!(c.has("k").await.unwrap());
+        let v: Vec<Option<i64>> = c.mget(&["k", "missing", "j"]).await.unwrap();
+        assert_eq!(v, vec![Some(41), None, Some(7)]);
+    }
+    assert_eq!(ops(&c, "get").await, gets, "no get reached the broker");
+    assert_eq!(ops(&c, "mget").await, mgets, "no mget reached the broker");
+    assert_eq!(ops(&c, "has").await, hass, "no has reached the broker");
+    let after = c.near_cache_stats().unwrap();
+    assert_eq!(after.hits - before.hits, 50 * 7);
+    assert_eq!(after.misses, before.misses);
+
+    // Read-your-writes for every async write kind.
+    c.set("k", &42).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(42), "after set");
+    assert_eq!(c.incr("k", 1).await.unwrap(), 43);
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(43), "after incr");
+    assert!(c.cas("k", Some(&43), Some(&44)).await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(44), "after cas");
+    c.mset(&[("k", 45)]).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(45), "after mset");
+    let g = c
+        .lock("lk", LockOptions::new())
+        .await
+        .unwrap()
+        .expect("a free lock");
+    c.fenced_set("lk", g.token(), "k", &46).await.unwrap();
+    assert_eq!(c.get::<i64>("k").await.unwrap(), Some(46), "after fset");
+    assert!(c.fenced_del("lk", g.token(), "k").await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), None, "after fdel");
+    assert!(g.unlock().await.unwrap());
+    c.set("k", &47).await.unwrap();
+    assert!(c.del("k").await.unwrap());
+    assert_eq!(c.get::<i64>("k").await.unwrap(), None, "after del");
+
+    // Another client's write reaches us as an invalidation push; until it is
+    // applied the cached value may still be served, so poll up to a deadline.
+    assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7));
+    assert_eq!(c.get::<i64>("j").await.unwrap(), Some(7), "cached");
+    let other = client_at(&b.path, Codec::Json);
+    other.set("j", &8).unwrap();
+    bounded("the other client's set seen", async {
+        while c.get::<i64>("j").await.unwrap() != Some(8) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(c.near_cache_stats().unwrap().invalidations > after.invalidations);
+}
+
+/// The payloads of `sub` up to the `-1` that ends them.
+async fn until_end(sub: &mut aio::Subscription) -> Vec<i64> {
+    bounded("the end marker", async {
+        let mut got = Vec::new();
+        loop {
+            let m = sub.next().await.expect("subscription ended");
+            match m.payload::<i64>().unwrap() {
+                -1 => return got,
+                v => got.push(v),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_publish_with_answers_acks_as_asked_and_deduplicates_a_sequence() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let s = aclient(&b.path, codec).await;
+        let mut sub = s.subscribe("c").await.unwrap();
+        let p = Client::builder()
+            .address(&b.path)
+            .codec(codec)
+            .auto_spawn(false)
+            .idempotent(true)
+            .connect_async()
+            .await
+            .unwrap();
+        let none = p.publish_with("c", &1, PublishOptions::new().acks(Acks::None));
+        assert_eq!(none.await.unwrap(), Published::Sent);
+        let leader = p.publish_with("c", &2, PublishOptions::new().acks(Acks::Leader));
+        assert_eq!(leader.await.unwrap(), Published::Delivered(1));
+        let all = p.publish_with("c", &3, PublishOptions::new().acks(Acks::All));
+        assert_eq!(all.await.unwrap(), Published::Delivered(1));
+        assert_eq!(p.blocking().sequence("c"), 3, "each took a sequence number");
+        // The same sequence number again (what a retry sends): deduplicated.
+        p.blocking().set_sequence("c", 2).unwrap();
+        let again = p
+            .publish_with("c", &3, PublishOptions::new())
+            .await
+            .unwrap();
+        assert!(again.is_duplicate(), "{codec:?}: {again:?}");
+        // `publish` is idempotent on an idempotent client too: a duplicate is 0.
+        p.blocking().set_sequence("c", 2).unwrap();
+        assert_eq!(p.publish("c", &3).await.unwrap(), 0);
+        assert_eq!(p.publish("c", &4).await.unwrap(), 1, "seq 4 is new");
+        // Not idempotent for one call: no sequence, always delivered.
+        p.blocking().set_sequence("c", 0).unwrap();
+        let plain = p.publish_with("c", &5, PublishOptions::new().idempotent(false));
+        assert_eq!(plain.await.unwrap(), Published::Delivered(1));
+        p.publish_with("c", &-1, PublishOptions::new().idempotent(false))
+            .await
+            .unwrap();
+        assert_eq!(until_end(&mut sub).await, vec![1, 2, 3, 4, 5], "{codec:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_idempotent_publish_cut_off_by_a_broker_crash_is_retried_after_the_reconnect() {
+    for codec in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("mesh.sock");
+        let data = dir.path().join("data");
+        let args = [
+            "--pubsub-persist",
+            "--persist-dir",
+            data.to_str().unwrap(),
+            "--fsync",
+            "always",
+        ];
+        let mut broker = BrokerProc::start(&sock, &args);
+        let p = Client::builder()
+            .address(&sock)
+            .codec(codec)
+            .auto_spawn(false)
+            .call_timeout(WAIT)
+            .idempotent(true)
+            .publish_retries(10)
+            .connect_async()
+            .await
+            .unwrap();
+        // A stopped broker takes the frame into its socket buffer and never
+        // answers; SIGKILL then cuts the connection with it unacknowledged.
+        broker.signal(libc::SIGSTOP);
+        let mut publishing =
+            Box::pin(p.publish_with("x", &1, PublishOptions::new().acks(Acks::All)));
+        assert!(pending_after_one_poll(&mut publishing).await, "written");
+        broker.kill();
+        let _broker = BrokerProc::start(&sock, &args);
+        let r = bounded("the retried publish", publishing)
+            .await
+            .expect("retried after the reconnect");
+        assert_eq!(r, Published::Delivered(0), "{codec:?}");
+        let s = aclient(&sock, codec).await;
+        let opts = SubscribeOptions::new().replay(Replay::All);
+        let mut sub = s.subscribe_with("x", opts).await.unwrap();
+        s.publish("x", &-1).await.unwrap();
+        assert_eq!(
+            until_end(&mut sub).await,
+            vec![1],
+            "{codec:?}: delivered once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_with_lock_holds_the_lock_for_the_closure_and_releases_it_after() {
+    for codec in CODECS {
+        let b = InProc::start();
+        let c = aclient(&b.path, codec).await;
+        let other = client_at(&b.path, codec);
+        let seen = c
+            .with_lock("job", LockOptions::new(), |g| {
+                let other = other.clone();
+                Box::pin(async move {
+                    g.set("job:state", &"running").await?;
+                    // Held for the closure: another client is refused.
+                    let refused = other.lock("job", LockOptions::new())?;
+                    assert!(refused.is_none(), "held while the closure runs");
+                    Ok::<_, ClientError>(g.token())
+                })
+            })
+            .await
+            .unwrap();
+        let state: Option<String> = c.get("job:state").await.unwrap();
+        assert_eq!(state.as_deref(), Some("running"), "the fenced set landed");
+        // Released after: the other client gets it, with a newer token.
+        let g = other
+            .lock("job", LockOptions::new())
+            .unwrap()
+            .expect("free");
+        assert!(g.token() > seen);
+        // Held by the other: ELOCKTIMEOUT, and the closure never runs.
+        let e = c
+            .with_lock::<(), ClientError, _>("job", LockOptions::new(), |_| {
+                Box::pin(async { panic!("ran without the lock") })
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::LockTimeout), "{e}");
+        assert!(g.unlock().unwrap());
+        // A failing closure's error is returned, and the lock is still released.
+        let e = c
+            .with_lock("job", LockOptions::new(), |_| {
+                Box::pin(async { Err::<(), _>(ClientError::Config("the job failed".into())) })
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Config(_)), "{e}");
+        assert!(other.lock("job", LockOptions::new()).unwrap().is_some());
+    }
 }
