@@ -51,6 +51,14 @@ impl Cmd {
         }
     }
 
+    /// The key this command changes (its near-cache copy is dropped around it).
+    fn written_key(&self) -> Option<&str> {
+        match self {
+            Cmd::Set(k, ..) | Cmd::Del(k) | Cmd::Add(k, ..) | Cmd::Cas(k, ..) => Some(k),
+            Cmd::Get(_) | Cmd::Has(_) | Cmd::Publish(..) | Cmd::Invalid(..) => None,
+        }
+    }
+
     fn op(&self) -> &'static str {
         match self {
             Cmd::Get(_) => "get",
@@ -235,6 +243,12 @@ impl<C> Pipeline<C> {
 
     /// The commands of each shard (of `shards`), by index; commands that cannot
     /// be sent are in no group.
+    /// The keys the pipeline writes, in order (read-your-writes: their near-cache
+    /// copies are dropped before the pipeline is sent and again once it is answered).
+    pub(crate) fn written_keys(&self) -> Vec<&str> {
+        self.cmds.iter().filter_map(Cmd::written_key).collect()
+    }
+
     pub(crate) fn groups(&self, shards: usize) -> Vec<(usize, Vec<usize>)> {
         let mut by: Vec<Vec<usize>> = vec![Vec::new(); shards];
         for (i, c) in self.cmds.iter().enumerate() {
@@ -293,6 +307,21 @@ impl Pipeline<Client> {
     /// Fails as a whole only when a shard could not be written to; a command the
     /// broker refused carries its error in its own result.
     pub fn run(&self) -> Result<Vec<PipelineResult>> {
+        let c = &self.client;
+        let written = self.written_keys();
+        let near = c.near().filter(|_| !written.is_empty());
+        let invalidate = || {
+            if let Some(n) = near {
+                written.iter().for_each(|k| n.invalidate(k));
+            }
+        };
+        invalidate();
+        let r = self.run_sent();
+        invalidate();
+        r
+    }
+
+    fn run_sent(&self) -> Result<Vec<PipelineResult>> {
         let c = &self.client;
         let mut got: Vec<Option<Result<Reply>>> = (0..self.cmds.len()).map(|_| None).collect();
         let mut sent = Vec::new();

@@ -671,6 +671,10 @@ impl Pipeline<Client> {
     /// order; see [`Pipeline::run`](crate::Pipeline::run) of the blocking client.
     pub async fn run(&self) -> Result<Vec<PipelineResult>> {
         let c = &self.client.inner;
+        // Read-your-writes: the written keys' near-cache copies go before the send and
+        // again when answered, or when this future is dropped.
+        let written = self.written_keys();
+        let _after = Invalidate::before(c.near(), &written);
         let groups = self.groups(c.shard_count());
         let mut got: Vec<Option<Result<Reply>>> = (0..self.len()).map(|_| None).collect();
         let mut flights = Vec::new();

@@ -291,3 +291,26 @@ fn a_nodejs_broker_turns_the_near_cache_off() {
     assert!(!s.enabled);
     assert_eq!((s.hits, s.entries), (0, 0));
 }
+
+#[test]
+fn a_pipelines_writes_are_read_back_at_once_not_from_the_near_cache() {
+    let b = InProc::start();
+    let c = near_client(&[&b.path]);
+    for (i, k) in ["a", "b", "n", "gone"].iter().enumerate() {
+        c.set(k, &(i as i64)).unwrap();
+        assert_eq!(c.get::<i64>(k).unwrap(), Some(i as i64), "{k} now cached");
+    }
+    assert!(c.near_cache_stats().unwrap().entries >= 4);
+    c.pipeline()
+        .set("a", &10)
+        .cas("b", Some(&1), Some(&11))
+        .incr("n", 5)
+        .del("gone")
+        .run()
+        .unwrap();
+    // Read-your-writes within the client: no wait for the broker's invalidation.
+    assert_eq!(c.get::<i64>("a").unwrap(), Some(10));
+    assert_eq!(c.get::<i64>("b").unwrap(), Some(11));
+    assert_eq!(c.get::<i64>("n").unwrap(), Some(7));
+    assert_eq!(c.get::<i64>("gone").unwrap(), None);
+}
