@@ -156,10 +156,23 @@ impl fmt::Debug for LockGuard {
     }
 }
 
+/// The broker's answer to `lock` (both clients read it).
 #[derive(Deserialize)]
-struct LockReply {
-    acquired: bool,
+pub(crate) struct LockReply {
+    pub acquired: bool,
     token: Option<u64>,
+}
+
+impl LockReply {
+    /// The token of a granted lock, `None` when it was not acquired.
+    pub(crate) fn granted(self) -> Result<Option<FencingToken>> {
+        if !self.acquired {
+            return Ok(None);
+        }
+        self.token
+            .map(|t| Some(FencingToken(t)))
+            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))
+    }
 }
 
 impl Client {
@@ -172,17 +185,13 @@ impl Client {
             wait_ms: Some(ms(opts.wait)),
         };
         let reply = self.route(key).request(&req, opts.wait + self.timeout())?;
-        let r: LockReply = reply.value()?;
-        if !r.acquired {
+        let Some(token) = reply.value::<LockReply>()?.granted()? else {
             return Ok(None);
-        }
-        let token = r
-            .token
-            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
+        };
         Ok(Some(LockGuard {
             client: self.clone(),
             key: key.to_owned(),
-            token: FencingToken(token),
+            token,
             held: true,
         }))
     }

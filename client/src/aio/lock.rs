@@ -13,23 +13,17 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use procmesh_proto::Request;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{request, send_one, within, Client};
 use crate::client::ms;
 use crate::error::{ClientError, Result};
-use crate::lock::{FencingToken, LockOptions};
+use crate::lock::{FencingToken, LockOptions, LockReply};
 
 /// The future a [`Client::with_lock`] closure returns: boxed, as it borrows
 /// the guard (`|g| Box::pin(async move { g.set("k", &1).await })`).
 pub type LockFuture<'g, T, E> =
     Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send + 'g>>;
-
-#[derive(Deserialize)]
-struct LockReply {
-    acquired: bool,
-    token: Option<u64>,
-}
 
 /// A held lock of the async client. Dropping it releases the lock (without
 /// waiting); [`LockGuard::unlock`] releases and awaits the broker.
@@ -150,17 +144,13 @@ impl Client {
             f.await
         })
         .await?;
-        let r: LockReply = reply.value()?;
-        if !r.acquired {
+        let Some(token) = reply.value::<LockReply>()?.granted()? else {
             return Ok(None);
-        }
-        let token = r
-            .token
-            .ok_or_else(|| ClientError::Decode("lock granted without a token".into()))?;
+        };
         Ok(Some(LockGuard {
             client: self.clone(),
             key: key.to_owned(),
-            token: FencingToken(token),
+            token,
             held: true,
         }))
     }
