@@ -52,9 +52,32 @@ pub(super) struct Rpc {
     /// Calls taken by this client's workers and not answered yet: call id →
     /// (caller id, the record in the in-flight list).
     taken: Mutex<HashMap<String, (String, Vec<u8>)>>,
-    /// Handler threads busy with taken calls.
-    busy: Mutex<usize>,
+    /// Handler slots: taken by the workers in turn (see [`Slots`]).
+    busy: Mutex<Slots>,
     freed: Condvar,
+}
+
+/// Handler threads busy with taken calls (or with a worker blocked taking one), and
+/// the turns of the workers waiting for one: a worker whose wait for a call ran out
+/// queues again behind the others, so one registration's workers cannot starve
+/// another's (they share the client's handler threads).
+#[derive(Default)]
+struct Slots {
+    busy: usize,
+    next_turn: u64,
+    serving: u64,
+    /// Turns whose worker stopped before they came (at most one per worker).
+    skipped: Vec<u64>,
+}
+
+impl Slots {
+    /// Moves `serving` past the turns of workers that stopped waiting.
+    fn skip_given_up(&mut self) {
+        while let Some(i) = self.skipped.iter().position(|&t| t == self.serving) {
+            self.skipped.swap_remove(i);
+            self.serving += 1;
+        }
+    }
 }
 
 struct CallRec<'a> {
@@ -198,19 +221,32 @@ fn worker(b: Arc<Backend>, name: String, stop: Arc<AtomicBool>, threads: usize) 
     while !stop.load(Ordering::Acquire) && !b.is_closed() {
         // Take a call only with a handler thread free for it.
         {
-            let mut busy = lock(&b.rpc.busy);
-            while *busy >= threads.max(1) {
-                busy = b
+            let mut slots = lock(&b.rpc.busy);
+            let turn = slots.next_turn;
+            slots.next_turn += 1;
+            while slots.serving != turn || slots.busy >= threads.max(1) {
+                slots = b
                     .rpc
                     .freed
-                    .wait_timeout(busy, Duration::from_millis(500))
+                    .wait_timeout(slots, Duration::from_millis(500))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 if stop.load(Ordering::Acquire) || b.is_closed() {
+                    // Give the turn up, so the workers behind it go on.
+                    if slots.serving == turn {
+                        slots.serving += 1;
+                        slots.skip_given_up();
+                    } else {
+                        slots.skipped.push(turn);
+                    }
+                    b.rpc.freed.notify_all();
                     return;
                 }
             }
-            *busy += 1;
+            slots.busy += 1;
+            slots.serving += 1;
+            slots.skip_given_up();
+            b.rpc.freed.notify_all();
         }
         let l = match link.take().map_or_else(|| b.open_link(), Ok) {
             Ok(l) => link.insert(l),
@@ -259,8 +295,8 @@ fn worker(b: Arc<Backend>, name: String, stop: Arc<AtomicBool>, threads: usize) 
 }
 
 fn release(b: &Backend) {
-    let mut busy = lock(&b.rpc.busy);
-    *busy = busy.saturating_sub(1);
+    let mut slots = lock(&b.rpc.busy);
+    slots.busy = slots.busy.saturating_sub(1);
     b.rpc.freed.notify_all();
 }
 

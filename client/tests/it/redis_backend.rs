@@ -310,3 +310,37 @@ fn replay_is_refused_with_a_clear_error() {
     let _s = c.subscribe("orders", |_| {}).unwrap();
     assert_eq!(c.publish("orders", &1).unwrap(), 1);
 }
+
+#[test]
+fn registrations_sharing_one_handler_thread_each_get_their_calls() {
+    let Some(r) = RedisServer::start() else {
+        return;
+    };
+    // One handler thread for three procedures: a worker whose wait for a call runs out
+    // queues behind the others for the thread, so no procedure starves.
+    let worker = Client::builder()
+        .name("m")
+        .redis(&r.url)
+        .handler_threads(1)
+        .connect()
+        .expect("connect to redis");
+    let caller = client(&r, "m");
+    let regs: Vec<_> = ["p0", "p1", "p2"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            worker
+                .register(name, move |x: i64| Ok(x + i as i64))
+                .unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        for (i, name) in ["p0", "p1", "p2"].iter().enumerate() {
+            let got: i64 = caller
+                .call(name, &round, Some(Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("{name} in round {round}: {e}"));
+            assert_eq!(got, round + i as i64);
+        }
+    }
+    drop(regs);
+}
