@@ -25,7 +25,12 @@ pub fn transcode(v: Raw<'_>, to: Codec, out: &mut Vec<u8>) -> Result<(), DecodeE
         Codec::Json => mp_to_json(v.bytes, 0, out, 0).map(|_| ()),
         Codec::MsgPack => {
             let mut counts = Counts::new();
-            json_counts(&mut JsonParser { b: v.bytes, i: 0 }, &mut counts)?;
+            let mut first = JsonParser { b: v.bytes, i: 0 };
+            json_counts(&mut first, &mut counts)?;
+            first.ws();
+            if first.i != v.bytes.len() {
+                return Err(DecodeError::new("trailing bytes after the JSON value"));
+            }
             let mut p = JsonParser { b: v.bytes, i: 0 };
             json_to_mp(&mut p, &counts, &mut 0, out, 0)
         }
@@ -409,6 +414,10 @@ mod tests {
             "[}",
             "[tru]",
             "[\"x]",
+            // Trailing bytes after a whole value (found by fuzz_deep_values_transcode_or_refuse).
+            "0[[]]",
+            "[1] 2",
+            "{} x",
         ] {
             let mut out = Vec::new();
             assert!(
