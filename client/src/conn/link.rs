@@ -125,19 +125,7 @@ impl Conn {
             match buf.fill_from(s) {
                 Ok(0) => return Err(self.closed_during_hello()),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Timeout {
-                        op: "track",
-                        after: self.shared.settings.connect_timeout,
-                    })
-                }
-                Err(e) => return Err(io_err(e)),
+                Err(e) => read_failed(e, "track", self.shared.settings.connect_timeout, io_err)?,
             }
         }
     }
@@ -306,19 +294,7 @@ impl Conn {
                 Ok(0) => return Ok(None),
                 Err(e) if closed(&e) => return Ok(None),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Timeout {
-                        op: "hello",
-                        after: timeout,
-                    })
-                }
-                Err(e) => return Err(io_err(e)),
+                Err(e) => read_failed(e, "hello", timeout, io_err)?,
             }
         }
     }
@@ -531,6 +507,23 @@ fn token_refusal(path: &std::path::Path, peer: u32, ours: u32) -> Option<ClientE
             path.display()
         ),
     })
+}
+
+/// A failed read of the handshake: retried when interrupted, else the call's
+/// error (a read timeout is `ETIMEOUT` for `op`, anything else `io_err`'s).
+fn read_failed(
+    e: std::io::Error,
+    op: &'static str,
+    after: Duration,
+    io_err: impl FnOnce(std::io::Error) -> ClientError,
+) -> Result<()> {
+    match e.kind() {
+        std::io::ErrorKind::Interrupted => Ok(()),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Err(ClientError::Timeout { op, after })
+        }
+        _ => Err(io_err(e)),
+    }
 }
 
 #[cfg(test)]
